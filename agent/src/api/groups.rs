@@ -1,0 +1,167 @@
+//! ContainerGroups service.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use eci_api::v1::container_groups_server::ContainerGroups;
+use eci_api::v1::*;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Shared, blocking, status::to_status};
+use crate::error::Error;
+use crate::groups::parse_selector;
+use crate::selector::Selector;
+
+pub struct GroupsApi {
+    groups: Shared,
+}
+
+impl GroupsApi {
+    pub fn new(groups: Shared) -> Self {
+        GroupsApi { groups }
+    }
+}
+
+fn spec_of(spec: Option<GroupSpec>) -> Result<GroupSpec, Status> {
+    spec.ok_or_else(|| Status::invalid_argument("spec: is required"))
+}
+
+#[tonic::async_trait]
+impl ContainerGroups for GroupsApi {
+    async fn create(&self, req: Request<CreateGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+        let spec = spec_of(req.into_inner().spec)?;
+        let g = self.groups.clone();
+        let group = blocking(move || g.create(spec)).await?;
+        tracing::info!(group = %group.spec.as_ref().map_or("", |s| &s.name), id = %group.id, "group created");
+        Ok(Response::new(group))
+    }
+
+    async fn get(&self, req: Request<GetGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+        let name = req.into_inner().name;
+        let g = self.groups.clone();
+        Ok(Response::new(blocking(move || g.get(&name)).await?))
+    }
+
+    async fn list(&self, req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+        let sel = req.into_inner().label_selector;
+        let g = self.groups.clone();
+        let (groups, revision) = blocking(move || g.list(&sel)).await?;
+        Ok(Response::new(ListGroupsResponse { groups, revision }))
+    }
+
+    async fn update(&self, req: Request<UpdateGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+        let spec = spec_of(req.into_inner().spec)?;
+        let g = self.groups.clone();
+        Ok(Response::new(blocking(move || g.update(spec)).await?))
+    }
+
+    async fn restart(&self, req: Request<RestartGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+        let name = req.into_inner().name;
+        let g = self.groups.clone();
+        blocking(move || g.get(&name)).await?;
+        Err(to_status(Error::Unimplemented(
+            "restarting containers needs the sandbox runtime, which this agent build does not have yet",
+        )))
+    }
+
+    async fn delete(&self, req: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.groups.clone();
+        let name = r.name.clone();
+        let group = blocking(move || g.delete(&name, r.grace_period_seconds, r.force)).await?;
+        // Teardown runs after the reply; a crash in between is finished by reconcile.
+        let g = self.groups.clone();
+        let name = r.name;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = g.finish_delete(&name) {
+                tracing::error!(group = %name, error = ?e, "finishing delete");
+            }
+        });
+        Ok(Response::new(DeleteGroupResponse { group: Some(group) }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        let selector = parse_selector(&r.label_selector).map_err(to_status)?;
+        let store = self.groups.store().clone();
+        // Subscribe before reading history so nothing falls between the two.
+        let mut live = store.subscribe();
+        let from = r.from_revision;
+        let (history, mut last) = blocking(move || {
+            if from == 0 {
+                let (groups, rev) = store.list_groups()?;
+                let added = groups
+                    .into_iter()
+                    .map(|g| WatchEvent { r#type: "ADDED".into(), revision: g.revision, group: Some(g), event: None })
+                    .collect();
+                Ok((added, rev))
+            } else {
+                Ok((store.changes_since(from)?, from))
+            }
+        })
+        .await?;
+        let mut filter = WatchFilter { selector, name: r.name, events: r.events, seen: HashSet::new() };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for ev in history {
+                last = last.max(ev.revision);
+                if filter.pass(&ev) && tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let ev = match live.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let msg = format!("watcher fell behind; watch again from revision {last}");
+                        let _ = tx.send(Err(Status::aborted(msg))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if ev.revision <= last {
+                    continue;
+                }
+                last = ev.revision;
+                if filter.pass(&ev) && tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Which changes a watcher wants. Events carry only a group name, so the names of groups
+/// that matched the selector are remembered.
+struct WatchFilter {
+    selector: Selector,
+    name: String,
+    events: bool,
+    seen: HashSet<String>,
+}
+
+impl WatchFilter {
+    fn pass(&mut self, ev: &WatchEvent) -> bool {
+        if let Some(g) = &ev.group {
+            let spec = g.spec.clone().unwrap_or_default();
+            let ok = (self.name.is_empty() || self.name == spec.name) && self.selector.matches(&spec.labels);
+            if ok {
+                self.seen.insert(spec.name);
+            }
+            return ok;
+        }
+        match &ev.event {
+            Some(e) if self.events => {
+                (self.name.is_empty() || self.name == e.group)
+                    && (self.selector == Selector::default() || self.seen.contains(&e.group))
+            }
+            _ => false,
+        }
+    }
+}

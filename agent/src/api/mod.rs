@@ -1,0 +1,29 @@
+//! The gRPC API: thin handlers that convert a request, call one domain method, and
+//! convert the result. Domain errors become `tonic::Status` in [`status`] only.
+
+pub mod auth;
+mod groups;
+mod later;
+mod node;
+mod status;
+
+use std::sync::Arc;
+
+pub use groups::GroupsApi;
+pub use later::{CachesApi, ContainersApi, ImagesApi, MetricsApi};
+pub use node::NodeApi;
+
+use crate::error::Error;
+
+/// Runs a store-bound operation off the async workers: redb commits fsync.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(status::to_status),
+        Err(e) => Err(tonic::Status::internal(format!("operation panicked: {e}"))),
+    }
+}
+
+/// What every handler shares.
+pub(crate) type Shared = Arc<crate::groups::Groups>;

@@ -1,0 +1,251 @@
+//! The agent's configuration: `/etc/eci/agent.toml`, then command-line flags.
+//!
+//! Every key has a default, so the agent runs with no file at all. `agent.example.toml`
+//! beside this crate documents every key with its default; a test keeps it equal to
+//! [`Config::default`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Durable state: the redb file, content store, unpacked layers.
+    pub state_dir: PathBuf,
+    /// Runtime files: the API socket, per-group run dirs. Lost on reboot by design.
+    pub run_dir: PathBuf,
+    /// Container logs.
+    pub log_dir: PathBuf,
+    pub api: ApiConfig,
+    pub node: NodeConfig,
+    pub log: LogConfig,
+}
+
+/// Where and to whom the API is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Local Unix socket; empty means `<run_dir>/agent.sock`.
+    pub socket: PathBuf,
+    /// A group (name or numeric gid) whose members may use the socket besides root. The
+    /// socket is then mode 0660 and owned by that group; otherwise 0600.
+    pub socket_group: String,
+    /// TCP address for the control plane, e.g. "0.0.0.0:7443"; empty disables TCP.
+    /// TCP always requires mutual TLS.
+    pub tcp_listen: String,
+    /// PEM server certificate chain for TCP.
+    pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to.
+    pub tls_client_ca: PathBuf,
+}
+
+/// What the node offers to groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// vCPU capacity ("16", "15500m"); empty: the host's online CPUs.
+    pub cpu: String,
+    /// Memory capacity ("64Gi"); empty: the host's MemTotal.
+    pub memory: String,
+    /// Kept back for the host and the agent; allocatable = capacity - reserved.
+    pub reserved_cpu: String,
+    pub reserved_memory: String,
+    /// How long finished (Failed, Succeeded, ScheduleFailed) groups are kept before they
+    /// are deleted automatically ("1h", "30m"; "0s" keeps them).
+    pub finished_group_retention: String,
+}
+
+/// Logging of the agent itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "eci_agent=debug,info".
+    pub level: String,
+    /// `text` (journald-friendly: no colours, no timestamps under systemd) or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: "/var/lib/eci".into(),
+            run_dir: "/run/eci".into(),
+            log_dir: "/var/log/eci".into(),
+            api: ApiConfig::default(),
+            node: NodeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: PathBuf::new(),
+            socket_group: String::new(),
+            tcp_listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cpu: String::new(),
+            memory: String::new(),
+            reserved_cpu: "0".into(),
+            reserved_memory: "0".into(),
+            finished_group_retention: "1h".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// The default config file; a missing default file means all defaults.
+pub const DEFAULT_PATH: &str = "/etc/eci/agent.toml";
+
+impl Config {
+    /// Reads `path`. When `required` is false a missing file yields the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read { path: path.display().to_string(), source });
+            }
+        };
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+    }
+
+    /// Moves every state, run and log path under `root` (tests, several agents per host).
+    pub fn relocate(&mut self, root: &Path) {
+        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        self.state_dir = under(&self.state_dir);
+        self.run_dir = under(&self.run_dir);
+        self.log_dir = under(&self.log_dir);
+        if !self.api.socket.as_os_str().is_empty() {
+            self.api.socket = under(&self.api.socket);
+        }
+    }
+
+    /// The socket path after defaults.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.api.socket.as_os_str().is_empty() {
+            self.run_dir.join("agent.sock")
+        } else {
+            self.api.socket.clone()
+        }
+    }
+
+    pub fn state_db_path(&self) -> PathBuf {
+        self.state_dir.join("state.redb")
+    }
+
+    /// Checks values that parse lazily, so a bad file fails at start, not at first use.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+        let cpu = |key, v: &str| {
+            if v.is_empty() {
+                return Ok(());
+            }
+            parse_cpu_millis(v).map(drop).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
+        };
+        let mem = |key, v: &str| {
+            if v.is_empty() {
+                return Ok(());
+            }
+            parse_memory_bytes(v)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
+        };
+        cpu("node.cpu", &self.node.cpu)?;
+        cpu("node.reserved_cpu", &self.node.reserved_cpu)?;
+        mem("node.memory", &self.node.memory)?;
+        mem("node.reserved_memory", &self.node.reserved_memory)?;
+        humantime::parse_duration(&self.node.finished_group_retention).map_err(|e| {
+            ConfigError::Invalid { key: "node.finished_group_retention", message: e.to_string() }
+        })?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                message: format!("{:?} is not one of text, json", self.log.format),
+            });
+        }
+        let tls = [&self.api.tls_cert, &self.api.tls_key, &self.api.tls_client_ca];
+        if !self.api.tcp_listen.is_empty() && tls.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "api.tcp_listen",
+                message: "TCP needs api.tls_cert, api.tls_key and api.tls_client_ca (mutual TLS)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_documents_the_defaults() {
+        let text = include_str!("../agent.example.toml");
+        let parsed: Config = toml::from_str(text).expect("example parses");
+        assert_eq!(parsed, Config::default());
+        // Every key of the defaults appears in the example.
+        let defaults = toml::to_string(&Config::default()).expect("serialize");
+        for line in defaults.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap_or_default();
+            assert!(text.contains(&format!("{key} = ")), "{key} is not documented");
+        }
+    }
+
+    #[test]
+    fn relocates_under_root() {
+        let mut c = Config::default();
+        c.relocate(Path::new("/tmp/x"));
+        assert_eq!(c.socket_path(), Path::new("/tmp/x/run/eci/agent.sock"));
+        assert_eq!(c.state_db_path(), Path::new("/tmp/x/var/lib/eci/state.redb"));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let c: Config = toml::from_str("[node]\ncpu = \"lots\"").expect("parses");
+        assert!(c.check().is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! The agent's main loop: load state, reconcile, serve, stop cleanly on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::groups::Groups;
+use crate::node::Node;
+use crate::notify;
+use crate::server::Listeners;
+use crate::store::Store;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    cfg.check()?;
+    for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.log_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let node = Node::detect(&cfg.node).context("reading the node's resources")?;
+    let db = cfg.state_db_path();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&db)).await.context("opening the store")??,
+    );
+    let groups = Arc::new(Groups::new(store, node));
+    let g = groups.clone();
+    let finished = tokio::task::spawn_blocking(move || g.reconcile()).await??;
+    let (total, _) = groups.store().list_groups()?;
+    tracing::info!(
+        groups = total.len(),
+        deletes_finished = finished.len(),
+        cpu_millis = groups.node().allocatable.cpu_millis,
+        memory_bytes = groups.node().allocatable.memory_bytes,
+        "state loaded"
+    );
+
+    let listeners = Listeners::bind(&cfg).await?;
+    tracing::info!(socket = %cfg.socket_path().display(), tcp = %cfg.api.tcp_listen, "serving");
+    notify::ready();
+    notify::spawn_watchdog();
+
+    let retention = humantime::parse_duration(&cfg.node.finished_group_retention)?;
+    if !retention.is_zero() {
+        let g = groups.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60).min(retention));
+            loop {
+                tick.tick().await;
+                let g = g.clone();
+                match tokio::task::spawn_blocking(move || g.collect_finished(retention)).await {
+                    Ok(Ok(removed)) if !removed.is_empty() => {
+                        tracing::info!(?removed, "finished groups removed after retention")
+                    }
+                    Ok(Err(e)) => tracing::error!(error = ?e, "removing finished groups"),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        notify::stopping();
+        let _ = stop_tx.send(true);
+    });
+    listeners.serve(groups, stop_rx).await?;
+    let _ = std::fs::remove_file(cfg.socket_path());
+    tracing::info!("stopped");
+    Ok(())
+}

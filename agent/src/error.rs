@@ -1,0 +1,42 @@
+//! The domain errors of the agent's operations. `api::status` maps them to gRPC codes in
+//! one place.
+
+use crate::store::StoreError;
+use crate::validate::ValidationErrors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error("{field}: {message}")]
+    BadRequest { field: &'static str, message: String },
+    #[error("group {0:?} not found")]
+    NotFound(String),
+    #[error("group {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A method whose behaviour a later part of the agent builds.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    #[error("state store")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists(name) => Error::AlreadyExists(name),
+            StoreError::Compacted { asked, oldest } => Error::OutOfRange(format!(
+                "fromRevision {asked} is older than the oldest kept change {oldest}; list again and watch from the list's revision"
+            )),
+            other => Error::Store(other),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,373 @@
+//! Group operations: the domain side of the ContainerGroups API.
+//!
+//! Each operation is one store transaction, so validation, admission against the node's
+//! capacity and the resulting events commit together or not at all. Sandboxes are not run
+//! yet: an admitted group waits in `Pending` with a reason saying so, and nothing reports
+//! `Running` that is not running.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use eci_api::phase;
+use eci_api::v1::{ContainerGroup, ContainerStatus, Event, GroupSpec, GroupStatus, NormalizedResources};
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
+use crate::selector::Selector;
+use crate::sizes::Size;
+use crate::store::{Store, WriteTx};
+use crate::validate::{self, ValidSpec};
+
+/// Why an admitted group is not running yet, until a sandbox backend is wired in.
+const NO_BACKEND: &str = "admitted; no sandbox backend is enabled on this node yet, so its \
+                          containers are not started";
+
+/// The group operations, shared by the API handlers and background tasks.
+pub struct Groups {
+    store: Arc<Store>,
+    node: Node,
+}
+
+/// Event type names.
+const NORMAL: &str = "Normal";
+const WARNING: &str = "Warning";
+
+fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) -> Event {
+    let now = clock::now();
+    Event {
+        group: group.into(),
+        r#type: kind.into(),
+        reason: reason.into(),
+        message: message.into(),
+        count: 1,
+        first_timestamp: now.clone(),
+        last_timestamp: now,
+        ..Default::default()
+    }
+}
+
+fn describe_size(s: Size) -> String {
+    format!("{} vCPU / {}", format_cpu(s.cpu_millis), format_memory(s.memory_bytes))
+}
+
+/// The normalized size recorded in a stored group's status.
+fn normalized_of(g: &ContainerGroup) -> Size {
+    let n = g.status.as_ref().and_then(|s| s.normalized_resources.as_ref());
+    Size {
+        cpu_millis: n.and_then(|n| parse_cpu_millis(&n.cpu).ok()).unwrap_or(0),
+        memory_bytes: n.and_then(|n| parse_memory_bytes(&n.memory).ok()).unwrap_or(0),
+    }
+}
+
+fn phase_of(g: &ContainerGroup) -> &str {
+    g.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+fn name_of(g: &ContainerGroup) -> &str {
+    g.spec.as_ref().map_or("", |s| s.name.as_str())
+}
+
+/// A random id; groups re-created under the same name get a new one.
+fn new_id() -> String {
+    let mut buf = [0u8; 8];
+    // Reading the kernel's CSPRNG only fails when /dev is broken; fall back to the clock.
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        buf = (nanos.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Groups {
+    pub fn new(store: Arc<Store>, node: Node) -> Self {
+        Groups { store, node }
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Sum of the normalized sizes of groups that hold resources.
+    fn in_use(groups: &[ContainerGroup], except: &str) -> Size {
+        groups
+            .iter()
+            .filter(|g| !phase::is_final(phase_of(g)) && name_of(g) != except)
+            .map(normalized_of)
+            .fold(Size { cpu_millis: 0, memory_bytes: 0 }, |a, b| Size {
+                cpu_millis: a.cpu_millis + b.cpu_millis,
+                memory_bytes: a.memory_bytes + b.memory_bytes,
+            })
+    }
+
+    /// What the node has left, as a message when `need` does not fit.
+    fn misfit(&self, tx: &WriteTx<'_>, need: Size, except: &str) -> Result<Option<String>> {
+        let used = Self::in_use(&tx.list_groups()?, except);
+        let alloc = self.node.allocatable;
+        let free = Size {
+            cpu_millis: alloc.cpu_millis.saturating_sub(used.cpu_millis),
+            memory_bytes: alloc.memory_bytes.saturating_sub(used.memory_bytes),
+        };
+        let mut short = Vec::new();
+        if need.cpu_millis > free.cpu_millis {
+            short.push("cpu");
+        }
+        if need.memory_bytes > free.memory_bytes {
+            short.push("memory");
+        }
+        Ok((!short.is_empty()).then(|| {
+            format!(
+                "insufficient {}: the group needs {}, the node has {} free ({} allocatable, {} in use)",
+                short.join(" and "),
+                describe_size(need),
+                describe_size(free),
+                describe_size(alloc),
+                describe_size(used)
+            )
+        }))
+    }
+
+    /// Validates, stores and admits a new group.
+    pub fn create(&self, spec: GroupSpec) -> Result<ContainerGroup> {
+        let valid = validate::validate(&spec)?;
+        let name = spec.name.clone();
+        self.store
+            .write(|tx| {
+                let now = clock::now();
+                let mut status = initial_status(&spec, &valid);
+                let mut events = vec![];
+                match self.misfit(tx, valid.normalized, "")? {
+                    Some(why) => {
+                        status.phase = phase::SCHEDULE_FAILED.into();
+                        status.reason = "InsufficientResources".into();
+                        status.message = why.clone();
+                        status.finished_at = now.clone();
+                        for c in &mut status.container_statuses {
+                            c.reason = "Unschedulable".into();
+                        }
+                        events.push(event(&name, WARNING, "FailedScheduling", why));
+                    }
+                    None => {
+                        status.phase = phase::PENDING.into();
+                        status.reason = "Scheduled".into();
+                        status.message = NO_BACKEND.into();
+                        events.push(event(
+                            &name,
+                            NORMAL,
+                            "Scheduled",
+                            format!(
+                                "admitted on {} as {} (requested {})",
+                                self.node.hostname,
+                                describe_size(valid.normalized),
+                                describe_size(valid.requested)
+                            ),
+                        ));
+                    }
+                }
+                let mut group = ContainerGroup {
+                    id: new_id(),
+                    spec: Some(spec.clone()),
+                    status: Some(status),
+                    revision: 0,
+                    generation: 1,
+                    created_at: now,
+                };
+                tx.insert_group(&mut group)?;
+                for e in events {
+                    tx.event(e)?;
+                }
+                Ok(group)
+            })
+    }
+
+    pub fn get(&self, name: &str) -> Result<ContainerGroup> {
+        self.store.get_group(name)?.ok_or_else(|| Error::NotFound(name.into()))
+    }
+
+    /// Groups matching the selector, and the revision they were read at.
+    pub fn list(&self, selector: &str) -> Result<(Vec<ContainerGroup>, u64)> {
+        let sel = parse_selector(selector)?;
+        let (groups, rev) = self.store.list_groups()?;
+        let groups = groups
+            .into_iter()
+            .filter(|g| sel.matches(&g.spec.as_ref().map(|s| s.labels.clone()).unwrap_or_default()))
+            .collect();
+        Ok((groups, rev))
+    }
+
+    /// Replaces the spec of a group. The ENI and sandbox kind cannot change in place, and
+    /// a new size must still fit on the node.
+    pub fn update(&self, spec: GroupSpec) -> Result<ContainerGroup> {
+        let valid = validate::validate(&spec)?;
+        let name = spec.name.clone();
+        self.store
+            .write(|tx| {
+                let mut group = tx.get_group(&name)?.ok_or_else(|| Error::NotFound(name.clone()))?;
+                let old = group.spec.clone().unwrap_or_default();
+                let current = phase_of(&group).to_string();
+                if current == phase::TERMINATING || phase::is_final(&current) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "group {name:?} is {current} and can no longer be updated"
+                    )));
+                }
+                if old.sandbox != spec.sandbox {
+                    return Err(Error::FailedPrecondition(
+                        "sandbox: the sandbox kind of a group cannot change; delete and create it".into(),
+                    ));
+                }
+                if old.network.as_ref().and_then(|n| n.eni.clone())
+                    != spec.network.as_ref().and_then(|n| n.eni.clone())
+                {
+                    return Err(Error::FailedPrecondition(
+                        "network.eni: the ENI of a group cannot change; delete and create it".into(),
+                    ));
+                }
+                if let Some(why) = self.misfit(tx, valid.normalized, &name)? {
+                    return Err(Error::ResourceExhausted(format!("update refused: {why}")));
+                }
+                let mut spec = spec.clone();
+                // The group keeps its addresses across updates.
+                if let (Some(new), Some(old)) = (spec.network.as_mut(), old.network.as_ref()) {
+                    if new.ipv4_address.is_empty() {
+                        new.ipv4_address = old.ipv4_address.clone();
+                    }
+                    if new.ipv6_address.is_empty() {
+                        new.ipv6_address = old.ipv6_address.clone();
+                    }
+                }
+                group.generation += 1;
+                let mut status = initial_status(&spec, &valid);
+                let prev = group.status.take().unwrap_or_default();
+                status.phase = prev.phase;
+                status.reason = prev.reason;
+                status.message = prev.message;
+                status.ip_addresses = prev.ip_addresses;
+                status.observed_generation = group.generation;
+                group.status = Some(status);
+                group.spec = Some(spec);
+                tx.update_group(&mut group)?;
+                tx.event(event(
+                    &name,
+                    NORMAL,
+                    "Updated",
+                    format!("spec generation {} stored as {}", group.generation, describe_size(valid.normalized)),
+                ))?;
+                Ok(group)
+            })
+    }
+
+    /// Marks a group Terminating. The caller then runs [`Groups::finish_delete`].
+    pub fn delete(&self, name: &str, grace: Option<i64>, force: bool) -> Result<ContainerGroup> {
+        if let Some(g) = grace
+            && !(0..=validate::limits::MAX_GRACE_SECONDS).contains(&g)
+        {
+            return Err(Error::BadRequest {
+                field: "gracePeriodSeconds",
+                message: format!("{g} is outside 0-{}", validate::limits::MAX_GRACE_SECONDS),
+            });
+        }
+        self.store.write(|tx| {
+            let mut group = tx.get_group(name)?.ok_or_else(|| Error::NotFound(name.into()))?;
+            if phase_of(&group) == phase::TERMINATING {
+                return Ok(group);
+            }
+            let spec_grace = group.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
+            let grace = if force { 0 } else { grace.or(spec_grace).unwrap_or(validate::limits::DEFAULT_GRACE_SECONDS) };
+            let status = group.status.get_or_insert_with(Default::default);
+            status.phase = phase::TERMINATING.into();
+            status.reason = "Deleting".into();
+            status.message = format!("delete requested (grace period {grace}s{})", if force { ", forced" } else { "" });
+            tx.update_group(&mut group)?;
+            tx.event(event(name, NORMAL, "Killing", format!("stopping group with a grace period of {grace}s")))?;
+            Ok(group)
+        })
+    }
+
+    /// Tears down what a Terminating group holds and forgets it.
+    pub fn finish_delete(&self, name: &str) -> Result<()> {
+        self.store.write(|tx| {
+            if tx.delete_group(name)?.is_some() {
+                tx.event(event(name, NORMAL, "Deleted", "group deleted"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Brings the store in line after a start: deletes that were cut short are finished.
+    pub fn reconcile(&self) -> Result<Vec<String>> {
+        let (groups, _) = self.store.list_groups()?;
+        let mut finished = Vec::new();
+        for g in groups.iter().filter(|g| phase_of(g) == phase::TERMINATING) {
+            self.finish_delete(name_of(g))?;
+            finished.push(name_of(g).to_string());
+        }
+        Ok(finished)
+    }
+
+    /// Deletes finished groups older than `retention` (seed: failed groups go after about
+    /// an hour). Returns the names removed.
+    pub fn collect_finished(&self, retention: Duration) -> Result<Vec<String>> {
+        let (groups, _) = self.store.list_groups()?;
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        for g in groups.iter().filter(|g| phase::is_final(phase_of(g))) {
+            let finished = g.status.as_ref().and_then(|s| clock::parse(&s.finished_at));
+            let expired = finished
+                .and_then(|f| now.duration_since(f).ok())
+                .is_some_and(|age| age >= retention);
+            if expired {
+                self.store.write(|tx| {
+                    tx.delete_group(name_of(g))?;
+                    tx.event(event(name_of(g), NORMAL, "Expired", "finished group removed after its retention period"))
+                })?;
+                removed.push(name_of(g).to_string());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+pub(crate) fn parse_selector(s: &str) -> Result<Selector> {
+    Selector::parse(s).map_err(|e| Error::BadRequest { field: "labelSelector", message: e.to_string() })
+}
+
+/// The status of a just-admitted spec: every container Waiting.
+fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
+    let waiting = |c: &eci_api::v1::Container| ContainerStatus {
+        name: c.name.clone(),
+        state: "Waiting".into(),
+        reason: "WaitingForSandbox".into(),
+        image: c.image.clone(),
+        ..Default::default()
+    };
+    let ip_addresses = spec
+        .network
+        .as_ref()
+        .map(|n| {
+            [&n.ipv4_address, &n.ipv6_address]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    GroupStatus {
+        normalized_resources: Some(NormalizedResources {
+            cpu: format_cpu(valid.normalized.cpu_millis),
+            memory: format_memory(valid.normalized.memory_bytes),
+        }),
+        container_statuses: spec.containers.iter().map(waiting).collect(),
+        init_container_statuses: spec.init_containers.iter().map(waiting).collect(),
+        ip_addresses,
+        observed_generation: 1,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,19 @@
+//! The ECI node agent: API server, group supervisor, state store, node accounting.
+//!
+//! `eci-agent` (the daemon) and `ecictl` (the operator CLI) are the binaries of this crate;
+//! the library is what they share and what the tests drive.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod groups;
+pub mod node;
+pub mod notify;
+pub mod quantity;
+pub mod selector;
+pub mod server;
+pub mod sizes;
+pub mod store;
+pub mod validate;

@@ -1,0 +1,307 @@
+//! Group-level rules: name, labels, policies, resources, shm, storage, sysctls, credentials.
+
+use std::collections::HashSet;
+
+use eci_api::v1::GroupSpec;
+
+use super::limits::*;
+use super::{Errors, ValidSpec, check_name, container, network, volume};
+use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
+use crate::sizes::{self, Size};
+
+pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
+    if let Err(m) = check_name(&spec.name) {
+        errs.add("name", m);
+    }
+    check_labels(spec, errs);
+    if !matches!(spec.restart_policy.as_str(), "" | "Always" | "OnFailure" | "Never") {
+        errs.add(
+            "restartPolicy",
+            format!("{:?} is not one of Always, OnFailure, Never", spec.restart_policy),
+        );
+    }
+    if !matches!(spec.sandbox.as_str(), "" | "namespaced" | "vm") {
+        errs.add("sandbox", format!("{:?} is not one of namespaced, vm", spec.sandbox));
+    }
+    let grace = spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        errs.add(
+            "terminationGracePeriodSeconds",
+            format!("{grace} is outside 0-{MAX_GRACE_SECONDS}"),
+        );
+    }
+    check_security_context(spec, errs);
+    check_credentials(spec, errs);
+    if let Some(cache) = &spec.image_cache
+        && !cache.name.is_empty()
+    {
+        if cache.auto_match {
+            errs.add("imageCache", "set either name or autoMatch, not both");
+        }
+        if let Err(m) = check_name(&cache.name) {
+            errs.add("imageCache.name", m);
+        }
+    }
+    if let Some(net) = &spec.network {
+        network::check(net, errs);
+    }
+
+    let total = spec.containers.len() + spec.init_containers.len();
+    if spec.containers.is_empty() {
+        errs.add("containers", "at least one container is required");
+    } else if total > MAX_CONTAINERS {
+        errs.add(
+            "containers",
+            format!("{total} containers (init included) is over the limit of {MAX_CONTAINERS}"),
+        );
+    }
+    if spec.volumes.len() > MAX_VOLUMES {
+        errs.add(
+            "volumes",
+            format!("{} volumes is over the limit of {MAX_VOLUMES}", spec.volumes.len()),
+        );
+    }
+    let volumes = volume::check_all(&spec.volumes, errs);
+
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    let lists = [("initContainers", &spec.init_containers, true), ("containers", &spec.containers, false)];
+    let mut app_sum = Size { cpu_millis: 0, memory_bytes: 0 };
+    let mut init_max = Size { cpu_millis: 0, memory_bytes: 0 };
+    for (list, containers, init) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let path = format!("{list}[{i}]");
+            if !c.name.is_empty() && !names.insert(c.name.as_str()) {
+                errs.add(format!("{path}.name"), format!("{:?} is used by another container", c.name));
+            }
+            let res = container::check(&path, c, init, &volumes, &mut ports, errs);
+            if let Some(r) = res {
+                if init {
+                    init_max.cpu_millis = init_max.cpu_millis.max(r.cpu_millis);
+                    init_max.memory_bytes = init_max.memory_bytes.max(r.memory_bytes);
+                } else {
+                    app_sum.cpu_millis = app_sum.cpu_millis.saturating_add(r.cpu_millis);
+                    app_sum.memory_bytes = app_sum.memory_bytes.saturating_add(r.memory_bytes);
+                }
+            }
+        }
+    }
+    // Init containers run alone, before the app containers: the group needs the larger of
+    // the biggest init container and the sum of the app containers (Kubernetes rule).
+    let containers_need = Size {
+        cpu_millis: app_sum.cpu_millis.max(init_max.cpu_millis),
+        memory_bytes: app_sum.memory_bytes.max(init_max.memory_bytes),
+    };
+
+    let group_cpu = parse_opt(&spec.cpu, "cpu", parse_cpu_millis, errs);
+    let group_mem = parse_opt(&spec.memory, "memory", parse_memory_bytes, errs);
+    if group_cpu == Some(0) {
+        errs.add("cpu", "must be greater than 0");
+    }
+    if group_mem == Some(0) {
+        errs.add("memory", "must be greater than 0");
+    }
+    if let Some(cpu) = group_cpu
+        && containers_need.cpu_millis > cpu
+    {
+        errs.add(
+            "containers",
+            format!(
+                "the containers' cpu adds up to {}, more than the group cpu {}",
+                format_cpu(containers_need.cpu_millis),
+                format_cpu(cpu)
+            ),
+        );
+    }
+    if let Some(mem) = group_mem
+        && containers_need.memory_bytes > mem
+    {
+        errs.add(
+            "containers",
+            format!(
+                "the containers' memory adds up to {}, more than the group memory {}",
+                format_memory(containers_need.memory_bytes),
+                format_memory(mem)
+            ),
+        );
+    }
+    // Without any resources stated the group gets the smallest offered size.
+    // In-memory volumes live in the group's memory, so the group needs at least that.
+    let memory_volumes = volumes.memory_bytes;
+    let requested = Size {
+        cpu_millis: group_cpu.unwrap_or(containers_need.cpu_millis),
+        memory_bytes: group_mem.unwrap_or(containers_need.memory_bytes).max(memory_volumes),
+    };
+    let normalized = sizes::normalize(requested.cpu_millis, requested.memory_bytes);
+    if normalized.is_none() {
+        let max = sizes::largest();
+        errs.add(
+            if requested.cpu_millis > max.cpu_millis { "cpu" } else { "memory" },
+            format!(
+                "{} vCPU / {} is larger than the largest offered size {} vCPU / {}",
+                format_cpu(requested.cpu_millis),
+                format_memory(requested.memory_bytes),
+                format_cpu(max.cpu_millis),
+                format_memory(max.memory_bytes)
+            ),
+        );
+    }
+    if let Some(mem) = group_mem
+        && memory_volumes > mem
+    {
+        errs.add(
+            "volumes",
+            format!(
+                "in-memory emptyDir volumes add up to {}, more than the group memory {}",
+                format_memory(memory_volumes),
+                format_memory(mem)
+            ),
+        );
+    }
+
+    let shm = parse_opt(&spec.shm_size, "shmSize", parse_memory_bytes, errs);
+    if let (Some(shm), Some(n)) = (shm, normalized) {
+        let half = n.memory_bytes / 2;
+        if shm >= half {
+            errs.add(
+                "shmSize",
+                format!(
+                    "{} must be less than half of the group memory {} ({})",
+                    format_memory(shm),
+                    format_memory(n.memory_bytes),
+                    format_memory(half)
+                ),
+            );
+        }
+    }
+    let ephemeral = parse_opt(&spec.ephemeral_storage, "ephemeralStorage", parse_memory_bytes, errs);
+    if let Some(e) = ephemeral
+        && (e == 0 || e > MAX_EPHEMERAL_BYTES)
+    {
+        errs.add(
+            "ephemeralStorage",
+            format!("{} is outside 1 byte to {}", format_memory(e), format_memory(MAX_EPHEMERAL_BYTES)),
+        );
+    }
+
+    Some(ValidSpec {
+        requested,
+        normalized: normalized?,
+        grace_period_seconds: grace,
+        shm_bytes: shm.unwrap_or(DEFAULT_SHM_BYTES),
+        ephemeral_bytes: ephemeral.unwrap_or(DEFAULT_EPHEMERAL_BYTES),
+    })
+}
+
+/// Parses an optional quantity field; empty means unset.
+pub(super) fn parse_opt<E: std::fmt::Display>(
+    value: &str,
+    field: &str,
+    parse: fn(&str) -> Result<u64, E>,
+    errs: &mut Errors,
+) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    parse(value).map_err(|e| errs.add(field, e.to_string())).ok()
+}
+
+fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
+    if spec.labels.len() > MAX_LABELS {
+        errs.add(
+            "labels",
+            format!("{} labels is over the limit of {MAX_LABELS}", spec.labels.len()),
+        );
+    }
+    for (k, v) in &spec.labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY
+            && !k.chars().any(|c| c.is_control() || c == ',' || c == '=' || c == '!');
+        if !key_ok {
+            errs.add(
+                format!("labels[{k:?}]"),
+                format!(
+                    "key must be 1-{MAX_LABEL_KEY} characters without control characters, ',', '=' or '!'"
+                ),
+            );
+        }
+        if v.chars().count() > MAX_LABEL_VALUE || v.chars().any(|c| c.is_control()) {
+            errs.add(
+                format!("labels[{k:?}]"),
+                format!("value must be 0-{MAX_LABEL_VALUE} characters without control characters"),
+            );
+        }
+    }
+}
+
+fn check_security_context(spec: &GroupSpec, errs: &mut Errors) {
+    let Some(sc) = &spec.security_context else { return };
+    for (flag, field) in [
+        (sc.host_network, "hostNetwork"),
+        (sc.host_pid, "hostPid"),
+        (sc.host_ipc, "hostIpc"),
+    ] {
+        if flag {
+            errs.add(
+                format!("securityContext.{field}"),
+                "is not supported: a group never shares the host's namespaces",
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, s) in sc.sysctls.iter().enumerate() {
+        let path = format!("securityContext.sysctls[{i}]");
+        if !sysctl_allowed(&s.name) {
+            errs.add(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is not allowed; allowed: kernel.shm*, kernel.msg*, kernel.sem, \
+                     fs.mqueue.*, net.* except net.core.rmem_max",
+                    s.name
+                ),
+            );
+        }
+        if !seen.insert(s.name.as_str()) {
+            errs.add(format!("{path}.name"), format!("{:?} is set twice", s.name));
+        }
+        if s.value.is_empty() || s.value.contains(['\n', '\0']) {
+            errs.add(format!("{path}.value"), "must be a non-empty single line");
+        }
+    }
+}
+
+/// The namespaced sysctls a group may set (seed 004): they only affect the group's own
+/// IPC and network namespaces.
+pub(crate) fn sysctl_allowed(name: &str) -> bool {
+    let valid_chars = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        && !name.contains("..")
+        && !name.contains('/');
+    valid_chars
+        && (name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem"
+            || name.starts_with("fs.mqueue.")
+            || (name.starts_with("net.") && name != "net.core.rmem_max"))
+}
+
+fn check_credentials(spec: &GroupSpec, errs: &mut Errors) {
+    if spec.image_registry_credentials.len() > MAX_CREDENTIALS {
+        errs.add(
+            "imageRegistryCredentials",
+            format!("{} credentials is over the limit of {MAX_CREDENTIALS}", spec.image_registry_credentials.len()),
+        );
+    }
+    let mut servers = HashSet::new();
+    for (i, c) in spec.image_registry_credentials.iter().enumerate() {
+        let path = format!("imageRegistryCredentials[{i}]");
+        if c.server.is_empty() || c.server.contains(['/', ' ']) {
+            errs.add(format!("{path}.server"), "must be a registry host[:port] without scheme or path");
+        } else if !servers.insert(c.server.as_str()) {
+            errs.add(format!("{path}.server"), format!("{:?} has credentials twice", c.server));
+        }
+        if c.username.is_empty() {
+            errs.add(format!("{path}.username"), "is required");
+        }
+    }
+}

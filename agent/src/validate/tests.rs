@@ -1,0 +1,100 @@
+use eci_api::v1::{Container, GroupSpec, ResourceRequirements};
+
+use super::*;
+
+fn container(name: &str, cpu: &str, memory: &str) -> Container {
+    Container {
+        name: name.into(),
+        image: "127.0.0.1:5000/demo/busybox:1".into(),
+        resources: Some(ResourceRequirements { cpu: cpu.into(), memory: memory.into(), gpu: 0 }),
+        ..Default::default()
+    }
+}
+
+fn spec() -> GroupSpec {
+    GroupSpec {
+        name: "web-1".into(),
+        cpu: "1".into(),
+        memory: "2Gi".into(),
+        containers: vec![container("app", "500m", "512Mi")],
+        ..Default::default()
+    }
+}
+
+fn fields(spec: &GroupSpec) -> Vec<String> {
+    validate(spec).expect_err("spec should be refused").0.into_iter().map(|e| e.field).collect()
+}
+
+#[test]
+fn accepts_the_example_and_normalizes() {
+    let v = validate(&spec()).expect("valid");
+    assert_eq!(v.normalized, Size { cpu_millis: 1000, memory_bytes: 2 << 30 });
+    let mut s = spec();
+    s.cpu = "7".into();
+    s.memory = "13Gi".into();
+    assert_eq!(validate(&s).expect("valid").normalized, Size { cpu_millis: 8000, memory_bytes: 16 << 30 });
+}
+
+#[test]
+fn sums_containers_when_the_group_has_no_size() {
+    let mut s = spec();
+    s.cpu.clear();
+    s.memory.clear();
+    s.containers = vec![container("a", "1500m", "3Gi"), container("b", "500m", "1Gi")];
+    let v = validate(&s).expect("valid");
+    assert_eq!(v.requested, Size { cpu_millis: 2000, memory_bytes: 4 << 30 });
+    assert_eq!(v.normalized, Size { cpu_millis: 2000, memory_bytes: 4 << 30 });
+}
+
+#[test]
+fn names_each_bad_field() {
+    let mut s = spec();
+    s.name = "Web_1".into();
+    assert_eq!(fields(&s), ["name"]);
+
+    let mut s = spec();
+    s.containers.push(container("app", "", ""));
+    assert_eq!(fields(&s), ["containers[1].name"]);
+
+    let mut s = spec();
+    s.containers.push(container("side", "1", "1Gi"));
+    assert_eq!(fields(&s), ["containers"]);
+
+    let mut s = spec();
+    s.shm_size = "1Gi".into();
+    assert_eq!(fields(&s), ["shmSize"]);
+
+    let mut s = spec();
+    s.security_context = Some(eci_api::v1::GroupSecurityContext {
+        sysctls: vec![eci_api::v1::Sysctl { name: "net.core.rmem_max".into(), value: "1".into() }],
+        ..Default::default()
+    });
+    assert_eq!(fields(&s), ["securityContext.sysctls[0].name"]);
+}
+
+#[test]
+fn sysctl_allowlist() {
+    for ok in ["kernel.shmmax", "kernel.msgmax", "kernel.sem", "fs.mqueue.msg_max", "net.ipv4.ip_forward"] {
+        assert!(group::sysctl_allowed(ok), "{ok}");
+    }
+    for no in ["net.core.rmem_max", "kernel.pid_max", "vm.swappiness", "fs.file-max", "kernel.semx"] {
+        assert!(!group::sysctl_allowed(no), "{no}");
+    }
+}
+
+#[test]
+fn image_references() {
+    use container::check_image_reference as check;
+    for ok in [
+        "busybox",
+        "busybox:1.36",
+        "127.0.0.1:5000/demo/busybox:1",
+        "localhost/a/b",
+        "registry.example.com/team/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        assert!(check(ok).is_ok(), "{ok}");
+    }
+    for bad in ["", "Busybox", "busybox:", "a b", "demo/busybox:-x", "x@sha256:12"] {
+        assert!(check(bad).is_err(), "{bad}");
+    }
+}

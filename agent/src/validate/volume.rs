@@ -1,0 +1,123 @@
+//! Volume rules: names, exactly one source, refused host paths, sizes, config files.
+
+use std::collections::HashSet;
+use std::path::{Component, Path};
+
+use eci_api::v1::Volume;
+
+use super::group::parse_opt;
+use super::{Errors, check_name};
+use crate::quantity::parse_memory_bytes;
+
+/// What the container checks need to know about the group's volumes.
+#[derive(Debug, Default)]
+pub(super) struct VolumeSet {
+    pub names: HashSet<String>,
+    /// Sum of the size limits of in-memory emptyDirs.
+    pub memory_bytes: u64,
+}
+
+pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
+    let mut set = VolumeSet::default();
+    for (i, v) in volumes.iter().enumerate() {
+        let path = format!("volumes[{i}]");
+        if let Err(m) = check_name(&v.name) {
+            errs.add(format!("{path}.name"), m);
+        } else if !set.names.insert(v.name.clone()) {
+            errs.add(format!("{path}.name"), format!("{:?} is used by another volume", v.name));
+        }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.config_file.is_some(),
+            v.disk.is_some(),
+            v.nfs.is_some(),
+            v.host_path.is_some(),
+        ];
+        if v.host_path.is_some() {
+            errs.add(
+                format!("{path}.hostPath"),
+                "is not supported: groups cannot mount host paths",
+            );
+        }
+        match sources.iter().filter(|s| **s).count() {
+            1 => {}
+            0 => errs.add(&path, "set exactly one of emptyDir, configFile, disk, nfs"),
+            _ => errs.add(&path, "set only one of emptyDir, configFile, disk, nfs"),
+        }
+        if let Some(e) = &v.empty_dir {
+            let size = parse_opt(&e.size_limit, &format!("{path}.emptyDir.sizeLimit"), parse_memory_bytes, errs);
+            match e.medium.as_str() {
+                "" => {}
+                "Memory" => match size {
+                    Some(s) => set.memory_bytes = set.memory_bytes.saturating_add(s),
+                    None if e.size_limit.is_empty() => errs.add(
+                        format!("{path}.emptyDir.sizeLimit"),
+                        "is required for medium Memory (it counts against the group memory)",
+                    ),
+                    None => {}
+                },
+                other => errs.add(
+                    format!("{path}.emptyDir.medium"),
+                    format!("{other:?} is not one of \"\" (disk), Memory"),
+                ),
+            }
+        }
+        if let Some(cf) = &v.config_file {
+            if cf.files.is_empty() {
+                errs.add(format!("{path}.configFile.files"), "at least one file is required");
+            }
+            let mut seen = HashSet::new();
+            for (j, f) in cf.files.iter().enumerate() {
+                let fpath = format!("{path}.configFile.files[{j}]");
+                if !is_relative_inside(&f.path) {
+                    errs.add(
+                        format!("{fpath}.path"),
+                        format!("{:?} must be a relative path without '..'", f.path),
+                    );
+                } else if !seen.insert(f.path.as_str()) {
+                    errs.add(format!("{fpath}.path"), format!("{:?} is given twice", f.path));
+                }
+                if !f.content.is_empty() && !f.content_base64.is_empty() {
+                    errs.add(&fpath, "set content or contentBase64, not both");
+                }
+                if !f.content_base64.is_empty() && !is_base64(&f.content_base64) {
+                    errs.add(format!("{fpath}.contentBase64"), "is not valid base64");
+                }
+                if f.mode > 0o777 {
+                    errs.add(format!("{fpath}.mode"), format!("{:o} is over 0777", f.mode));
+                }
+            }
+        }
+        if let Some(d) = &v.disk {
+            if !d.device.starts_with("/dev/") && (d.device.is_empty() || d.device.contains('/')) {
+                errs.add(format!("{path}.disk.device"), "must be a /dev path or a disk serial");
+            }
+            if !matches!(d.fs_type.as_str(), "" | "ext4" | "xfs") {
+                errs.add(format!("{path}.disk.fsType"), format!("{:?} is not one of ext4, xfs", d.fs_type));
+            }
+        }
+        if let Some(n) = &v.nfs {
+            if n.server.is_empty() || n.server.contains(['/', ' ']) {
+                errs.add(format!("{path}.nfs.server"), "must be a host name or address");
+            }
+            if !n.path.starts_with('/') {
+                errs.add(format!("{path}.nfs.path"), "must be an absolute export path");
+            }
+        }
+    }
+    set
+}
+
+/// True for a non-empty relative path that stays inside its base (no `..`, not absolute).
+pub(super) fn is_relative_inside(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains('\0')
+        && Path::new(p).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn is_base64(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    s.len() % 4 == 0
+        && s.len() - body.len() <= 2
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}

@@ -1,0 +1,13 @@
+//! Networking of ECI container groups: the group's network namespace, the ENI moved into
+//! it, and the security-group rules enforced there.
+//!
+//! This first part holds the typed forms of what a group spec asks for (which host link is
+//! the ENI, which rules apply), parsed and checked once so that the agent refuses a bad
+//! spec before anything is created, and the code that later programs the kernel gets
+//! values it does not have to check again.
+
+pub mod eni;
+pub mod security_group;
+
+pub use eni::{EniSelector, MacAddress};
+pub use security_group::{Direction, Policy, PortRange, Protocol, Rule};
