@@ -14,7 +14,7 @@ use eci_api::v1::{ContainerGroup, ContainerStatus, Event, GroupSpec, GroupStatus
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
+use crate::quantity::{format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes};
 use crate::selector::Selector;
 use crate::sizes::Size;
 use crate::store::{Store, WriteTx};
@@ -49,7 +49,7 @@ fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) -> E
 }
 
 fn describe_size(s: Size) -> String {
-    format!("{} vCPU / {}", format_cpu(s.cpu_millis), format_memory(s.memory_bytes))
+    format!("{} vCPU / {}", format_cpu(s.cpu_millis), human_memory(s.memory_bytes))
 }
 
 /// The normalized size recorded in a stored group's status.
@@ -164,10 +164,14 @@ impl Groups {
                             NORMAL,
                             "Scheduled",
                             format!(
-                                "admitted on {} as {} (requested {})",
+                                "admitted on {} as {} ({})",
                                 self.node.hostname,
                                 describe_size(valid.normalized),
-                                describe_size(valid.requested)
+                                if valid.requested == (Size { cpu_millis: 0, memory_bytes: 0 }) {
+                                    "no size requested: the smallest offered size".to_string()
+                                } else {
+                                    format!("requested {}", describe_size(valid.requested))
+                                }
                             ),
                         ));
                     }

@@ -96,6 +96,19 @@ pub fn format_memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Memory for messages: exact binary units when they divide, else one decimal ("19.5Gi").
+pub fn human_memory(bytes: u64) -> String {
+    for (suf, mult) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= mult {
+            if bytes % mult == 0 {
+                return format!("{}{suf}", bytes / mult);
+            }
+            return format!("{:.1}{suf}", bytes as f64 / mult as f64);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

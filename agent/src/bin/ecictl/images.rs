@@ -1,0 +1,130 @@
+//! Image and image-cache commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use eci_api::v1::image_caches_client::ImageCachesClient;
+use eci_api::v1::images_client::ImagesClient;
+use eci_api::v1::*;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::output::{self, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCmd {
+    /// Pull an image from its registry.
+    Pull { image: String },
+    /// List images.
+    Ls,
+    /// Remove an image no group uses.
+    Rm { image: String },
+    /// Import an OCI image layout archive (tar).
+    Import {
+        file: PathBuf,
+        /// Reference for the image when the archive names none.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCmd {
+    /// Pre-pull a named set of images.
+    Create {
+        name: String,
+        #[arg(long = "image", required = true)]
+        images: Vec<String>,
+        /// Delete the cache this many days after creation (0 keeps it).
+        #[arg(long, default_value_t = 0)]
+        retention_days: u32,
+    },
+    /// List caches.
+    Ls,
+    /// Delete a cache.
+    Rm { name: String },
+}
+
+fn image_table(images: &[Image]) -> String {
+    let mut t = Table::new(&["REFERENCE", "DIGEST", "SIZE", "LAYERS", "PLATFORM"]);
+    for i in images {
+        let short = i.digest.get(..19).unwrap_or(&i.digest).to_string();
+        let refs = if i.references.is_empty() { "<none>".into() } else { i.references.join(",") };
+        t.row(vec![refs, short, output::bytes(i.size_bytes), i.layer_count.to_string(), i.platform.clone()]);
+    }
+    t.render()
+}
+
+pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
+    let mut c = ImagesClient::new(ch);
+    match cmd {
+        ImagesCmd::Pull { image } => {
+            let req = PullImageRequest { image: image.clone(), credentials: vec![] };
+            let mut stream = c.pull(req).await?.into_inner();
+            while let Some(p) = stream.message().await? {
+                if let Some(img) = p.image {
+                    println!("pulled {image} ({})", img.digest);
+                } else {
+                    println!("{} {} {}/{}", p.layer_digest, p.state, p.downloaded_bytes, p.total_bytes);
+                }
+            }
+        }
+        ImagesCmd::Ls => {
+            let list = c.list(ListImagesRequest {}).await?.into_inner();
+            print!("{}", image_table(&list.images));
+        }
+        ImagesCmd::Rm { image } => {
+            c.remove(RemoveImageRequest { image: image.clone() }).await?;
+            println!("image {image} removed");
+        }
+        ImagesCmd::Import { file, reference } => {
+            let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+            let (tx, rx) = mpsc::channel(8);
+            tx.send(ImportImageRequest { reference: reference.unwrap_or_default(), data: vec![] }).await?;
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    if tx.send(ImportImageRequest { reference: String::new(), data: buf[..n].to_vec() }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            });
+            let res = c.import(ReceiverStream::new(rx)).await;
+            reader.await?.with_context(|| format!("reading {}", file.display()))?;
+            print!("{}", image_table(&res?.into_inner().images));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cache(ch: Channel, cmd: CacheCmd) -> Result<ExitCode> {
+    let mut c = ImageCachesClient::new(ch);
+    match cmd {
+        CacheCmd::Create { name, images, retention_days } => {
+            let req = CreateImageCacheRequest { name, images, retention_days, credentials: vec![] };
+            let cache = c.create(req).await?.into_inner();
+            println!("cache/{} {}", cache.name, cache.status);
+        }
+        CacheCmd::Ls => {
+            let list = c.list(ListImageCachesRequest {}).await?.into_inner();
+            let mut t = Table::new(&["NAME", "STATUS", "IMAGES", "SIZE", "AGE"]);
+            for k in list.caches {
+                t.row(vec![k.name, k.status, k.images.join(","), output::bytes(k.size_bytes), output::age(&k.created_at)]);
+            }
+            print!("{}", t.render());
+        }
+        CacheCmd::Rm { name } => {
+            c.delete(DeleteImageCacheRequest { name: name.clone() }).await?;
+            println!("cache/{name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
