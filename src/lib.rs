@@ -13,7 +13,8 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every `eci.v1` file, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/eci_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/eci_v1_descriptor.bin"));
 
 /// Group phases, as they appear in `GroupStatus.phase` (names from the modelled product).
 pub mod phase {

@@ -128,7 +128,10 @@ impl Default for NodeConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -144,11 +147,16 @@ impl Config {
                 return Ok(Config::default());
             }
             Err(source) => {
-                return Err(ConfigError::Read { path: path.display().to_string(), source });
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
             }
         };
-        toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Moves every state, run and log path under `root` (tests, several agents per host).
@@ -182,7 +190,12 @@ impl Config {
             if v.is_empty() {
                 return Ok(());
             }
-            parse_cpu_millis(v).map(drop).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
+            parse_cpu_millis(v)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    message: e.to_string(),
+                })
         };
         let mem = |key, v: &str| {
             if v.is_empty() {
@@ -190,14 +203,20 @@ impl Config {
             }
             parse_memory_bytes(v)
                 .map(drop)
-                .map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    message: e.to_string(),
+                })
         };
         cpu("node.cpu", &self.node.cpu)?;
         cpu("node.reserved_cpu", &self.node.reserved_cpu)?;
         mem("node.memory", &self.node.memory)?;
         mem("node.reserved_memory", &self.node.reserved_memory)?;
         humantime::parse_duration(&self.node.finished_group_retention).map_err(|e| {
-            ConfigError::Invalid { key: "node.finished_group_retention", message: e.to_string() }
+            ConfigError::Invalid {
+                key: "node.finished_group_retention",
+                message: e.to_string(),
+            }
         })?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
@@ -205,7 +224,11 @@ impl Config {
                 message: format!("{:?} is not one of text, json", self.log.format),
             });
         }
-        let tls = [&self.api.tls_cert, &self.api.tls_key, &self.api.tls_client_ca];
+        let tls = [
+            &self.api.tls_cert,
+            &self.api.tls_key,
+            &self.api.tls_client_ca,
+        ];
         if !self.api.tcp_listen.is_empty() && tls.iter().any(|p| p.as_os_str().is_empty()) {
             return Err(ConfigError::Invalid {
                 key: "api.tcp_listen",
@@ -230,7 +253,10 @@ mod tests {
         let defaults = toml::to_string(&Config::default()).expect("serialize");
         for line in defaults.lines().filter(|l| l.contains(" = ")) {
             let key = line.split(" = ").next().unwrap_or_default();
-            assert!(text.contains(&format!("{key} = ")), "{key} is not documented");
+            assert!(
+                text.contains(&format!("{key} = ")),
+                "{key} is not documented"
+            );
         }
     }
 
@@ -239,7 +265,10 @@ mod tests {
         let mut c = Config::default();
         c.relocate(Path::new("/tmp/x"));
         assert_eq!(c.socket_path(), Path::new("/tmp/x/run/eci/agent.sock"));
-        assert_eq!(c.state_db_path(), Path::new("/tmp/x/var/lib/eci/state.redb"));
+        assert_eq!(
+            c.state_db_path(),
+            Path::new("/tmp/x/var/lib/eci/state.redb")
+        );
     }
 
     #[test]

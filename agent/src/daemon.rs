@@ -23,7 +23,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let node = Node::detect(&cfg.node).context("reading the node's resources")?;
     let db = cfg.state_db_path();
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&db)).await.context("opening the store")??,
+        tokio::task::spawn_blocking(move || Store::open(&db))
+            .await
+            .context("opening the store")??,
     );
     let groups = Arc::new(Groups::new(store, node));
     let g = groups.clone();

@@ -9,7 +9,10 @@ pub enum Error {
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
     #[error("{field}: {message}")]
-    BadRequest { field: &'static str, message: String },
+    BadRequest {
+        field: &'static str,
+        message: String,
+    },
     #[error("group {0:?} not found")]
     NotFound(String),
     #[error("group {0:?} already exists")]

@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use eci_api::phase;
-use eci_api::v1::{ContainerGroup, ContainerStatus, Event, GroupSpec, GroupStatus, NormalizedResources};
+use eci_api::v1::{
+    ContainerGroup, ContainerStatus, Event, GroupSpec, GroupStatus, NormalizedResources,
+};
 
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::quantity::{format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes};
+use crate::quantity::{
+    format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes,
+};
 use crate::selector::Selector;
 use crate::sizes::Size;
 use crate::store::{Store, WriteTx};
@@ -49,15 +53,24 @@ fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) -> E
 }
 
 fn describe_size(s: Size) -> String {
-    format!("{} vCPU / {}", format_cpu(s.cpu_millis), human_memory(s.memory_bytes))
+    format!(
+        "{} vCPU / {}",
+        format_cpu(s.cpu_millis),
+        human_memory(s.memory_bytes)
+    )
 }
 
 /// The normalized size recorded in a stored group's status.
 fn normalized_of(g: &ContainerGroup) -> Size {
-    let n = g.status.as_ref().and_then(|s| s.normalized_resources.as_ref());
+    let n = g
+        .status
+        .as_ref()
+        .and_then(|s| s.normalized_resources.as_ref());
     Size {
         cpu_millis: n.and_then(|n| parse_cpu_millis(&n.cpu).ok()).unwrap_or(0),
-        memory_bytes: n.and_then(|n| parse_memory_bytes(&n.memory).ok()).unwrap_or(0),
+        memory_bytes: n
+            .and_then(|n| parse_memory_bytes(&n.memory).ok())
+            .unwrap_or(0),
     }
 }
 
@@ -77,7 +90,9 @@ fn new_id() -> String {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
         .is_err()
     {
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         buf = (nanos.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -102,10 +117,16 @@ impl Groups {
             .iter()
             .filter(|g| !phase::is_final(phase_of(g)) && name_of(g) != except)
             .map(normalized_of)
-            .fold(Size { cpu_millis: 0, memory_bytes: 0 }, |a, b| Size {
-                cpu_millis: a.cpu_millis + b.cpu_millis,
-                memory_bytes: a.memory_bytes + b.memory_bytes,
-            })
+            .fold(
+                Size {
+                    cpu_millis: 0,
+                    memory_bytes: 0,
+                },
+                |a, b| Size {
+                    cpu_millis: a.cpu_millis + b.cpu_millis,
+                    memory_bytes: a.memory_bytes + b.memory_bytes,
+                },
+            )
     }
 
     /// What the node has left, as a message when `need` does not fit.
@@ -139,61 +160,67 @@ impl Groups {
     pub fn create(&self, spec: GroupSpec) -> Result<ContainerGroup> {
         let valid = validate::validate(&spec)?;
         let name = spec.name.clone();
-        self.store
-            .write(|tx| {
-                let now = clock::now();
-                let mut status = initial_status(&spec, &valid);
-                let mut events = vec![];
-                match self.misfit(tx, valid.normalized, "")? {
-                    Some(why) => {
-                        status.phase = phase::SCHEDULE_FAILED.into();
-                        status.reason = "InsufficientResources".into();
-                        status.message = why.clone();
-                        status.finished_at = now.clone();
-                        for c in &mut status.container_statuses {
-                            c.reason = "Unschedulable".into();
-                        }
-                        events.push(event(&name, WARNING, "FailedScheduling", why));
+        self.store.write(|tx| {
+            let now = clock::now();
+            let mut status = initial_status(&spec, &valid);
+            let mut events = vec![];
+            match self.misfit(tx, valid.normalized, "")? {
+                Some(why) => {
+                    status.phase = phase::SCHEDULE_FAILED.into();
+                    status.reason = "InsufficientResources".into();
+                    status.message = why.clone();
+                    status.finished_at = now.clone();
+                    for c in &mut status.container_statuses {
+                        c.reason = "Unschedulable".into();
                     }
-                    None => {
-                        status.phase = phase::PENDING.into();
-                        status.reason = "Scheduled".into();
-                        status.message = NO_BACKEND.into();
-                        events.push(event(
-                            &name,
-                            NORMAL,
-                            "Scheduled",
-                            format!(
-                                "admitted on {} as {} ({})",
-                                self.node.hostname,
-                                describe_size(valid.normalized),
-                                if valid.requested == (Size { cpu_millis: 0, memory_bytes: 0 }) {
-                                    "no size requested: the smallest offered size".to_string()
-                                } else {
-                                    format!("requested {}", describe_size(valid.requested))
-                                }
-                            ),
-                        ));
-                    }
+                    events.push(event(&name, WARNING, "FailedScheduling", why));
                 }
-                let mut group = ContainerGroup {
-                    id: new_id(),
-                    spec: Some(spec.clone()),
-                    status: Some(status),
-                    revision: 0,
-                    generation: 1,
-                    created_at: now,
-                };
-                tx.insert_group(&mut group)?;
-                for e in events {
-                    tx.event(e)?;
+                None => {
+                    status.phase = phase::PENDING.into();
+                    status.reason = "Scheduled".into();
+                    status.message = NO_BACKEND.into();
+                    events.push(event(
+                        &name,
+                        NORMAL,
+                        "Scheduled",
+                        format!(
+                            "admitted on {} as {} ({})",
+                            self.node.hostname,
+                            describe_size(valid.normalized),
+                            if valid.requested
+                                == (Size {
+                                    cpu_millis: 0,
+                                    memory_bytes: 0
+                                })
+                            {
+                                "no size requested: the smallest offered size".to_string()
+                            } else {
+                                format!("requested {}", describe_size(valid.requested))
+                            }
+                        ),
+                    ));
                 }
-                Ok(group)
-            })
+            }
+            let mut group = ContainerGroup {
+                id: new_id(),
+                spec: Some(spec.clone()),
+                status: Some(status),
+                revision: 0,
+                generation: 1,
+                created_at: now,
+            };
+            tx.insert_group(&mut group)?;
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(group)
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<ContainerGroup> {
-        self.store.get_group(name)?.ok_or_else(|| Error::NotFound(name.into()))
+        self.store
+            .get_group(name)?
+            .ok_or_else(|| Error::NotFound(name.into()))
     }
 
     /// Groups matching the selector, and the revision they were read at.
@@ -202,7 +229,14 @@ impl Groups {
         let (groups, rev) = self.store.list_groups()?;
         let groups = groups
             .into_iter()
-            .filter(|g| sel.matches(&g.spec.as_ref().map(|s| s.labels.clone()).unwrap_or_default()))
+            .filter(|g| {
+                sel.matches(
+                    &g.spec
+                        .as_ref()
+                        .map(|s| s.labels.clone())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
         Ok((groups, rev))
     }
@@ -212,60 +246,66 @@ impl Groups {
     pub fn update(&self, spec: GroupSpec) -> Result<ContainerGroup> {
         let valid = validate::validate(&spec)?;
         let name = spec.name.clone();
-        self.store
-            .write(|tx| {
-                let mut group = tx.get_group(&name)?.ok_or_else(|| Error::NotFound(name.clone()))?;
-                let old = group.spec.clone().unwrap_or_default();
-                let current = phase_of(&group).to_string();
-                if current == phase::TERMINATING || phase::is_final(&current) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "group {name:?} is {current} and can no longer be updated"
-                    )));
+        self.store.write(|tx| {
+            let mut group = tx
+                .get_group(&name)?
+                .ok_or_else(|| Error::NotFound(name.clone()))?;
+            let old = group.spec.clone().unwrap_or_default();
+            let current = phase_of(&group).to_string();
+            if current == phase::TERMINATING || phase::is_final(&current) {
+                return Err(Error::FailedPrecondition(format!(
+                    "group {name:?} is {current} and can no longer be updated"
+                )));
+            }
+            if old.sandbox != spec.sandbox {
+                return Err(Error::FailedPrecondition(
+                    "sandbox: the sandbox kind of a group cannot change; delete and create it"
+                        .into(),
+                ));
+            }
+            if old.network.as_ref().and_then(|n| n.eni.clone())
+                != spec.network.as_ref().and_then(|n| n.eni.clone())
+            {
+                return Err(Error::FailedPrecondition(
+                    "network.eni: the ENI of a group cannot change; delete and create it".into(),
+                ));
+            }
+            if let Some(why) = self.misfit(tx, valid.normalized, &name)? {
+                return Err(Error::ResourceExhausted(format!("update refused: {why}")));
+            }
+            let mut spec = spec.clone();
+            // The group keeps its addresses across updates.
+            if let (Some(new), Some(old)) = (spec.network.as_mut(), old.network.as_ref()) {
+                if new.ipv4_address.is_empty() {
+                    new.ipv4_address = old.ipv4_address.clone();
                 }
-                if old.sandbox != spec.sandbox {
-                    return Err(Error::FailedPrecondition(
-                        "sandbox: the sandbox kind of a group cannot change; delete and create it".into(),
-                    ));
+                if new.ipv6_address.is_empty() {
+                    new.ipv6_address = old.ipv6_address.clone();
                 }
-                if old.network.as_ref().and_then(|n| n.eni.clone())
-                    != spec.network.as_ref().and_then(|n| n.eni.clone())
-                {
-                    return Err(Error::FailedPrecondition(
-                        "network.eni: the ENI of a group cannot change; delete and create it".into(),
-                    ));
-                }
-                if let Some(why) = self.misfit(tx, valid.normalized, &name)? {
-                    return Err(Error::ResourceExhausted(format!("update refused: {why}")));
-                }
-                let mut spec = spec.clone();
-                // The group keeps its addresses across updates.
-                if let (Some(new), Some(old)) = (spec.network.as_mut(), old.network.as_ref()) {
-                    if new.ipv4_address.is_empty() {
-                        new.ipv4_address = old.ipv4_address.clone();
-                    }
-                    if new.ipv6_address.is_empty() {
-                        new.ipv6_address = old.ipv6_address.clone();
-                    }
-                }
-                group.generation += 1;
-                let mut status = initial_status(&spec, &valid);
-                let prev = group.status.take().unwrap_or_default();
-                status.phase = prev.phase;
-                status.reason = prev.reason;
-                status.message = prev.message;
-                status.ip_addresses = prev.ip_addresses;
-                status.observed_generation = group.generation;
-                group.status = Some(status);
-                group.spec = Some(spec);
-                tx.update_group(&mut group)?;
-                tx.event(event(
-                    &name,
-                    NORMAL,
-                    "Updated",
-                    format!("spec generation {} stored as {}", group.generation, describe_size(valid.normalized)),
-                ))?;
-                Ok(group)
-            })
+            }
+            group.generation += 1;
+            let mut status = initial_status(&spec, &valid);
+            let prev = group.status.take().unwrap_or_default();
+            status.phase = prev.phase;
+            status.reason = prev.reason;
+            status.message = prev.message;
+            status.ip_addresses = prev.ip_addresses;
+            status.observed_generation = group.generation;
+            group.status = Some(status);
+            group.spec = Some(spec);
+            tx.update_group(&mut group)?;
+            tx.event(event(
+                &name,
+                NORMAL,
+                "Updated",
+                format!(
+                    "spec generation {} stored as {}",
+                    group.generation,
+                    describe_size(valid.normalized)
+                ),
+            ))?;
+            Ok(group)
+        })
     }
 
     /// Marks a group Terminating. The caller then runs [`Groups::finish_delete`].
@@ -279,18 +319,37 @@ impl Groups {
             });
         }
         self.store.write(|tx| {
-            let mut group = tx.get_group(name)?.ok_or_else(|| Error::NotFound(name.into()))?;
+            let mut group = tx
+                .get_group(name)?
+                .ok_or_else(|| Error::NotFound(name.into()))?;
             if phase_of(&group) == phase::TERMINATING {
                 return Ok(group);
             }
-            let spec_grace = group.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
-            let grace = if force { 0 } else { grace.or(spec_grace).unwrap_or(validate::limits::DEFAULT_GRACE_SECONDS) };
+            let spec_grace = group
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds);
+            let grace = if force {
+                0
+            } else {
+                grace
+                    .or(spec_grace)
+                    .unwrap_or(validate::limits::DEFAULT_GRACE_SECONDS)
+            };
             let status = group.status.get_or_insert_with(Default::default);
             status.phase = phase::TERMINATING.into();
             status.reason = "Deleting".into();
-            status.message = format!("delete requested (grace period {grace}s{})", if force { ", forced" } else { "" });
+            status.message = format!(
+                "delete requested (grace period {grace}s{})",
+                if force { ", forced" } else { "" }
+            );
             tx.update_group(&mut group)?;
-            tx.event(event(name, NORMAL, "Killing", format!("stopping group with a grace period of {grace}s")))?;
+            tx.event(event(
+                name,
+                NORMAL,
+                "Killing",
+                format!("stopping group with a grace period of {grace}s"),
+            ))?;
             Ok(group)
         })
     }
@@ -330,7 +389,12 @@ impl Groups {
             if expired {
                 self.store.write(|tx| {
                     tx.delete_group(name_of(g))?;
-                    tx.event(event(name_of(g), NORMAL, "Expired", "finished group removed after its retention period"))
+                    tx.event(event(
+                        name_of(g),
+                        NORMAL,
+                        "Expired",
+                        "finished group removed after its retention period",
+                    ))
                 })?;
                 removed.push(name_of(g).to_string());
             }
@@ -340,7 +404,10 @@ impl Groups {
 }
 
 pub(crate) fn parse_selector(s: &str) -> Result<Selector> {
-    Selector::parse(s).map_err(|e| Error::BadRequest { field: "labelSelector", message: e.to_string() })
+    Selector::parse(s).map_err(|e| Error::BadRequest {
+        field: "labelSelector",
+        message: e.to_string(),
+    })
 }
 
 /// The status of a just-admitted spec: every container Waiting.

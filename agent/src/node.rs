@@ -42,23 +42,32 @@ impl Node {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
             n * 1000
         } else {
-            parse_cpu_millis(&cfg.cpu)
-                .map_err(|e| NodeError::Config { key: "node.cpu", message: e.to_string() })?
+            parse_cpu_millis(&cfg.cpu).map_err(|e| NodeError::Config {
+                key: "node.cpu",
+                message: e.to_string(),
+            })?
         };
         let memory = if cfg.memory.is_empty() {
             host_memory()?
         } else {
-            parse_memory_bytes(&cfg.memory)
-                .map_err(|e| NodeError::Config { key: "node.memory", message: e.to_string() })?
+            parse_memory_bytes(&cfg.memory).map_err(|e| NodeError::Config {
+                key: "node.memory",
+                message: e.to_string(),
+            })?
         };
         let reserved_cpu = parse_cpu_millis(&cfg.reserved_cpu).map_err(|e| NodeError::Config {
             key: "node.reserved_cpu",
             message: e.to_string(),
         })?;
-        let reserved_mem = parse_memory_bytes(&cfg.reserved_memory).map_err(|e| {
-            NodeError::Config { key: "node.reserved_memory", message: e.to_string() }
-        })?;
-        let capacity = Size { cpu_millis: cpu, memory_bytes: memory };
+        let reserved_mem =
+            parse_memory_bytes(&cfg.reserved_memory).map_err(|e| NodeError::Config {
+                key: "node.reserved_memory",
+                message: e.to_string(),
+            })?;
+        let capacity = Size {
+            cpu_millis: cpu,
+            memory_bytes: memory,
+        };
         let allocatable = Size {
             cpu_millis: cpu.saturating_sub(reserved_cpu),
             memory_bytes: memory.saturating_sub(reserved_mem),
@@ -67,13 +76,20 @@ impl Node {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         let facts = HostFacts::probe(Path::new("/sys/fs/cgroup"))?;
-        Ok(Node { hostname, capacity, allocatable, facts })
+        Ok(Node {
+            hostname,
+            capacity,
+            allocatable,
+            facts,
+        })
     }
 }
 
 fn host_memory() -> Result<u64, NodeError> {
-    let text = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|source| NodeError::Read { path: "/proc/meminfo", source })?;
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(|source| NodeError::Read {
+        path: "/proc/meminfo",
+        source,
+    })?;
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().strip_suffix("kB"))

@@ -18,9 +18,14 @@ pub fn stopping() {
 /// Pings the watchdog at half its period from a tokio task: a wedged runtime stops the
 /// pings and systemd restarts the agent (groups keep running in their shims).
 pub fn spawn_watchdog() {
-    let Some(period) = sd_notify::watchdog_enabled() else { return };
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
     let every = period / 2;
-    tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+    tracing::info!(
+        period_ms = period.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
         loop {

@@ -21,7 +21,9 @@ pub fn parse_cpu_millis(s: &str) -> Result<u64, QuantityError> {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        return m.parse::<u64>().map_err(|_| QuantityError::TooLarge(s.to_string()));
+        return m
+            .parse::<u64>()
+            .map_err(|_| QuantityError::TooLarge(s.to_string()));
     }
     let (units, millis) = decimal_parts(s_trim, 3).ok_or_else(bad)?;
     units
@@ -83,13 +85,22 @@ fn decimal_parts(s: &str, digits: u32) -> Option<(u64, u64)> {
 
 /// Formats millicores the way a person writes them: "8", "0.5" stays "500m".
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 { (millis / 1000).to_string() } else { format!("{millis}m") }
+    if millis.is_multiple_of(1000) {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
 }
 
 /// Formats bytes with the largest binary suffix that divides them exactly.
 pub fn format_memory(bytes: u64) -> String {
-    for (suf, mult) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= mult && bytes % mult == 0 {
+    for (suf, mult) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{suf}", bytes / mult);
         }
     }
@@ -98,9 +109,14 @@ pub fn format_memory(bytes: u64) -> String {
 
 /// Memory for messages: exact binary units when they divide, else one decimal ("19.5Gi").
 pub fn human_memory(bytes: u64) -> String {
-    for (suf, mult) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (suf, mult) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if bytes >= mult {
-            if bytes % mult == 0 {
+            if bytes.is_multiple_of(mult) {
                 return format!("{}{suf}", bytes / mult);
             }
             return format!("{:.1}{suf}", bytes as f64 / mult as f64);

@@ -60,13 +60,24 @@ mod tests {
 
     #[test]
     fn matches_terms() {
-        let labels: HashMap<String, String> =
-            [("app".into(), "web".into()), ("tier".into(), "front".into())].into();
+        let labels: HashMap<String, String> = [
+            ("app".into(), "web".into()),
+            ("tier".into(), "front".into()),
+        ]
+        .into();
         assert!(Selector::parse("").expect("empty").matches(&labels));
         assert!(Selector::parse("app=web").expect("eq").matches(&labels));
-        assert!(Selector::parse("app=web, tier!=db").expect("and").matches(&labels));
+        assert!(
+            Selector::parse("app=web, tier!=db")
+                .expect("and")
+                .matches(&labels)
+        );
         assert!(!Selector::parse("app=db").expect("eq").matches(&labels));
-        assert!(Selector::parse("tier,!canary").expect("exists").matches(&labels));
+        assert!(
+            Selector::parse("tier,!canary")
+                .expect("exists")
+                .matches(&labels)
+        );
         assert!(!Selector::parse("!app").expect("absent").matches(&labels));
         assert!(Selector::parse("=x").is_err());
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use eci_api::v1::{
     container_groups_server::ContainerGroupsServer, containers_server::ContainersServer,
-    image_caches_server::ImageCachesServer, images_server::ImagesServer, metrics_server::MetricsServer,
-    node_server::NodeServer,
+    image_caches_server::ImageCachesServer, images_server::ImagesServer,
+    metrics_server::MetricsServer, node_server::NodeServer,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -24,7 +24,9 @@ use crate::groups::Groups;
 /// Every service of the agent, once; both listeners serve clones of it.
 async fn routes(groups: Arc<Groups>) -> Result<Routes> {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<ContainerGroupsServer<GroupsApi>>().await;
+    health
+        .set_serving::<ContainerGroupsServer<GroupsApi>>()
+        .await;
     health.set_serving::<NodeServer<NodeApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(eci_api::FILE_DESCRIPTOR_SET)
@@ -67,7 +69,9 @@ fn bind_unix(path: &Path, gid: Option<u32>) -> Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
     }
     // Bind under a restrictive umask so the socket never exists with a wider mode.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
@@ -112,7 +116,11 @@ impl Listeners {
                 .with_context(|| format!("binding api.tcp_listen {}", cfg.api.tcp_listen))?;
             Some((l, tls))
         };
-        Ok(Listeners { unix, allowed_gid, tcp })
+        Ok(Listeners {
+            unix,
+            allowed_gid,
+            tcp,
+        })
     }
 
     /// Serves until `stop` turns true, then drains in-flight calls.
@@ -122,7 +130,9 @@ impl Listeners {
             let _ = rx.wait_for(|s| *s).await;
         };
         let unix = Server::builder()
-            .layer(InterceptorLayer::new(api::auth::peer_check(self.allowed_gid)))
+            .layer(InterceptorLayer::new(api::auth::peer_check(
+                self.allowed_gid,
+            )))
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(UnixListenerStream::new(self.unix), until(stop.clone()));
         match self.tcp {

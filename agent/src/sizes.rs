@@ -41,7 +41,10 @@ pub struct Size {
 pub fn normalize(cpu_millis: u64, memory_bytes: u64) -> Option<Size> {
     OFFERED
         .iter()
-        .map(|&(cpu, gib)| Size { cpu_millis: cpu * 1000, memory_bytes: gib * GIB })
+        .map(|&(cpu, gib)| Size {
+            cpu_millis: cpu * 1000,
+            memory_bytes: gib * GIB,
+        })
         .filter(|s| s.cpu_millis >= cpu_millis && s.memory_bytes >= memory_bytes)
         .min_by_key(|s| (s.cpu_millis, s.memory_bytes))
 }
@@ -49,7 +52,10 @@ pub fn normalize(cpu_millis: u64, memory_bytes: u64) -> Option<Size> {
 /// The largest offered size, for error messages.
 pub fn largest() -> Size {
     let (cpu, gib) = OFFERED[OFFERED.len() - 1];
-    Size { cpu_millis: cpu * 1000, memory_bytes: gib * GIB }
+    Size {
+        cpu_millis: cpu * 1000,
+        memory_bytes: gib * GIB,
+    }
 }
 
 #[cfg(test)]
@@ -60,17 +66,32 @@ mod tests {
     fn normalizes_up() {
         assert_eq!(
             normalize(7000, 13 * GIB),
-            Some(Size { cpu_millis: 8000, memory_bytes: 16 * GIB })
+            Some(Size {
+                cpu_millis: 8000,
+                memory_bytes: 16 * GIB
+            })
         );
         assert_eq!(
             normalize(500, 512 << 20),
-            Some(Size { cpu_millis: 1000, memory_bytes: 2 * GIB })
+            Some(Size {
+                cpu_millis: 1000,
+                memory_bytes: 2 * GIB
+            })
         );
-        assert_eq!(normalize(1000, 2 * GIB), Some(Size { cpu_millis: 1000, memory_bytes: 2 * GIB }));
+        assert_eq!(
+            normalize(1000, 2 * GIB),
+            Some(Size {
+                cpu_millis: 1000,
+                memory_bytes: 2 * GIB
+            })
+        );
         // Memory drives the vCPU up: 1 vCPU with 10 GiB → 2 vCPU / 16 GiB.
         assert_eq!(
             normalize(1000, 10 * GIB),
-            Some(Size { cpu_millis: 2000, memory_bytes: 16 * GIB })
+            Some(Size {
+                cpu_millis: 2000,
+                memory_bytes: 16 * GIB
+            })
         );
         assert_eq!(normalize(65_000, GIB), None);
         assert_eq!(normalize(1000, 257 * GIB), None);

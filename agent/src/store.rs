@@ -54,7 +54,10 @@ pub enum StoreError {
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 fn decode<M: Message + Default>(key: impl ToString, bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
+    M::decode(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
 }
 
 /// The agent's durable state.
@@ -102,11 +105,23 @@ impl Store {
         let tx = self.db.begin_write().map_err(db_err)?;
         let revision = {
             let meta = tx.open_table(META).map_err(db_err)?;
-            meta.get("revision").map_err(db_err)?.map_or(0, |v| v.value())
+            meta.get("revision")
+                .map_err(db_err)?
+                .map_or(0, |v| v.value())
         };
-        let mut w = WriteTx { tx, revision, changes: Vec::new(), _store: self };
+        let mut w = WriteTx {
+            tx,
+            revision,
+            changes: Vec::new(),
+            _store: self,
+        };
         let out = f(&mut w)?;
-        let WriteTx { tx, revision, changes, .. } = w;
+        let WriteTx {
+            tx,
+            revision,
+            changes,
+            ..
+        } = w;
         Self::finish(tx, revision)?;
         for c in changes {
             // No receiver is fine: nobody is watching.
@@ -129,7 +144,10 @@ impl Store {
     pub fn revision(&self) -> Result<u64> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let meta = tx.open_table(META).map_err(db_err)?;
-        Ok(meta.get("revision").map_err(db_err)?.map_or(0, |v| v.value()))
+        Ok(meta
+            .get("revision")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
     }
 
     pub fn get_group(&self, name: &str) -> Result<Option<ContainerGroup>> {
@@ -149,7 +167,10 @@ impl Store {
             out.push(decode(k.value(), v.value())?);
         }
         let meta = tx.open_table(META).map_err(db_err)?;
-        let rev = meta.get("revision").map_err(db_err)?.map_or(0, |v| v.value());
+        let rev = meta
+            .get("revision")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
         Ok((out, rev))
     }
 
@@ -174,9 +195,15 @@ impl Store {
         let t = tx.open_table(CHANGES).map_err(db_err)?;
         let oldest = t.first().map_err(db_err)?.map(|(k, _)| k.value());
         let meta = tx.open_table(META).map_err(db_err)?;
-        let rev = meta.get("revision").map_err(db_err)?.map_or(0, |v| v.value());
+        let rev = meta
+            .get("revision")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
         if after < rev && oldest.is_none_or(|o| o > after + 1) {
-            return Err(StoreError::Compacted { asked: after, oldest: oldest.unwrap_or(rev) });
+            return Err(StoreError::Compacted {
+                asked: after,
+                oldest: oldest.unwrap_or(rev),
+            });
         }
         let mut out = Vec::new();
         for item in t.range(after + 1..).map_err(db_err)? {
@@ -209,7 +236,8 @@ impl WriteTx<'_> {
 
     fn record(&mut self, change: WatchEvent) -> Result<()> {
         let mut t = self.tx.open_table(CHANGES).map_err(db_err)?;
-        t.insert(change.revision, change.encode_to_vec().as_slice()).map_err(db_err)?;
+        t.insert(change.revision, change.encode_to_vec().as_slice())
+            .map_err(db_err)?;
         drop(t);
         self.changes.push(change);
         Ok(())
@@ -233,7 +261,11 @@ impl WriteTx<'_> {
 
     /// Stores a new group; fails when the name is taken. Sets its revision.
     pub fn insert_group(&mut self, group: &mut ContainerGroup) -> Result<()> {
-        let name = group.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let name = group
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         if self.get_group(&name)?.is_some() {
             return Err(StoreError::Exists(name));
         }
@@ -246,11 +278,16 @@ impl WriteTx<'_> {
     }
 
     fn save(&mut self, group: &mut ContainerGroup, kind: &str) -> Result<()> {
-        let name = group.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let name = group
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         group.revision = self.next_revision();
         {
             let mut t = self.tx.open_table(GROUPS).map_err(db_err)?;
-            t.insert(name.as_str(), group.encode_to_vec().as_slice()).map_err(db_err)?;
+            t.insert(name.as_str(), group.encode_to_vec().as_slice())
+                .map_err(db_err)?;
         }
         self.record(WatchEvent {
             r#type: kind.into(),
@@ -265,7 +302,8 @@ impl WriteTx<'_> {
         let removed = {
             let mut t = self.tx.open_table(GROUPS).map_err(db_err)?;
             let v = t.remove(name).map_err(db_err)?;
-            v.map(|v| decode::<ContainerGroup>(name, v.value())).transpose()?
+            v.map(|v| decode::<ContainerGroup>(name, v.value()))
+                .transpose()?
         };
         if let Some(mut g) = removed.clone() {
             g.revision = self.next_revision();
@@ -284,7 +322,10 @@ impl WriteTx<'_> {
     pub fn event(&mut self, mut e: Event) -> Result<()> {
         let rev = self.next_revision();
         let mut t = self.tx.open_table(EVENTS).map_err(db_err)?;
-        let last = t.last().map_err(db_err)?.map(|(k, v)| (k.value(), v.value().to_vec()));
+        let last = t
+            .last()
+            .map_err(db_err)?
+            .map(|(k, v)| (k.value(), v.value().to_vec()));
         if let Some((key, bytes)) = last {
             let prev: Event = decode(key, &bytes)?;
             let same = prev.group == e.group
@@ -299,9 +340,15 @@ impl WriteTx<'_> {
         }
         e.revision = rev;
         e.count = e.count.max(1);
-        t.insert(rev, e.encode_to_vec().as_slice()).map_err(db_err)?;
+        t.insert(rev, e.encode_to_vec().as_slice())
+            .map_err(db_err)?;
         drop(t);
-        self.record(WatchEvent { r#type: "EVENT".into(), revision: rev, group: None, event: Some(e) })
+        self.record(WatchEvent {
+            r#type: "EVENT".into(),
+            revision: rev,
+            group: None,
+            event: Some(e),
+        })
     }
 }
 
@@ -313,7 +360,10 @@ mod tests {
 
     fn group(name: &str) -> ContainerGroup {
         ContainerGroup {
-            spec: Some(GroupSpec { name: name.into(), ..Default::default() }),
+            spec: Some(GroupSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -324,12 +374,23 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let s = Store::open(&path).expect("open");
-            s.write(|tx| tx.insert_group(&mut group("a"))).expect("insert");
-            let err = s.write(|tx| tx.insert_group(&mut group("a"))).expect_err("dup");
+            s.write(|tx| tx.insert_group(&mut group("a")))
+                .expect("insert");
+            let err = s
+                .write(|tx| tx.insert_group(&mut group("a")))
+                .expect_err("dup");
             assert!(matches!(err, StoreError::Exists(_)));
             s.write(|tx| {
-                tx.event(Event { group: "a".into(), reason: "X".into(), ..Default::default() })?;
-                tx.event(Event { group: "a".into(), reason: "X".into(), ..Default::default() })
+                tx.event(Event {
+                    group: "a".into(),
+                    reason: "X".into(),
+                    ..Default::default()
+                })?;
+                tx.event(Event {
+                    group: "a".into(),
+                    reason: "X".into(),
+                    ..Default::default()
+                })
             })
             .expect("events");
         }
@@ -340,7 +401,10 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].count, 2);
         let changes = s.changes_since(1).expect("changes");
-        assert_eq!(changes.iter().map(|c| c.revision).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            [2, 3]
+        );
         s.write(|tx| tx.delete_group("a")).expect("delete");
         assert!(s.get_group("a").expect("get").is_none());
     }

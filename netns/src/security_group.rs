@@ -84,11 +84,15 @@ impl Rule {
             _ => return Err(RuleError::Protocol(protocol.into())),
         };
         let ports = parse_port_range(port_range)?;
-        if ports.is_none() && matches!(protocol, Protocol::Tcp | Protocol::Udp) && port_range.is_empty()
+        if ports.is_none()
+            && matches!(protocol, Protocol::Tcp | Protocol::Udp)
+            && port_range.is_empty()
         {
             return Err(RuleError::PortRangeRequired);
         }
-        let cidr = cidr.parse::<IpNet>().map_err(|_| RuleError::Cidr(cidr.into()))?;
+        let cidr = cidr
+            .parse::<IpNet>()
+            .map_err(|_| RuleError::Cidr(cidr.into()))?;
         let policy = match policy.to_ascii_lowercase().as_str() {
             "" | "accept" => Policy::Accept,
             "drop" => Policy::Drop,
@@ -99,7 +103,14 @@ impl Rule {
             1..=100 => priority,
             _ => return Err(RuleError::Priority(priority)),
         };
-        Ok(Rule { direction, protocol, ports, cidr, policy, priority })
+        Ok(Rule {
+            direction,
+            protocol,
+            ports,
+            cidr,
+            policy,
+            priority,
+        })
     }
 }
 

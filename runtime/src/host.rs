@@ -42,7 +42,11 @@ impl CgroupMode {
         let unified = root.join("unified");
         let hybrid = fs.filesystem_type() == TMPFS_MAGIC
             && statfs(&unified).is_ok_and(|u| u.filesystem_type() == CGROUP2_SUPER_MAGIC);
-        Ok(if hybrid { CgroupMode::Hybrid } else { CgroupMode::Legacy })
+        Ok(if hybrid {
+            CgroupMode::Hybrid
+        } else {
+            CgroupMode::Legacy
+        })
     }
 
     /// The name used in the API: `v1`, `hybrid` or `v2`.
@@ -92,7 +96,10 @@ impl HostFacts {
         let cgroup_mode = CgroupMode::detect(cgroup_root)?;
         let mut sandbox_kinds = Vec::new();
         let ns = ["mnt", "pid", "net", "ipc", "uts"];
-        if ns.iter().all(|n| Path::new("/proc/self/ns").join(n).exists()) {
+        if ns
+            .iter()
+            .all(|n| Path::new("/proc/self/ns").join(n).exists())
+        {
             sandbox_kinds.push(SandboxKind::Namespaced);
         }
         if Path::new("/usr/bin/qemu-system-x86_64").exists() {

@@ -1,1 +1,187 @@
-//! x
+//! Harness for the end-to-end tests: starts the real `eci-agent` on a private `--root`
+//! and runs the real `ecictl` against it. Everything a test starts is stopped, and its
+//! directory removed, when the handle drops, even when the test fails.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
+/// (`target/<profile>/deps/<test>` → `target/<profile>`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ECI_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// The directory of the repository (for files such as the systemd unit).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A running agent with its own root directory.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent with `config` (TOML) and waits until its socket answers.
+    pub fn start(config: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("eci-e2e-").tempdir()?;
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(&cfg, config)?;
+        let mut a = Agent {
+            dir,
+            config: cfg,
+            child: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("run/eci/agent.sock")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join("agent.log"))?;
+        let child = Command::new(bin("eci-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--root")
+            .arg(self.root())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting eci-agent")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("eci-agent exited with {status} at start:\n{}", self.log());
+            }
+            if self.ctl(&["node"]).status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("eci-agent did not answer within 20s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would, then start again on the same root.
+    pub fn kill9_and_restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        self.spawn()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("agent not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(c.wait()?)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs `ecictl --socket <this agent> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("ecictl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ecictl")
+    }
+
+    /// `ecictl apply -f` of a spec given as text.
+    pub fn apply(&self, name: &str, spec: &str) -> Output {
+        let f = self.root().join(format!("{name}.yaml"));
+        std::fs::write(&f, spec).expect("writing spec");
+        self.ctl(&["apply", "-f", f.to_str().expect("utf-8 path")])
+    }
+
+    /// `ecictl get NAME -o json`, parsed.
+    pub fn get_json(&self, name: &str) -> Result<serde_json::Value> {
+        let out = self.ctl(&["get", name, "-o", "json"]);
+        if !out.status.success() {
+            bail!("get {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Lets other users reach the socket path (for permission tests).
+    pub fn open_path_for_all(&self) -> Result<()> {
+        for p in [
+            self.root(),
+            &self.root().join("run"),
+            &self.root().join("run/eci"),
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Text of stdout and stderr together, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

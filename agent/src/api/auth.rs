@@ -6,7 +6,9 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 /// Builds the interceptor for the Unix-socket server.
-pub fn peer_check(allowed_gid: Option<u32>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn peer_check(
+    allowed_gid: Option<u32>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
         let cred = req
             .extensions()

@@ -31,7 +31,10 @@ fn spec_of(spec: Option<GroupSpec>) -> Result<GroupSpec, Status> {
 
 #[tonic::async_trait]
 impl ContainerGroups for GroupsApi {
-    async fn create(&self, req: Request<CreateGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateGroupRequest>,
+    ) -> Result<Response<ContainerGroup>, Status> {
         let spec = spec_of(req.into_inner().spec)?;
         let g = self.groups.clone();
         let group = blocking(move || g.create(spec)).await?;
@@ -45,20 +48,29 @@ impl ContainerGroups for GroupsApi {
         Ok(Response::new(blocking(move || g.get(&name)).await?))
     }
 
-    async fn list(&self, req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
         let sel = req.into_inner().label_selector;
         let g = self.groups.clone();
         let (groups, revision) = blocking(move || g.list(&sel)).await?;
         Ok(Response::new(ListGroupsResponse { groups, revision }))
     }
 
-    async fn update(&self, req: Request<UpdateGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateGroupRequest>,
+    ) -> Result<Response<ContainerGroup>, Status> {
         let spec = spec_of(req.into_inner().spec)?;
         let g = self.groups.clone();
         Ok(Response::new(blocking(move || g.update(spec)).await?))
     }
 
-    async fn restart(&self, req: Request<RestartGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
+    async fn restart(
+        &self,
+        req: Request<RestartGroupRequest>,
+    ) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
         let g = self.groups.clone();
         blocking(move || g.get(&name)).await?;
@@ -67,7 +79,10 @@ impl ContainerGroups for GroupsApi {
         )))
     }
 
-    async fn delete(&self, req: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
         let r = req.into_inner();
         let g = self.groups.clone();
         let name = r.name.clone();
@@ -85,7 +100,10 @@ impl ContainerGroups for GroupsApi {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
-    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         let selector = parse_selector(&r.label_selector).map_err(to_status)?;
         let store = self.groups.store().clone();
@@ -97,7 +115,12 @@ impl ContainerGroups for GroupsApi {
                 let (groups, rev) = store.list_groups()?;
                 let added = groups
                     .into_iter()
-                    .map(|g| WatchEvent { r#type: "ADDED".into(), revision: g.revision, group: Some(g), event: None })
+                    .map(|g| WatchEvent {
+                        r#type: "ADDED".into(),
+                        revision: g.revision,
+                        group: Some(g),
+                        event: None,
+                    })
                     .collect();
                 Ok((added, rev))
             } else {
@@ -105,7 +128,12 @@ impl ContainerGroups for GroupsApi {
             }
         })
         .await?;
-        let mut filter = WatchFilter { selector, name: r.name, events: r.events, seen: HashSet::new() };
+        let mut filter = WatchFilter {
+            selector,
+            name: r.name,
+            events: r.events,
+            seen: HashSet::new(),
+        };
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             for ev in history {
@@ -150,7 +178,8 @@ impl WatchFilter {
     fn pass(&mut self, ev: &WatchEvent) -> bool {
         if let Some(g) = &ev.group {
             let spec = g.spec.clone().unwrap_or_default();
-            let ok = (self.name.is_empty() || self.name == spec.name) && self.selector.matches(&spec.labels);
+            let ok = (self.name.is_empty() || self.name == spec.name)
+                && self.selector.matches(&spec.labels);
             if ok {
                 self.seen.insert(spec.name);
             }

@@ -12,7 +12,9 @@ type Out<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn later<T>(what: &str) -> Out<T> {
-    Err(Status::unimplemented(format!("{what} is not available in this agent build yet")))
+    Err(Status::unimplemented(format!(
+        "{what} is not available in this agent build yet"
+    )))
 }
 
 const RUNTIME: &str = "running containers (logs, exec, attach, metrics, restart)";
@@ -48,7 +50,10 @@ impl metrics_server::Metrics for MetricsApi {
     async fn get_metrics(&self, _: Request<GetMetricsRequest>) -> Out<GroupMetrics> {
         later(RUNTIME)
     }
-    async fn stream_metrics(&self, _: Request<StreamMetricsRequest>) -> Out<Self::StreamMetricsStream> {
+    async fn stream_metrics(
+        &self,
+        _: Request<StreamMetricsRequest>,
+    ) -> Out<Self::StreamMetricsStream> {
         later(RUNTIME)
     }
 }

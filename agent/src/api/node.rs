@@ -21,12 +21,18 @@ pub struct NodeApi {
 
 impl NodeApi {
     pub fn new(groups: Shared) -> Self {
-        NodeApi { groups, started_at: crate::clock::now() }
+        NodeApi {
+            groups,
+            started_at: crate::clock::now(),
+        }
     }
 }
 
 fn resources(s: Size) -> Resources {
-    Resources { cpu_millis: s.cpu_millis, memory_bytes: s.memory_bytes }
+    Resources {
+        cpu_millis: s.cpu_millis,
+        memory_bytes: s.memory_bytes,
+    }
 }
 
 #[tonic::async_trait]
@@ -35,7 +41,10 @@ impl NodeService for NodeApi {
         let g = self.groups.clone();
         let (groups, _) = blocking(move || g.list("")).await?;
         let node = self.groups.node();
-        let mut in_use = Size { cpu_millis: 0, memory_bytes: 0 };
+        let mut in_use = Size {
+            cpu_millis: 0,
+            memory_bytes: 0,
+        };
         let mut running = 0;
         for g in &groups {
             let st = g.status.clone().unwrap_or_default();
@@ -58,7 +67,12 @@ impl NodeService for NodeApi {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: node.facts.kernel_release.clone(),
             cgroup_mode: node.facts.cgroup_mode.as_str().into(),
-            sandbox_kinds: node.facts.sandbox_kinds.iter().map(|k| k.as_str().to_string()).collect(),
+            sandbox_kinds: node
+                .facts
+                .sandbox_kinds
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
             health: "healthy".into(),
             os: std::env::consts::OS.into(),
             architecture: node.facts.architecture.clone(),
@@ -68,12 +82,17 @@ impl NodeService for NodeApi {
 
     type EventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 
-    async fn events(&self, req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(
+        &self,
+        req: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
         let store = self.groups.store().clone();
         let mut live = store.subscribe();
         let group = r.group.clone();
-        let past = blocking(move || Ok(store.events((!group.is_empty()).then_some(group.as_str()))?)).await?;
+        let past =
+            blocking(move || Ok(store.events((!group.is_empty()).then_some(group.as_str()))?))
+                .await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut last = 0;
@@ -83,7 +102,10 @@ impl NodeService for NodeApi {
                     return;
                 }
             }
-            while r.follow {
+            if !r.follow {
+                return;
+            }
+            loop {
                 let ev = match live.recv().await {
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(n)) => {

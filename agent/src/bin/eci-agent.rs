@@ -51,7 +51,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     init_logging(&cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let res = rt.block_on(eci_agent::daemon::run(cfg));
     if let Err(e) = &res {
         tracing::error!(error = format!("{e:#}"), "agent failed");
@@ -65,7 +67,9 @@ fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
     } else if journald {

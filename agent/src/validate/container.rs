@@ -13,12 +13,48 @@ use crate::sizes::Size;
 
 /// Capabilities a container may add or drop (Linux 5.x names, without `CAP_`).
 const CAPABILITIES: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE", "ALL",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "ALL",
 ];
 
 /// Checks one container; returns its stated resources (zero where unset).
@@ -36,41 +72,76 @@ pub(super) fn check(
     if let Err(m) = check_image_reference(&c.image) {
         errs.add(format!("{path}.image"), m);
     }
-    if !matches!(c.image_pull_policy.as_str(), "" | "Always" | "IfNotPresent" | "Never") {
+    if !matches!(
+        c.image_pull_policy.as_str(),
+        "" | "Always" | "IfNotPresent" | "Never"
+    ) {
         errs.add(
             format!("{path}.imagePullPolicy"),
-            format!("{:?} is not one of Always, IfNotPresent, Never", c.image_pull_policy),
+            format!(
+                "{:?} is not one of Always, IfNotPresent, Never",
+                c.image_pull_policy
+            ),
         );
     }
     if !c.working_dir.is_empty() && !c.working_dir.starts_with('/') {
-        errs.add(format!("{path}.workingDir"), format!("{:?} must be an absolute path", c.working_dir));
+        errs.add(
+            format!("{path}.workingDir"),
+            format!("{:?} must be an absolute path", c.working_dir),
+        );
     }
     for (i, e) in c.env.iter().enumerate() {
         if e.name.is_empty() || e.name.contains(['=', '\0']) {
-            errs.add(format!("{path}.env[{i}].name"), "must be non-empty without '=' or NUL");
+            errs.add(
+                format!("{path}.env[{i}].name"),
+                "must be non-empty without '=' or NUL",
+            );
         }
         if e.value.contains('\0') {
             errs.add(format!("{path}.env[{i}].value"), "must not contain NUL");
         }
     }
     for (i, p) in c.ports.iter().enumerate() {
-        let proto = if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() };
+        let proto = if p.protocol.is_empty() {
+            "TCP"
+        } else {
+            p.protocol.as_str()
+        };
         if !matches!(proto, "TCP" | "UDP") {
-            errs.add(format!("{path}.ports[{i}].protocol"), format!("{proto:?} is not one of TCP, UDP"));
+            errs.add(
+                format!("{path}.ports[{i}].protocol"),
+                format!("{proto:?} is not one of TCP, UDP"),
+            );
         }
         if !(1..=65535).contains(&p.container_port) {
-            errs.add(format!("{path}.ports[{i}].containerPort"), format!("{} is outside 1-65535", p.container_port));
+            errs.add(
+                format!("{path}.ports[{i}].containerPort"),
+                format!("{} is outside 1-65535", p.container_port),
+            );
         } else if !init && !ports.insert((p.container_port, proto.to_string())) {
             // The group has one IP and one port space.
             errs.add(
                 format!("{path}.ports[{i}].containerPort"),
-                format!("{proto} port {} is already used by another container of the group", p.container_port),
+                format!(
+                    "{proto} port {} is already used by another container of the group",
+                    p.container_port
+                ),
             );
         }
     }
     let res = c.resources.clone().unwrap_or_default();
-    let cpu = parse_opt(&res.cpu, &format!("{path}.resources.cpu"), parse_cpu_millis, errs);
-    let mem = parse_opt(&res.memory, &format!("{path}.resources.memory"), parse_memory_bytes, errs);
+    let cpu = parse_opt(
+        &res.cpu,
+        &format!("{path}.resources.cpu"),
+        parse_cpu_millis,
+        errs,
+    );
+    let mem = parse_opt(
+        &res.memory,
+        &format!("{path}.resources.memory"),
+        parse_memory_bytes,
+        errs,
+    );
     if mem.is_some_and(|m| m < 4 << 20) {
         errs.add(format!("{path}.resources.memory"), "must be at least 4Mi");
     }
@@ -78,15 +149,27 @@ pub(super) fn check(
     for (i, m) in c.volume_mounts.iter().enumerate() {
         let mp = format!("{path}.volumeMounts[{i}]");
         if !volumes.names.contains(&m.name) {
-            errs.add(format!("{mp}.name"), format!("{:?} is not a volume of the group", m.name));
+            errs.add(
+                format!("{mp}.name"),
+                format!("{:?} is not a volume of the group", m.name),
+            );
         }
         if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|s| s == "..") {
-            errs.add(format!("{mp}.mountPath"), format!("{:?} must be an absolute path without '..'", m.mount_path));
+            errs.add(
+                format!("{mp}.mountPath"),
+                format!("{:?} must be an absolute path without '..'", m.mount_path),
+            );
         } else if !mount_paths.insert(m.mount_path.trim_end_matches('/')) {
-            errs.add(format!("{mp}.mountPath"), format!("{:?} is mounted twice", m.mount_path));
+            errs.add(
+                format!("{mp}.mountPath"),
+                format!("{:?} is mounted twice", m.mount_path),
+            );
         }
         if !m.sub_path.is_empty() && !is_relative_inside(&m.sub_path) {
-            errs.add(format!("{mp}.subPath"), format!("{:?} must be a relative path without '..'", m.sub_path));
+            errs.add(
+                format!("{mp}.subPath"),
+                format!("{:?} must be a relative path without '..'", m.sub_path),
+            );
         }
     }
     let probes = [
@@ -97,14 +180,20 @@ pub(super) fn check(
     for (name, probe, success_must_be_one) in probes {
         if let Some(p) = probe {
             if init {
-                errs.add(format!("{path}.{name}"), "is not allowed on init containers");
+                errs.add(
+                    format!("{path}.{name}"),
+                    "is not allowed on init containers",
+                );
             }
             check_probe(&format!("{path}.{name}"), p, success_must_be_one, errs);
         }
     }
     if let Some(l) = &c.lifecycle {
         if init {
-            errs.add(format!("{path}.lifecycle"), "is not allowed on init containers");
+            errs.add(
+                format!("{path}.lifecycle"),
+                "is not allowed on init containers",
+            );
         }
         for (name, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
             if let Some(h) = h {
@@ -119,11 +208,17 @@ pub(super) fn check(
                 "is not supported: containers cannot be privileged",
             );
         }
-        for (field, v) in [("runAsUser", sc.run_as_user), ("runAsGroup", sc.run_as_group)] {
+        for (field, v) in [
+            ("runAsUser", sc.run_as_user),
+            ("runAsGroup", sc.run_as_group),
+        ] {
             if let Some(id) = v
                 && !(0..=i64::from(u32::MAX - 1)).contains(&id)
             {
-                errs.add(format!("{path}.securityContext.{field}"), format!("{id} is outside 0-4294967294"));
+                errs.add(
+                    format!("{path}.securityContext.{field}"),
+                    format!("{id} is outside 0-4294967294"),
+                );
             }
         }
         if let Some(caps) = &sc.capabilities {
@@ -146,7 +241,10 @@ pub(super) fn check(
             }
         }
     }
-    Some(Size { cpu_millis: cpu.unwrap_or(0), memory_bytes: mem.unwrap_or(0) })
+    Some(Size {
+        cpu_millis: cpu.unwrap_or(0),
+        memory_bytes: mem.unwrap_or(0),
+    })
 }
 
 /// Checks the shape of `[registry[:port]/]path[:tag][@algo:hex]` without resolving it.
@@ -166,8 +264,12 @@ pub(crate) fn check_image_reference(image: &str) -> Result<(), String> {
         let ok = d.split_once(':').is_some_and(|(algo, hex)| {
             algo == "sha256"
                 && hex.len() == 64
-                && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                || algo == "sha512" && hex.len() == 128 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                || algo == "sha512"
+                    && hex.len() == 128
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit())
         });
         if !ok {
             return bad("the digest must be sha256:<64 hex digits>");
@@ -176,13 +278,17 @@ pub(crate) fn check_image_reference(image: &str) -> Result<(), String> {
     // A ':' after the last '/' starts the tag; one before it is a registry port.
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
             && !t.starts_with(['.', '-']);
         if !ok {
             return bad("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'");
@@ -190,14 +296,15 @@ pub(crate) fn check_image_reference(image: &str) -> Result<(), String> {
     }
     let mut parts: Vec<&str> = name.split('/').collect();
     let first = parts[0];
-    let has_registry =
-        parts.len() > 1 && (first.contains(['.', ':']) || first == "localhost");
+    let has_registry = parts.len() > 1 && (first.contains(['.', ':']) || first == "localhost");
     if has_registry {
         parts.remove(0);
     }
     for p in parts {
         let ok = !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
             && p.starts_with(|c: char| c.is_ascii_alphanumeric())
             && p.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !ok {
@@ -208,7 +315,11 @@ pub(crate) fn check_image_reference(image: &str) -> Result<(), String> {
 }
 
 fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Errors) {
-    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()];
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+    ];
     if handlers.iter().filter(|h| **h).count() != 1 {
         errs.add(path, "set exactly one of exec, httpGet, tcpSocket");
     }
@@ -223,7 +334,10 @@ fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Erro
     if let Some(t) = &p.tcp_socket
         && !(1..=65535).contains(&t.port)
     {
-        errs.add(format!("{path}.tcpSocket.port"), format!("{} is outside 1-65535", t.port));
+        errs.add(
+            format!("{path}.tcpSocket.port"),
+            format!("{} is outside 1-65535", t.port),
+        );
     }
     let fields = [
         ("initialDelaySeconds", p.initial_delay_seconds),
@@ -234,11 +348,17 @@ fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Erro
     ];
     for (name, v) in fields {
         if !(0..=3600).contains(&v) {
-            errs.add(format!("{path}.{name}"), format!("{v} is outside 0-3600 (0 takes the default)"));
+            errs.add(
+                format!("{path}.{name}"),
+                format!("{v} is outside 0-3600 (0 takes the default)"),
+            );
         }
     }
     if success_must_be_one && p.success_threshold > 1 {
-        errs.add(format!("{path}.successThreshold"), "must be 1 for liveness and startup probes");
+        errs.add(
+            format!("{path}.successThreshold"),
+            "must be 1 for liveness and startup probes",
+        );
     }
 }
 
@@ -256,12 +376,21 @@ fn check_handler(path: &str, h: &LifecycleHandler, errs: &mut Errors) {
 
 fn check_http(path: &str, h: &HttpGetAction, errs: &mut Errors) {
     if !(1..=65535).contains(&h.port) {
-        errs.add(format!("{path}.port"), format!("{} is outside 1-65535", h.port));
+        errs.add(
+            format!("{path}.port"),
+            format!("{} is outside 1-65535", h.port),
+        );
     }
     if !h.path.is_empty() && !h.path.starts_with('/') {
-        errs.add(format!("{path}.path"), format!("{:?} must start with '/'", h.path));
+        errs.add(
+            format!("{path}.path"),
+            format!("{:?} must start with '/'", h.path),
+        );
     }
     if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
-        errs.add(format!("{path}.scheme"), format!("{:?} is not one of HTTP, HTTPS", h.scheme));
+        errs.add(
+            format!("{path}.scheme"),
+            format!("{:?} is not one of HTTP, HTTPS", h.scheme),
+        );
     }
 }

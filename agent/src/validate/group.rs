@@ -14,16 +14,27 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
         errs.add("name", m);
     }
     check_labels(spec, errs);
-    if !matches!(spec.restart_policy.as_str(), "" | "Always" | "OnFailure" | "Never") {
+    if !matches!(
+        spec.restart_policy.as_str(),
+        "" | "Always" | "OnFailure" | "Never"
+    ) {
         errs.add(
             "restartPolicy",
-            format!("{:?} is not one of Always, OnFailure, Never", spec.restart_policy),
+            format!(
+                "{:?} is not one of Always, OnFailure, Never",
+                spec.restart_policy
+            ),
         );
     }
     if !matches!(spec.sandbox.as_str(), "" | "namespaced" | "vm") {
-        errs.add("sandbox", format!("{:?} is not one of namespaced, vm", spec.sandbox));
+        errs.add(
+            "sandbox",
+            format!("{:?} is not one of namespaced, vm", spec.sandbox),
+        );
     }
-    let grace = spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         errs.add(
             "terminationGracePeriodSeconds",
@@ -58,21 +69,36 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
     if spec.volumes.len() > MAX_VOLUMES {
         errs.add(
             "volumes",
-            format!("{} volumes is over the limit of {MAX_VOLUMES}", spec.volumes.len()),
+            format!(
+                "{} volumes is over the limit of {MAX_VOLUMES}",
+                spec.volumes.len()
+            ),
         );
     }
     let volumes = volume::check_all(&spec.volumes, errs);
 
     let mut names = HashSet::new();
     let mut ports = HashSet::new();
-    let lists = [("initContainers", &spec.init_containers, true), ("containers", &spec.containers, false)];
-    let mut app_sum = Size { cpu_millis: 0, memory_bytes: 0 };
-    let mut init_max = Size { cpu_millis: 0, memory_bytes: 0 };
+    let lists = [
+        ("initContainers", &spec.init_containers, true),
+        ("containers", &spec.containers, false),
+    ];
+    let mut app_sum = Size {
+        cpu_millis: 0,
+        memory_bytes: 0,
+    };
+    let mut init_max = Size {
+        cpu_millis: 0,
+        memory_bytes: 0,
+    };
     for (list, containers, init) in lists {
         for (i, c) in containers.iter().enumerate() {
             let path = format!("{list}[{i}]");
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
-                errs.add(format!("{path}.name"), format!("{:?} is used by another container", c.name));
+                errs.add(
+                    format!("{path}.name"),
+                    format!("{:?} is used by another container", c.name),
+                );
             }
             let res = container::check(&path, c, init, &volumes, &mut ports, errs);
             if let Some(r) = res {
@@ -130,13 +156,19 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
     let memory_volumes = volumes.memory_bytes;
     let requested = Size {
         cpu_millis: group_cpu.unwrap_or(containers_need.cpu_millis),
-        memory_bytes: group_mem.unwrap_or(containers_need.memory_bytes).max(memory_volumes),
+        memory_bytes: group_mem
+            .unwrap_or(containers_need.memory_bytes)
+            .max(memory_volumes),
     };
     let normalized = sizes::normalize(requested.cpu_millis, requested.memory_bytes);
     if normalized.is_none() {
         let max = sizes::largest();
         errs.add(
-            if requested.cpu_millis > max.cpu_millis { "cpu" } else { "memory" },
+            if requested.cpu_millis > max.cpu_millis {
+                "cpu"
+            } else {
+                "memory"
+            },
             format!(
                 "{} vCPU / {} is larger than the largest offered size {} vCPU / {}",
                 format_cpu(requested.cpu_millis),
@@ -174,13 +206,22 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
             );
         }
     }
-    let ephemeral = parse_opt(&spec.ephemeral_storage, "ephemeralStorage", parse_memory_bytes, errs);
+    let ephemeral = parse_opt(
+        &spec.ephemeral_storage,
+        "ephemeralStorage",
+        parse_memory_bytes,
+        errs,
+    );
     if let Some(e) = ephemeral
         && (e == 0 || e > MAX_EPHEMERAL_BYTES)
     {
         errs.add(
             "ephemeralStorage",
-            format!("{} is outside 1 byte to {}", format_memory(e), format_memory(MAX_EPHEMERAL_BYTES)),
+            format!(
+                "{} is outside 1 byte to {}",
+                format_memory(e),
+                format_memory(MAX_EPHEMERAL_BYTES)
+            ),
         );
     }
 
@@ -203,20 +244,27 @@ pub(super) fn parse_opt<E: std::fmt::Display>(
     if value.is_empty() {
         return None;
     }
-    parse(value).map_err(|e| errs.add(field, e.to_string())).ok()
+    parse(value)
+        .map_err(|e| errs.add(field, e.to_string()))
+        .ok()
 }
 
 fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
     if spec.labels.len() > MAX_LABELS {
         errs.add(
             "labels",
-            format!("{} labels is over the limit of {MAX_LABELS}", spec.labels.len()),
+            format!(
+                "{} labels is over the limit of {MAX_LABELS}",
+                spec.labels.len()
+            ),
         );
     }
     for (k, v) in &spec.labels {
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
-            && !k.chars().any(|c| c.is_control() || c == ',' || c == '=' || c == '!');
+            && !k
+                .chars()
+                .any(|c| c.is_control() || c == ',' || c == '=' || c == '!');
         if !key_ok {
             errs.add(
                 format!("labels[{k:?}]"),
@@ -235,7 +283,9 @@ fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
 }
 
 fn check_security_context(spec: &GroupSpec, errs: &mut Errors) {
-    let Some(sc) = &spec.security_context else { return };
+    let Some(sc) = &spec.security_context else {
+        return;
+    };
     for (flag, field) in [
         (sc.host_network, "hostNetwork"),
         (sc.host_pid, "hostPid"),
@@ -274,7 +324,9 @@ fn check_security_context(spec: &GroupSpec, errs: &mut Errors) {
 /// IPC and network namespaces.
 pub(crate) fn sysctl_allowed(name: &str) -> bool {
     let valid_chars = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
         && !name.contains("..")
         && !name.contains('/');
     valid_chars
@@ -289,16 +341,25 @@ fn check_credentials(spec: &GroupSpec, errs: &mut Errors) {
     if spec.image_registry_credentials.len() > MAX_CREDENTIALS {
         errs.add(
             "imageRegistryCredentials",
-            format!("{} credentials is over the limit of {MAX_CREDENTIALS}", spec.image_registry_credentials.len()),
+            format!(
+                "{} credentials is over the limit of {MAX_CREDENTIALS}",
+                spec.image_registry_credentials.len()
+            ),
         );
     }
     let mut servers = HashSet::new();
     for (i, c) in spec.image_registry_credentials.iter().enumerate() {
         let path = format!("imageRegistryCredentials[{i}]");
         if c.server.is_empty() || c.server.contains(['/', ' ']) {
-            errs.add(format!("{path}.server"), "must be a registry host[:port] without scheme or path");
+            errs.add(
+                format!("{path}.server"),
+                "must be a registry host[:port] without scheme or path",
+            );
         } else if !servers.insert(c.server.as_str()) {
-            errs.add(format!("{path}.server"), format!("{:?} has credentials twice", c.server));
+            errs.add(
+                format!("{path}.server"),
+                format!("{:?} has credentials twice", c.server),
+            );
         }
         if c.username.is_empty() {
             errs.add(format!("{path}.username"), "is required");

@@ -81,7 +81,10 @@ pub(crate) struct Errors(Vec<FieldError>);
 
 impl Errors {
     pub(crate) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 

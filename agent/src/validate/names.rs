@@ -9,9 +9,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("is required".into());
     }
     if name.len() > MAX_NAME {
-        return Err(format!("{} characters is over the limit of {MAX_NAME}", name.len()));
+        return Err(format!(
+            "{} characters is over the limit of {MAX_NAME}",
+            name.len()
+        ));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends_ok = !name.starts_with('-') && !name.ends_with('-');
     if !ok_chars || !ends_ok {
         return Err(format!(

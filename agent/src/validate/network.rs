@@ -19,7 +19,10 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
     match &v4 {
         Some(Err(_)) => errs.add(
             "network.ipv4Address",
-            format!("{:?} is not an IPv4 address with prefix such as 10.0.3.17/24", net.ipv4_address),
+            format!(
+                "{:?} is not an IPv4 address with prefix such as 10.0.3.17/24",
+                net.ipv4_address
+            ),
         ),
         None if net.eni.is_some() => {
             errs.add("network.ipv4Address", "is required when an ENI is given")
@@ -28,7 +31,10 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
     }
     if !net.ipv4_gateway.is_empty() {
         match net.ipv4_gateway.parse::<Ipv4Addr>() {
-            Err(_) => errs.add("network.ipv4Gateway", format!("{:?} is not an IPv4 address", net.ipv4_gateway)),
+            Err(_) => errs.add(
+                "network.ipv4Gateway",
+                format!("{:?} is not an IPv4 address", net.ipv4_gateway),
+            ),
             Ok(gw) => {
                 if let Some(Ok(addr)) = &v4
                     && !addr.contains(&gw)
@@ -44,11 +50,17 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
     if !net.ipv6_address.is_empty() && net.ipv6_address.parse::<Ipv6Net>().is_err() {
         errs.add(
             "network.ipv6Address",
-            format!("{:?} is not an IPv6 address with prefix such as fd00::5/64", net.ipv6_address),
+            format!(
+                "{:?} is not an IPv6 address with prefix such as fd00::5/64",
+                net.ipv6_address
+            ),
         );
     }
     if !net.ipv6_gateway.is_empty() && net.ipv6_gateway.parse::<Ipv6Addr>().is_err() {
-        errs.add("network.ipv6Gateway", format!("{:?} is not an IPv6 address", net.ipv6_gateway));
+        errs.add(
+            "network.ipv6Gateway",
+            format!("{:?} is not an IPv6 address", net.ipv6_gateway),
+        );
     }
     if net.mtu != 0 && !(68..=9216).contains(&net.mtu) {
         errs.add("network.mtu", format!("{} is outside 68-9216", net.mtu));
@@ -57,18 +69,27 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
         if dns.nameservers.len() > MAX_NAMESERVERS {
             errs.add(
                 "network.dns.nameservers",
-                format!("{} nameservers is over the limit of {MAX_NAMESERVERS}", dns.nameservers.len()),
+                format!(
+                    "{} nameservers is over the limit of {MAX_NAMESERVERS}",
+                    dns.nameservers.len()
+                ),
             );
         }
         for (i, ns) in dns.nameservers.iter().enumerate() {
             if ns.parse::<IpAddr>().is_err() {
-                errs.add(format!("network.dns.nameservers[{i}]"), format!("{ns:?} is not an IP address"));
+                errs.add(
+                    format!("network.dns.nameservers[{i}]"),
+                    format!("{ns:?} is not an IP address"),
+                );
             }
         }
         if dns.searches.len() > MAX_SEARCHES {
             errs.add(
                 "network.dns.searches",
-                format!("{} search domains is over the limit of {MAX_SEARCHES}", dns.searches.len()),
+                format!(
+                    "{} search domains is over the limit of {MAX_SEARCHES}",
+                    dns.searches.len()
+                ),
             );
         }
         for (i, s) in dns.searches.iter().chain(&dns.options).enumerate() {
@@ -80,15 +101,28 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
     if net.security_group_rules.len() > MAX_SG_RULES {
         errs.add(
             "network.securityGroupRules",
-            format!("{} rules is over the limit of {MAX_SG_RULES}", net.security_group_rules.len()),
+            format!(
+                "{} rules is over the limit of {MAX_SG_RULES}",
+                net.security_group_rules.len()
+            ),
         );
     }
     for (i, r) in net.security_group_rules.iter().enumerate() {
-        if let Err(e) = Rule::parse(&r.direction, &r.protocol, &r.port_range, &r.cidr, &r.policy, r.priority) {
+        if let Err(e) = Rule::parse(
+            &r.direction,
+            &r.protocol,
+            &r.port_range,
+            &r.cidr,
+            &r.policy,
+            r.priority,
+        ) {
             // The rule error starts with the sub-field name ("portRange: ...").
             let msg = e.to_string();
             let (sub, rest) = msg.split_once(": ").unwrap_or(("", &msg));
-            errs.add(format!("network.securityGroupRules[{i}].{sub}"), rest.to_string());
+            errs.add(
+                format!("network.securityGroupRules[{i}].{sub}"),
+                rest.to_string(),
+            );
         }
     }
 }

@@ -6,7 +6,11 @@ fn container(name: &str, cpu: &str, memory: &str) -> Container {
     Container {
         name: name.into(),
         image: "127.0.0.1:5000/demo/busybox:1".into(),
-        resources: Some(ResourceRequirements { cpu: cpu.into(), memory: memory.into(), gpu: 0 }),
+        resources: Some(ResourceRequirements {
+            cpu: cpu.into(),
+            memory: memory.into(),
+            gpu: 0,
+        }),
         ..Default::default()
     }
 }
@@ -22,17 +26,34 @@ fn spec() -> GroupSpec {
 }
 
 fn fields(spec: &GroupSpec) -> Vec<String> {
-    validate(spec).expect_err("spec should be refused").0.into_iter().map(|e| e.field).collect()
+    validate(spec)
+        .expect_err("spec should be refused")
+        .0
+        .into_iter()
+        .map(|e| e.field)
+        .collect()
 }
 
 #[test]
 fn accepts_the_example_and_normalizes() {
     let v = validate(&spec()).expect("valid");
-    assert_eq!(v.normalized, Size { cpu_millis: 1000, memory_bytes: 2 << 30 });
+    assert_eq!(
+        v.normalized,
+        Size {
+            cpu_millis: 1000,
+            memory_bytes: 2 << 30
+        }
+    );
     let mut s = spec();
     s.cpu = "7".into();
     s.memory = "13Gi".into();
-    assert_eq!(validate(&s).expect("valid").normalized, Size { cpu_millis: 8000, memory_bytes: 16 << 30 });
+    assert_eq!(
+        validate(&s).expect("valid").normalized,
+        Size {
+            cpu_millis: 8000,
+            memory_bytes: 16 << 30
+        }
+    );
 }
 
 #[test]
@@ -40,10 +61,25 @@ fn sums_containers_when_the_group_has_no_size() {
     let mut s = spec();
     s.cpu.clear();
     s.memory.clear();
-    s.containers = vec![container("a", "1500m", "3Gi"), container("b", "500m", "1Gi")];
+    s.containers = vec![
+        container("a", "1500m", "3Gi"),
+        container("b", "500m", "1Gi"),
+    ];
     let v = validate(&s).expect("valid");
-    assert_eq!(v.requested, Size { cpu_millis: 2000, memory_bytes: 4 << 30 });
-    assert_eq!(v.normalized, Size { cpu_millis: 2000, memory_bytes: 4 << 30 });
+    assert_eq!(
+        v.requested,
+        Size {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30
+        }
+    );
+    assert_eq!(
+        v.normalized,
+        Size {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30
+        }
+    );
 }
 
 #[test]
@@ -66,7 +102,10 @@ fn names_each_bad_field() {
 
     let mut s = spec();
     s.security_context = Some(eci_api::v1::GroupSecurityContext {
-        sysctls: vec![eci_api::v1::Sysctl { name: "net.core.rmem_max".into(), value: "1".into() }],
+        sysctls: vec![eci_api::v1::Sysctl {
+            name: "net.core.rmem_max".into(),
+            value: "1".into(),
+        }],
         ..Default::default()
     });
     assert_eq!(fields(&s), ["securityContext.sysctls[0].name"]);
@@ -74,10 +113,22 @@ fn names_each_bad_field() {
 
 #[test]
 fn sysctl_allowlist() {
-    for ok in ["kernel.shmmax", "kernel.msgmax", "kernel.sem", "fs.mqueue.msg_max", "net.ipv4.ip_forward"] {
+    for ok in [
+        "kernel.shmmax",
+        "kernel.msgmax",
+        "kernel.sem",
+        "fs.mqueue.msg_max",
+        "net.ipv4.ip_forward",
+    ] {
         assert!(group::sysctl_allowed(ok), "{ok}");
     }
-    for no in ["net.core.rmem_max", "kernel.pid_max", "vm.swappiness", "fs.file-max", "kernel.semx"] {
+    for no in [
+        "net.core.rmem_max",
+        "kernel.pid_max",
+        "vm.swappiness",
+        "fs.file-max",
+        "kernel.semx",
+    ] {
         assert!(!group::sysctl_allowed(no), "{no}");
     }
 }
@@ -94,7 +145,14 @@ fn image_references() {
     ] {
         assert!(check(ok).is_ok(), "{ok}");
     }
-    for bad in ["", "Busybox", "busybox:", "a b", "demo/busybox:-x", "x@sha256:12"] {
+    for bad in [
+        "",
+        "Busybox",
+        "busybox:",
+        "a b",
+        "demo/busybox:-x",
+        "x@sha256:12",
+    ] {
         assert!(check(bad).is_err(), "{bad}");
     }
 }

@@ -24,7 +24,10 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
         if let Err(m) = check_name(&v.name) {
             errs.add(format!("{path}.name"), m);
         } else if !set.names.insert(v.name.clone()) {
-            errs.add(format!("{path}.name"), format!("{:?} is used by another volume", v.name));
+            errs.add(
+                format!("{path}.name"),
+                format!("{:?} is used by another volume", v.name),
+            );
         }
         let sources = [
             v.empty_dir.is_some(),
@@ -45,7 +48,12 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
             _ => errs.add(&path, "set only one of emptyDir, configFile, disk, nfs"),
         }
         if let Some(e) = &v.empty_dir {
-            let size = parse_opt(&e.size_limit, &format!("{path}.emptyDir.sizeLimit"), parse_memory_bytes, errs);
+            let size = parse_opt(
+                &e.size_limit,
+                &format!("{path}.emptyDir.sizeLimit"),
+                parse_memory_bytes,
+                errs,
+            );
             match e.medium.as_str() {
                 "" => {}
                 "Memory" => match size {
@@ -64,7 +72,10 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
         }
         if let Some(cf) = &v.config_file {
             if cf.files.is_empty() {
-                errs.add(format!("{path}.configFile.files"), "at least one file is required");
+                errs.add(
+                    format!("{path}.configFile.files"),
+                    "at least one file is required",
+                );
             }
             let mut seen = HashSet::new();
             for (j, f) in cf.files.iter().enumerate() {
@@ -75,7 +86,10 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                         format!("{:?} must be a relative path without '..'", f.path),
                     );
                 } else if !seen.insert(f.path.as_str()) {
-                    errs.add(format!("{fpath}.path"), format!("{:?} is given twice", f.path));
+                    errs.add(
+                        format!("{fpath}.path"),
+                        format!("{:?} is given twice", f.path),
+                    );
                 }
                 if !f.content.is_empty() && !f.content_base64.is_empty() {
                     errs.add(&fpath, "set content or contentBase64, not both");
@@ -84,24 +98,39 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                     errs.add(format!("{fpath}.contentBase64"), "is not valid base64");
                 }
                 if f.mode > 0o777 {
-                    errs.add(format!("{fpath}.mode"), format!("{:o} is over 0777", f.mode));
+                    errs.add(
+                        format!("{fpath}.mode"),
+                        format!("{:o} is over 0777", f.mode),
+                    );
                 }
             }
         }
         if let Some(d) = &v.disk {
             if !d.device.starts_with("/dev/") && (d.device.is_empty() || d.device.contains('/')) {
-                errs.add(format!("{path}.disk.device"), "must be a /dev path or a disk serial");
+                errs.add(
+                    format!("{path}.disk.device"),
+                    "must be a /dev path or a disk serial",
+                );
             }
             if !matches!(d.fs_type.as_str(), "" | "ext4" | "xfs") {
-                errs.add(format!("{path}.disk.fsType"), format!("{:?} is not one of ext4, xfs", d.fs_type));
+                errs.add(
+                    format!("{path}.disk.fsType"),
+                    format!("{:?} is not one of ext4, xfs", d.fs_type),
+                );
             }
         }
         if let Some(n) = &v.nfs {
             if n.server.is_empty() || n.server.contains(['/', ' ']) {
-                errs.add(format!("{path}.nfs.server"), "must be a host name or address");
+                errs.add(
+                    format!("{path}.nfs.server"),
+                    "must be a host name or address",
+                );
             }
             if !n.path.starts_with('/') {
-                errs.add(format!("{path}.nfs.path"), "must be an absolute export path");
+                errs.add(
+                    format!("{path}.nfs.path"),
+                    "must be an absolute export path",
+                );
             }
         }
     }
@@ -112,12 +141,16 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
 pub(super) fn is_relative_inside(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
-        && Path::new(p).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && Path::new(p)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - body.len() <= 2
-        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }

@@ -10,7 +10,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(clap::Args, Debug)]
 pub struct ConnArgs {
     /// The agent's Unix socket.
-    #[arg(long, global = true, env = "ECI_SOCKET", default_value = "/run/eci/agent.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "ECI_SOCKET",
+        default_value = "/run/eci/agent.sock"
+    )]
     socket: PathBuf,
     /// Agent TCP address (https://HOST:PORT) instead of the socket; needs --ca, --cert, --key.
     #[arg(long, global = true, env = "ECI_ADDRESS")]
@@ -34,7 +39,9 @@ pub async fn connect(a: &ConnArgs) -> Result<Channel> {
         Some(addr) => {
             let read = |p: &Option<PathBuf>, flag: &str| -> Result<Option<Vec<u8>>> {
                 p.as_ref()
-                    .map(|p| std::fs::read(p).with_context(|| format!("reading {flag} {}", p.display())))
+                    .map(|p| {
+                        std::fs::read(p).with_context(|| format!("reading {flag} {}", p.display()))
+                    })
                     .transpose()
             };
             let mut tls = ClientTlsConfig::new();
@@ -51,7 +58,9 @@ pub async fn connect(a: &ConnArgs) -> Result<Channel> {
                 .with_context(|| format!("--address {addr:?}"))?
                 .tls_config(tls)
                 .context("TLS configuration")?;
-            ep.connect().await.with_context(|| format!("connecting to {addr}"))
+            ep.connect()
+                .await
+                .with_context(|| format!("connecting to {addr}"))
         }
         None => {
             let path = a.socket.clone();
@@ -59,7 +68,9 @@ pub async fn connect(a: &ConnArgs) -> Result<Channel> {
             Endpoint::from_static("http://agent.local")
                 .connect_with_connector(tower::service_fn(move |_| {
                     let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
                 }))
                 .await
                 .with_context(|| format!("connecting to the agent at {}", a.socket.display()))

@@ -40,16 +40,19 @@ fn quantities_to_strings(v: &mut Value) {
 pub fn read_spec(file: &Path) -> Result<GroupSpec> {
     let text = if file.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
         s
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
     // Through the YAML value first: it refuses a key given twice (a repeated label would
     // otherwise silently keep the last value).
-    let yaml: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
-    let mut value: Value = serde_json::to_value(yaml).with_context(|| format!("{} has keys that are not strings", file.display()))?;
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
+    let mut value: Value = serde_json::to_value(yaml)
+        .with_context(|| format!("{} has keys that are not strings", file.display()))?;
     quantities_to_strings(&mut value);
     serde_json::from_value(value).with_context(|| format!("{} is not a group spec", file.display()))
 }
@@ -64,12 +67,20 @@ pub async fn apply(ch: Channel, file: &Path) -> Result<ExitCode> {
         Err(s) => return Err(s.into()),
     };
     let group = if exists {
-        c.update(UpdateGroupRequest { spec: Some(spec) }).await?.into_inner()
+        c.update(UpdateGroupRequest { spec: Some(spec) })
+            .await?
+            .into_inner()
     } else {
-        c.create(CreateGroupRequest { spec: Some(spec) }).await?.into_inner()
+        c.create(CreateGroupRequest { spec: Some(spec) })
+            .await?
+            .into_inner()
     };
     let st = group.status.unwrap_or_default();
-    println!("group/{name} {} ({})", if exists { "configured" } else { "created" }, st.phase);
+    println!(
+        "group/{name} {} ({})",
+        if exists { "configured" } else { "created" },
+        st.phase
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,7 +94,11 @@ fn group_row(g: &ContainerGroup, wide: bool) -> Vec<String> {
     let st = g.status.clone().unwrap_or_default();
     let size = st.normalized_resources.clone().unwrap_or_default();
     let restarts: u32 = st.container_statuses.iter().map(|c| c.restart_count).sum();
-    let ip = st.ip_addresses.first().cloned().unwrap_or_else(|| "<none>".into());
+    let ip = st
+        .ip_addresses
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "<none>".into());
     let mut row = vec![
         spec.name.clone(),
         st.phase.clone(),
@@ -95,17 +110,31 @@ fn group_row(g: &ContainerGroup, wide: bool) -> Vec<String> {
         output::age(&g.created_at),
     ];
     if wide {
-        let mut labels: Vec<String> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut labels: Vec<String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         labels.sort();
-        row.push(if spec.sandbox.is_empty() { "namespaced".into() } else { spec.sandbox });
+        row.push(if spec.sandbox.is_empty() {
+            "namespaced".into()
+        } else {
+            spec.sandbox
+        });
         row.push(st.reason);
-        row.push(if labels.is_empty() { "<none>".into() } else { labels.join(",") });
+        row.push(if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        });
     }
     row
 }
 
 fn table(wide: bool) -> Table {
-    let mut h = vec!["NAME", "PHASE", "READY", "RESTARTS", "CPU", "MEMORY", "IP", "AGE"];
+    let mut h = vec![
+        "NAME", "PHASE", "READY", "RESTARTS", "CPU", "MEMORY", "IP", "AGE",
+    ];
     if wide {
         h.extend(["SANDBOX", "REASON", "LABELS"]);
     }
@@ -124,7 +153,10 @@ pub async fn get(
     let structured = matches!(format, Some(Format::Json | Format::Yaml));
     let revision = match &name {
         Some(n) => {
-            let g = c.get(GetGroupRequest { name: n.clone() }).await?.into_inner();
+            let g = c
+                .get(GetGroupRequest { name: n.clone() })
+                .await?
+                .into_inner();
             let rev = g.revision;
             if let (true, Some(f)) = (structured, format) {
                 output::print_structured(&g, f)?;
@@ -136,7 +168,12 @@ pub async fn get(
             rev
         }
         None => {
-            let list = c.list(ListGroupsRequest { label_selector: selector.into() }).await?.into_inner();
+            let list = c
+                .list(ListGroupsRequest {
+                    label_selector: selector.into(),
+                })
+                .await?
+                .into_inner();
             let rev = list.revision;
             if let (true, Some(f)) = (structured, format) {
                 output::print_structured(&list, f)?;
@@ -163,7 +200,13 @@ pub async fn get(
     while let Some(ev) = stream.message().await? {
         let Some(g) = ev.group else { continue };
         if structured {
-            output::print_structured(&WatchEvent { group: Some(g), ..ev }, format.unwrap_or(Format::Json))?;
+            output::print_structured(
+                &WatchEvent {
+                    group: Some(g),
+                    ..ev
+                },
+                format.unwrap_or(Format::Json),
+            )?;
         } else {
             let mut t = table(wide);
             let mut row = group_row(&g, wide);
@@ -178,27 +221,69 @@ pub async fn get(
 }
 
 pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
-    let g = ContainerGroupsClient::new(ch.clone()).get(GetGroupRequest { name: name.into() }).await?.into_inner();
+    let g = ContainerGroupsClient::new(ch.clone())
+        .get(GetGroupRequest { name: name.into() })
+        .await?
+        .into_inner();
     let spec = g.spec.clone().unwrap_or_default();
     let st = g.status.clone().unwrap_or_default();
     let size = st.normalized_resources.clone().unwrap_or_default();
-    let mut labels: Vec<String> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     labels.sort();
     println!("Name:            {}", spec.name);
     println!("ID:              {}", g.id);
-    println!("Labels:          {}", if labels.is_empty() { "<none>".into() } else { labels.join(", ") });
-    println!("Created:         {} ({} ago)", g.created_at, output::age(&g.created_at));
+    println!(
+        "Labels:          {}",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(", ")
+        }
+    );
+    println!(
+        "Created:         {} ({} ago)",
+        g.created_at,
+        output::age(&g.created_at)
+    );
     println!("Phase:           {}", st.phase);
     println!("Reason:          {}", st.reason);
     println!("Message:         {}", st.message);
-    println!("Requested:       cpu {:?}, memory {:?}", spec.cpu, spec.memory);
+    println!(
+        "Requested:       cpu {:?}, memory {:?}",
+        spec.cpu, spec.memory
+    );
     println!("Size:            {} vCPU / {}", size.cpu, size.memory);
-    println!("Sandbox:         {}", if spec.sandbox.is_empty() { "namespaced" } else { &spec.sandbox });
-    println!("Restart policy:  {}", if spec.restart_policy.is_empty() { "Always" } else { &spec.restart_policy });
+    println!(
+        "Sandbox:         {}",
+        if spec.sandbox.is_empty() {
+            "namespaced"
+        } else {
+            &spec.sandbox
+        }
+    );
+    println!(
+        "Restart policy:  {}",
+        if spec.restart_policy.is_empty() {
+            "Always"
+        } else {
+            &spec.restart_policy
+        }
+    );
     println!("IP:              {}", st.ip_addresses.join(", "));
-    println!("Generation:      {} (observed {})", g.generation, st.observed_generation);
+    println!(
+        "Generation:      {} (observed {})",
+        g.generation, st.observed_generation
+    );
     for (title, list, statuses) in [
-        ("Init containers", &spec.init_containers, &st.init_container_statuses),
+        (
+            "Init containers",
+            &spec.init_containers,
+            &st.init_container_statuses,
+        ),
         ("Containers", &spec.containers, &st.container_statuses),
     ] {
         if list.is_empty() {
@@ -206,7 +291,11 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
         }
         println!("{title}:");
         for c in list {
-            let s = statuses.iter().find(|s| s.name == c.name).cloned().unwrap_or_default();
+            let s = statuses
+                .iter()
+                .find(|s| s.name == c.name)
+                .cloned()
+                .unwrap_or_default();
             println!("  {}:", c.name);
             println!("    Image:          {}", c.image);
             println!("    State:          {} {}", s.state, s.reason);
@@ -217,12 +306,24 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
             println!("    Restart count:  {}", s.restart_count);
         }
     }
-    let mut events = NodeClient::new(ch).events(EventsRequest { group: name.into(), follow: false }).await?.into_inner();
+    let mut events = NodeClient::new(ch)
+        .events(EventsRequest {
+            group: name.into(),
+            follow: false,
+        })
+        .await?
+        .into_inner();
     let mut t = Table::new(&["TYPE", "REASON", "AGE", "COUNT", "MESSAGE"]);
     let mut any = false;
     while let Some(e) = events.message().await? {
         any = true;
-        t.row(vec![e.r#type, e.reason, output::age(&e.last_timestamp), e.count.to_string(), e.message]);
+        t.row(vec![
+            e.r#type,
+            e.reason,
+            output::age(&e.last_timestamp),
+            e.count.to_string(),
+            e.message,
+        ]);
     }
     println!("Events:");
     if any {
@@ -243,7 +344,12 @@ pub async fn delete(
     wait: Option<Duration>,
 ) -> Result<ExitCode> {
     let mut c = ContainerGroupsClient::new(ch);
-    c.delete(DeleteGroupRequest { name: name.into(), grace_period_seconds: grace, force }).await?;
+    c.delete(DeleteGroupRequest {
+        name: name.into(),
+        grace_period_seconds: grace,
+        force,
+    })
+    .await?;
     if let Some(timeout) = wait {
         wait_gone(&mut c, name, timeout).await?;
         println!("group/{name} deleted");
@@ -253,14 +359,21 @@ pub async fn delete(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_gone(c: &mut ContainerGroupsClient<Channel>, name: &str, timeout: Duration) -> Result<()> {
+async fn wait_gone(
+    c: &mut ContainerGroupsClient<Channel>,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match c.get(GetGroupRequest { name: name.into() }).await {
             Err(s) if s.code() == Code::NotFound => return Ok(()),
             Err(s) => return Err(s.into()),
             Ok(_) if tokio::time::Instant::now() >= deadline => {
-                bail!("timed out after {} waiting for group {name:?} to be deleted", humantime::format_duration(timeout))
+                bail!(
+                    "timed out after {} waiting for group {name:?} to be deleted",
+                    humantime::format_duration(timeout)
+                )
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -268,8 +381,14 @@ async fn wait_gone(c: &mut ContainerGroupsClient<Channel>, name: &str, timeout: 
 }
 
 pub async fn restart(ch: Channel, name: &str) -> Result<ExitCode> {
-    let g = ContainerGroupsClient::new(ch).restart(RestartGroupRequest { name: name.into() }).await?.into_inner();
-    println!("group/{name} restarting ({})", g.status.unwrap_or_default().phase);
+    let g = ContainerGroupsClient::new(ch)
+        .restart(RestartGroupRequest { name: name.into() })
+        .await?
+        .into_inner();
+    println!(
+        "group/{name} restarting ({})",
+        g.status.unwrap_or_default().phase
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -286,12 +405,19 @@ pub async fn wait(ch: Channel, name: &str, condition: &str, timeout: Duration) -
     };
     let watch = async {
         // Read the current state, then follow changes from exactly that revision.
-        let g = c.get(GetGroupRequest { name: name.into() }).await?.into_inner();
+        let g = c
+            .get(GetGroupRequest { name: name.into() })
+            .await?
+            .into_inner();
         let mut last = g.status.unwrap_or_default().phase;
         if last == want {
             return Ok(());
         }
-        let req = WatchRequest { from_revision: g.revision, name: name.into(), ..Default::default() };
+        let req = WatchRequest {
+            from_revision: g.revision,
+            name: name.into(),
+            ..Default::default()
+        };
         let mut stream = c.watch(req).await?.into_inner();
         while let Some(ev) = stream.message().await? {
             let Some(g) = ev.group else { continue };

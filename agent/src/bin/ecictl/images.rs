@@ -53,8 +53,18 @@ fn image_table(images: &[Image]) -> String {
     let mut t = Table::new(&["REFERENCE", "DIGEST", "SIZE", "LAYERS", "PLATFORM"]);
     for i in images {
         let short = i.digest.get(..19).unwrap_or(&i.digest).to_string();
-        let refs = if i.references.is_empty() { "<none>".into() } else { i.references.join(",") };
-        t.row(vec![refs, short, output::bytes(i.size_bytes), i.layer_count.to_string(), i.platform.clone()]);
+        let refs = if i.references.is_empty() {
+            "<none>".into()
+        } else {
+            i.references.join(",")
+        };
+        t.row(vec![
+            refs,
+            short,
+            output::bytes(i.size_bytes),
+            i.layer_count.to_string(),
+            i.platform.clone(),
+        ]);
     }
     t.render()
 }
@@ -63,13 +73,19 @@ pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
     let mut c = ImagesClient::new(ch);
     match cmd {
         ImagesCmd::Pull { image } => {
-            let req = PullImageRequest { image: image.clone(), credentials: vec![] };
+            let req = PullImageRequest {
+                image: image.clone(),
+                credentials: vec![],
+            };
             let mut stream = c.pull(req).await?.into_inner();
             while let Some(p) = stream.message().await? {
                 if let Some(img) = p.image {
                     println!("pulled {image} ({})", img.digest);
                 } else {
-                    println!("{} {} {}/{}", p.layer_digest, p.state, p.downloaded_bytes, p.total_bytes);
+                    println!(
+                        "{} {} {}/{}",
+                        p.layer_digest, p.state, p.downloaded_bytes, p.total_bytes
+                    );
                 }
             }
         }
@@ -78,13 +94,22 @@ pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
             print!("{}", image_table(&list.images));
         }
         ImagesCmd::Rm { image } => {
-            c.remove(RemoveImageRequest { image: image.clone() }).await?;
+            c.remove(RemoveImageRequest {
+                image: image.clone(),
+            })
+            .await?;
             println!("image {image} removed");
         }
         ImagesCmd::Import { file, reference } => {
-            let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+            let mut f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
             let (tx, rx) = mpsc::channel(8);
-            tx.send(ImportImageRequest { reference: reference.unwrap_or_default(), data: vec![] }).await?;
+            tx.send(ImportImageRequest {
+                reference: reference.unwrap_or_default(),
+                data: vec![],
+            })
+            .await?;
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
@@ -92,13 +117,22 @@ pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
                     if n == 0 {
                         return Ok::<_, std::io::Error>(());
                     }
-                    if tx.send(ImportImageRequest { reference: String::new(), data: buf[..n].to_vec() }).await.is_err() {
+                    if tx
+                        .send(ImportImageRequest {
+                            reference: String::new(),
+                            data: buf[..n].to_vec(),
+                        })
+                        .await
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
             });
             let res = c.import(ReceiverStream::new(rx)).await;
-            reader.await?.with_context(|| format!("reading {}", file.display()))?;
+            reader
+                .await?
+                .with_context(|| format!("reading {}", file.display()))?;
             print!("{}", image_table(&res?.into_inner().images));
         }
     }
@@ -108,8 +142,17 @@ pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
 pub async fn cache(ch: Channel, cmd: CacheCmd) -> Result<ExitCode> {
     let mut c = ImageCachesClient::new(ch);
     match cmd {
-        CacheCmd::Create { name, images, retention_days } => {
-            let req = CreateImageCacheRequest { name, images, retention_days, credentials: vec![] };
+        CacheCmd::Create {
+            name,
+            images,
+            retention_days,
+        } => {
+            let req = CreateImageCacheRequest {
+                name,
+                images,
+                retention_days,
+                credentials: vec![],
+            };
             let cache = c.create(req).await?.into_inner();
             println!("cache/{} {}", cache.name, cache.status);
         }
@@ -117,12 +160,19 @@ pub async fn cache(ch: Channel, cmd: CacheCmd) -> Result<ExitCode> {
             let list = c.list(ListImageCachesRequest {}).await?.into_inner();
             let mut t = Table::new(&["NAME", "STATUS", "IMAGES", "SIZE", "AGE"]);
             for k in list.caches {
-                t.row(vec![k.name, k.status, k.images.join(","), output::bytes(k.size_bytes), output::age(&k.created_at)]);
+                t.row(vec![
+                    k.name,
+                    k.status,
+                    k.images.join(","),
+                    output::bytes(k.size_bytes),
+                    output::age(&k.created_at),
+                ]);
             }
             print!("{}", t.render());
         }
         CacheCmd::Rm { name } => {
-            c.delete(DeleteImageCacheRequest { name: name.clone() }).await?;
+            c.delete(DeleteImageCacheRequest { name: name.clone() })
+                .await?;
             println!("cache/{name} deleted");
         }
     }

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ecictl", version, about = "Operate the ECI node agent on this host")]
+#[command(
+    name = "ecictl",
+    version,
+    about = "Operate the ECI node agent on this host"
+)]
 struct Cli {
     #[command(flatten)]
     conn: conn::ConnArgs,
@@ -49,7 +53,7 @@ enum Cmd {
     Delete {
         name: String,
         /// Seconds between SIGTERM and SIGKILL (overrides the spec).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         grace_period: Option<i64>,
         /// Kill at once, skipping preStop and the grace period.
         #[arg(long)]
@@ -134,7 +138,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -154,14 +161,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ch = conn::connect(&cli.conn).await?;
     match cli.cmd {
         Cmd::Apply { file } => groups::apply(ch, &file).await,
-        Cmd::Get { name, output, selector, watch } => groups::get(ch, name, output, &selector, watch).await,
+        Cmd::Get {
+            name,
+            output,
+            selector,
+            watch,
+        } => groups::get(ch, name, output, &selector, watch).await,
         Cmd::Describe { name } => groups::describe(ch, &name).await,
-        Cmd::Delete { name, grace_period, force, wait, timeout } => {
-            groups::delete(ch, &name, grace_period, force, wait.then_some(timeout)).await
-        }
+        Cmd::Delete {
+            name,
+            grace_period,
+            force,
+            wait,
+            timeout,
+        } => groups::delete(ch, &name, grace_period, force, wait.then_some(timeout)).await,
         Cmd::Restart { name } => groups::restart(ch, &name).await,
-        Cmd::Wait { name, condition, timeout } => groups::wait(ch, &name, &condition, timeout).await,
-        Cmd::Logs { name, container, follow, tail, since, timestamps, previous } => {
+        Cmd::Wait {
+            name,
+            condition,
+            timeout,
+        } => groups::wait(ch, &name, &condition, timeout).await,
+        Cmd::Logs {
+            name,
+            container,
+            follow,
+            tail,
+            since,
+            timestamps,
+            previous,
+        } => {
             let req = eci_api::v1::LogsRequest {
                 group: name,
                 container: container.unwrap_or_default(),
@@ -173,9 +201,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             streams::logs(ch, req).await
         }
-        Cmd::Exec { stdin, tty, name, container, command } => {
-            streams::exec(ch, name, container.unwrap_or_default(), command, stdin, tty).await
-        }
+        Cmd::Exec {
+            stdin,
+            tty,
+            name,
+            container,
+            command,
+        } => streams::exec(ch, name, container.unwrap_or_default(), command, stdin, tty).await,
         Cmd::Top { name } => streams::top(ch, name).await,
         Cmd::Events { watch, group } => streams::events(ch, group.unwrap_or_default(), watch).await,
         Cmd::Images { cmd } => images::images(ch, cmd).await,

@@ -9,15 +9,23 @@ use tonic::transport::Channel;
 use crate::output::{self, Format, Table};
 
 pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
-    let info = NodeClient::new(ch).info(NodeInfoRequest {}).await?.into_inner();
+    let info = NodeClient::new(ch)
+        .info(NodeInfoRequest {})
+        .await?
+        .into_inner();
     if let Some(f @ (Format::Json | Format::Yaml)) = format {
         output::print_structured(&info, f)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let r = |x: &Option<Resources>| x.clone().unwrap_or_default();
+    let r = |x: &Option<Resources>| x.unwrap_or_default();
     let mut t = Table::new(&["RESOURCE", "CAPACITY", "ALLOCATABLE", "IN USE"]);
     let (c, a, u) = (r(&info.capacity), r(&info.allocatable), r(&info.in_use));
-    t.row(vec!["cpu".into(), output::cpu(c.cpu_millis), output::cpu(a.cpu_millis), output::cpu(u.cpu_millis)]);
+    t.row(vec![
+        "cpu".into(),
+        output::cpu(c.cpu_millis),
+        output::cpu(a.cpu_millis),
+        output::cpu(u.cpu_millis),
+    ]);
     t.row(vec![
         "memory".into(),
         output::bytes(c.memory_bytes),
@@ -27,11 +35,21 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
     println!("Hostname:       {}", info.hostname);
     println!("Health:         {}", info.health);
     println!("Agent version:  {}", info.agent_version);
-    println!("Kernel:         {} ({}/{})", info.kernel_version, info.os, info.architecture);
+    println!(
+        "Kernel:         {} ({}/{})",
+        info.kernel_version, info.os, info.architecture
+    );
     println!("Cgroup mode:    {}", info.cgroup_mode);
     println!("Sandbox kinds:  {}", info.sandbox_kinds.join(", "));
-    println!("Groups:         {} ({} running)", info.groups_total, info.groups_running);
-    println!("Started:        {} ({} ago)", info.started_at, output::age(&info.started_at));
+    println!(
+        "Groups:         {} ({} running)",
+        info.groups_total, info.groups_running
+    );
+    println!(
+        "Started:        {} ({} ago)",
+        info.started_at,
+        output::age(&info.started_at)
+    );
     println!();
     print!("{}", t.render());
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Table { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -38,7 +40,14 @@ impl Table {
     pub fn render(&self) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for r in &self.rows {
@@ -58,14 +67,22 @@ impl Table {
 
     /// Rows without the header, for watch output.
     pub fn render_body(&self) -> String {
-        self.render().lines().skip(1).map(|l| format!("{l}\n")).collect()
+        self.render()
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 }
 
 /// "5s", "3m", "2h", "4d" since an RFC 3339 time; "<unknown>" when it does not parse.
 pub fn age(rfc3339: &str) -> String {
-    let Ok(t) = humantime::parse_rfc3339(rfc3339) else { return "<unknown>".into() };
-    let secs = SystemTime::now().duration_since(t).map_or(0, |d| d.as_secs());
+    let Ok(t) = humantime::parse_rfc3339(rfc3339) else {
+        return "<unknown>".into();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map_or(0, |d| d.as_secs());
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
@@ -84,10 +101,19 @@ pub fn error_text(e: &anyhow::Error) -> String {
 
 /// Shortens byte counts for tables: 1536Mi, 2Gi.
 pub fn bytes(b: u64) -> String {
-    for (suf, m) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (suf, m) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if b >= m {
             let v = b as f64 / m as f64;
-            return if v.fract() == 0.0 { format!("{v:.0}{suf}") } else { format!("{v:.1}{suf}") };
+            return if v.fract() == 0.0 {
+                format!("{v:.0}{suf}")
+            } else {
+                format!("{v:.1}{suf}")
+            };
         }
     }
     format!("{b}")
@@ -95,5 +121,9 @@ pub fn bytes(b: u64) -> String {
 
 /// Millicores for tables: "2", "1500m".
 pub fn cpu(millis: u64) -> String {
-    if millis % 1000 == 0 { (millis / 1000).to_string() } else { format!("{millis}m") }
+    if millis.is_multiple_of(1000) {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
 }

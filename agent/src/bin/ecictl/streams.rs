@@ -57,11 +57,19 @@ impl Drop for RawMode {
 
 /// The local terminal's size, when stdout is a terminal.
 fn terminal_size() -> Option<TerminalSize> {
-    let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the pointer we pass, which is valid and
     // properly aligned for the duration of the call; fd 1 is only read.
     let rc = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then(|| TerminalSize { rows: ws.ws_row.into(), cols: ws.ws_col.into() })
+    (rc == 0 && ws.ws_row > 0).then(|| TerminalSize {
+        rows: ws.ws_row.into(),
+        cols: ws.ws_col.into(),
+    })
 }
 
 pub async fn exec(
@@ -73,10 +81,28 @@ pub async fn exec(
     tty: bool,
 ) -> Result<ExitCode> {
     let (tx, rx) = mpsc::channel::<ExecRequest>(16);
-    let start = ExecStart { group, container, command, stdin, tty, initial_size: tty.then(terminal_size).flatten() };
-    tx.send(ExecRequest { start: Some(start), ..Default::default() }).await?;
-    let mut responses = ContainersClient::new(ch).exec(ReceiverStream::new(rx)).await?.into_inner();
-    let _raw = if tty && stdin { Some(RawMode::enter()?) } else { None };
+    let start = ExecStart {
+        group,
+        container,
+        command,
+        stdin,
+        tty,
+        initial_size: tty.then(terminal_size).flatten(),
+    };
+    tx.send(ExecRequest {
+        start: Some(start),
+        ..Default::default()
+    })
+    .await?;
+    let mut responses = ContainersClient::new(ch)
+        .exec(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let _raw = if tty && stdin {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
     if stdin {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -85,11 +111,19 @@ pub async fn exec(
             loop {
                 match input.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tx.send(ExecRequest { close_stdin: true, ..Default::default() }).await;
+                        let _ = tx
+                            .send(ExecRequest {
+                                close_stdin: true,
+                                ..Default::default()
+                            })
+                            .await;
                         return;
                     }
                     Ok(n) => {
-                        let msg = ExecRequest { stdin: buf[..n].to_vec(), ..Default::default() };
+                        let msg = ExecRequest {
+                            stdin: buf[..n].to_vec(),
+                            ..Default::default()
+                        };
                         if tx.send(msg).await.is_err() {
                             return;
                         }
@@ -101,13 +135,19 @@ pub async fn exec(
     if tty {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
             else {
                 return;
             };
             while winch.recv().await.is_some() {
                 if let Some(size) = terminal_size() {
-                    let _ = tx.send(ExecRequest { resize: Some(size), ..Default::default() }).await;
+                    let _ = tx
+                        .send(ExecRequest {
+                            resize: Some(size),
+                            ..Default::default()
+                        })
+                        .await;
                 }
             }
         });
@@ -140,15 +180,27 @@ pub async fn top(ch: Channel, name: Option<String>) -> Result<ExitCode> {
                 .list(ListGroupsRequest::default())
                 .await?
                 .into_inner();
-            list.groups.into_iter().filter_map(|g| g.spec.map(|s| s.name)).collect()
+            list.groups
+                .into_iter()
+                .filter_map(|g| g.spec.map(|s| s.name))
+                .collect()
         }
     };
     let mut m = MetricsClient::new(ch);
     let mut t = Table::new(&["GROUP", "CONTAINER", "CPU(cores)", "MEMORY(working set)"]);
     for n in names {
-        let gm = m.get_metrics(GetMetricsRequest { group: n.clone() }).await?.into_inner();
-        let cpu = |c: &Option<CpuMetrics>| format!("{}m", c.as_ref().map_or(0, |c| c.usage_nano_cores / 1_000_000));
-        let mem = |x: &Option<MemoryMetrics>| output::bytes(x.as_ref().map_or(0, |x| x.working_set));
+        let gm = m
+            .get_metrics(GetMetricsRequest { group: n.clone() })
+            .await?
+            .into_inner();
+        let cpu = |c: &Option<CpuMetrics>| {
+            format!(
+                "{}m",
+                c.as_ref().map_or(0, |c| c.usage_nano_cores / 1_000_000)
+            )
+        };
+        let mem =
+            |x: &Option<MemoryMetrics>| output::bytes(x.as_ref().map_or(0, |x| x.working_set));
         t.row(vec![n.clone(), "*".into(), cpu(&gm.cpu), mem(&gm.memory)]);
         for c in &gm.containers {
             t.row(vec![n.clone(), c.name.clone(), cpu(&c.cpu), mem(&c.memory)]);
@@ -159,13 +211,27 @@ pub async fn top(ch: Channel, name: Option<String>) -> Result<ExitCode> {
 }
 
 pub async fn events(ch: Channel, group: String, follow: bool) -> Result<ExitCode> {
-    let mut stream = NodeClient::new(ch).events(EventsRequest { group, follow }).await?.into_inner();
+    let mut stream = NodeClient::new(ch)
+        .events(EventsRequest { group, follow })
+        .await?
+        .into_inner();
     let t = Table::new(&["LAST SEEN", "TYPE", "REASON", "GROUP", "COUNT", "MESSAGE"]);
     print!("{}", t.render());
     while let Some(e) = stream.message().await? {
         let mut t = Table::new(&[]);
-        let group = if e.container.is_empty() { e.group } else { format!("{}/{}", e.group, e.container) };
-        t.row(vec![e.last_timestamp, e.r#type, e.reason, group, e.count.to_string(), e.message]);
+        let group = if e.container.is_empty() {
+            e.group
+        } else {
+            format!("{}/{}", e.group, e.container)
+        };
+        t.row(vec![
+            e.last_timestamp,
+            e.r#type,
+            e.reason,
+            group,
+            e.count.to_string(),
+            e.message,
+        ]);
         print!("{}", t.render_body());
         std::io::stdout().flush()?;
     }

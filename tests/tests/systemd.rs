@@ -1,0 +1,67 @@
+//! The shipped systemd files are valid for the systemd on this host.
+
+use std::process::Command;
+
+use eci_tests::{bin, repo_root};
+
+#[test]
+fn unit_verifies_without_warnings() {
+    let unit =
+        std::fs::read_to_string(repo_root().join("systemd/eci-agent.service")).expect("unit");
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Delegate=yes",
+        "KillMode=process",
+        "Restart=always",
+        "OOMScoreAdjust=",
+    ] {
+        assert!(unit.contains(key), "unit lacks {key}");
+    }
+    // verify checks that ExecStart exists: point it at the binary just built.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("eci-agent.service");
+    let exec = bin("eci-agent");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/eci-agent", exec.to_str().expect("utf-8")),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // It exits 0 on unknown keys: any output at all is a finding.
+    assert!(
+        stderr.trim().is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+#[test]
+fn tmpfiles_entry_creates_the_layout() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let conf = repo_root().join("systemd/eci-agent.tmpfiles.conf");
+    let out = Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.path().display()))
+        .arg("--create")
+        .arg(&conf)
+        .output()
+        .expect("systemd-tmpfiles");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in [
+        "var/lib/eci/content",
+        "run/eci/groups",
+        "var/log/eci/groups",
+        "etc/eci",
+    ] {
+        assert!(root.path().join(d).is_dir(), "{d} not created");
+    }
+}
