@@ -38,18 +38,29 @@ pub fn repo_root() -> PathBuf {
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Agent {
     /// Starts an agent with `config` (TOML) and waits until its socket answers.
     pub fn start(config: &str) -> Result<Self> {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As [`Agent::start`], with extra environment variables for the agent.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("eci-e2e-").tempdir()?;
         let cfg = dir.path().join("agent.toml");
         std::fs::write(&cfg, config)?;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut a = Agent {
             dir,
             config: cfg,
+            env,
             child: None,
         };
         a.spawn()?;
@@ -74,6 +85,7 @@ impl Agent {
             .arg(&self.config)
             .arg("--root")
             .arg(self.root())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -184,4 +196,20 @@ pub fn text(o: &Output) -> String {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// A gRPC channel to an agent's Unix socket.
+pub async fn channel(socket: &Path) -> Result<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let ch = tonic::transport::Endpoint::from_static("http://agent.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(ch)
 }

@@ -65,3 +65,30 @@ fn tmpfiles_entry_creates_the_layout() {
         assert!(root.path().join(d).is_dir(), "{d} not created");
     }
 }
+
+#[test]
+fn agent_notifies_ready_and_pings_the_watchdog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let notify = sock_path.to_str().expect("utf-8").to_string();
+    let agent = eci_tests::Agent::start_with_env(
+        "",
+        &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "200000")],
+    )
+    .expect("agent");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(got.iter().any(|m: &String| m.contains("READY=1"))
+        && got.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({e}); got {got:?}"));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY comes only once the API answers: the socket exists by then.
+    assert!(agent.socket().exists());
+}

@@ -110,9 +110,9 @@ impl ContainerGroups for GroupsApi {
         // Subscribe before reading history so nothing falls between the two.
         let mut live = store.subscribe();
         let from = r.from_revision;
-        let (history, mut last) = blocking(move || {
+        let (history, mut last, current) = blocking(move || {
+            let (groups, rev) = store.list_groups()?;
             if from == 0 {
-                let (groups, rev) = store.list_groups()?;
                 let added = groups
                     .into_iter()
                     .map(|g| WatchEvent {
@@ -122,9 +122,9 @@ impl ContainerGroups for GroupsApi {
                         event: None,
                     })
                     .collect();
-                Ok((added, rev))
+                Ok((added, rev, Vec::new()))
             } else {
-                Ok((store.changes_since(from)?, from))
+                Ok((store.changes_since(from)?, from, groups))
             }
         })
         .await?;
@@ -134,6 +134,14 @@ impl ContainerGroups for GroupsApi {
             events: r.events,
             seen: HashSet::new(),
         };
+        // Events carry only a group name: learn which names match from the groups that
+        // exist now and from the group records in the replayed history.
+        for g in current
+            .iter()
+            .chain(history.iter().filter_map(|ev| ev.group.as_ref()))
+        {
+            filter.learn(g);
+        }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             for ev in history {
@@ -175,15 +183,20 @@ struct WatchFilter {
 }
 
 impl WatchFilter {
+    /// Whether a group passes; remembers its name for its events.
+    fn learn(&mut self, g: &ContainerGroup) -> bool {
+        let Some(spec) = &g.spec else { return false };
+        let ok =
+            (self.name.is_empty() || self.name == spec.name) && self.selector.matches(&spec.labels);
+        if ok {
+            self.seen.insert(spec.name.clone());
+        }
+        ok
+    }
+
     fn pass(&mut self, ev: &WatchEvent) -> bool {
         if let Some(g) = &ev.group {
-            let spec = g.spec.clone().unwrap_or_default();
-            let ok = (self.name.is_empty() || self.name == spec.name)
-                && self.selector.matches(&spec.labels);
-            if ok {
-                self.seen.insert(spec.name);
-            }
-            return ok;
+            return self.learn(g);
         }
         match &ev.event {
             Some(e) if self.events => {

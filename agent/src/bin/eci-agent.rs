@@ -13,6 +13,9 @@ struct Args {
     /// Config file (TOML). A missing default file means all defaults.
     #[arg(long, short = 'c', default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Ignore any config file and run on the embedded defaults (plus flags).
+    #[arg(long, conflicts_with = "config")]
+    no_config: bool,
     /// Relocate every state, run and log path under this directory.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -33,7 +36,11 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let explicit = args.config.as_os_str() != config::DEFAULT_PATH;
-    let mut cfg = Config::load(&args.config, explicit)?;
+    let mut cfg = if args.no_config {
+        Config::default()
+    } else {
+        Config::load(&args.config, explicit)?
+    };
     if let Some(root) = &args.root {
         cfg.relocate(root);
     }

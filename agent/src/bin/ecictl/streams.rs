@@ -211,27 +211,31 @@ pub async fn top(ch: Channel, name: Option<String>) -> Result<ExitCode> {
 }
 
 pub async fn events(ch: Channel, group: String, follow: bool) -> Result<ExitCode> {
-    let mut stream = NodeClient::new(ch)
-        .events(EventsRequest { group, follow })
-        .await?
-        .into_inner();
-    let t = Table::new(&["LAST SEEN", "TYPE", "REASON", "GROUP", "COUNT", "MESSAGE"]);
+    let mut client = NodeClient::new(ch);
+    let row = |e: Event| {
+        let who = if e.container.is_empty() { e.group } else { format!("{}/{}", e.group, e.container) };
+        vec![output::age(&e.last_timestamp), e.r#type, e.reason, who, e.count.to_string(), e.message]
+    };
+    // The history first, as one aligned table.
+    let mut past = client.events(EventsRequest { group: group.clone(), follow: false }).await?.into_inner();
+    let mut t = Table::new(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"]);
+    let mut last = 0;
+    while let Some(e) = past.message().await? {
+        last = last.max(e.revision);
+        t.row(row(e));
+    }
     print!("{}", t.render());
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The follow stream replays the history too; skip what was printed.
+    let mut stream = client.events(EventsRequest { group, follow: true }).await?.into_inner();
     while let Some(e) = stream.message().await? {
+        if e.revision <= last {
+            continue;
+        }
         let mut t = Table::new(&[]);
-        let group = if e.container.is_empty() {
-            e.group
-        } else {
-            format!("{}/{}", e.group, e.container)
-        };
-        t.row(vec![
-            e.last_timestamp,
-            e.r#type,
-            e.reason,
-            group,
-            e.count.to_string(),
-            e.message,
-        ]);
+        t.row(row(e));
         print!("{}", t.render_body());
         std::io::stdout().flush()?;
     }
