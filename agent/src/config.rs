@@ -73,6 +73,8 @@ pub struct NodeConfig {
     /// Kept back for the host and the agent; allocatable = capacity - reserved.
     pub reserved_cpu: String,
     pub reserved_memory: String,
+    /// GPU devices offered to groups; -1: count the host's /dev/nvidiaN devices.
+    pub gpus: i32,
     /// How long finished (Failed, Succeeded, ScheduleFailed) groups are kept before they
     /// are deleted automatically ("1h", "30m"; "0s" keeps them).
     pub finished_group_retention: String,
@@ -121,6 +123,7 @@ impl Default for NodeConfig {
             memory: String::new(),
             reserved_cpu: "0".into(),
             reserved_memory: "0".into(),
+            gpus: -1,
             finished_group_retention: "1h".into(),
         }
     }

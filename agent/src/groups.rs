@@ -28,6 +28,25 @@ use crate::validate::{self, ValidSpec};
 const NO_BACKEND: &str = "admitted; no sandbox backend is enabled on this node yet, so its \
                           containers are not started";
 
+/// Resources held by admitted, unfinished groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub size: Size,
+    pub gpus: u32,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            size: Size {
+                cpu_millis: 0,
+                memory_bytes: 0,
+            },
+            gpus: 0,
+        }
+    }
+}
+
 /// The group operations, shared by the API handlers and background tasks.
 pub struct Groups {
     store: Arc<Store>,
@@ -111,32 +130,48 @@ impl Groups {
         &self.store
     }
 
-    /// Sum of the normalized sizes of groups that hold resources.
-    fn in_use(groups: &[ContainerGroup], except: &str) -> Size {
+    /// What unfinished groups other than `except` hold.
+    fn usage(groups: &[ContainerGroup], except: &str) -> Usage {
         groups
             .iter()
             .filter(|g| !phase::is_final(phase_of(g)) && name_of(g) != except)
-            .map(normalized_of)
-            .fold(
-                Size {
-                    cpu_millis: 0,
-                    memory_bytes: 0,
-                },
-                |a, b| Size {
-                    cpu_millis: a.cpu_millis + b.cpu_millis,
-                    memory_bytes: a.memory_bytes + b.memory_bytes,
-                },
-            )
+            .fold(Usage::default(), |u, g| {
+                let n = normalized_of(g);
+                Usage {
+                    size: Size {
+                        cpu_millis: u.size.cpu_millis + n.cpu_millis,
+                        memory_bytes: u.size.memory_bytes + n.memory_bytes,
+                    },
+                    gpus: u.gpus + g.spec.as_ref().map_or(0, validate::group_gpus),
+                }
+            })
     }
 
-    /// What the node has left, as a message when `need` does not fit.
-    fn misfit(&self, tx: &WriteTx<'_>, need: Size, except: &str) -> Result<Option<String>> {
-        let used = Self::in_use(&tx.list_groups()?, except);
+    /// All groups and what the unfinished ones hold, from one snapshot.
+    pub fn usage_now(&self) -> Result<(Vec<ContainerGroup>, Usage)> {
+        let (groups, _) = self.store.list_groups()?;
+        let usage = Self::usage(&groups, "");
+        Ok((groups, usage))
+    }
+
+    /// What the node has left, as a message when `need` (and `gpus`) does not fit.
+    fn misfit(
+        &self,
+        tx: &WriteTx<'_>,
+        need: Size,
+        gpus: u32,
+        except: &str,
+    ) -> Result<Option<String>> {
+        let Usage {
+            size: used,
+            gpus: gpus_used,
+        } = Self::usage(&tx.list_groups()?, except);
         let alloc = self.node.allocatable;
         let free = Size {
             cpu_millis: alloc.cpu_millis.saturating_sub(used.cpu_millis),
             memory_bytes: alloc.memory_bytes.saturating_sub(used.memory_bytes),
         };
+        let gpus_free = self.node.gpus.saturating_sub(gpus_used);
         let mut short = Vec::new();
         if need.cpu_millis > free.cpu_millis {
             short.push("cpu");
@@ -144,9 +179,17 @@ impl Groups {
         if need.memory_bytes > free.memory_bytes {
             short.push("memory");
         }
+        if gpus > gpus_free {
+            short.push("gpu");
+        }
         Ok((!short.is_empty()).then(|| {
+            let gpu_note = if gpus > 0 || gpus_used > 0 {
+                format!(", {gpus} GPU needed, {gpus_free} of {} free", self.node.gpus)
+            } else {
+                String::new()
+            };
             format!(
-                "insufficient {}: the group needs {}, the node has {} free ({} allocatable, {} in use)",
+                "insufficient {}: the group needs {}, the node has {} free ({} allocatable, {} in use{gpu_note})",
                 short.join(" and "),
                 describe_size(need),
                 describe_size(free),
@@ -164,7 +207,7 @@ impl Groups {
             let now = clock::now();
             let mut status = initial_status(&spec, &valid);
             let mut events = vec![];
-            match self.misfit(tx, valid.normalized, "")? {
+            match self.misfit(tx, valid.normalized, valid.gpus, "")? {
                 Some(why) => {
                     status.phase = phase::SCHEDULE_FAILED.into();
                     status.reason = "InsufficientResources".into();
@@ -270,7 +313,7 @@ impl Groups {
                     "network.eni: the ENI of a group cannot change; delete and create it".into(),
                 ));
             }
-            if let Some(why) = self.misfit(tx, valid.normalized, &name)? {
+            if let Some(why) = self.misfit(tx, valid.normalized, valid.gpus, &name)? {
                 return Err(Error::ResourceExhausted(format!("update refused: {why}")));
             }
             let mut spec = spec.clone();

@@ -30,6 +30,8 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub hostname: String,
+    /// GPU devices groups may claim.
+    pub gpus: u32,
     pub capacity: Size,
     pub allocatable: Size,
     pub facts: HostFacts,
@@ -76,13 +78,29 @@ impl Node {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         let facts = HostFacts::probe(Path::new("/sys/fs/cgroup"))?;
+        let gpus = u32::try_from(cfg.gpus).unwrap_or_else(|_| host_gpus());
         Ok(Node {
             hostname,
+            gpus,
             capacity,
             allocatable,
             facts,
         })
     }
+}
+
+/// NVIDIA devices: /dev/nvidia0, /dev/nvidia1… (not nvidiactl, nvidia-uvm).
+fn host_gpus() -> u32 {
+    let Ok(dir) = std::fs::read_dir("/dev") else {
+        return 0;
+    };
+    let is_gpu = |name: &str| {
+        name.strip_prefix("nvidia")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| is_gpu(&e.file_name().to_string_lossy()))
+        .count() as u32
 }
 
 fn host_memory() -> Result<u64, NodeError> {

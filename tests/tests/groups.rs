@@ -339,3 +339,31 @@ fn sigterm_stops_the_agent_cleanly() {
     assert!(status.success(), "{status}: {}", agent.log());
     assert!(!agent.socket().exists(), "socket left behind");
 }
+
+#[test]
+fn gpus_are_admitted_against_the_node_count() {
+    let agent = Agent::start("[node]\ncpu = \"16\"\nmemory = \"64Gi\"\ngpus = 1\n").expect("agent");
+    let gpu = |name: &str, n: u32| {
+        format!(
+            "name: {name}\ncontainers:\n- name: app\n  image: busybox:1\n  resources: {{gpu: {n}}}\n"
+        )
+    };
+    assert!(agent.apply("one", &gpu("one", 1)).status.success());
+    assert!(agent.apply("two", &gpu("two", 1)).status.success());
+    assert_eq!(
+        agent.get_json("one").expect("get")["status"]["phase"],
+        "Pending"
+    );
+    let two = agent.get_json("two").expect("get");
+    assert_eq!(two["status"]["phase"], "ScheduleFailed", "{two}");
+    assert!(
+        two["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gpu"),
+        "{two}"
+    );
+    let node: serde_json::Value =
+        serde_json::from_slice(&agent.ctl(&["node", "-o", "json"]).stdout).expect("node");
+    assert_eq!(node["inUse"]["gpus"], 1);
+}

@@ -11,7 +11,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, blocking};
-use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 use crate::sizes::Size;
 
 pub struct NodeApi {
@@ -28,10 +27,11 @@ impl NodeApi {
     }
 }
 
-fn resources(s: Size) -> Resources {
+fn resources(s: Size, gpus: u32) -> Resources {
     Resources {
         cpu_millis: s.cpu_millis,
         memory_bytes: s.memory_bytes,
+        gpus,
     }
 }
 
@@ -39,29 +39,17 @@ fn resources(s: Size) -> Resources {
 impl NodeService for NodeApi {
     async fn info(&self, _: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
         let g = self.groups.clone();
-        let (groups, _) = blocking(move || g.list("")).await?;
+        let (groups, usage) = blocking(move || g.usage_now()).await?;
         let node = self.groups.node();
-        let mut in_use = Size {
-            cpu_millis: 0,
-            memory_bytes: 0,
-        };
-        let mut running = 0;
-        for g in &groups {
-            let st = g.status.clone().unwrap_or_default();
-            if st.phase == phase::RUNNING {
-                running += 1;
-            }
-            if !phase::is_final(&st.phase) {
-                let n = st.normalized_resources.unwrap_or_default();
-                in_use.cpu_millis += parse_cpu_millis(&n.cpu).unwrap_or(0);
-                in_use.memory_bytes += parse_memory_bytes(&n.memory).unwrap_or(0);
-            }
-        }
+        let running = groups
+            .iter()
+            .filter(|g| g.status.as_ref().is_some_and(|s| s.phase == phase::RUNNING))
+            .count() as u32;
         Ok(Response::new(NodeInfo {
             hostname: node.hostname.clone(),
-            capacity: Some(resources(node.capacity)),
-            allocatable: Some(resources(node.allocatable)),
-            in_use: Some(resources(in_use)),
+            capacity: Some(resources(node.capacity, node.gpus)),
+            allocatable: Some(resources(node.allocatable, node.gpus)),
+            in_use: Some(resources(usage.size, usage.gpus)),
             groups_total: groups.len() as u32,
             groups_running: running,
             agent_version: env!("CARGO_PKG_VERSION").into(),

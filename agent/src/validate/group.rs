@@ -228,10 +228,24 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
     Some(ValidSpec {
         requested,
         normalized: normalized?,
+        gpus: group_gpus(spec),
         grace_period_seconds: grace,
         shm_bytes: shm.unwrap_or(DEFAULT_SHM_BYTES),
         ephemeral_bytes: ephemeral.unwrap_or(DEFAULT_EPHEMERAL_BYTES),
     })
+}
+
+/// GPUs a group needs: init containers run alone, so the larger of the app containers'
+/// sum and the largest init container.
+pub fn group_gpus(spec: &GroupSpec) -> u32 {
+    let gpus = |c: &eci_api::v1::Container| c.resources.as_ref().map_or(0, |r| r.gpu);
+    let app = spec
+        .containers
+        .iter()
+        .map(gpus)
+        .fold(0u32, u32::saturating_add);
+    let init = spec.init_containers.iter().map(gpus).max().unwrap_or(0);
+    app.max(init)
 }
 
 /// Parses an optional quantity field; empty means unset.

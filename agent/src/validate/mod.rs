@@ -17,6 +17,7 @@ use eci_api::v1::GroupSpec;
 
 use crate::sizes::Size;
 
+pub use group::group_gpus;
 pub use names::check_name;
 
 /// Limits from PRODUCT.md.
@@ -70,6 +71,8 @@ pub struct ValidSpec {
     pub requested: Size,
     /// The offered size it runs as.
     pub normalized: Size,
+    /// GPUs the group needs: the app containers' sum, or the largest init container's.
+    pub gpus: u32,
     pub grace_period_seconds: i64,
     pub shm_bytes: u64,
     pub ephemeral_bytes: u64,

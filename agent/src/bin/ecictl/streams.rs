@@ -213,11 +213,28 @@ pub async fn top(ch: Channel, name: Option<String>) -> Result<ExitCode> {
 pub async fn events(ch: Channel, group: String, follow: bool) -> Result<ExitCode> {
     let mut client = NodeClient::new(ch);
     let row = |e: Event| {
-        let who = if e.container.is_empty() { e.group } else { format!("{}/{}", e.group, e.container) };
-        vec![output::age(&e.last_timestamp), e.r#type, e.reason, who, e.count.to_string(), e.message]
+        let who = if e.container.is_empty() {
+            e.group
+        } else {
+            format!("{}/{}", e.group, e.container)
+        };
+        vec![
+            output::age(&e.last_timestamp),
+            e.r#type,
+            e.reason,
+            who,
+            e.count.to_string(),
+            e.message,
+        ]
     };
     // The history first, as one aligned table.
-    let mut past = client.events(EventsRequest { group: group.clone(), follow: false }).await?.into_inner();
+    let mut past = client
+        .events(EventsRequest {
+            group: group.clone(),
+            follow: false,
+        })
+        .await?
+        .into_inner();
     let mut t = Table::new(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "MESSAGE"]);
     let mut last = 0;
     while let Some(e) = past.message().await? {
@@ -229,7 +246,13 @@ pub async fn events(ch: Channel, group: String, follow: bool) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     // The follow stream replays the history too; skip what was printed.
-    let mut stream = client.events(EventsRequest { group, follow: true }).await?.into_inner();
+    let mut stream = client
+        .events(EventsRequest {
+            group,
+            follow: true,
+        })
+        .await?
+        .into_inner();
     while let Some(e) = stream.message().await? {
         if e.revision <= last {
             continue;
