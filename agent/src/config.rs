@@ -187,34 +187,8 @@ impl Config {
     }
 
     /// Checks values that parse lazily, so a bad file fails at start, not at first use.
+    /// (Node sizes are checked where they are read, in `Node::detect`.)
     pub fn check(&self) -> Result<(), ConfigError> {
-        use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
-        let cpu = |key, v: &str| {
-            if v.is_empty() {
-                return Ok(());
-            }
-            parse_cpu_millis(v)
-                .map(drop)
-                .map_err(|e| ConfigError::Invalid {
-                    key,
-                    message: e.to_string(),
-                })
-        };
-        let mem = |key, v: &str| {
-            if v.is_empty() {
-                return Ok(());
-            }
-            parse_memory_bytes(v)
-                .map(drop)
-                .map_err(|e| ConfigError::Invalid {
-                    key,
-                    message: e.to_string(),
-                })
-        };
-        cpu("node.cpu", &self.node.cpu)?;
-        cpu("node.reserved_cpu", &self.node.reserved_cpu)?;
-        mem("node.memory", &self.node.memory)?;
-        mem("node.reserved_memory", &self.node.reserved_memory)?;
         humantime::parse_duration(&self.node.finished_group_retention).map_err(|e| {
             ConfigError::Invalid {
                 key: "node.finished_group_retention",
@@ -277,7 +251,9 @@ mod tests {
     #[test]
     fn refuses_unknown_keys_and_bad_values() {
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
-        let c: Config = toml::from_str("[node]\ncpu = \"lots\"").expect("parses");
+        let c: Config = toml::from_str("[log]\nformat = \"xml\"").expect("parses");
         assert!(c.check().is_err());
+        let c: Config = toml::from_str("[api]\ntcp_listen = \"0.0.0.0:1\"").expect("parses");
+        assert!(c.check().is_err(), "TCP without TLS files");
     }
 }

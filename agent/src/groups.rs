@@ -485,3 +485,101 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use eci_api::v1::Container;
+    use eci_runtime::HostFacts;
+
+    use super::*;
+
+    fn groups(dir: &Path, cpus: u64, gib: u64) -> Groups {
+        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store"));
+        let size = Size {
+            cpu_millis: cpus * 1000,
+            memory_bytes: gib << 30,
+        };
+        let node = Node {
+            hostname: "test".into(),
+            gpus: 0,
+            capacity: size,
+            allocatable: size,
+            facts: HostFacts::probe(Path::new("/sys/fs/cgroup")).expect("facts"),
+        };
+        Groups::new(store, node)
+    }
+
+    fn spec(name: &str, cpu: &str, memory: &str) -> GroupSpec {
+        GroupSpec {
+            name: name.into(),
+            cpu: cpu.into(),
+            memory: memory.into(),
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn phase(g: &Groups, name: &str) -> String {
+        g.get(name).expect("get").status.expect("status").phase
+    }
+
+    #[test]
+    fn admission_counts_unfinished_groups_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = groups(dir.path(), 4, 8);
+        g.create(spec("a", "2", "4Gi")).expect("a");
+        g.create(spec("b", "4", "8Gi")).expect("b");
+        assert_eq!(phase(&g, "a"), phase::PENDING);
+        assert_eq!(phase(&g, "b"), phase::SCHEDULE_FAILED);
+        // b holds nothing, so c fits beside a.
+        g.create(spec("c", "2", "4Gi")).expect("c");
+        assert_eq!(phase(&g, "c"), phase::PENDING);
+        let err = g
+            .update(spec("c", "4", "8Gi"))
+            .expect_err("no room to grow");
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert_eq!(
+            g.get("c").expect("c").generation,
+            1,
+            "refused update changed nothing"
+        );
+    }
+
+    #[test]
+    fn a_delete_cut_short_is_finished_on_reconcile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = groups(dir.path(), 4, 8);
+        g.create(spec("a", "1", "2Gi")).expect("a");
+        g.delete("a", None, false).expect("delete");
+        assert_eq!(phase(&g, "a"), phase::TERMINATING);
+        // As after a crash: a new Groups on the same store.
+        drop(g);
+        let g = groups(dir.path(), 4, 8);
+        assert_eq!(g.reconcile().expect("reconcile"), ["a"]);
+        assert!(matches!(g.get("a"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn finished_groups_expire_after_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = groups(dir.path(), 1, 2);
+        g.create(spec("big", "8", "16Gi")).expect("big");
+        g.create(spec("ok", "1", "2Gi")).expect("ok");
+        assert!(
+            g.collect_finished(Duration::from_secs(3600))
+                .expect("collect")
+                .is_empty()
+        );
+        assert_eq!(
+            g.collect_finished(Duration::ZERO).expect("collect"),
+            ["big"]
+        );
+        assert!(g.get("ok").is_ok(), "unfinished groups stay");
+    }
+}

@@ -275,7 +275,7 @@ fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
     }
     for (k, v) in &spec.labels {
         let key_ok = !k.is_empty()
-            && k.len() <= MAX_LABEL_KEY
+            && k.chars().count() <= MAX_LABEL_KEY
             && !k
                 .chars()
                 .any(|c| c.is_control() || c == ',' || c == '=' || c == '!');

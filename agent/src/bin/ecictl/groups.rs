@@ -84,6 +84,21 @@ pub async fn apply(ch: Channel, file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// "k1=v1,k2=v2" sorted by key, or "<none>".
+fn labels_text(spec: &GroupSpec, sep: &str) -> String {
+    let mut labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    labels.sort();
+    if labels.is_empty() {
+        "<none>".into()
+    } else {
+        labels.join(sep)
+    }
+}
+
 fn ready_count(st: &GroupStatus) -> String {
     let ready = st.container_statuses.iter().filter(|c| c.ready).count();
     format!("{ready}/{}", st.container_statuses.len())
@@ -110,23 +125,14 @@ fn group_row(g: &ContainerGroup, wide: bool) -> Vec<String> {
         output::age(&g.created_at),
     ];
     if wide {
-        let mut labels: Vec<String> = spec
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        labels.sort();
+        let labels = labels_text(&spec, ",");
         row.push(if spec.sandbox.is_empty() {
             "namespaced".into()
         } else {
             spec.sandbox
         });
         row.push(st.reason);
-        row.push(if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(",")
-        });
+        row.push(labels);
     }
     row
 }
@@ -228,22 +234,9 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
     let spec = g.spec.clone().unwrap_or_default();
     let st = g.status.clone().unwrap_or_default();
     let size = st.normalized_resources.clone().unwrap_or_default();
-    let mut labels: Vec<String> = spec
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    labels.sort();
     println!("Name:            {}", spec.name);
     println!("ID:              {}", g.id);
-    println!(
-        "Labels:          {}",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(", ")
-        }
-    );
+    println!("Labels:          {}", labels_text(&spec, ", "));
     println!(
         "Created:         {} ({} ago)",
         g.created_at,

@@ -99,31 +99,12 @@ pub fn error_text(e: &anyhow::Error) -> String {
     format!("error: {e:#}")
 }
 
-/// Shortens byte counts for tables: 1536Mi, 2Gi.
+/// Byte counts for tables: "2Gi", "1.5Gi".
 pub fn bytes(b: u64) -> String {
-    for (suf, m) in [
-        ("Ti", 1u64 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ] {
-        if b >= m {
-            let v = b as f64 / m as f64;
-            return if v.fract() == 0.0 {
-                format!("{v:.0}{suf}")
-            } else {
-                format!("{v:.1}{suf}")
-            };
-        }
-    }
-    format!("{b}")
+    eci_agent::quantity::human_memory(b)
 }
 
 /// Millicores for tables: "2", "1500m".
 pub fn cpu(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
-        (millis / 1000).to_string()
-    } else {
-        format!("{millis}m")
-    }
+    eci_agent::quantity::format_cpu(millis)
 }
