@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::groups::Groups;
+use crate::images::ImageStore;
 use crate::node::Node;
 use crate::notify;
 use crate::server::Listeners;
@@ -27,7 +28,9 @@ pub async fn run(cfg: Config) -> Result<()> {
             .await
             .context("opening the store")??,
     );
-    let groups = Arc::new(Groups::new(store, node));
+    let images =
+        ImageStore::open(&cfg.state_dir, store.clone()).context("opening the image store")?;
+    let groups = Arc::new(Groups::new(store, node, images));
     let g = groups.clone();
     let finished = tokio::task::spawn_blocking(move || g.reconcile()).await??;
     let (total, _) = groups.store().list_groups()?;

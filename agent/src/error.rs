@@ -1,6 +1,7 @@
 //! The domain errors of the agent's operations. `api::status` maps them to gRPC codes in
 //! one place.
 
+use crate::images::ImageError;
 use crate::store::StoreError;
 use crate::validate::ValidationErrors;
 
@@ -15,6 +16,8 @@ pub enum Error {
     },
     #[error("group {0:?} not found")]
     NotFound(String),
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
     #[error("group {0:?} already exists")]
     AlreadyExists(String),
     #[error("{0}")]
@@ -28,6 +31,8 @@ pub enum Error {
     Unimplemented(&'static str),
     #[error("state store")]
     Store(#[source] StoreError),
+    #[error(transparent)]
+    Image(ImageError),
 }
 
 impl From<StoreError> for Error {
@@ -38,6 +43,16 @@ impl From<StoreError> for Error {
                 "fromRevision {asked} is older than the oldest kept change {oldest}; list again and watch from the list's revision"
             )),
             other => Error::Store(other),
+        }
+    }
+}
+
+impl From<ImageError> for Error {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Store(s) => s.into(),
+            ImageError::NotFound(name) => Error::ImageNotFound(name),
+            other => Error::Image(other),
         }
     }
 }

@@ -15,6 +15,7 @@ use eci_api::v1::{
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::images::{ImageRecord, ImageStore, Reference};
 use crate::node::Node;
 use crate::quantity::{
     format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes,
@@ -51,6 +52,7 @@ impl Default for Usage {
 pub struct Groups {
     store: Arc<Store>,
     node: Node,
+    images: ImageStore,
 }
 
 /// Event type names.
@@ -118,8 +120,34 @@ fn new_id() -> String {
 }
 
 impl Groups {
-    pub fn new(store: Arc<Store>, node: Node) -> Self {
-        Groups { store, node }
+    pub fn new(store: Arc<Store>, node: Node, images: ImageStore) -> Self {
+        Groups {
+            store,
+            node,
+            images,
+        }
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The first unfinished group with a container of this image, if any.
+    pub fn image_user(&self, image: &ImageRecord) -> Result<Option<String>> {
+        let (groups, _) = self.store.list_groups()?;
+        Ok(groups
+            .iter()
+            .filter(|g| !phase::is_final(phase_of(g)))
+            .find(|g| {
+                g.spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter().chain(&s.init_containers))
+                    .any(|c| {
+                        Reference::parse(&c.image)
+                            .is_ok_and(|r| image.references.contains(&r.to_string()))
+                    })
+            })
+            .map(|g| name_of(g).to_string()))
     }
 
     pub fn node(&self) -> &Node {
@@ -497,6 +525,7 @@ mod tests {
 
     fn groups(dir: &Path, cpus: u64, gib: u64) -> Groups {
         let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store"));
+        let images = ImageStore::open(dir, store.clone()).expect("images");
         let size = Size {
             cpu_millis: cpus * 1000,
             memory_bytes: gib << 30,
@@ -508,7 +537,7 @@ mod tests {
             allocatable: size,
             facts: HostFacts::probe(Path::new("/sys/fs/cgroup")).expect("facts"),
         };
-        Groups::new(store, node)
+        Groups::new(store, node, images)
     }
 
     fn spec(name: &str, cpu: &str, memory: &str) -> GroupSpec {

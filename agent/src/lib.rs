@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod groups;
+pub mod images;
 pub mod node;
 pub mod notify;
 pub mod quantity;

@@ -35,10 +35,10 @@ async fn routes(groups: Arc<Groups>) -> Result<Routes> {
         .context("building the reflection service")?;
     let mut b = RoutesBuilder::default();
     b.add_service(ContainerGroupsServer::new(GroupsApi::new(groups.clone())))
-        .add_service(NodeServer::new(NodeApi::new(groups)))
+        .add_service(NodeServer::new(NodeApi::new(groups.clone())))
         .add_service(ContainersServer::new(ContainersApi))
         .add_service(MetricsServer::new(MetricsApi))
-        .add_service(ImagesServer::new(ImagesApi))
+        .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
         .add_service(ImageCachesServer::new(CachesApi))
         .add_service(health_svc)
         .add_service(reflection);

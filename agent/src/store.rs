@@ -14,6 +14,8 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
+use crate::images::ImageRecord;
+
 /// Group name → encoded `ContainerGroup`.
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 /// Revision → encoded `Event`.
@@ -22,6 +24,10 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 /// Counters (`revision`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Manifest digest → JSON `ImageRecord`.
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// Normalized image reference → manifest digest.
+const REFS: TableDefinition<&str, &str> = TableDefinition::new("image_refs");
 
 /// How many changes Watch can resume across.
 pub const CHANGE_LOG_KEEP: u64 = 10_000;
@@ -47,6 +53,12 @@ pub enum StoreError {
     },
     #[error("group {0:?} already exists")]
     Exists(String),
+    #[error("state database record {key} does not parse")]
+    Json {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("revision {asked} is older than the oldest kept change {oldest}")]
     Compacted { asked: u64, oldest: u64 },
 }
@@ -86,6 +98,8 @@ impl Store {
         tx.open_table(EVENTS).map_err(db_err)?;
         tx.open_table(CHANGES).map_err(db_err)?;
         tx.open_table(META).map_err(db_err)?;
+        tx.open_table(IMAGES).map_err(db_err)?;
+        tx.open_table(REFS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         let (changes, _) = broadcast::channel(1024);
         Ok(Store { db, changes })
@@ -174,6 +188,40 @@ impl Store {
         Ok((out, rev))
     }
 
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(IMAGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push(parse_json(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn get_image(&self, digest: &str) -> Result<Option<ImageRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(IMAGES).map_err(db_err)?;
+        let v = t.get(digest).map_err(db_err)?;
+        v.map(|v| parse_json(digest, v.value())).transpose()
+    }
+
+    pub fn image_by_ref(&self, reference: &str) -> Result<Option<ImageRecord>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let refs = tx.open_table(REFS).map_err(db_err)?;
+        let Some(d) = refs
+            .get(reference)
+            .map_err(db_err)?
+            .map(|v| v.value().to_string())
+        else {
+            return Ok(None);
+        };
+        drop(refs);
+        let t = tx.open_table(IMAGES).map_err(db_err)?;
+        let v = t.get(d.as_str()).map_err(db_err)?;
+        v.map(|v| parse_json(&d, v.value())).transpose()
+    }
+
     /// Recorded events, oldest first, optionally of one group.
     pub fn events(&self, group: Option<&str>) -> Result<Vec<Event>> {
         let tx = self.db.begin_read().map_err(db_err)?;
@@ -212,6 +260,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Json {
+        key: key.to_string(),
+        source,
+    })
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -315,6 +370,66 @@ impl WriteTx<'_> {
             })?;
         }
         Ok(removed)
+    }
+
+    pub fn get_image(&self, digest: &str) -> Result<Option<ImageRecord>> {
+        let t = self.tx.open_table(IMAGES).map_err(db_err)?;
+        let v = t.get(digest).map_err(db_err)?;
+        v.map(|v| parse_json(digest, v.value())).transpose()
+    }
+
+    pub fn image_by_ref(&self, reference: &str) -> Result<Option<ImageRecord>> {
+        let d = {
+            let refs = self.tx.open_table(REFS).map_err(db_err)?;
+            let v = refs.get(reference).map_err(db_err)?;
+            v.map(|v| v.value().to_string())
+        };
+        match d {
+            Some(d) => self.get_image(&d),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores an image and points each of its references at it.
+    pub fn put_image(&mut self, image: &ImageRecord) -> Result<()> {
+        let json = serde_json::to_vec(image).map_err(|source| StoreError::Json {
+            key: image.digest.clone(),
+            source,
+        })?;
+        let mut t = self.tx.open_table(IMAGES).map_err(db_err)?;
+        t.insert(image.digest.as_str(), json.as_slice())
+            .map_err(db_err)?;
+        let mut refs = self.tx.open_table(REFS).map_err(db_err)?;
+        for r in &image.references {
+            refs.insert(r.as_str(), image.digest.as_str())
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one reference from an image (the image stays).
+    pub fn untag_image(&mut self, digest: &str, reference: &str) -> Result<()> {
+        if let Some(mut image) = self.get_image(digest)? {
+            image.references.retain(|r| r != reference);
+            self.put_image(&image)?;
+        }
+        let mut refs = self.tx.open_table(REFS).map_err(db_err)?;
+        refs.remove(reference).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Removes an image and all its references.
+    pub fn delete_image(&mut self, digest: &str) -> Result<()> {
+        let Some(image) = self.get_image(digest)? else {
+            return Ok(());
+        };
+        let mut refs = self.tx.open_table(REFS).map_err(db_err)?;
+        for r in &image.references {
+            refs.remove(r.as_str()).map_err(db_err)?;
+        }
+        let mut t = self.tx.open_table(IMAGES).map_err(db_err)?;
+        t.remove(digest).map_err(db_err)?;
+        Ok(())
     }
 
     /// Records an event. When it repeats the newest event (same group, container, reason

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod oci;
+
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
 /// (`target/<profile>/deps/<test>` → `target/<profile>`).
 pub fn bin(name: &str) -> PathBuf {

@@ -147,9 +147,12 @@ async fn codes_name_what_went_wrong() {
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(!err.message().is_empty());
     let err = ImagesClient::new(ch)
-        .list(ListImagesRequest {})
+        .pull(PullImageRequest {
+            image: "busybox".into(),
+            credentials: vec![],
+        })
         .await
-        .expect_err("images");
+        .expect_err("pull");
     assert_eq!(err.code(), Code::Unimplemented);
 }
 

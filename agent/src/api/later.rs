@@ -59,30 +59,6 @@ impl metrics_server::Metrics for MetricsApi {
 }
 
 #[derive(Default, Clone)]
-pub struct ImagesApi;
-
-#[tonic::async_trait]
-impl images_server::Images for ImagesApi {
-    type PullStream = BoxStream<PullProgress>;
-
-    async fn pull(&self, _: Request<PullImageRequest>) -> Out<Self::PullStream> {
-        later(IMAGES)
-    }
-    async fn list(&self, _: Request<ListImagesRequest>) -> Out<ListImagesResponse> {
-        later(IMAGES)
-    }
-    async fn get(&self, _: Request<GetImageRequest>) -> Out<Image> {
-        later(IMAGES)
-    }
-    async fn remove(&self, _: Request<RemoveImageRequest>) -> Out<RemoveImageResponse> {
-        later(IMAGES)
-    }
-    async fn import(&self, _: Request<Streaming<ImportImageRequest>>) -> Out<ImportImageResponse> {
-        later(IMAGES)
-    }
-}
-
-#[derive(Default, Clone)]
 pub struct CachesApi;
 
 #[tonic::async_trait]

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod groups;
+mod images;
 mod later;
 mod node;
 mod status;
@@ -10,7 +11,8 @@ mod status;
 use std::sync::Arc;
 
 pub use groups::GroupsApi;
-pub use later::{CachesApi, ContainersApi, ImagesApi, MetricsApi};
+pub use images::ImagesApi;
+pub use later::{CachesApi, ContainersApi, MetricsApi};
 pub use node::NodeApi;
 
 use crate::error::Error;

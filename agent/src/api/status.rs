@@ -3,11 +3,29 @@
 use tonic::{Code, Status};
 
 use crate::error::Error;
+use crate::images::ImageError;
+use crate::images::content::ContentError;
+use crate::images::unpack::UnpackError;
 
 pub(crate) fn to_status(e: Error) -> Status {
     let code = match &e {
         Error::Invalid(_) | Error::BadRequest { .. } => Code::InvalidArgument,
-        Error::NotFound(_) => Code::NotFound,
+        Error::NotFound(_) | Error::ImageNotFound(_) => Code::NotFound,
+        Error::Image(i) => match i {
+            ImageError::Reference(_)
+            | ImageError::Archive(_)
+            | ImageError::Invalid { .. }
+            | ImageError::Unpack {
+                source: UnpackError::Refused { .. },
+                ..
+            }
+            | ImageError::DiffId { .. }
+            | ImageError::Content(ContentError::Mismatch { .. } | ContentError::Size { .. }) => {
+                Code::InvalidArgument
+            }
+            ImageError::InUse(..) => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -17,15 +35,14 @@ pub(crate) fn to_status(e: Error) -> Status {
     };
     if code == Code::Internal {
         tracing::error!(error = ?e, "internal error");
-        // The chain says which record or file; the operator needs it.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
-        }
-        return Status::new(code, msg);
     }
-    Status::new(code, e.to_string())
+    // The chain says which entry, record or file; the caller needs it.
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    Status::new(code, msg)
 }

@@ -8,6 +8,7 @@ use eci_api::v1::{Container, HttpGetAction, LifecycleHandler, Probe};
 use super::group::parse_opt;
 use super::volume::{VolumeSet, is_relative_inside};
 use super::{Errors, check_name};
+use crate::images::Reference;
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 use crate::sizes::Size;
 
@@ -69,8 +70,10 @@ pub(super) fn check(
     if let Err(m) = check_name(&c.name) {
         errs.add(format!("{path}.name"), m);
     }
-    if let Err(m) = check_image_reference(&c.image) {
-        errs.add(format!("{path}.image"), m);
+    if c.image.is_empty() {
+        errs.add(format!("{path}.image"), "is required");
+    } else if let Err(e) = Reference::parse(&c.image) {
+        errs.add(format!("{path}.image"), e.to_string());
     }
     if !matches!(
         c.image_pull_policy.as_str(),
@@ -245,73 +248,6 @@ pub(super) fn check(
         cpu_millis: cpu.unwrap_or(0),
         memory_bytes: mem.unwrap_or(0),
     })
-}
-
-/// Checks the shape of `[registry[:port]/]path[:tag][@algo:hex]` without resolving it.
-pub(crate) fn check_image_reference(image: &str) -> Result<(), String> {
-    if image.is_empty() {
-        return Err("is required".into());
-    }
-    let bad = |why: &str| Err(format!("{image:?} is not an image reference: {why}"));
-    if image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return bad("whitespace, control characters or over 512 characters");
-    }
-    let (name_tag, digest) = match image.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (image, None),
-    };
-    if let Some(d) = digest {
-        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
-            algo == "sha256"
-                && hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                || algo == "sha512"
-                    && hex.len() == 128
-                    && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !ok {
-            return bad("the digest must be sha256:<64 hex digits>");
-        }
-    }
-    // A ':' after the last '/' starts the tag; one before it is a registry port.
-    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (
-            &name_tag[..last_slash + i],
-            Some(&name_tag[last_slash + i + 1..]),
-        ),
-        None => (name_tag, None),
-    };
-    if let Some(t) = tag {
-        let ok = !t.is_empty()
-            && t.len() <= 128
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-            && !t.starts_with(['.', '-']);
-        if !ok {
-            return bad("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'");
-        }
-    }
-    let mut parts: Vec<&str> = name.split('/').collect();
-    let first = parts[0];
-    let has_registry = parts.len() > 1 && (first.contains(['.', ':']) || first == "localhost");
-    if has_registry {
-        parts.remove(0);
-    }
-    for p in parts {
-        let ok = !p.is_empty()
-            && p.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            })
-            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && p.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !ok {
-            return bad("repository path components are lowercase letters, digits and separators");
-        }
-    }
-    Ok(())
 }
 
 fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Errors) {

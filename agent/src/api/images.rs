@@ -1,0 +1,122 @@
+//! Images service: import, list, get, remove. Pull arrives with the registry client.
+
+use std::io::Write;
+use std::pin::Pin;
+
+use eci_api::v1::images_server::Images;
+use eci_api::v1::*;
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Shared, blocking};
+use crate::images::ImageRecord;
+
+pub struct ImagesApi {
+    groups: Shared,
+}
+
+impl ImagesApi {
+    pub fn new(groups: Shared) -> Self {
+        ImagesApi { groups }
+    }
+}
+
+fn to_wire(r: ImageRecord) -> Image {
+    Image {
+        size_bytes: r.size(),
+        layer_count: r.layers.len() as u32,
+        references: r.references,
+        digest: r.digest,
+        config_digest: r.config_digest,
+        platform: r.platform,
+        created_at: r.created,
+        pulled_at: r.imported_at,
+    }
+}
+
+#[tonic::async_trait]
+impl Images for ImagesApi {
+    type PullStream = Pin<Box<dyn Stream<Item = Result<PullProgress, Status>> + Send>>;
+
+    async fn pull(
+        &self,
+        _: Request<PullImageRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        Err(Status::unimplemented(
+            "pulling from a registry is not available in this agent build yet; import an OCI archive instead",
+        ))
+    }
+
+    async fn list(
+        &self,
+        _: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let g = self.groups.clone();
+        let images = blocking(move || Ok(g.images().list()?)).await?;
+        Ok(Response::new(ListImagesResponse {
+            images: images.into_iter().map(to_wire).collect(),
+        }))
+    }
+
+    async fn get(&self, req: Request<GetImageRequest>) -> Result<Response<Image>, Status> {
+        let name = req.into_inner().image;
+        let g = self.groups.clone();
+        Ok(Response::new(to_wire(
+            blocking(move || Ok(g.images().get(&name)?)).await?,
+        )))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let name = req.into_inner().image;
+        let g = self.groups.clone();
+        blocking(move || {
+            let image = g.images().get(&name)?;
+            let user = g.image_user(&image)?;
+            Ok(g.images().remove(&name, |_| user.clone())?)
+        })
+        .await?;
+        Ok(Response::new(RemoveImageResponse {}))
+    }
+
+    async fn import(
+        &self,
+        req: Request<Streaming<ImportImageRequest>>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        let mut stream = req.into_inner();
+        // Spool to disk first: an archive can be far larger than memory, and the tar is
+        // read twice (blobs, then manifests).
+        let mut spool = self
+            .groups
+            .images()
+            .spool_file()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut reference = String::new();
+        let mut first = true;
+        while let Some(msg) = stream.message().await? {
+            if first {
+                reference = msg.reference;
+                first = false;
+            }
+            spool
+                .write_all(&msg.data)
+                .map_err(|e| Status::internal(format!("spooling the archive: {e}")))?;
+        }
+        let g = self.groups.clone();
+        let images = blocking(move || {
+            let reference = (!reference.is_empty()).then_some(reference);
+            let file = spool.reopen().map_err(|e| crate::images::ImageError::Io {
+                path: "spool".into(),
+                source: e,
+            })?;
+            Ok(g.images()
+                .import(std::io::BufReader::new(file), reference.as_deref())?)
+        })
+        .await?;
+        Ok(Response::new(ImportImageResponse {
+            images: images.into_iter().map(to_wire).collect(),
+        }))
+    }
+}

@@ -1,0 +1,340 @@
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::sync::Arc;
+
+use eci_tests::oci::{self, TarEntry};
+use tar::EntryType;
+
+use super::unpack::{UnpackError, unpack};
+use super::*;
+
+/// A layer dir inside a scratch dir, with a sibling that must stay untouched.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    layer: PathBuf,
+    outside: PathBuf,
+}
+
+fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layer = dir.path().join("layer");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&layer).expect("layer");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("victim"), b"original").expect("victim");
+    Scratch {
+        _dir: dir,
+        layer,
+        outside,
+    }
+}
+
+fn refused(entries: &[TarEntry<'_>]) -> (String, Scratch) {
+    let s = scratch();
+    let err = unpack(&oci::tar(entries)[..], &s.layer).expect_err("must be refused");
+    assert!(matches!(err, UnpackError::Refused { .. }), "{err:?}");
+    // Nothing outside changed.
+    assert_eq!(
+        std::fs::read(s.outside.join("victim")).expect("victim"),
+        b"original"
+    );
+    let names: Vec<_> = std::fs::read_dir(&s.outside)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "something was written outside: {names:?}");
+    (err.to_string(), s)
+}
+
+#[test]
+fn unpacks_files_links_and_whiteouts() {
+    let s = scratch();
+    let entries = [
+        TarEntry::Dir { path: "etc" },
+        TarEntry::File {
+            path: "etc/conf",
+            data: b"x=1",
+            mode: 0o640,
+        },
+        TarEntry::File {
+            path: "usr/bin/tool",
+            data: b"#!",
+            mode: 0o4755,
+        },
+        TarEntry::Symlink {
+            path: "bin",
+            target: "/usr/bin",
+        },
+        TarEntry::Link {
+            path: "etc/conf2",
+            target: "etc/conf",
+        },
+        TarEntry::File {
+            path: "var/.wh.cache",
+            data: b"",
+            mode: 0o644,
+        },
+        TarEntry::File {
+            path: "opt/.wh..wh..opq",
+            data: b"",
+            mode: 0o644,
+        },
+    ];
+    unpack(&oci::tar(&entries)[..], &s.layer).expect("unpack");
+    let l = &s.layer;
+    assert_eq!(std::fs::read(l.join("etc/conf")).expect("conf"), b"x=1");
+    assert_eq!(
+        std::fs::metadata(l.join("etc/conf")).expect("meta").mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::metadata(l.join("usr/bin/tool"))
+            .expect("meta")
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        std::fs::read_link(l.join("bin")).expect("link"),
+        Path::new("/usr/bin")
+    );
+    assert_eq!(
+        std::fs::metadata(l.join("etc/conf2")).expect("meta").ino(),
+        std::fs::metadata(l.join("etc/conf")).expect("meta").ino()
+    );
+    let wh = std::fs::symlink_metadata(l.join("var/cache")).expect("whiteout");
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "overlay whiteout"
+    );
+    assert_eq!(
+        xattr::get(l.join("opt"), "trusted.overlay.opaque").expect("xattr"),
+        Some(b"y".to_vec())
+    );
+}
+
+#[test]
+fn refuses_parent_dir_escape() {
+    let (msg, _) = refused(&[TarEntry::Raw {
+        kind: EntryType::Regular,
+        name: "../outside/escape",
+        link: "",
+        data: b"x",
+    }]);
+    assert!(
+        msg.contains("../outside/escape") && msg.contains(".."),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_absolute_paths() {
+    let (msg, _) = refused(&[TarEntry::Raw {
+        kind: EntryType::Regular,
+        name: "/etc/evil",
+        link: "",
+        data: b"x",
+    }]);
+    assert!(
+        msg.contains("/etc/evil") && msg.contains("absolute"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_writing_through_a_symlink_that_leads_outside() {
+    let s = scratch();
+    let outside = s.outside.to_str().expect("utf-8").to_string();
+    drop(s);
+    let (msg, _) = refused(&[
+        TarEntry::Symlink {
+            path: "evil",
+            target: &outside,
+        },
+        TarEntry::File {
+            path: "evil/victim",
+            data: b"pwned",
+            mode: 0o644,
+        },
+    ]);
+    assert!(
+        msg.contains("evil/victim") && msg.contains("symlink"),
+        "{msg}"
+    );
+    let (msg, _) = refused(&[
+        TarEntry::Symlink {
+            path: "rel",
+            target: "../outside",
+        },
+        TarEntry::File {
+            path: "rel/new",
+            data: b"pwned",
+            mode: 0o644,
+        },
+    ]);
+    assert!(msg.contains("rel/new"), "{msg}");
+}
+
+#[test]
+fn refuses_hardlinks_to_host_files() {
+    let (msg, _) = refused(&[TarEntry::Raw {
+        kind: EntryType::Link,
+        name: "passwd",
+        link: "/etc/passwd",
+        data: b"",
+    }]);
+    assert!(msg.contains("passwd") && msg.contains("hard link"), "{msg}");
+    let (msg, _) = refused(&[TarEntry::Raw {
+        kind: EntryType::Link,
+        name: "v",
+        link: "../outside/victim",
+        data: b"",
+    }]);
+    assert!(msg.contains("\"v\""), "{msg}");
+    let (msg, _) = refused(&[TarEntry::Link {
+        path: "v",
+        target: "etc/shadow",
+    }]);
+    assert!(msg.contains("earlier in the same layer"), "{msg}");
+}
+
+fn image_store() -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(&dir.path().join("state.redb")).expect("store"));
+    let images = ImageStore::open(dir.path(), store).expect("images");
+    (dir, images)
+}
+
+fn hello_image() -> oci::Image {
+    oci::Image {
+        layers: vec![
+            oci::tar(&[TarEntry::File {
+                path: "bin/hello",
+                data: b"v1",
+                mode: 0o755,
+            }]),
+            oci::tar(&[TarEntry::File {
+                path: "etc/motd",
+                data: b"hi",
+                mode: 0o644,
+            }]),
+        ],
+        entrypoint: vec!["/bin/hello".into()],
+        env: vec!["A=1".into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn imports_lists_and_removes_with_shared_layers() {
+    let (_dir, images) = image_store();
+    let a = images
+        .import(
+            &oci::archive(&hello_image(), Some("demo/hello:1"))[..],
+            None,
+        )
+        .expect("import");
+    assert_eq!(a[0].references, ["docker.io/demo/hello:1"]);
+    assert_eq!(a[0].defaults.entrypoint, ["/bin/hello"]);
+    assert_eq!(a[0].layers.len(), 2);
+    let bottom = images.layer_dir(&a[0].layers[0].diff_id);
+    assert_eq!(
+        std::fs::read(bottom.join("bin/hello")).expect("file"),
+        b"v1"
+    );
+
+    // A second image sharing the bottom layer, named by the caller.
+    let mut other = hello_image();
+    other.layers.truncate(1);
+    other.cmd = vec!["x".into()];
+    let b = images
+        .import(
+            &oci::archive(&other, None)[..],
+            Some("127.0.0.1:5000/other:2"),
+        )
+        .expect("import b");
+    assert_eq!(b[0].layers[0].diff_id, a[0].layers[0].diff_id);
+    assert_eq!(images.list().expect("list").len(), 2);
+    assert_eq!(
+        images.get("127.0.0.1:5000/other:2").expect("get").digest,
+        b[0].digest
+    );
+    assert_eq!(
+        images.get(&a[0].digest).expect("by digest").digest,
+        a[0].digest
+    );
+
+    let err = images
+        .remove("demo/hello:1", |_| Some("web".into()))
+        .expect_err("in use");
+    assert!(matches!(err, ImageError::InUse(..)), "{err}");
+    images.remove("demo/hello:1", |_| None).expect("remove a");
+    assert!(matches!(
+        images.get("demo/hello:1"),
+        Err(ImageError::NotFound(_))
+    ));
+    assert!(bottom.is_dir(), "shared layer kept for b");
+    assert!(
+        !images.layer_dir(&a[0].layers[1].diff_id).exists(),
+        "a's own layer collected"
+    );
+    images.remove(&b[0].digest, |_| None).expect("remove b");
+    assert!(!bottom.exists());
+}
+
+#[test]
+fn refuses_bad_archives() {
+    let (_dir, images) = image_store();
+    let err = images
+        .import(&oci::archive(&hello_image(), None)[..], None)
+        .expect_err("unnamed");
+    assert!(err.to_string().contains("give a reference"), "{err}");
+
+    let mut evil = hello_image();
+    evil.layers.push(oci::tar(&[TarEntry::Raw {
+        kind: EntryType::Regular,
+        name: "../x",
+        link: "",
+        data: b"",
+    }]));
+    let err = images
+        .import(&oci::archive(&evil, Some("evil:1"))[..], None)
+        .expect_err("evil layer");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("../x"), "{chain}");
+    assert!(images.list().expect("list").is_empty(), "nothing recorded");
+
+    let mut big = hello_image();
+    big.layers = (0..51)
+        .map(|i| {
+            oci::tar(&[TarEntry::File {
+                path: &format!("f{i}"),
+                data: b"",
+                mode: 0o644,
+            }])
+        })
+        .collect();
+    let err = images
+        .import(&oci::archive(&big, Some("big:1"))[..], None)
+        .expect_err("too many layers");
+    assert!(err.to_string().contains("over the limit of 50"), "{err}");
+
+    // A blob whose content does not match its name (in a store that has not seen it).
+    let (_dir, images) = image_store();
+    let mut bytes = oci::archive(&hello_image(), Some("x:1"));
+    let gz_magic = bytes
+        .windows(2)
+        .position(|w| w == [0x1f, 0x8b])
+        .expect("gzip blob");
+    bytes[gz_magic + 20] ^= 0xff;
+    let err = images.import(&bytes[..], None).expect_err("corrupt blob");
+    assert!(
+        err.to_string().contains("does not match its content"),
+        "{err}"
+    );
+}

@@ -1,0 +1,374 @@
+//! Safe unpacking of one image layer (a tar stream) into its own directory, in the form
+//! overlayfs stacks: OCI whiteouts become overlay whiteouts (0/0 character devices) and
+//! opaque directories get `trusted.overlay.opaque=y`.
+//!
+//! Every file operation is relative to a directory fd opened with
+//! `openat2(RESOLVE_BENEATH)`, so no entry can create or write anything outside the layer
+//! directory: absolute paths and `..` are refused by name, a symlink that leads out is
+//! refused by the kernel while resolving, and hard links may only point at files already
+//! inside the layer. A refused entry fails the whole layer with its name in the error.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, mknodat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use tar::EntryType;
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("layer entry {entry:?}: {reason}")]
+    Refused { entry: String, reason: &'static str },
+    #[error("layer entry {entry:?}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the layer")]
+    Read(#[source] io::Error),
+    #[error("opening the layer directory {path}")]
+    Root {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+
+fn nix_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Unpacks the uncompressed tar stream `layer` into the empty directory `dest`.
+/// Returns the number of entries applied.
+pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
+    let root: OwnedFd = File::open(dest)
+        .map_err(|source| UnpackError::Root {
+            path: dest.display().to_string(),
+            source,
+        })?
+        .into();
+    let mut archive = tar::Archive::new(layer);
+    let mut dir_times = Vec::new();
+    let mut count = 0;
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let refuse = |reason| UnpackError::Refused {
+            entry: name.clone(),
+            reason,
+        };
+        let path = clean_path(Path::new(OsStr::from_bytes(&raw))).map_err(refuse)?;
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
+            continue;
+        }
+        let Some(file_name) = path.file_name().map(|n| n.to_os_string()) else {
+            // "./": the layer root itself; its metadata belongs to the lower layers.
+            continue;
+        };
+        let parent_path = path.parent().unwrap_or(Path::new(""));
+        let wrap = |source: io::Error| {
+            if source.raw_os_error() == Some(Errno::EXDEV as i32)
+                || source.raw_os_error() == Some(Errno::ELOOP as i32)
+            {
+                UnpackError::Refused {
+                    entry: name.clone(),
+                    reason: "its path leads outside the layer through a symlink",
+                }
+            } else {
+                UnpackError::Entry {
+                    entry: name.clone(),
+                    source,
+                }
+            }
+        };
+        let parent = ensure_dir(&root, parent_path).map_err(wrap)?;
+        let fname = file_name.as_os_str();
+        if let Some(hidden) = fname.to_str().and_then(|n| n.strip_prefix(WHITEOUT_PREFIX)) {
+            if fname == OPAQUE_MARKER {
+                xattr::FileExt::set_xattr(&File::from(parent), OVERLAY_OPAQUE, b"y")
+                    .map_err(wrap)?;
+            } else {
+                if hidden.is_empty() || hidden == "." || hidden == ".." {
+                    return Err(refuse("a whiteout must name a file"));
+                }
+                remove_existing(&parent, OsStr::new(hidden)).map_err(wrap)?;
+                mknodat(&parent, hidden, SFlag::S_IFCHR, Mode::empty(), 0)
+                    .map_err(nix_io)
+                    .map_err(wrap)?;
+            }
+            count += 1;
+            continue;
+        }
+        let header = entry.header().clone();
+        let mode = Mode::from_bits_truncate(header.mode().map_err(wrap)? & 0o7777);
+        let uid = Uid::from_raw(header.uid().map_err(wrap)? as u32);
+        let gid = Gid::from_raw(header.gid().map_err(wrap)? as u32);
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let xattrs = pax_xattrs(&mut entry).map_err(wrap)?;
+        match kind {
+            EntryType::Directory => {
+                let dir = match open_beneath(&parent, fname, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                {
+                    Ok(d) => d,
+                    Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => {
+                        nix::sys::stat::mkdirat(&parent, fname, Mode::from_bits_truncate(0o700))
+                            .map_err(nix_io)
+                            .map_err(wrap)?;
+                        open_beneath(&parent, fname, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                            .map_err(wrap)?
+                    }
+                    Err(e) => {
+                        // A non-directory is in the way: replace it.
+                        if e.raw_os_error() != Some(Errno::ENOTDIR as i32)
+                            && e.raw_os_error() != Some(Errno::ELOOP as i32)
+                        {
+                            return Err(wrap(e));
+                        }
+                        remove_existing(&parent, fname).map_err(wrap)?;
+                        nix::sys::stat::mkdirat(&parent, fname, Mode::from_bits_truncate(0o700))
+                            .map_err(nix_io)
+                            .map_err(wrap)?;
+                        open_beneath(&parent, fname, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                            .map_err(wrap)?
+                    }
+                };
+                let f = File::from(dir);
+                set_meta(&f, uid, gid, mode, &xattrs).map_err(wrap)?;
+                dir_times.push((path.clone(), mtime));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                remove_existing(&parent, fname).map_err(wrap)?;
+                let fd = nix::fcntl::openat(
+                    &parent,
+                    fname,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(nix_io)
+                .map_err(wrap)?;
+                let mut f = File::from(fd);
+                io::copy(&mut entry, &mut f).map_err(wrap)?;
+                set_meta(&f, uid, gid, mode, &xattrs).map_err(wrap)?;
+                let t = TimeSpec::new(mtime, 0);
+                nix::sys::stat::futimens(&f, &t, &t)
+                    .map_err(nix_io)
+                    .map_err(wrap)?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("symlink without a target"))?;
+                remove_existing(&parent, fname).map_err(wrap)?;
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), &parent, fname)
+                    .map_err(nix_io)
+                    .map_err(wrap)?;
+                nix::unistd::fchownat(
+                    &parent,
+                    fname,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(nix_io)
+                .map_err(wrap)?;
+                let t = TimeSpec::new(mtime, 0);
+                nix::sys::stat::utimensat(
+                    &parent,
+                    fname,
+                    &t,
+                    &t,
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(nix_io)
+                .map_err(wrap)?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("hard link without a target"))?;
+                let target = clean_path(Path::new(OsStr::from_bytes(&target)))
+                    .map_err(|_| refuse("a hard link must point inside the layer"))?;
+                let (Some(src_parent), Some(src_name)) = (target.parent(), target.file_name())
+                else {
+                    return Err(refuse("a hard link must point at a file"));
+                };
+                let src_dir = open_beneath(&root, src_parent, OFlag::O_DIRECTORY).map_err(|e| {
+                    if e.raw_os_error() == Some(Errno::ENOENT as i32) {
+                        refuse("a hard link must point at a file earlier in the same layer")
+                    } else {
+                        wrap(e)
+                    }
+                })?;
+                remove_existing(&parent, fname).map_err(wrap)?;
+                nix::unistd::linkat(&src_dir, src_name, &parent, fname, AtFlags::empty())
+                    .map_err(nix_io)
+                    .map_err(|e| {
+                        if e.raw_os_error() == Some(Errno::ENOENT as i32) {
+                            refuse("a hard link must point at a file earlier in the same layer")
+                        } else {
+                            wrap(e)
+                        }
+                    })?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let kind_flag = match kind {
+                    EntryType::Char => SFlag::S_IFCHR,
+                    EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                remove_existing(&parent, fname).map_err(wrap)?;
+                mknodat(
+                    &parent,
+                    fname,
+                    kind_flag,
+                    mode,
+                    nix::sys::stat::makedev(major.into(), minor.into()),
+                )
+                .map_err(nix_io)
+                .map_err(wrap)?;
+                nix::unistd::fchownat(
+                    &parent,
+                    fname,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(nix_io)
+                .map_err(wrap)?;
+            }
+            _ => return Err(refuse("unsupported tar entry type")),
+        }
+        count += 1;
+    }
+    // Directory times last: creating their children changed them.
+    for (path, mtime) in dir_times.into_iter().rev() {
+        if let Ok(d) = open_beneath(&root, &path, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
+            let t = TimeSpec::new(mtime, 0);
+            let _ = nix::sys::stat::futimens(&d, &t, &t);
+        }
+    }
+    // Drain the padding after the end-of-archive marker, so a caller hashing the stream
+    // sees all of it.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(UnpackError::Read)?;
+    Ok(count)
+}
+
+/// Strips `./` and refuses absolute paths and `..`.
+fn clean_path(p: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute paths are not allowed in a layer");
+            }
+            Component::ParentDir => return Err("'..' is not allowed in a layer path"),
+        }
+    }
+    Ok(out)
+}
+
+/// Opens `path` below `dir`; the kernel refuses any resolution that leaves `dir`.
+fn open_beneath(dir: &impl AsFd, path: impl AsRef<Path>, flags: OFlag) -> io::Result<OwnedFd> {
+    let path = path.as_ref();
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_RDONLY)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(dir.as_fd(), path, how).map_err(nix_io)
+}
+
+/// Opens directory `path` below `root`, creating missing components (0755, root-owned;
+/// an entry for the directory later in the stream sets its real metadata).
+fn ensure_dir(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
+    match open_beneath(root, path, OFlag::O_DIRECTORY) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => {}
+        Err(e) => return Err(e),
+    }
+    let mut cur = open_beneath(root, "", OFlag::O_DIRECTORY)?;
+    let mut so_far = PathBuf::new();
+    for comp in path.components() {
+        so_far.push(comp);
+        match open_beneath(root, &so_far, OFlag::O_DIRECTORY) {
+            Ok(d) => cur = d,
+            Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => {
+                nix::sys::stat::mkdirat(&cur, comp.as_os_str(), Mode::from_bits_truncate(0o755))
+                    .map_err(nix_io)?;
+                cur = open_beneath(root, &so_far, OFlag::O_DIRECTORY)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(cur)
+}
+
+/// Removes whatever is at `name` (a file, link, or an empty directory), if anything.
+fn remove_existing(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    match nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => match nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(nix_io(e)),
+        },
+        Err(e) => Err(nix_io(e)),
+    }
+}
+
+/// Owner, then mode (chown clears set-id bits), then extended attributes.
+fn set_meta(
+    f: &File,
+    uid: Uid,
+    gid: Gid,
+    mode: Mode,
+    xattrs: &[(String, Vec<u8>)],
+) -> io::Result<()> {
+    nix::unistd::fchown(f, Some(uid), Some(gid)).map_err(nix_io)?;
+    nix::sys::stat::fchmod(f, mode).map_err(nix_io)?;
+    for (k, v) in xattrs {
+        xattr::FileExt::set_xattr(f, k, v)?;
+    }
+    Ok(())
+}
+
+/// `SCHILY.xattr.*` PAX records of an entry.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            if let Ok(key) = ext.key()
+                && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+            {
+                out.push((name.to_string(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}

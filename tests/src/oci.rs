@@ -1,0 +1,199 @@
+//! Builds OCI image layout archives in memory, for tests that import images without a
+//! registry: tar layers (including deliberately malicious entries), image config,
+//! manifest, index.
+
+use std::io::Write;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// One entry of a layer tar.
+pub enum TarEntry<'a> {
+    File {
+        path: &'a str,
+        data: &'a [u8],
+        mode: u32,
+    },
+    Dir {
+        path: &'a str,
+    },
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    Link {
+        path: &'a str,
+        target: &'a str,
+    },
+    /// Written byte for byte, bypassing the tar crate's own path checks.
+    Raw {
+        kind: tar::EntryType,
+        name: &'a str,
+        link: &'a str,
+        data: &'a [u8],
+    },
+}
+
+/// A tar stream of `entries`.
+pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        let (kind, name, link, data, mode) = match e {
+            TarEntry::File { path, data, mode } => {
+                (tar::EntryType::Regular, *path, "", *data, *mode)
+            }
+            TarEntry::Dir { path } => (tar::EntryType::Directory, *path, "", &[][..], 0o755),
+            TarEntry::Symlink { path, target } => {
+                (tar::EntryType::Symlink, *path, *target, &[][..], 0o777)
+            }
+            TarEntry::Link { path, target } => {
+                (tar::EntryType::Link, *path, *target, &[][..], 0o644)
+            }
+            TarEntry::Raw {
+                kind,
+                name,
+                link,
+                data,
+            } => (*kind, *name, *link, *data, 0o644),
+        };
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        let old = h.as_old_mut();
+        old.name = [0; 100];
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname = [0; 100];
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// What goes into an image.
+#[derive(Default)]
+pub struct Image {
+    /// Uncompressed layer tars, bottom first; stored gzip-compressed.
+    pub layers: Vec<Vec<u8>>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// An OCI image layout archive holding `image`, named `reference` when given.
+pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in &image.layers {
+        let gz = gzip(l);
+        diff_ids.push(sha(l));
+        layer_descs.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": sha(&gz), "size": gz.len()
+        }));
+        blobs.push(gz);
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+        "os": "linux",
+        "created": "2026-01-01T00:00:00Z",
+        "config": {
+            "Entrypoint": image.entrypoint, "Cmd": image.cmd, "Env": image.env,
+            "WorkingDir": image.working_dir, "User": image.user
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids }
+    }))
+    .expect("config");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len() },
+        "layers": layer_descs
+    }))
+    .expect("manifest");
+    let mut desc = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(&manifest), "size": manifest.len()
+    });
+    if let Some(r) = reference {
+        desc["annotations"] =
+            json!({ "io.containerd.image.name": r, "org.opencontainers.image.ref.name": r });
+    }
+    let index =
+        serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [desc] })).expect("index");
+    blobs.push(config);
+    blobs.push(manifest);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).expect("append");
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json", &index);
+    for blob in &blobs {
+        add(
+            &format!("blobs/sha256/{}", &sha(blob)["sha256:".len()..]),
+            blob,
+        );
+    }
+    b.into_inner().expect("archive")
+}
+
+/// Applets linked to busybox in test images.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "nc", "ls", "ps", "mount", "hostname", "id", "dd", "head",
+    "true", "false", "wget", "grep", "env", "kill", "pwd", "touch", "rm", "mkdir", "test", "[",
+];
+
+/// A layer with the host's static busybox as /bin/busybox plus applet links.
+pub fn busybox_layer() -> std::io::Result<Vec<u8>> {
+    let bin = std::fs::read("/bin/busybox")?;
+    let mut entries = vec![
+        TarEntry::Dir { path: "bin" },
+        TarEntry::Dir { path: "etc" },
+        TarEntry::Dir { path: "tmp" },
+        TarEntry::File {
+            path: "bin/busybox",
+            data: &bin,
+            mode: 0o755,
+        },
+        TarEntry::File {
+            path: "etc/passwd",
+            data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            mode: 0o644,
+        },
+        TarEntry::File {
+            path: "etc/group",
+            data: b"root:x:0:\nnogroup:x:65534:\n",
+            mode: 0o644,
+        },
+    ];
+    let links: Vec<String> = BUSYBOX_APPLETS.iter().map(|a| format!("bin/{a}")).collect();
+    for l in &links {
+        entries.push(TarEntry::Symlink {
+            path: l,
+            target: "busybox",
+        });
+    }
+    Ok(tar(&entries))
+}
