@@ -39,7 +39,36 @@ pub struct Config {
     pub log_dir: PathBuf,
     pub api: ApiConfig,
     pub node: NodeConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
+}
+
+/// How groups are run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The eci-shim binary; empty: `eci-shim` next to the eci-agent binary.
+    pub shim: PathBuf,
+    /// Cgroup under which groups get `<parent>/<group id>/<container>`.
+    pub cgroup_parent: String,
+    /// Size at which a container's log file is rotated (one rotated file is kept).
+    pub log_max_size: String,
+    /// Back-off before the first restart of a container; doubles per restart.
+    pub restart_backoff: String,
+    /// Longest back-off between restarts.
+    pub restart_backoff_max: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shim: PathBuf::new(),
+            cgroup_parent: "eci".into(),
+            log_max_size: "10Mi".into(),
+            restart_backoff: "10s".into(),
+            restart_backoff_max: "5m".into(),
+        }
+    }
 }
 
 /// Where and to whom the API is served.
@@ -98,6 +127,7 @@ impl Default for Config {
             log_dir: "/var/log/eci".into(),
             api: ApiConfig::default(),
             node: NodeConfig::default(),
+            runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -195,6 +225,20 @@ impl Config {
                 message: e.to_string(),
             }
         })?;
+        for (key, v) in [
+            ("runtime.restart_backoff", &self.runtime.restart_backoff),
+            ("runtime.restart_backoff_max", &self.runtime.restart_backoff_max),
+        ] {
+            humantime::parse_duration(v).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })?;
+        }
+        crate::quantity::parse_memory_bytes(&self.runtime.log_max_size)
+            .map_err(|e| ConfigError::Invalid { key: "runtime.log_max_size", message: e.to_string() })?;
+        if self.runtime.cgroup_parent.is_empty() || self.runtime.cgroup_parent.contains("..") {
+            return Err(ConfigError::Invalid {
+                key: "runtime.cgroup_parent",
+                message: "must be a relative cgroup path without '..'".into(),
+            });
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",

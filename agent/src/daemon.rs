@@ -9,11 +9,36 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::groups::Groups;
+use crate::sandbox::ShimLaunch;
+use crate::supervisor::{Supervisor, SupervisorConfig};
 use crate::images::ImageStore;
 use crate::node::Node;
 use crate::notify;
 use crate::server::Listeners;
 use crate::store::Store;
+
+fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
+    let shim = if cfg.runtime.shim.as_os_str().is_empty() {
+        let exe = std::env::current_exe().context("locating eci-agent")?;
+        exe.with_file_name("eci-shim")
+    } else {
+        cfg.runtime.shim.clone()
+    };
+    Ok(SupervisorConfig {
+        run_dir: cfg.run_dir.clone(),
+        state_dir: cfg.state_dir.clone(),
+        log_dir: cfg.log_dir.clone(),
+        cgroup_parent: cfg.runtime.cgroup_parent.clone(),
+        shim: ShimLaunch {
+            binary: shim,
+            run_dir: cfg.run_dir.clone(),
+            cgroup_parent: cfg.runtime.cgroup_parent.clone(),
+            log_max_bytes: crate::quantity::parse_memory_bytes(&cfg.runtime.log_max_size)?,
+        },
+        backoff_initial: humantime::parse_duration(&cfg.runtime.restart_backoff)?,
+        backoff_max: humantime::parse_duration(&cfg.runtime.restart_backoff_max)?,
+    })
+}
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
@@ -31,18 +56,18 @@ pub async fn run(cfg: Config) -> Result<()> {
     let images =
         ImageStore::open(&cfg.state_dir, store.clone()).context("opening the image store")?;
     let groups = Arc::new(Groups::new(store, node, images));
-    let g = groups.clone();
-    let finished = tokio::task::spawn_blocking(move || g.reconcile()).await??;
+    let sup = Supervisor::new(groups.clone(), supervisor_config(&cfg)?);
     let (total, _) = groups.store().list_groups()?;
     tracing::info!(
         groups = total.len(),
-        deletes_finished = finished.len(),
         cpu_millis = groups.node().allocatable.cpu_millis,
         memory_bytes = groups.node().allocatable.memory_bytes,
         "state loaded"
     );
 
     let listeners = Listeners::bind(&cfg).await?;
+    // Re-adopt running groups before answering: a Get right after start sees them.
+    sup.reconcile().await.context("re-adopting groups")?;
     tracing::info!(socket = %cfg.socket_path().display(), tcp = %cfg.api.tcp_listen, "serving");
     notify::ready();
     notify::spawn_watchdog();
@@ -77,7 +102,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         notify::stopping();
         let _ = stop_tx.send(true);
     });
-    listeners.serve(groups, stop_rx).await?;
+    listeners.serve(sup, stop_rx).await?;
     let _ = std::fs::remove_file(cfg.socket_path());
     tracing::info!("stopped");
     Ok(())

@@ -25,9 +25,8 @@ use crate::sizes::Size;
 use crate::store::{Store, WriteTx};
 use crate::validate::{self, ValidSpec};
 
-/// Why an admitted group is not running yet, until a sandbox backend is wired in.
-const NO_BACKEND: &str = "admitted; no sandbox backend is enabled on this node yet, so its \
-                          containers are not started";
+/// Status message of an admitted group whose sandbox is being prepared.
+const ADMITTED: &str = "admitted; preparing the sandbox";
 
 /// Resources held by admitted, unfinished groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +55,10 @@ pub struct Groups {
 }
 
 /// Event type names.
-const NORMAL: &str = "Normal";
-const WARNING: &str = "Warning";
+pub const NORMAL: &str = "Normal";
+pub const WARNING: &str = "Warning";
 
-fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) -> Event {
+pub fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) -> Event {
     let now = clock::now();
     Event {
         group: group.into(),
@@ -249,7 +248,7 @@ impl Groups {
                 None => {
                     status.phase = phase::PENDING.into();
                     status.reason = "Scheduled".into();
-                    status.message = NO_BACKEND.into();
+                    status.message = ADMITTED.into();
                     events.push(event(
                         &name,
                         NORMAL,
@@ -379,6 +378,28 @@ impl Groups {
         })
     }
 
+    /// Changes a group's status in one transaction, recording the events `f` returns.
+    /// Returns None (and changes nothing) when the group is gone or being deleted, so
+    /// the caller stops working on it.
+    pub fn mutate(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut ContainerGroup) -> Vec<Event>,
+    ) -> Result<Option<ContainerGroup>> {
+        self.store.write(|tx| {
+            let Some(mut group) = tx.get_group(name)? else { return Ok(None) };
+            if phase_of(&group) == phase::TERMINATING {
+                return Ok(None);
+            }
+            let events = f(&mut group);
+            tx.update_group(&mut group)?;
+            for e in events {
+                tx.event(e)?;
+            }
+            Ok(Some(group))
+        })
+    }
+
     /// Marks a group Terminating. The caller then runs [`Groups::finish_delete`].
     pub fn delete(&self, name: &str, grace: Option<i64>, force: bool) -> Result<ContainerGroup> {
         if let Some(g) = grace
@@ -486,7 +507,7 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
     let waiting = |c: &eci_api::v1::Container| ContainerStatus {
         name: c.name.clone(),
         state: "Waiting".into(),
-        reason: "WaitingForSandbox".into(),
+        reason: "ContainerCreating".into(),
         image: c.image.clone(),
         ..Default::default()
     };

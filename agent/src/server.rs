@@ -19,10 +19,10 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, CachesApi, ContainersApi, GroupsApi, ImagesApi, MetricsApi, NodeApi};
 use crate::config::Config;
-use crate::groups::Groups;
+use crate::supervisor::Supervisor;
 
 /// Every service of the agent, once; both listeners serve clones of it.
-async fn routes(groups: Arc<Groups>) -> Result<Routes> {
+async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<ContainerGroupsServer<GroupsApi>>()
@@ -124,7 +124,7 @@ impl Listeners {
     }
 
     /// Serves until `stop` turns true, then drains in-flight calls.
-    pub async fn serve(self, groups: Arc<Groups>, stop: watch::Receiver<bool>) -> Result<()> {
+    pub async fn serve(self, groups: Arc<Supervisor>, stop: watch::Receiver<bool>) -> Result<()> {
         let routes = routes(groups).await?;
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

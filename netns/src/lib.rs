@@ -7,6 +7,7 @@
 //! values it does not have to check again.
 
 pub mod eni;
+pub mod loopback;
 pub mod security_group;
 
 pub use eni::{EniSelector, MacAddress};

@@ -1,8 +1,18 @@
-//! Turns an OCI runtime spec into a running container for an ECI group.
+//! Turns an OCI runtime spec into a running container for an ECI group: namespaces,
+//! the overlay root and mounts, cgroups (v1 and v2), capabilities, seccomp, rlimits.
 //!
-//! This first part answers what the node can do (cgroup layout, namespaces, sandbox
-//! kinds), which the agent reports in `Node.Info` and checks before admitting a group.
+//! The shim drives it: [`namespaces`] creates a group's shared namespaces, [`cgroup`]
+//! its cgroups, and [`init`] is the code of the short-lived `eci-shim init` process that
+//! becomes each container's first process.
 
+pub mod capabilities;
+pub mod cgroup;
 pub mod host;
+pub mod init;
+pub mod layout;
+pub mod mounts;
+pub mod namespaces;
+pub mod seccomp;
+pub mod user;
 
 pub use host::{CgroupMode, HostFacts, SandboxKind};

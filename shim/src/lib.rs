@@ -1,10 +1,11 @@
 //! eci-shim: one process per container group. It owns the group's sandbox and container
 //! processes, so that they outlive restarts of the agent, and serves the containerd shim
-//! v2 Task API on a socket in the group's run directory.
-//!
-//! This first part fixes where a group's runtime files live, which the agent and the shim
-//! must agree on (the agent finds a shim after its own restart by this layout alone).
+//! v2 Task API (ttrpc) on a socket in the group's run directory.
 
-pub mod layout;
+pub mod logs;
+pub mod process;
+pub mod reaper;
+pub mod start;
+pub mod task;
 
-pub use layout::GroupDir;
+pub use eci_runtime::layout::GroupDir;

@@ -36,15 +36,14 @@ impl ContainerGroups for GroupsApi {
         req: Request<CreateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let spec = spec_of(req.into_inner().spec)?;
-        let g = self.groups.clone();
-        let group = blocking(move || g.create(spec)).await?;
+        let group = self.groups.create(spec).await.map_err(to_status)?;
         tracing::info!(group = %group.spec.as_ref().map_or("", |s| &s.name), id = %group.id, "group created");
         Ok(Response::new(group))
     }
 
     async fn get(&self, req: Request<GetGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         Ok(Response::new(blocking(move || g.get(&name)).await?))
     }
 
@@ -53,7 +52,7 @@ impl ContainerGroups for GroupsApi {
         req: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let sel = req.into_inner().label_selector;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         let (groups, revision) = blocking(move || g.list(&sel)).await?;
         Ok(Response::new(ListGroupsResponse { groups, revision }))
     }
@@ -63,7 +62,7 @@ impl ContainerGroups for GroupsApi {
         req: Request<UpdateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let spec = spec_of(req.into_inner().spec)?;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         Ok(Response::new(blocking(move || g.update(spec)).await?))
     }
 
@@ -72,7 +71,7 @@ impl ContainerGroups for GroupsApi {
         req: Request<RestartGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         blocking(move || g.get(&name)).await?;
         Err(to_status(Error::Unimplemented(
             "restarting containers needs the sandbox runtime, which this agent build does not have yet",
@@ -84,17 +83,7 @@ impl ContainerGroups for GroupsApi {
         req: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let r = req.into_inner();
-        let g = self.groups.clone();
-        let name = r.name.clone();
-        let group = blocking(move || g.delete(&name, r.grace_period_seconds, r.force)).await?;
-        // Teardown runs after the reply; a crash in between is finished by reconcile.
-        let g = self.groups.clone();
-        let name = r.name;
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = g.finish_delete(&name) {
-                tracing::error!(group = %name, error = ?e, "finishing delete");
-            }
-        });
+        let group = self.groups.delete(&r.name, r.grace_period_seconds, r.force).await.map_err(to_status)?;
         Ok(Response::new(DeleteGroupResponse { group: Some(group) }))
     }
 
@@ -106,7 +95,7 @@ impl ContainerGroups for GroupsApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
         let selector = parse_selector(&r.label_selector).map_err(to_status)?;
-        let store = self.groups.store().clone();
+        let store = self.groups.groups().store().clone();
         // Subscribe before reading history so nothing falls between the two.
         let mut live = store.subscribe();
         let from = r.from_revision;

@@ -51,7 +51,7 @@ impl Images for ImagesApi {
         &self,
         _: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         let images = blocking(move || Ok(g.images().list()?)).await?;
         Ok(Response::new(ListImagesResponse {
             images: images.into_iter().map(to_wire).collect(),
@@ -60,7 +60,7 @@ impl Images for ImagesApi {
 
     async fn get(&self, req: Request<GetImageRequest>) -> Result<Response<Image>, Status> {
         let name = req.into_inner().image;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         Ok(Response::new(to_wire(
             blocking(move || Ok(g.images().get(&name)?)).await?,
         )))
@@ -71,7 +71,7 @@ impl Images for ImagesApi {
         req: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = req.into_inner().image;
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         blocking(move || {
             let image = g.images().get(&name)?;
             let user = g.image_user(&image)?;
@@ -90,6 +90,7 @@ impl Images for ImagesApi {
         // read twice (blobs, then manifests).
         let mut spool = self
             .groups
+            .groups()
             .images()
             .spool_file()
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -104,7 +105,7 @@ impl Images for ImagesApi {
                 .write_all(&msg.data)
                 .map_err(|e| Status::internal(format!("spooling the archive: {e}")))?;
         }
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         let images = blocking(move || {
             let reference = (!reference.is_empty()).then_some(reference);
             let file = spool.reopen().map_err(|e| crate::images::ImageError::Io {

@@ -28,4 +28,4 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// What every handler shares.
-pub(crate) type Shared = Arc<crate::groups::Groups>;
+pub(crate) type Shared = Arc<crate::supervisor::Supervisor>;

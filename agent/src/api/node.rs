@@ -38,9 +38,9 @@ fn resources(s: Size, gpus: u32) -> Resources {
 #[tonic::async_trait]
 impl NodeService for NodeApi {
     async fn info(&self, _: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
-        let g = self.groups.clone();
+        let g = self.groups.groups().clone();
         let (groups, usage) = blocking(move || g.usage_now()).await?;
-        let node = self.groups.node();
+        let node = self.groups.groups().node();
         let running = groups
             .iter()
             .filter(|g| g.status.as_ref().is_some_and(|s| s.phase == phase::RUNNING))
@@ -75,7 +75,7 @@ impl NodeService for NodeApi {
         req: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
-        let store = self.groups.store().clone();
+        let store = self.groups.groups().store().clone();
         let mut live = store.subscribe();
         let group = r.group.clone();
         let past =

@@ -1,4 +1,5 @@
-//! The run directory of one group: `<run_dir>/groups/<group id>/`.
+//! Where a group's runtime files live: `<run_dir>/groups/<group id>/`. The agent and
+//! the shim both use this, so an agent that restarts finds its shims by layout alone.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,11 @@ impl GroupDir {
         GroupDir {
             root: run_dir.join("groups").join(id),
         }
+    }
+
+    /// The layout of an existing group directory.
+    pub fn from_root(root: &Path) -> Self {
+        GroupDir { root: root.to_path_buf() }
     }
 
     pub fn root(&self) -> &Path {
@@ -33,6 +39,16 @@ impl GroupDir {
     /// One container's OCI bundle (`config.json` + `rootfs/`).
     pub fn bundle(&self, container: &str) -> PathBuf {
         self.root.join("containers").join(container)
+    }
+
+    /// The pinned group namespaces (`ns/net`, `ns/ipc`, `ns/uts`).
+    pub fn namespaces(&self) -> PathBuf {
+        self.root.join("ns")
+    }
+
+    /// Files the agent writes for every container: hosts, hostname, resolv.conf.
+    pub fn etc(&self) -> PathBuf {
+        self.root.join("etc")
     }
 }
 

@@ -1,0 +1,8 @@
+//! Running a group's containers through its shim: the Task API client, the OCI spec of
+//! each container, and the files the agent writes for them.
+
+pub mod files;
+pub mod shim;
+pub mod spec;
+
+pub use shim::{Shim, ShimError, ShimLaunch};

@@ -1,0 +1,471 @@
+//! Starting a group and following its containers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::api;
+use eci_api::phase;
+use eci_api::v1::{Container, ContainerGroup, ContainerStatus};
+
+use super::{GroupCtx, Supervisor};
+use crate::clock;
+use crate::groups::{NORMAL, WARNING, event};
+use crate::images::{ImageError, ImageRecord, Reference};
+use crate::sandbox::{Shim, files, spec};
+
+/// How a container run ended.
+#[derive(Debug, Clone, Default)]
+struct Ended {
+    code: i32,
+    oom: bool,
+    started_at: String,
+    finished_at: String,
+    message: String,
+}
+
+/// `<bundle>/exit.json` as the shim writes it.
+#[derive(serde::Deserialize)]
+struct ExitRecord {
+    exit_code: i32,
+    oom_killed: bool,
+    exited_at: String,
+    started_at: String,
+}
+
+fn status_of<'a>(g: &'a mut ContainerGroup, name: &str) -> Option<&'a mut ContainerStatus> {
+    let st = g.status.get_or_insert_with(Default::default);
+    st.container_statuses.iter_mut().chain(st.init_container_statuses.iter_mut()).find(|c| c.name == name)
+}
+
+impl Supervisor {
+    /// Runs a group from admission to all containers started.
+    pub(crate) async fn run(self: Arc<Self>, ctx: GroupCtx) {
+        if let Err(msg) = self.run_inner(&ctx).await {
+            tracing::warn!(group = %ctx.name, error = %msg, "group start failed");
+            let name = ctx.name.clone();
+            self.mutate(&ctx.name, move |g| {
+                let st = g.status.get_or_insert_with(Default::default);
+                st.reason = "FailedCreateSandbox".into();
+                st.message = msg.clone();
+                vec![event(&name, WARNING, "FailedCreateSandbox", msg)]
+            })
+            .await;
+        }
+    }
+
+    fn resolve_image(&self, c: &Container) -> Result<ImageRecord, (&'static str, String)> {
+        let policy = match c.image_pull_policy.as_str() {
+            "" => Reference::parse(&c.image).map(|r| r.default_pull_policy()).unwrap_or("IfNotPresent"),
+            p => p,
+        };
+        match self.groups.images().get(&c.image) {
+            Ok(rec) => Ok(rec),
+            Err(ImageError::NotFound(_)) if policy == "Never" => Err((
+                "ErrImageNeverPull",
+                format!("container image {:?} is not present with pull policy of Never", c.image),
+            )),
+            Err(ImageError::NotFound(_)) => Err((
+                "ErrImagePull",
+                format!(
+                    "container image {:?} is not on this node and pulling from registries is not available yet; \
+                     import it with `ecictl images import`",
+                    c.image
+                ),
+            )),
+            Err(e) => Err(("ErrImagePull", e.to_string())),
+        }
+    }
+
+    /// Images of every container, or the first failure recorded on the group.
+    async fn resolve_images(&self, ctx: &GroupCtx) -> Option<Vec<(Container, ImageRecord)>> {
+        let mut out = Vec::new();
+        for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
+            match self.resolve_image(c) {
+                Ok(rec) => out.push((c.clone(), rec)),
+                Err((reason, msg)) => {
+                    let (name, cname) = (ctx.name.clone(), c.name.clone());
+                    self.mutate(&ctx.name, move |g| {
+                        if let Some(s) = status_of(g, &cname) {
+                            s.state = "Waiting".into();
+                            s.reason = reason.into();
+                            s.message = msg.clone();
+                        }
+                        let st = g.status.get_or_insert_with(Default::default);
+                        st.reason = reason.into();
+                        st.message = msg.clone();
+                        let mut e = event(&name, WARNING, "Failed", msg);
+                        e.container = cname;
+                        vec![e]
+                    })
+                    .await;
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), String> {
+        let valid = crate::validate::validate(&ctx.spec).map_err(|e| e.to_string())?;
+        let Some(images) = self.resolve_images(ctx).await else { return Ok(()) };
+        for (c, _) in &images {
+            let mut e = event(&ctx.name, NORMAL, "Pulled", format!("Container image {:?} already present on machine", c.image));
+            e.container = c.name.clone();
+            let name = ctx.name.clone();
+            if self.mutate(&name, move |_| vec![e]).await.is_none() {
+                return Ok(());
+            }
+        }
+        files::write(&ctx.dir.etc(), &ctx.spec).map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
+        let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
+            Ok(s) => s,
+            Err(_) => Shim::launch(
+                &self.cfg.shim,
+                &ctx.id,
+                &ctx.spec.name,
+                valid.normalized.cpu_millis,
+                valid.normalized.memory_bytes,
+            )
+            .await
+            .map_err(|e| e.message())?,
+        };
+        let shm = valid.shm_bytes;
+        // Init containers: one at a time, each to success.
+        let n_init = ctx.spec.init_containers.len();
+        for (c, image) in images.iter().take(n_init) {
+            let mut restarts = 0;
+            loop {
+                let ended = match self.start_container(ctx, &shim, c, image, restarts, shm).await {
+                    Ok(_) => self.wait_container(ctx, &shim, c).await,
+                    Err(msg) => Ended { code: 128, message: msg, ..Default::default() },
+                };
+                self.record_exit(ctx, c, &ended).await;
+                let _ = shim.delete(&c.name, "").await;
+                if ended.code == 0 {
+                    break;
+                }
+                if ctx.spec.restart_policy == "Never" {
+                    self.finish_group(ctx, &shim, false).await;
+                    return Ok(());
+                }
+                restarts += 1;
+                self.backoff(ctx, c, restarts).await;
+            }
+        }
+        // App containers: in parallel, each followed by its own task.
+        for (c, image) in images.into_iter().skip(n_init) {
+            let me = self.clone();
+            let (ctx2, shim2) = (ctx.clone(), shim.clone());
+            let task = tokio::spawn(async move { me.container_loop(ctx2, shim2, c, image, 0, false, shm).await });
+            self.track(&ctx.name, task);
+        }
+        Ok(())
+    }
+
+    /// Re-attaches to a running group after an agent restart.
+    pub(crate) async fn adopt(self: Arc<Self>, ctx: GroupCtx, shim: Shim, group: ContainerGroup) {
+        let valid = match crate::validate::validate(&ctx.spec) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(group = %ctx.name, error = %e, "stored spec no longer validates");
+                return;
+            }
+        };
+        let statuses = group.status.clone().unwrap_or_default().container_statuses;
+        let started = statuses.iter().any(|s| !s.started_at.is_empty());
+        if !started {
+            // The agent stopped before any app container ran: start over on this shim.
+            return self.run(ctx).await;
+        }
+        let Some(images) = self.resolve_images(&ctx).await else { return };
+        for (c, image) in images.into_iter().skip(ctx.spec.init_containers.len()) {
+            let st = statuses.iter().find(|s| s.name == c.name).cloned().unwrap_or_default();
+            let known = shim.state(&c.name).await.is_ok();
+            let wants_restart = match ctx.spec.restart_policy.as_str() {
+                "Never" => false,
+                "OnFailure" => st.exit_code != 0,
+                _ => true,
+            };
+            if st.state == "Terminated" && !wants_restart {
+                continue;
+            }
+            let me = self.clone();
+            let (ctx2, shim2) = (ctx.clone(), shim.clone());
+            let restarts = st.restart_count;
+            let attach = known && st.state == "Running";
+            let shm = valid.shm_bytes;
+            let task = tokio::spawn(async move { me.container_loop(ctx2, shim2, c, image, restarts, attach, shm).await });
+            self.track(&ctx.name, task);
+        }
+        // Exits that happened while the agent was away may have finished the group.
+        self.check_group_done(&ctx, &shim).await;
+    }
+
+    /// Starts (or, with `attach`, follows an already running) app container, and
+    /// applies the restart policy to each exit.
+    #[allow(clippy::too_many_arguments)]
+    async fn container_loop(
+        self: Arc<Self>,
+        ctx: GroupCtx,
+        shim: Shim,
+        c: Container,
+        image: ImageRecord,
+        mut restarts: u32,
+        mut attach: bool,
+        shm: u64,
+    ) {
+        loop {
+            let ended = if attach {
+                attach = false;
+                self.wait_container(&ctx, &shim, &c).await
+            } else {
+                match self.start_container(&ctx, &shim, &c, &image, restarts, shm).await {
+                    Ok(_) => self.wait_container(&ctx, &shim, &c).await,
+                    Err(msg) => Ended { code: 128, message: msg, finished_at: clock::now(), ..Default::default() },
+                }
+            };
+            self.record_exit(&ctx, &c, &ended).await;
+            let restart = match ctx.spec.restart_policy.as_str() {
+                "Never" => false,
+                "OnFailure" => ended.code != 0,
+                _ => true,
+            };
+            if !restart {
+                self.check_group_done(&ctx, &shim).await;
+                return;
+            }
+            restarts += 1;
+            self.backoff(&ctx, &c, restarts).await;
+            let _ = shim.delete(&c.name, "").await;
+        }
+    }
+
+    async fn backoff(&self, ctx: &GroupCtx, c: &Container, restarts: u32) {
+        let delay = self
+            .cfg
+            .backoff_initial
+            .saturating_mul(1u32 << (restarts - 1).min(16))
+            .min(self.cfg.backoff_max);
+        let (name, cname) = (ctx.name.clone(), c.name.clone());
+        let msg = format!("Back-off {} restarting container {cname}", humantime::format_duration(delay));
+        self.mutate(&ctx.name, move |g| {
+            let st = g.status.get_or_insert_with(Default::default);
+            if st.phase == phase::RUNNING {
+                st.phase = phase::RESTARTING.into();
+            }
+            let mut e = event(&name, WARNING, "BackOff", msg);
+            e.container = cname;
+            vec![e]
+        })
+        .await;
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Creates and starts one container; records Created/Started.
+    async fn start_container(
+        &self,
+        ctx: &GroupCtx,
+        shim: &Shim,
+        c: &Container,
+        image: &ImageRecord,
+        restarts: u32,
+        shm: u64,
+    ) -> Result<u32, String> {
+        let bundle = ctx.dir.bundle(&c.name);
+        std::fs::create_dir_all(&bundle).map_err(|e| format!("creating {}: {e}", bundle.display()))?;
+        // A fresh writable layer per run, as Kubernetes gives a restarted container.
+        let rw = self.cfg.state_dir.join("groups").join(&ctx.id).join(&c.name);
+        let _ = std::fs::remove_dir_all(&rw);
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let process = crate::images::process::merge(&image.defaults, c).map_err(|e| e.to_string())?;
+        let etc = ctx.dir.etc();
+        let config = spec::build(&spec::SpecInputs {
+            group_id: &ctx.id,
+            cgroup_parent: &self.cfg.cgroup_parent,
+            group: &ctx.spec,
+            container: c,
+            process: &process,
+            shm_bytes: shm,
+            etc_dir: &etc,
+        })
+        .map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+        std::fs::write(bundle.join("config.json"), json).map_err(|e| format!("writing config.json: {e}"))?;
+        let lower: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.groups.images().layer_dir(&l.diff_id).display().to_string())
+            .collect();
+        let rootfs = api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.join(":")),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ],
+            ..Default::default()
+        };
+        let log = self.log_path(ctx, &c.name, restarts);
+        let _ = shim.delete(&c.name, "").await;
+        shim.create(&c.name, &bundle, rootfs, &log).await.map_err(|e| e.message())?;
+        let mut created = event(&ctx.name, NORMAL, "Created", format!("Created container {}", c.name));
+        created.container = c.name.clone();
+        let name = ctx.name.clone();
+        self.mutate(&name, move |_| vec![created]).await.ok_or("the group is being deleted")?;
+        let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
+        let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
+        self.mutate(&ctx.name, move |g| {
+            let now = clock::now();
+            if let Some(s) = status_of(g, &cname) {
+                s.state = "Running".into();
+                s.reason.clear();
+                s.message.clear();
+                s.exit_code = 0;
+                s.restart_count = restarts;
+                s.started_at = now.clone();
+                s.finished_at.clear();
+                s.container_id = format!("{id}/{cname}");
+            }
+            let st = g.status.get_or_insert_with(Default::default);
+            if st.container_statuses.iter().all(|s| s.state == "Running") {
+                st.phase = phase::RUNNING.into();
+                st.reason = "Started".into();
+                st.message = "all containers are running".into();
+                if st.started_at.is_empty() {
+                    st.started_at = now;
+                }
+            }
+            let mut e = event(&gname, NORMAL, "Started", format!("Started container {cname}"));
+            e.container = cname;
+            vec![e]
+        })
+        .await;
+        tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
+        Ok(pid)
+    }
+
+    /// `<log_dir>/groups/<id>/<container>/<restart>.log`
+    pub(crate) fn log_path(&self, ctx: &GroupCtx, container: &str, restarts: u32) -> PathBuf {
+        self.cfg.log_dir.join("groups").join(&ctx.id).join(container).join(format!("{restarts}.log"))
+    }
+
+    /// Waits for a container to exit and reads how (the shim's exit record).
+    async fn wait_container(&self, ctx: &GroupCtx, shim: &Shim, c: &Container) -> Ended {
+        let code = match shim.wait(&c.name, "").await {
+            Ok(e) => e.code as i32,
+            Err(e) => {
+                return Ended { code: 255, message: e.message(), finished_at: clock::now(), ..Default::default() };
+            }
+        };
+        let rec = std::fs::read(ctx.dir.bundle(&c.name).join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ExitRecord>(&b).ok());
+        match rec {
+            Some(r) => Ended {
+                code: r.exit_code,
+                oom: r.oom_killed,
+                started_at: r.started_at,
+                finished_at: r.exited_at,
+                message: String::new(),
+            },
+            None => Ended { code, finished_at: clock::now(), ..Default::default() },
+        }
+    }
+
+    async fn record_exit(&self, ctx: &GroupCtx, c: &Container, ended: &Ended) {
+        let (name, cname, ended) = (ctx.name.clone(), c.name.clone(), ended.clone());
+        self.mutate(&ctx.name, move |g| {
+            let reason = if ended.oom {
+                "OOMKilled"
+            } else if ended.code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            if let Some(s) = status_of(g, &cname) {
+                s.state = "Terminated".into();
+                s.reason = reason.into();
+                s.message = ended.message.clone();
+                s.exit_code = ended.code;
+                s.ready = false;
+                if !ended.started_at.is_empty() {
+                    s.started_at = ended.started_at.clone();
+                }
+                s.finished_at = ended.finished_at.clone();
+            }
+            let mut events = Vec::new();
+            if ended.oom {
+                let mut e = event(&name, WARNING, "OOMKilling", format!("Memory limit reached: container {cname} was OOM-killed"));
+                e.container = cname.clone();
+                events.push(e);
+            }
+            if !ended.message.is_empty() {
+                let mut e = event(&name, WARNING, "Failed", ended.message.clone());
+                e.container = cname.clone();
+                events.push(e);
+            }
+            events
+        })
+        .await;
+    }
+
+    /// Ends the group when no app container runs or will restart.
+    async fn check_group_done(&self, ctx: &GroupCtx, shim: &Shim) {
+        let Ok(g) = self.groups.get(&ctx.name) else { return };
+        let st = g.status.unwrap_or_default();
+        if phase::is_final(&st.phase) || st.container_statuses.iter().any(|s| s.state != "Terminated") {
+            return;
+        }
+        let ok = st.container_statuses.iter().all(|s| s.exit_code == 0);
+        let restarting = st.container_statuses.iter().any(|s| match ctx.spec.restart_policy.as_str() {
+            "Never" => false,
+            "OnFailure" => s.exit_code != 0,
+            _ => true,
+        });
+        if !restarting {
+            self.finish_group(ctx, shim, ok).await;
+        }
+    }
+
+    /// Marks the group Succeeded or Failed and releases its sandbox (logs stay).
+    async fn finish_group(&self, ctx: &GroupCtx, shim: &Shim, ok: bool) {
+        let name = ctx.name.clone();
+        let done = self
+            .mutate(&ctx.name, move |g| {
+                let st = g.status.get_or_insert_with(Default::default);
+                st.phase = if ok { phase::SUCCEEDED } else { phase::FAILED }.into();
+                st.reason = if ok { "Completed" } else { "Error" }.into();
+                st.message = if ok { "all containers exited with 0" } else { "a container failed" }.into();
+                st.finished_at = clock::now();
+                vec![event(&name, if ok { NORMAL } else { WARNING }, if ok { "Completed" } else { "Failed" }, st.message.clone())]
+            })
+            .await;
+        if done.is_some() {
+            for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
+                let _ = shim.delete(&c.name, "").await;
+            }
+            let _ = shim.shutdown().await;
+            self.remove_dirs(ctx);
+        }
+    }
+
+    /// Removes a group's run directory and writable layers.
+    pub(crate) fn remove_dirs(&self, ctx: &GroupCtx) {
+        for d in [ctx.dir.root().to_path_buf(), self.cfg.state_dir.join("groups").join(&ctx.id)] {
+            if let Err(e) = std::fs::remove_dir_all(&d)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %d.display(), error = %e, "removing group directory");
+            }
+        }
+    }
+}
+
+/// Shortest wait between checks of a shim that is going away.
+pub(crate) const SHIM_POLL: Duration = Duration::from_millis(20);

@@ -1,0 +1,221 @@
+//! The group supervisor: drives each admitted group to its desired state through its
+//! shim (sandbox, images, init containers, app containers), follows container exits and
+//! applies the restart policy, tears groups down on delete, and re-adopts running
+//! groups after the agent restarts.
+//!
+//! One task runs per group; every status change is one store transaction through
+//! [`Groups::mutate`], which refuses changes to a group being deleted, so a runner that
+//! races a delete stops by itself.
+
+mod containers;
+mod teardown;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eci_api::phase;
+use eci_api::v1::{ContainerGroup, GroupSpec};
+use eci_runtime::layout::GroupDir;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::groups::{Groups, WARNING, event};
+use crate::sandbox::{Shim, ShimLaunch};
+
+/// Paths and settings the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub run_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub shim: ShimLaunch,
+    /// First restart back-off; doubles per restart up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// The supervisor of all groups of this node.
+pub struct Supervisor {
+    groups: Arc<Groups>,
+    cfg: SupervisorConfig,
+    /// Tasks working on each group (runner and container watchers).
+    tasks: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+}
+
+/// Everything about one group a task needs, read once.
+#[derive(Clone)]
+pub(crate) struct GroupCtx {
+    pub name: String,
+    pub id: String,
+    pub spec: GroupSpec,
+    pub dir: GroupDir,
+}
+
+impl Supervisor {
+    pub fn new(groups: Arc<Groups>, cfg: SupervisorConfig) -> Arc<Self> {
+        Arc::new(Supervisor { groups, cfg, tasks: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    fn ctx(&self, g: &ContainerGroup) -> GroupCtx {
+        let spec = g.spec.clone().unwrap_or_default();
+        GroupCtx { name: spec.name.clone(), id: g.id.clone(), dir: GroupDir::new(&self.cfg.run_dir, &g.id), spec }
+    }
+
+    /// Keeps `task` so a delete can stop it.
+    pub(crate) fn track(&self, name: &str, task: JoinHandle<()>) {
+        let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let list = t.entry(name.to_string()).or_default();
+        list.retain(|h| !h.is_finished());
+        list.push(task);
+    }
+
+    /// Stops every task working on a group.
+    fn stop_tasks(&self, name: &str) {
+        let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for h in t.remove(name).unwrap_or_default() {
+            h.abort();
+        }
+    }
+
+    /// Creates a group (validation, admission) and starts it when admitted.
+    pub async fn create(self: &Arc<Self>, spec: GroupSpec) -> Result<ContainerGroup> {
+        let g = self.groups.clone();
+        let group = tokio::task::spawn_blocking(move || g.create(spec)).await.map_err(join_err)??;
+        if group.status.as_ref().is_some_and(|s| s.phase == phase::PENDING) {
+            self.spawn_run(&group);
+        }
+        Ok(group)
+    }
+
+    fn spawn_run(self: &Arc<Self>, group: &ContainerGroup) {
+        let me = self.clone();
+        let ctx = self.ctx(group);
+        let name = ctx.name.clone();
+        let task = tokio::spawn(async move { me.run(ctx).await });
+        self.track(&name, task);
+    }
+
+    /// Marks a group Terminating and tears it down in the background.
+    pub async fn delete(self: &Arc<Self>, name: &str, grace: Option<i64>, force: bool) -> Result<ContainerGroup> {
+        let g = self.groups.clone();
+        let n = name.to_string();
+        let group = tokio::task::spawn_blocking(move || g.delete(&n, grace, force)).await.map_err(join_err)??;
+        self.stop_tasks(name);
+        let me = self.clone();
+        let grace = if force { 0 } else { grace.or(group.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30) };
+        let ctx = self.ctx(&group);
+        tokio::spawn(async move { me.finish_delete(ctx, Duration::from_secs(grace.max(0) as u64)).await });
+        Ok(group)
+    }
+
+    async fn finish_delete(self: Arc<Self>, ctx: GroupCtx, grace: Duration) {
+        self.teardown(&ctx, grace).await;
+        let g = self.groups.clone();
+        let name = ctx.name.clone();
+        match tokio::task::spawn_blocking(move || g.finish_delete(&name)).await {
+            Ok(Ok(())) => tracing::info!(group = %ctx.name, "group deleted"),
+            Ok(Err(e)) => tracing::error!(group = %ctx.name, error = ?e, "forgetting group"),
+            Err(e) => tracing::error!(group = %ctx.name, error = %e, "forgetting group"),
+        }
+    }
+
+    /// Brings every stored group in line after the agent starts: finishes deletes,
+    /// re-adopts running groups through their shims, restarts what was lost.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let g = self.groups.clone();
+        let (groups, _) = tokio::task::spawn_blocking(move || g.store().list_groups()).await.map_err(join_err)??;
+        for group in groups {
+            let ctx = self.ctx(&group);
+            let phase = group.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+            if phase == phase::TERMINATING {
+                let me = self.clone();
+                tokio::spawn(async move { me.finish_delete(ctx, Duration::ZERO).await });
+                continue;
+            }
+            if phase::is_final(&phase) {
+                continue;
+            }
+            match Shim::connect(&ctx.dir.shim_socket()).await {
+                Ok(shim) => {
+                    tracing::info!(group = %ctx.name, "re-adopting group from its shim");
+                    let me = self.clone();
+                    let name = ctx.name.clone();
+                    let task = tokio::spawn(async move { me.adopt(ctx, shim, group).await });
+                    self.track(&name, task);
+                }
+                Err(_) if ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() => {
+                    tracing::warn!(group = %ctx.name, "the group's shim is gone");
+                    self.sandbox_lost(&ctx, &group).await;
+                }
+                Err(_) => self.spawn_run(&group),
+            }
+        }
+        Ok(())
+    }
+
+    /// The shim died with the group's processes: clean up, then apply the restart policy.
+    async fn sandbox_lost(self: &Arc<Self>, ctx: &GroupCtx, group: &ContainerGroup) {
+        self.teardown(ctx, Duration::ZERO).await;
+        let policy = ctx.spec.restart_policy.clone();
+        let restart = policy != "Never";
+        let updated = self.mutate(&ctx.name, move |g| {
+            let st = g.status.get_or_insert_with(Default::default);
+            for c in &mut st.container_statuses {
+                if c.state == "Running" {
+                    c.state = "Terminated".into();
+                    c.reason = "Error".into();
+                    c.message = "the group's shim died".into();
+                    c.exit_code = 137;
+                    c.finished_at = crate::clock::now();
+                }
+            }
+            if restart {
+                st.phase = phase::PENDING.into();
+                st.reason = "SandboxLost".into();
+                st.message = "the shim died; recreating the sandbox".into();
+            } else {
+                st.phase = phase::FAILED.into();
+                st.reason = "SandboxLost".into();
+                st.message = "the shim died".into();
+                st.finished_at = crate::clock::now();
+            }
+            vec![event(&g.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), WARNING, "SandboxLost", "the group's shim died; its processes are gone")]
+        })
+        .await;
+        if restart && let Some(g) = updated {
+            let _ = group;
+            self.spawn_run(&g);
+        }
+    }
+
+    /// [`Groups::mutate`] off the async workers.
+    pub(crate) async fn mutate(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut ContainerGroup) -> Vec<eci_api::v1::Event> + Send + 'static,
+    ) -> Option<ContainerGroup> {
+        let g = self.groups.clone();
+        let n = name.to_string();
+        match tokio::task::spawn_blocking(move || g.mutate(&n, f)).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::error!(group = %name, error = ?e, "updating group status");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+pub(crate) fn join_err(e: tokio::task::JoinError) -> Error {
+    Error::FailedPrecondition(format!("internal task failed: {e}"))
+}
+
+

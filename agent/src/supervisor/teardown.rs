@@ -1,0 +1,89 @@
+//! Stopping a group: SIGTERM, the grace period, SIGKILL, then everything the sandbox
+//! held on the host (cgroups, pinned namespaces, directories) is removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eci_runtime::{cgroup, namespaces};
+
+use super::containers::SHIM_POLL;
+use super::{GroupCtx, Supervisor};
+use crate::groups::{NORMAL, event};
+use crate::sandbox::Shim;
+
+impl Supervisor {
+    pub(crate) async fn teardown(self: &Arc<Self>, ctx: &GroupCtx, grace: Duration) {
+        let names: Vec<String> =
+            ctx.spec.init_containers.iter().chain(&ctx.spec.containers).map(|c| c.name.clone()).collect();
+        match Shim::connect(&ctx.dir.shim_socket()).await {
+            Ok(shim) => {
+                let mut running = Vec::new();
+                for n in &names {
+                    if let Ok((_, true)) = shim.state(n).await {
+                        let _ = shim.kill(n, nix::sys::signal::Signal::SIGTERM as i32, false).await;
+                        running.push(n.clone());
+                    }
+                }
+                if !running.is_empty() {
+                    let list = running.join(", ");
+                    let e = event(&ctx.name, NORMAL, "Killing", format!("Stopping container {list}"));
+                    let store = self.groups.store().clone();
+                    let _ = tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
+                }
+                let waits = running.iter().map(|n| shim.wait(n, ""));
+                if tokio::time::timeout(grace, futures::future::join_all(waits)).await.is_err() {
+                    tracing::info!(group = %ctx.name, "grace period over: SIGKILL");
+                }
+                for n in &running {
+                    let _ = shim.kill(n, nix::sys::signal::Signal::SIGKILL as i32, true).await;
+                }
+                let waits = running.iter().map(|n| shim.wait(n, ""));
+                let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits)).await;
+                for n in &names {
+                    let _ = shim.delete(n, "").await;
+                }
+                if let Err(e) = shim.shutdown().await {
+                    tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
+                }
+                // The shim removes its socket last.
+                for _ in 0..250 {
+                    if !ctx.dir.shim_socket().exists() {
+                        break;
+                    }
+                    tokio::time::sleep(SHIM_POLL).await;
+                }
+            }
+            Err(_) => self.clean_without_shim(ctx, &names),
+        }
+        self.remove_dirs(ctx);
+    }
+
+    /// The shim is gone: kill what is left in the group's cgroups and remove them and
+    /// the pinned namespaces.
+    fn clean_without_shim(&self, ctx: &GroupCtx, names: &[String]) {
+        let group_cg = format!("{}/{}", self.cfg.cgroup_parent, ctx.id);
+        for p in cgroup::procs(&group_cg) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for _ in 0..100 {
+            if cgroup::procs(&group_cg).is_empty() {
+                break;
+            }
+            std::thread::sleep(SHIM_POLL);
+        }
+        for n in names {
+            let cg = format!("{group_cg}/{n}");
+            if cgroup::exists(&cg) {
+                let _ = cgroup::destroy(&cg);
+            }
+        }
+        if cgroup::exists(&group_cg)
+            && let Err(e) = cgroup::destroy(&group_cg)
+        {
+            tracing::warn!(cgroup = %group_cg, error = %e, "removing group cgroup");
+        }
+        if let Err(e) = namespaces::remove(&ctx.dir.namespaces()) {
+            tracing::warn!(group = %ctx.name, error = %e, "removing group namespaces");
+        }
+    }
+}

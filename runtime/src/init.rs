@@ -1,0 +1,276 @@
+//! The container side of process creation. The shim runs `eci-shim init <config>`, a
+//! fresh single-threaded process, which joins the container's cgroup and namespaces,
+//! forks the container's first process (PID 1 of a new PID namespace) and exits. That
+//! child builds the filesystem view, drops privileges, reports `Ready`, waits for the
+//! start byte, loads seccomp and execs.
+//!
+//! File descriptors: 0-2 the container's stdio, 3 the start pipe (one byte = exec),
+//! 4 the sync pipe (JSON lines to the shim, close-on-exec: EOF after `Ready` means the
+//! exec happened).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Gid, Uid};
+use oci_spec::runtime::{Mount, Process};
+use serde::{Deserialize, Serialize};
+
+use crate::mounts::{self, Rootfs};
+use crate::{capabilities, seccomp, user};
+
+/// Start pipe fd in the init process.
+pub const START_FD: i32 = 3;
+/// Sync pipe fd in the init process.
+pub const SYNC_FD: i32 = 4;
+
+/// Where a process goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Target {
+    /// A container's first process: joins the group namespaces (paths of bind-mounted
+    /// namespace files), gets its own mount and PID namespaces and the overlay root.
+    Container {
+        rootfs: Rootfs,
+        /// Where the overlay is mounted (`<bundle>/rootfs`).
+        rootfs_mount: PathBuf,
+        group_namespaces: Vec<(String, PathBuf)>,
+        mounts: Vec<Mount>,
+        masked_paths: Vec<String>,
+        readonly_paths: Vec<String>,
+        sysctls: HashMap<String, String>,
+        readonly_root: bool,
+    },
+    /// An extra process in a running container: joins all namespaces of `pid`.
+    Exec { pid: i32 },
+}
+
+/// Everything the init process needs; written by the shim as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub target: Target,
+    pub process: Process,
+    /// User as stated ("name", "uid"), resolved inside the container.
+    pub user: String,
+    pub group: Option<String>,
+    /// Cgroup to join, relative to each hierarchy's root.
+    pub cgroup: String,
+    /// Compiled seccomp programs (see [`seccomp::write_default`]).
+    pub seccomp: PathBuf,
+}
+
+/// Messages from init to the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sync {
+    /// The container process, as seen from the shim's PID namespace.
+    Pid(i32),
+    /// Set up and waiting for the start byte.
+    Ready,
+    /// Setup failed; the process exits.
+    Error(String),
+}
+
+fn send(sync: &mut std::fs::File, msg: &Sync) {
+    if let Ok(mut line) = serde_json::to_vec(msg) {
+        line.push(b'\n');
+        let _ = sync.write_all(&line);
+    }
+}
+
+/// Entry point of `eci-shim init CONFIG`. Never returns.
+pub fn main(config: &Path) -> ! {
+    // SAFETY: fd 4 was set up by the shim as the sync pipe's write end and is owned by
+    // nothing else in this freshly exec'd process.
+    let mut sync = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
+    // dup2 cleared close-on-exec; the shim learns of the exec from this fd closing.
+    let _ = nix::fcntl::fcntl(&sync, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    match run(config, &mut sync) {
+        Ok(never) => match never {},
+        Err(e) => {
+            send(&mut sync, &Sync::Error(e));
+            std::process::exit(1);
+        }
+    }
+}
+
+enum Never {}
+
+fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
+    let text = std::fs::read(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+    let cfg: InitConfig = serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    join_cgroup(&cfg.cgroup)?;
+    match &cfg.target {
+        Target::Container { group_namespaces, .. } => {
+            for (kind, path) in group_namespaces {
+                setns_path(path, kind)?;
+            }
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
+                .map_err(|e| format!("unshare mount and pid namespaces: {e}"))?;
+        }
+        Target::Exec { pid } => {
+            // Mount last: the others are found through this mount namespace's /proc.
+            for kind in ["ipc", "uts", "net", "pid", "mnt"] {
+                setns_path(&PathBuf::from(format!("/proc/{pid}/ns/{kind}")), kind)?;
+            }
+        }
+    }
+    // SAFETY: this process is single-threaded (freshly exec'd, no threads started), so the
+    // child may run arbitrary code after fork.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => {
+            send(sync, &Sync::Pid(child.as_raw()));
+            std::process::exit(0);
+        }
+        ForkResult::Child => child(&cfg, sync),
+    }
+}
+
+fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))?;
+    nix::sched::setns(f, CloneFlags::empty()).map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
+}
+
+fn join_cgroup(rel: &str) -> Result<(), String> {
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let pid = std::process::id();
+    crate::cgroup::join(rel, pid).map_err(|e| format!("joining cgroup {rel}: {e}"))
+}
+
+fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
+    // Read now: the file is not reachable after pivot_root.
+    let programs = seccomp::read(&cfg.seccomp).map_err(chain)?;
+    if let Target::Container {
+        rootfs,
+        rootfs_mount,
+        mounts,
+        masked_paths,
+        readonly_paths,
+        sysctls,
+        readonly_root,
+        ..
+    } = &cfg.target
+    {
+        let m = |e: mounts::MountError| {
+            let src = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            format!("{e}{src}")
+        };
+        mounts::make_private().map_err(m)?;
+        mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?;
+        let root = mounts::open_root(rootfs_mount).map_err(m)?;
+        for mnt in mounts {
+            mounts::apply_mount(&root, mnt).map_err(m)?;
+        }
+        mounts::create_devices(rootfs_mount).map_err(m)?;
+        drop(root);
+        mounts::pivot_root(rootfs_mount).map_err(m)?;
+        for (k, v) in sysctls {
+            let p = format!("/proc/sys/{}", k.replace('.', "/"));
+            std::fs::write(&p, v).map_err(|e| format!("sysctl {k}: {e}"))?;
+        }
+        mounts::mask(masked_paths).map_err(m)?;
+        mounts::read_only(readonly_paths).map_err(m)?;
+        if *readonly_root {
+            mounts::root_read_only().map_err(m)?;
+        }
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    let p = &cfg.process;
+    apply_rlimits(p)?;
+    let caps = p.capabilities().clone().unwrap_or_default();
+    let names = |s: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        s.iter().flatten().map(|c| format!("CAP_{c}")).collect()
+    };
+    capabilities::limit_bounding(&names(caps.bounding())).map_err(chain)?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let ids = user::resolve(&cfg.user, cfg.group.as_deref(), &passwd, &groups).map_err(|e| e.to_string())?;
+    // Keep the permitted set across the uid change; the sets are set right after.
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    let extra: Vec<Gid> = ids.additional.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&extra).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setresgid(Gid::from_raw(ids.gid), Gid::from_raw(ids.gid), Gid::from_raw(ids.gid))
+        .map_err(|e| format!("setgid {}: {e}", ids.gid))?;
+    nix::unistd::setresuid(Uid::from_raw(ids.uid), Uid::from_raw(ids.uid), Uid::from_raw(ids.uid))
+        .map_err(|e| format!("setuid {}: {e}", ids.uid))?;
+    capabilities::apply(&names(caps.effective()), &names(caps.permitted()), &names(caps.inheritable()), &names(caps.ambient()))
+        .map_err(chain)?;
+    if p.no_new_privileges().unwrap_or(true) {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+    let cwd = p.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", ids.home));
+    }
+    let args = p.args().clone().unwrap_or_default();
+    let program = find_program(args.first().ok_or("no command")?, &env)?;
+    send(sync, &Sync::Ready);
+    // SAFETY: fd 3 is the start pipe's read end set up by the shim; nothing else owns it.
+    let mut start = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(START_FD) });
+    let mut byte = [0u8; 1];
+    if start.read(&mut byte).map_err(|e| format!("waiting for start: {e}"))? == 0 {
+        return Err("the shim closed the start pipe: not started".into());
+    }
+    drop(start);
+    let cargs: Vec<CString> = args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    let cenv: Vec<CString> = env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    seccomp::load(&programs).map_err(chain)?;
+    let err = nix::unistd::execve(&cstring(&program)?, &cargs, &cenv).err();
+    Err(format!("exec {program}: {}", err.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// An error with its causes, for the one-line message sent to the shim.
+fn chain(e: impl std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+/// `args[0]` as given when it has a '/', else the first match in the process's PATH.
+fn find_program(name: &str, env: &[String]) -> Result<String, String> {
+    if name.contains('/') {
+        return Ok(name.to_string());
+    }
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    for dir in path.split(':') {
+        let candidate = Path::new(dir).join(name);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    Err(format!("executable {name:?} not found in PATH {path:?}"))
+}
+
+fn apply_rlimits(p: &Process) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    for r in p.rlimits().iter().flatten() {
+        let res = match r.typ() {
+            oci_spec::runtime::PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+            oci_spec::runtime::PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+            oci_spec::runtime::PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+            oci_spec::runtime::PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+            oci_spec::runtime::PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+            _ => continue,
+        };
+        // Without CAP_SYS_RESOURCE a hard limit cannot be raised: stay within it.
+        let (_, hard_now) = getrlimit(res).map_err(|e| format!("getrlimit: {e}"))?;
+        let hard = r.hard().min(hard_now);
+        let soft = r.soft().min(hard);
+        setrlimit(res, soft, hard).map_err(|e| format!("setrlimit {:?}: {e}", r.typ()))?;
+    }
+    Ok(())
+}
+

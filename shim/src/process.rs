@@ -1,0 +1,108 @@
+//! Starting a process through `eci-shim init` and the sync protocol with it
+//! (see `eci_runtime::init`): `Pid`, then `Ready`; one byte on the start pipe execs it;
+//! EOF on the sync pipe means the exec happened.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use eci_runtime::init::{START_FD, SYNC_FD, Sync};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+use crate::reaper::Reaper;
+
+/// Errors starting a process.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}")]
+    Io(String),
+    #[error("container setup failed: {0}")]
+    Init(String),
+    #[error("container init exited before reporting")]
+    Vanished,
+}
+
+fn io(what: &str) -> impl FnOnce(nix::Error) -> SpawnError + '_ {
+    move |e| SpawnError::Io(format!("{what}: {e}"))
+}
+
+/// A process that is set up and waits for its start byte.
+pub struct Created {
+    pub pid: i32,
+    start: File,
+    sync: BufReader<File>,
+}
+
+/// Duplicates `fd` above the range init uses, so the dup2 onto 3 and 4 cannot clobber it.
+fn high(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(io("dup"))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// Runs `eci-shim init CONFIG` with the given stdio and waits until the container
+/// process is set up (or failed). Blocking: call from a blocking thread.
+pub fn create(config: &Path, stdin: Stdio, stdout: Stdio, stderr: Stdio, reaper: &Reaper) -> Result<Created, SpawnError> {
+    let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
+    let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
+    let (start_r, sync_w) = (high(&start_r)?, high(&sync_w)?);
+    let (sr, sw) = (start_r.as_raw_fd(), sync_w.as_raw_fd());
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("init").arg(config).stdin(stdin).stdout(stdout).stderr(stderr);
+    // SAFETY: between fork and exec this only calls dup2, which is async-signal-safe, on
+    // descriptors that stay open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(sr, START_FD) < 0 || libc::dup2(sw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| SpawnError::Io(format!("starting eci-shim init: {e}")))?;
+    reaper.forget(child.id() as i32);
+    drop(cmd);
+    drop((start_r, sync_w));
+    let mut sync = BufReader::new(File::from(sync_r));
+    let pid = match read(&mut sync)? {
+        Some(Sync::Pid(p)) => p,
+        Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
+        _ => return Err(SpawnError::Vanished),
+    };
+    match read(&mut sync)? {
+        Some(Sync::Ready) => Ok(Created { pid, start: File::from(start_w), sync }),
+        Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
+        _ => Err(SpawnError::Vanished),
+    }
+}
+
+fn read(sync: &mut BufReader<File>) -> Result<Option<Sync>, SpawnError> {
+    let mut line = String::new();
+    let n = sync.read_line(&mut line).map_err(|e| SpawnError::Io(format!("reading from init: {e}")))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line).map(Some).map_err(|e| SpawnError::Io(format!("message from init: {e}")))
+}
+
+impl Created {
+    /// Lets the process exec; returns once it has (or reports why it could not).
+    /// Blocking.
+    pub fn start(mut self) -> Result<(), SpawnError> {
+        self.start.write_all(b"1").map_err(|e| SpawnError::Io(format!("start pipe: {e}")))?;
+        drop(self.start);
+        match read(&mut self.sync)? {
+            None => Ok(()),
+            Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
+            Some(other) => Err(SpawnError::Io(format!("unexpected message from init: {other:?}"))),
+        }
+    }
+}
+
+/// Pipe for a container stream: (reader for the shim, writer for the process).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))
+}

@@ -1,0 +1,168 @@
+//! `eci-shim start`: detach from the agent, set up the group sandbox (namespaces, group
+//! cgroup, compiled seccomp profile), serve the Task API, and tear the sandbox down on
+//! Shutdown.
+//!
+//! The process the agent runs forks once: the parent waits until the child serves (or
+//! failed) and exits, so the agent never holds the shim as a child, and the shim lives
+//! on, reparented, when the agent restarts.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use containerd_shim_protos::shim_async::create_task;
+use eci_runtime::cgroup::{self, Limits};
+use eci_runtime::{namespaces, seccomp};
+use nix::unistd::ForkResult;
+
+use eci_runtime::layout::GroupDir;
+use crate::reaper::Reaper;
+use crate::task::{GroupConfig, TaskService};
+
+/// What the agent passes.
+#[derive(Debug, Clone)]
+pub struct StartArgs {
+    pub id: String,
+    pub run_dir: PathBuf,
+    pub hostname: String,
+    pub cgroup_parent: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub log_max_bytes: u64,
+}
+
+impl StartArgs {
+    /// Parses `--key value` pairs.
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let get = |k: &str| -> Result<String> {
+            let i = args.iter().position(|a| a == k).with_context(|| format!("{k} is required"))?;
+            args.get(i + 1).cloned().with_context(|| format!("{k} needs a value"))
+        };
+        let num = |k: &str| -> Result<u64> { get(k)?.parse().with_context(|| format!("{k} must be a number")) };
+        Ok(StartArgs {
+            id: get("--id")?,
+            run_dir: get("--run-dir")?.into(),
+            hostname: get("--hostname")?,
+            cgroup_parent: get("--cgroup-parent").unwrap_or_else(|_| "eci".into()),
+            cpu_millis: num("--cpu-millis")?,
+            memory_bytes: num("--memory-bytes")?,
+            log_max_bytes: num("--log-max-bytes").unwrap_or(10 << 20),
+        })
+    }
+}
+
+/// Runs `start`; returns in the parent once the child serves.
+pub fn main(args: StartArgs) -> Result<()> {
+    let dir = GroupDir::new(&args.run_dir, &args.id);
+    std::fs::create_dir_all(dir.root()).with_context(|| format!("creating {}", dir.root().display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: no threads exist yet (no runtime has been started), so the child may do
+    // anything after fork.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        ForkResult::Parent { .. } => {
+            drop(ready_w);
+            // "ok" while the daemon keeps running, or an error message and EOF.
+            let mut r = std::fs::File::from(ready_r);
+            let mut msg = Vec::new();
+            let mut buf = [0u8; 512];
+            loop {
+                let n = r.read(&mut buf).context("waiting for the shim")?;
+                msg.extend_from_slice(&buf[..n]);
+                if msg.starts_with(b"ok") {
+                    return Ok(());
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg);
+            if msg.is_empty() {
+                bail!("the shim died while starting; see {}", dir.root().join("shim.log").display());
+            }
+            bail!("{msg}")
+        }
+        ForkResult::Child => {
+            drop(ready_r);
+            let mut ready = std::fs::File::from(ready_w);
+            if let Err(e) = daemon(args, dir, &mut ready) {
+                let _ = write!(ready, "{e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<()> {
+    nix::unistd::setsid().context("setsid")?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.root().join("shim.log"))?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(null.as_fd()).context("stdin")?;
+    nix::unistd::dup2_stdout(log.as_fd()).context("stdout")?;
+    nix::unistd::dup2_stderr(log.as_fd()).context("stderr")?;
+    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).init();
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+
+    let cgroup = format!("{}/{}", args.cgroup_parent, args.id);
+    namespaces::create(&dir.namespaces(), &args.hostname).context("creating the group namespaces")?;
+    // CPU as a CFS quota over a 100 ms period; memory hard, swap off.
+    let limits = Limits {
+        memory_bytes: Some(args.memory_bytes as i64),
+        cpu_quota_us: Some((args.cpu_millis * 100) as i64),
+        cpu_period_us: Some(100_000),
+        cpu_shares: Some((args.cpu_millis * 1024 / 1000).max(2)),
+        pids: None,
+        restrict_devices: false,
+    };
+    cgroup::create(&cgroup, &limits).context("creating the group cgroup")?;
+    let seccomp_path = dir.root().join("seccomp.bpf");
+    seccomp::write_default(&seccomp_path).context("compiling the seccomp profile")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
+        let svc = Arc::new(TaskService::new(
+            GroupConfig { dir: dir.root().to_path_buf(), cgroup: cgroup.clone(), seccomp: seccomp_path, log_max_bytes: args.log_max_bytes },
+            reaper,
+        ));
+        let sock = dir.shim_socket();
+        let _ = std::fs::remove_file(&sock);
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .context("binding the shim socket")?
+            .register_service(create_task(svc.clone()));
+        server.start().await.context("serving")?;
+        std::fs::write(dir.shim_pid(), std::process::id().to_string())?;
+        ready.write_all(b"ok")?;
+        tracing::info!(group = %args.id, socket = %sock.display(), "shim serving");
+        svc.shutdown.notified().await;
+        tracing::info!("shutdown requested");
+        // Answer the Shutdown call before going away.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = server.shutdown().await;
+        teardown(&dir, &cgroup);
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// Removes what the group sandbox holds on the host. Safe to run twice.
+pub fn teardown(dir: &GroupDir, cgroup: &str) {
+    if let Err(e) = namespaces::remove(&dir.namespaces()) {
+        tracing::warn!(error = %e, "removing group namespaces");
+    }
+    if cgroup::exists(cgroup) {
+        for p in cgroup::procs(cgroup) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for _ in 0..50 {
+            if cgroup::destroy(cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(dir.shim_socket());
+    let _ = std::fs::remove_file(dir.shim_pid());
+}
