@@ -227,12 +227,22 @@ impl Config {
         })?;
         for (key, v) in [
             ("runtime.restart_backoff", &self.runtime.restart_backoff),
-            ("runtime.restart_backoff_max", &self.runtime.restart_backoff_max),
+            (
+                "runtime.restart_backoff_max",
+                &self.runtime.restart_backoff_max,
+            ),
         ] {
-            humantime::parse_duration(v).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })?;
+            humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
+                key,
+                message: e.to_string(),
+            })?;
         }
-        crate::quantity::parse_memory_bytes(&self.runtime.log_max_size)
-            .map_err(|e| ConfigError::Invalid { key: "runtime.log_max_size", message: e.to_string() })?;
+        crate::quantity::parse_memory_bytes(&self.runtime.log_max_size).map_err(|e| {
+            ConfigError::Invalid {
+                key: "runtime.log_max_size",
+                message: e.to_string(),
+            }
+        })?;
         if self.runtime.cgroup_parent.is_empty() || self.runtime.cgroup_parent.contains("..") {
             return Err(ConfigError::Invalid {
                 key: "runtime.cgroup_parent",

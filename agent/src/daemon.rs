@@ -9,13 +9,13 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::groups::Groups;
-use crate::sandbox::ShimLaunch;
-use crate::supervisor::{Supervisor, SupervisorConfig};
 use crate::images::ImageStore;
 use crate::node::Node;
 use crate::notify;
+use crate::sandbox::ShimLaunch;
 use crate::server::Listeners;
 use crate::store::Store;
+use crate::supervisor::{Supervisor, SupervisorConfig};
 
 fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
     let shim = if cfg.runtime.shim.as_os_str().is_empty() {

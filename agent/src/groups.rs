@@ -387,7 +387,9 @@ impl Groups {
         f: impl FnOnce(&mut ContainerGroup) -> Vec<Event>,
     ) -> Result<Option<ContainerGroup>> {
         self.store.write(|tx| {
-            let Some(mut group) = tx.get_group(name)? else { return Ok(None) };
+            let Some(mut group) = tx.get_group(name)? else {
+                return Ok(None);
+            };
             if phase_of(&group) == phase::TERMINATING {
                 return Ok(None);
             }

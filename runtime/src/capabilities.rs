@@ -40,7 +40,11 @@ pub const DEFAULT: &[&str] = &[
 pub fn compute(add: &[String], drop: &[String]) -> Result<Vec<String>, CapsError> {
     let norm = |n: &String| {
         let up = n.to_ascii_uppercase();
-        if up == "ALL" || up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+        if up == "ALL" || up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        }
     };
     let mut set: HashSet<String> = DEFAULT.iter().map(|s| s.to_string()).collect();
     for d in drop.iter().map(norm) {
@@ -73,15 +77,22 @@ pub fn limit_bounding(bounding: &[String]) -> Result<(), CapsError> {
     let keep = to_set(bounding)?;
     for cap in caps::all() {
         if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|source| CapsError::Set { set: "bounding", source })?;
+            caps::drop(None, CapSet::Bounding, cap).map_err(|source| CapsError::Set {
+                set: "bounding",
+                source,
+            })?;
         }
     }
     Ok(())
 }
 
 /// Sets the effective, permitted, inheritable and ambient sets after the uid change.
-pub fn apply(effective: &[String], permitted: &[String], inheritable: &[String], ambient: &[String]) -> Result<(), CapsError> {
+pub fn apply(
+    effective: &[String],
+    permitted: &[String],
+    inheritable: &[String],
+    ambient: &[String],
+) -> Result<(), CapsError> {
     // Effective must stay a subset of permitted at every step: shrink it first.
     let steps: [(CapSet, &'static str, &[String]); 4] = [
         (CapSet::Effective, "effective", effective),
@@ -90,7 +101,8 @@ pub fn apply(effective: &[String], permitted: &[String], inheritable: &[String],
         (CapSet::Ambient, "ambient", ambient),
     ];
     for (set, name, caps) in steps {
-        caps::set(None, set, &to_set(caps)?).map_err(|source| CapsError::Set { set: name, source })?;
+        caps::set(None, set, &to_set(caps)?)
+            .map_err(|source| CapsError::Set { set: name, source })?;
     }
     Ok(())
 }
@@ -104,7 +116,10 @@ mod tests {
         let s = compute(&["NET_ADMIN".into()], &["CAP_MKNOD".into(), "kill".into()]).expect("ok");
         assert!(s.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(!s.contains(&"CAP_MKNOD".to_string()) && !s.contains(&"CAP_KILL".to_string()));
-        assert_eq!(compute(&[], &["ALL".into()]).expect("ok"), Vec::<String>::new());
+        assert_eq!(
+            compute(&[], &["ALL".into()]).expect("ok"),
+            Vec::<String>::new()
+        );
         assert!(compute(&["BOGUS".into()], &[]).is_err());
         assert_eq!(compute(&[], &[]).expect("ok").len(), DEFAULT.len());
     }

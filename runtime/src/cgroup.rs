@@ -6,8 +6,8 @@ use cgroups_rs::fs::cgroup::Cgroup;
 use cgroups_rs::fs::devices::{DevicePermissions, DeviceType};
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::{
-    CpuResources, DeviceResource, DeviceResources, MaxValue, MemoryResources, PidResources, Resources,
-    hierarchies,
+    CpuResources, DeviceResource, DeviceResources, MaxValue, MemoryResources, PidResources,
+    Resources, hierarchies,
 };
 
 /// Errors of cgroup operations.
@@ -41,10 +41,24 @@ fn load(rel: &str) -> Cgroup {
 
 /// Character devices a container may read and write (anything may be mknod'ed, as in
 /// Docker, but only these opened).
-const ALLOWED_DEVICES: &[(i64, i64)] = &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, -1)];
+const ALLOWED_DEVICES: &[(i64, i64)] = &[
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
+    (136, -1),
+];
 
 fn device_rules() -> Vec<DeviceResource> {
-    let rwm = vec![DevicePermissions::Read, DevicePermissions::Write, DevicePermissions::MkNod];
+    let rwm = vec![
+        DevicePermissions::Read,
+        DevicePermissions::Write,
+        DevicePermissions::MkNod,
+    ];
     let mut rules = vec![DeviceResource {
         allow: false,
         devtype: DeviceType::All,
@@ -53,10 +67,22 @@ fn device_rules() -> Vec<DeviceResource> {
         access: rwm.clone(),
     }];
     for t in [DeviceType::Char, DeviceType::Block] {
-        rules.push(DeviceResource { allow: true, devtype: t, major: -1, minor: -1, access: vec![DevicePermissions::MkNod] });
+        rules.push(DeviceResource {
+            allow: true,
+            devtype: t,
+            major: -1,
+            minor: -1,
+            access: vec![DevicePermissions::MkNod],
+        });
     }
     for &(major, minor) in ALLOWED_DEVICES {
-        rules.push(DeviceResource { allow: true, devtype: DeviceType::Char, major, minor, access: rwm.clone() });
+        rules.push(DeviceResource {
+            allow: true,
+            devtype: DeviceType::Char,
+            major,
+            minor,
+            access: rwm.clone(),
+        });
     }
     rules
 }
@@ -64,21 +90,34 @@ fn device_rules() -> Vec<DeviceResource> {
 /// Creates the cgroup (and its parents) and applies `limits`. Swap is off: the swap
 /// limit equals the memory limit.
 pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
-    let op = |op| move |source| CgroupError::Op { path: rel.to_string(), op, source };
+    let op = |op| {
+        move |source| CgroupError::Op {
+            path: rel.to_string(),
+            op,
+            source,
+        }
+    };
     let cg = Cgroup::new(hierarchies::auto(), rel).map_err(op("create"))?;
     let mut res = Resources {
-        memory: MemoryResources { memory_hard_limit: limits.memory_bytes, ..Default::default() },
+        memory: MemoryResources {
+            memory_hard_limit: limits.memory_bytes,
+            ..Default::default()
+        },
         cpu: CpuResources {
             shares: limits.cpu_shares,
             quota: limits.cpu_quota_us,
             period: limits.cpu_period_us,
             ..Default::default()
         },
-        pid: PidResources { maximum_number_of_processes: limits.pids.map(MaxValue::Value) },
+        pid: PidResources {
+            maximum_number_of_processes: limits.pids.map(MaxValue::Value),
+        },
         ..Default::default()
     };
     if limits.restrict_devices && !hierarchies::is_cgroup2_unified_mode() {
-        res.devices = DeviceResources { devices: device_rules() };
+        res.devices = DeviceResources {
+            devices: device_rules(),
+        };
     }
     cg.apply(&res).map_err(op("apply limits"))?;
     if let Some(mem) = limits.memory_bytes
@@ -95,15 +134,25 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
 pub fn join(rel: &str, pid: u32) -> Result<(), CgroupError> {
     load(rel)
         .add_task_by_tgid(CgroupPid::from(pid as u64))
-        .map_err(|source| CgroupError::Op { path: rel.to_string(), op: "join", source })
+        .map_err(|source| CgroupError::Op {
+            path: rel.to_string(),
+            op: "join",
+            source,
+        })
 }
 
 /// Processes in the cgroup and below.
 pub fn procs(rel: &str) -> Vec<u32> {
-    let mut out: Vec<u32> = load(rel).procs().into_iter().map(|p| p.pid as u32).collect();
+    let mut out: Vec<u32> = load(rel)
+        .procs()
+        .into_iter()
+        .map(|p| p.pid as u32)
+        .collect();
     let root = hierarchies::auto().root();
     // Children (container cgroups of a group cgroup).
-    if let Ok(dir) = std::fs::read_dir(root.join("pids").join(rel)).or_else(|_| std::fs::read_dir(root.join(rel))) {
+    if let Ok(dir) = std::fs::read_dir(root.join("pids").join(rel))
+        .or_else(|_| std::fs::read_dir(root.join(rel)))
+    {
         for e in dir.flatten().filter(|e| e.path().is_dir()) {
             let child = format!("{rel}/{}", e.file_name().to_string_lossy());
             out.extend(procs(&child));
@@ -118,14 +167,17 @@ pub fn procs(rel: &str) -> Vec<u32> {
 pub fn oom_kills(rel: &str) -> u64 {
     let cg = load(rel);
     if hierarchies::is_cgroup2_unified_mode() {
-        let events = std::fs::read_to_string(hierarchies::auto().root().join(rel).join("memory.events")).unwrap_or_default();
+        let events =
+            std::fs::read_to_string(hierarchies::auto().root().join(rel).join("memory.events"))
+                .unwrap_or_default();
         return events
             .lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
     }
-    cg.controller_of::<MemController>().map_or(0, |m| m.memory_stat().oom_control.oom_kill)
+    cg.controller_of::<MemController>()
+        .map_or(0, |m| m.memory_stat().oom_control.oom_kill)
 }
 
 /// Memory and CPU usage, for metrics and the Task API's Stats.
@@ -137,17 +189,26 @@ pub struct Usage {
 
 pub fn usage(rel: &str) -> Usage {
     let cg = load(rel);
-    let memory_bytes = cg.controller_of::<MemController>().map_or(0, |m| m.memory_stat().usage_in_bytes);
+    let memory_bytes = cg
+        .controller_of::<MemController>()
+        .map_or(0, |m| m.memory_stat().usage_in_bytes);
     let cpu_nanos = cg
         .controller_of::<cgroups_rs::fs::cpuacct::CpuAcctController>()
         .map_or(0, |c| c.cpuacct().usage);
-    Usage { memory_bytes, cpu_nanos }
+    Usage {
+        memory_bytes,
+        cpu_nanos,
+    }
 }
 
 /// Removes the cgroup; its processes must be gone.
 pub fn destroy(rel: &str) -> Result<(), CgroupError> {
     let cg = load(rel);
-    cg.delete().map_err(|source| CgroupError::Op { path: rel.to_string(), op: "delete", source })
+    cg.delete().map_err(|source| CgroupError::Op {
+        path: rel.to_string(),
+        op: "delete",
+        source,
+    })
 }
 
 /// True when the cgroup exists in the memory (or unified) hierarchy.

@@ -29,6 +29,7 @@ pub const SYNC_FD: i32 = 4;
 
 /// Where a process goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // built once per process, never stored in bulk
 pub enum Target {
     /// A container's first process: joins the group namespaces (paths of bind-mounted
     /// namespace files), gets its own mount and PID namespaces and the overlay root.
@@ -85,7 +86,10 @@ pub fn main(config: &Path) -> ! {
     // nothing else in this freshly exec'd process.
     let mut sync = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
     // dup2 cleared close-on-exec; the shim learns of the exec from this fd closing.
-    let _ = nix::fcntl::fcntl(&sync, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        &sync,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     match run(config, &mut sync) {
         Ok(never) => match never {},
         Err(e) => {
@@ -99,10 +103,13 @@ enum Never {}
 
 fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
     let text = std::fs::read(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
-    let cfg: InitConfig = serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    let cfg: InitConfig =
+        serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
     join_cgroup(&cfg.cgroup)?;
     match &cfg.target {
-        Target::Container { group_namespaces, .. } => {
+        Target::Container {
+            group_namespaces, ..
+        } => {
             for (kind, path) in group_namespaces {
                 setns_path(path, kind)?;
             }
@@ -128,8 +135,10 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
 }
 
 fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))?;
-    nix::sched::setns(f, CloneFlags::empty()).map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
+    let f = std::fs::File::open(path)
+        .map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))?;
+    nix::sched::setns(f, CloneFlags::empty())
+        .map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
 }
 
 fn join_cgroup(rel: &str) -> Result<(), String> {
@@ -155,7 +164,9 @@ fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
     } = &cfg.target
     {
         let m = |e: mounts::MountError| {
-            let src = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let src = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             format!("{e}{src}")
         };
         mounts::make_private().map_err(m)?;
@@ -187,17 +198,31 @@ fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
     capabilities::limit_bounding(&names(caps.bounding())).map_err(chain)?;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let ids = user::resolve(&cfg.user, cfg.group.as_deref(), &passwd, &groups).map_err(|e| e.to_string())?;
+    let ids = user::resolve(&cfg.user, cfg.group.as_deref(), &passwd, &groups)
+        .map_err(|e| e.to_string())?;
     // Keep the permitted set across the uid change; the sets are set right after.
     nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
     let extra: Vec<Gid> = ids.additional.iter().map(|g| Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&extra).map_err(|e| format!("setgroups: {e}"))?;
-    nix::unistd::setresgid(Gid::from_raw(ids.gid), Gid::from_raw(ids.gid), Gid::from_raw(ids.gid))
-        .map_err(|e| format!("setgid {}: {e}", ids.gid))?;
-    nix::unistd::setresuid(Uid::from_raw(ids.uid), Uid::from_raw(ids.uid), Uid::from_raw(ids.uid))
-        .map_err(|e| format!("setuid {}: {e}", ids.uid))?;
-    capabilities::apply(&names(caps.effective()), &names(caps.permitted()), &names(caps.inheritable()), &names(caps.ambient()))
-        .map_err(chain)?;
+    nix::unistd::setresgid(
+        Gid::from_raw(ids.gid),
+        Gid::from_raw(ids.gid),
+        Gid::from_raw(ids.gid),
+    )
+    .map_err(|e| format!("setgid {}: {e}", ids.gid))?;
+    nix::unistd::setresuid(
+        Uid::from_raw(ids.uid),
+        Uid::from_raw(ids.uid),
+        Uid::from_raw(ids.uid),
+    )
+    .map_err(|e| format!("setuid {}: {e}", ids.uid))?;
+    capabilities::apply(
+        &names(caps.effective()),
+        &names(caps.permitted()),
+        &names(caps.inheritable()),
+        &names(caps.ambient()),
+    )
+    .map_err(chain)?;
     if p.no_new_privileges().unwrap_or(true) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
@@ -213,7 +238,11 @@ fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
     // SAFETY: fd 3 is the start pipe's read end set up by the shim; nothing else owns it.
     let mut start = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(START_FD) });
     let mut byte = [0u8; 1];
-    if start.read(&mut byte).map_err(|e| format!("waiting for start: {e}"))? == 0 {
+    if start
+        .read(&mut byte)
+        .map_err(|e| format!("waiting for start: {e}"))?
+        == 0
+    {
         return Err("the shim closed the start pipe: not started".into());
     }
     drop(start);
@@ -221,7 +250,10 @@ fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
     let cenv: Vec<CString> = env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
     seccomp::load(&programs).map_err(chain)?;
     let err = nix::unistd::execve(&cstring(&program)?, &cargs, &cenv).err();
-    Err(format!("exec {program}: {}", err.map(|e| e.to_string()).unwrap_or_default()))
+    Err(format!(
+        "exec {program}: {}",
+        err.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 /// An error with its causes, for the one-line message sent to the shim.
@@ -244,7 +276,10 @@ fn find_program(name: &str, env: &[String]) -> Result<String, String> {
     if name.contains('/') {
         return Ok(name.to_string());
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
     for dir in path.split(':') {
         let candidate = Path::new(dir).join(name);
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
@@ -273,4 +308,3 @@ fn apply_rlimits(p: &Process) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -19,7 +19,9 @@ impl GroupDir {
 
     /// The layout of an existing group directory.
     pub fn from_root(root: &Path) -> Self {
-        GroupDir { root: root.to_path_buf() }
+        GroupDir {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn root(&self) -> &Path {

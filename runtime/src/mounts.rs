@@ -40,8 +40,14 @@ pub struct Rootfs {
 
 /// Makes every mount private so nothing done here propagates to the host.
 pub fn make_private() -> Result<(), MountError> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(step("making / private", "/"))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step("making / private", "/"))
 }
 
 /// Mounts the overlay at `target`.
@@ -53,8 +59,14 @@ pub fn mount_overlay(fs: &Rootfs, target: &Path) -> Result<(), MountError> {
         fs.upper.display(),
         fs.work.display()
     );
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .map_err(step("mounting the overlay root at", target))
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(step("mounting the overlay root at", target))
 }
 
 /// Opens (creating when missing) `dest` inside `root`, resolving as if `root` were `/`.
@@ -64,7 +76,10 @@ fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, Mount
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     };
-    let rel: PathBuf = dest.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let rel: PathBuf = dest
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
     if let Ok(fd) = openat2(root, &rel, how(OFlag::O_PATH)) {
         return Ok(fd);
     }
@@ -76,13 +91,21 @@ fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, Mount
         if openat2(root, &so_far, how(OFlag::O_PATH)).is_ok() {
             continue;
         }
-        let parent_path = so_far.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent_path = so_far
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let parent = openat2(root, parent_path, how(OFlag::O_DIRECTORY))
             .map_err(step("opening the parent of", dest))?;
         let last = i + 1 == comps.len();
         if last && !dir {
-            nix::fcntl::openat(&parent, c.as_os_str(), OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644))
-                .map_err(step("creating mount point", dest))?;
+            nix::fcntl::openat(
+                &parent,
+                c.as_os_str(),
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map_err(step("creating mount point", dest))?;
         } else {
             match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
@@ -137,11 +160,18 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
     let at = fd_path(&target);
     let dest = m.destination();
     if is_bind {
-        mount(Some(&source), &at, None::<&str>, flags & (MsFlags::MS_BIND | MsFlags::MS_REC), None::<&str>)
-            .map_err(step("bind-mounting", dest))?;
+        mount(
+            Some(&source),
+            &at,
+            None::<&str>,
+            flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(step("bind-mounting", dest))?;
     } else {
         let data = (!data.is_empty()).then_some(data.as_str());
-        mount(Some(&source), &at, Some(typ.as_str()), flags, data).map_err(step("mounting", dest))?;
+        mount(Some(&source), &at, Some(typ.as_str()), flags, data)
+            .map_err(step("mounting", dest))?;
     }
     // The fd above names what lies under the new mount; flag changes go to the mount.
     let extra = flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
@@ -150,8 +180,14 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
         let mounted = open_in_root(root, dest, dir)?;
         let at = fd_path(&mounted);
         if remount {
-            mount(None::<&str>, &at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None::<&str>)
-                .map_err(step("remounting", dest))?;
+            mount(
+                None::<&str>,
+                &at,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None::<&str>,
+            )
+            .map_err(step("remounting", dest))?;
         }
         if !propagation.is_empty() {
             mount(None::<&str>, &at, None::<&str>, propagation, None::<&str>)
@@ -163,7 +199,8 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
 
 /// Opens the rootfs directory for [`apply_mount`].
 pub fn open_root(rootfs: &Path) -> Result<OwnedFd, MountError> {
-    nix::fcntl::open(rootfs, OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(step("opening rootfs", rootfs))
+    nix::fcntl::open(rootfs, OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(step("opening rootfs", rootfs))
 }
 
 /// Device nodes every container gets on its /dev tmpfs.
@@ -181,13 +218,23 @@ pub fn create_devices(rootfs: &Path) -> Result<(), MountError> {
     let dev = rootfs.join("dev");
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
-        match mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(*major, *minor)) {
+        match mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(*major, *minor),
+        ) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(step("creating device", &p)(e)),
         }
         // mknod is subject to the umask.
-        nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, &p, Mode::from_bits_truncate(0o666), nix::sys::stat::FchmodatFlags::FollowSymlink)
-            .map_err(step("chmod", &p))?;
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(step("chmod", &p))?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -223,9 +270,23 @@ pub fn mask(paths: &[String]) -> Result<(), MountError> {
             Err(_) => continue,
         };
         if meta.is_dir() {
-            mount(Some("tmpfs"), p.as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>).map_err(step("masking", p))?;
+            mount(
+                Some("tmpfs"),
+                p.as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(step("masking", p))?;
         } else {
-            mount(Some("/dev/null"), p.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step("masking", p))?;
+            mount(
+                Some("/dev/null"),
+                p.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(step("masking", p))?;
         }
     }
     Ok(())
@@ -237,16 +298,34 @@ pub fn read_only(paths: &[String]) -> Result<(), MountError> {
         if std::fs::symlink_metadata(p).is_err() {
             continue;
         }
-        mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(step("binding read-only path", p))?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(None::<&str>, p.as_str(), None::<&str>, flags, None::<&str>).map_err(step("remounting read-only", p))?;
+        mount(
+            Some(p.as_str()),
+            p.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(step("binding read-only path", p))?;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mount(None::<&str>, p.as_str(), None::<&str>, flags, None::<&str>)
+            .map_err(step("remounting read-only", p))?;
     }
     Ok(())
 }
 
 /// Remounts the root read-only (`readOnlyRootFilesystem`).
 pub fn root_read_only() -> Result<(), MountError> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-        .map_err(step("remounting read-only", "/"))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(step("remounting read-only", "/"))
 }

@@ -24,16 +24,29 @@ pub enum NamespaceError {
 }
 
 /// The kinds shared by all containers of a group.
-pub const SHARED: &[(&str, CloneFlags)] =
-    &[("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)];
+pub const SHARED: &[(&str, CloneFlags)] = &[
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+];
 
 /// Paths of a group's namespace files: `<dir>/<kind>`.
 pub fn paths(dir: &Path) -> Vec<(String, PathBuf)> {
-    SHARED.iter().map(|(k, _)| (k.to_string(), dir.join(k))).collect()
+    SHARED
+        .iter()
+        .map(|(k, _)| (k.to_string(), dir.join(k)))
+        .collect()
 }
 
-fn io_step<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> NamespaceError + 'a {
-    move |e| NamespaceError::Step { step, path: path.display().to_string(), source: e.into() }
+fn io_step<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(nix::Error) -> NamespaceError + 'a {
+    move |e| NamespaceError::Step {
+        step,
+        path: path.display().to_string(),
+        source: e.into(),
+    }
 }
 
 /// Creates the namespaces with `hostname` and `lo` up, pinned at `dir/{net,ipc,uts}`.
@@ -64,8 +77,14 @@ pub fn create(dir: &Path, hostname: &str) -> Result<(), NamespaceError> {
         for (kind, _) in SHARED {
             let src = format!("/proc/thread-self/ns/{kind}");
             let target = dir.join(kind);
-            mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(io_step("pinning namespace at", &target))?;
+            mount(
+                Some(src.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io_step("pinning namespace at", &target))?;
         }
         Ok(())
     })
@@ -84,7 +103,11 @@ pub fn remove(dir: &Path) -> Result<(), NamespaceError> {
         }
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(NamespaceError::Step { step: "removing", path: p.display().to_string(), source: e });
+                return Err(NamespaceError::Step {
+                    step: "removing",
+                    path: p.display().to_string(),
+                    source: e,
+                });
             }
             _ => {}
         }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 /// Errors building or loading the filters.
@@ -143,14 +143,28 @@ fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&s| (s, vec![])).collect();
     rules.insert(
         libc::SYS_clone,
-        vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS), 0)?])?],
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS),
+            0,
+        )?])?],
     );
-    let personality: Result<Vec<_>, _> =
-        PERSONALITIES.iter().map(|&p| rule(vec![cond(0, SeccompCmpOp::Eq, p)?])).collect();
+    let personality: Result<Vec<_>, _> = PERSONALITIES
+        .iter()
+        .map(|&p| rule(vec![cond(0, SeccompCmpOp::Eq, p)?]))
+        .collect();
     rules.insert(libc::SYS_personality, personality?);
-    rules.insert(libc::SYS_socket, vec![rule(vec![cond(0, SeccompCmpOp::Ne, AF_VSOCK)?])?]);
-    let allowlist = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch)
-        .map_err(SeccompError::Build)?;
+    rules.insert(
+        libc::SYS_socket,
+        vec![rule(vec![cond(0, SeccompCmpOp::Ne, AF_VSOCK)?])?],
+    );
+    let allowlist = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(SeccompError::Build)?;
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into_iter().collect(),
         SeccompAction::Allow,
@@ -182,7 +196,8 @@ pub fn write_default(path: &Path) -> Result<(), SeccompError> {
 
 /// Reads programs written by [`write_default`].
 pub fn read(path: &Path) -> Result<Vec<BpfProgram>, SeccompError> {
-    let bytes = std::fs::read(path).map_err(|e| SeccompError::File(path.display().to_string(), e))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| SeccompError::File(path.display().to_string(), e))?;
     let bad = || SeccompError::Corrupt(path.display().to_string());
     let mut rest = &bytes[..];
     let mut programs = Vec::new();

@@ -21,10 +21,25 @@ pub struct Ids {
 
 /// Resolves `user` and optional `group` given the texts of /etc/passwd and /etc/group
 /// (empty when absent: numeric ids still work).
-pub fn resolve(user: &str, group: Option<&str>, passwd: &str, groups: &str) -> Result<Ids, UserError> {
-    let pw: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
-    let gr: Vec<Vec<&str>> = groups.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
-    let entry = pw.iter().find(|f| f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
+pub fn resolve(
+    user: &str,
+    group: Option<&str>,
+    passwd: &str,
+    groups: &str,
+) -> Result<Ids, UserError> {
+    let pw: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 7)
+        .collect();
+    let gr: Vec<Vec<&str>> = groups
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 4)
+        .collect();
+    let entry = pw
+        .iter()
+        .find(|f| f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
     let (uid, mut gid, name, home) = match (entry, user.parse::<u32>()) {
         (Some(f), _) => (
             f[2].parse().map_err(|_| UserError::NoUser(user.into()))?,
@@ -51,7 +66,12 @@ pub fn resolve(user: &str, group: Option<&str>, passwd: &str, groups: &str) -> R
             .collect()
     };
     additional.retain(|g| *g != gid);
-    Ok(Ids { uid, gid, additional, home })
+    Ok(Ids {
+        uid,
+        gid,
+        additional,
+        home,
+    })
 }
 
 #[cfg(test)]
@@ -63,11 +83,25 @@ mod tests {
 
     #[test]
     fn resolves() {
-        assert_eq!(resolve("0", None, PASSWD, GROUP).expect("root").home, "/root");
+        assert_eq!(
+            resolve("0", None, PASSWD, GROUP).expect("root").home,
+            "/root"
+        );
         let app = resolve("app", None, PASSWD, GROUP).expect("app");
-        assert_eq!((app.uid, app.gid, app.additional.clone()), (1000, 1000, vec![50]));
-        assert_eq!(resolve("app", Some("staff"), PASSWD, GROUP).expect("app").gid, 50);
-        assert_eq!(resolve("4242", Some("7"), "", "").expect("numeric").uid, 4242);
+        assert_eq!(
+            (app.uid, app.gid, app.additional.clone()),
+            (1000, 1000, vec![50])
+        );
+        assert_eq!(
+            resolve("app", Some("staff"), PASSWD, GROUP)
+                .expect("app")
+                .gid,
+            50
+        );
+        assert_eq!(
+            resolve("4242", Some("7"), "", "").expect("numeric").uid,
+            4242
+        );
         assert!(resolve("ghost", None, PASSWD, GROUP).is_err());
     }
 }

@@ -27,7 +27,11 @@ pub async fn copy(
     let _ = b.await;
 }
 
-async fn read_stream(r: impl tokio::io::AsyncRead + Unpin, stream: &'static str, tx: mpsc::Sender<Vec<u8>>) {
+async fn read_stream(
+    r: impl tokio::io::AsyncRead + Unpin,
+    stream: &'static str,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
@@ -37,8 +41,16 @@ async fn read_stream(r: impl tokio::io::AsyncRead + Unpin, stream: &'static str,
             Ok(_) => {}
         }
         let full = buf.ends_with(b"\n");
-        let body = if full { &buf[..buf.len() - 1] } else { &buf[..] };
-        let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(MAX_LINE).collect() };
+        let body = if full {
+            &buf[..buf.len() - 1]
+        } else {
+            &buf[..]
+        };
+        let chunks: Vec<&[u8]> = if body.is_empty() {
+            vec![&[][..]]
+        } else {
+            body.chunks(MAX_LINE).collect()
+        };
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let tag = if i == last && full { "F" } else { "P" };
@@ -54,10 +66,18 @@ async fn read_stream(r: impl tokio::io::AsyncRead + Unpin, stream: &'static str,
 }
 
 async fn open(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new().create(true).append(true).open(path).await
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
 }
 
-async fn write_all(mut rx: mpsc::Receiver<Vec<u8>>, path: &Path, max_bytes: u64) -> std::io::Result<()> {
+async fn write_all(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    path: &Path,
+    max_bytes: u64,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }

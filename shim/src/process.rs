@@ -45,13 +45,23 @@ fn high(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 
 /// Runs `eci-shim init CONFIG` with the given stdio and waits until the container
 /// process is set up (or failed). Blocking: call from a blocking thread.
-pub fn create(config: &Path, stdin: Stdio, stdout: Stdio, stderr: Stdio, reaper: &Reaper) -> Result<Created, SpawnError> {
+pub fn create(
+    config: &Path,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+    reaper: &Reaper,
+) -> Result<Created, SpawnError> {
     let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
     let (start_r, sync_w) = (high(&start_r)?, high(&sync_w)?);
     let (sr, sw) = (start_r.as_raw_fd(), sync_w.as_raw_fd());
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("init").arg(config).stdin(stdin).stdout(stdout).stderr(stderr);
+    cmd.arg("init")
+        .arg(config)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
     // SAFETY: between fork and exec this only calls dup2, which is async-signal-safe, on
     // descriptors that stay open in the parent until spawn returns.
     unsafe {
@@ -62,7 +72,9 @@ pub fn create(config: &Path, stdin: Stdio, stdout: Stdio, stderr: Stdio, reaper:
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| SpawnError::Io(format!("starting eci-shim init: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| SpawnError::Io(format!("starting eci-shim init: {e}")))?;
     reaper.forget(child.id() as i32);
     drop(cmd);
     drop((start_r, sync_w));
@@ -73,7 +85,11 @@ pub fn create(config: &Path, stdin: Stdio, stdout: Stdio, stderr: Stdio, reaper:
         _ => return Err(SpawnError::Vanished),
     };
     match read(&mut sync)? {
-        Some(Sync::Ready) => Ok(Created { pid, start: File::from(start_w), sync }),
+        Some(Sync::Ready) => Ok(Created {
+            pid,
+            start: File::from(start_w),
+            sync,
+        }),
         Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
         _ => Err(SpawnError::Vanished),
     }
@@ -81,23 +97,31 @@ pub fn create(config: &Path, stdin: Stdio, stdout: Stdio, stderr: Stdio, reaper:
 
 fn read(sync: &mut BufReader<File>) -> Result<Option<Sync>, SpawnError> {
     let mut line = String::new();
-    let n = sync.read_line(&mut line).map_err(|e| SpawnError::Io(format!("reading from init: {e}")))?;
+    let n = sync
+        .read_line(&mut line)
+        .map_err(|e| SpawnError::Io(format!("reading from init: {e}")))?;
     if n == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line).map(Some).map_err(|e| SpawnError::Io(format!("message from init: {e}")))
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| SpawnError::Io(format!("message from init: {e}")))
 }
 
 impl Created {
     /// Lets the process exec; returns once it has (or reports why it could not).
     /// Blocking.
     pub fn start(mut self) -> Result<(), SpawnError> {
-        self.start.write_all(b"1").map_err(|e| SpawnError::Io(format!("start pipe: {e}")))?;
+        self.start
+            .write_all(b"1")
+            .map_err(|e| SpawnError::Io(format!("start pipe: {e}")))?;
         drop(self.start);
         match read(&mut self.sync)? {
             None => Ok(()),
             Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
-            Some(other) => Err(SpawnError::Io(format!("unexpected message from init: {other:?}"))),
+            Some(other) => Err(SpawnError::Io(format!(
+                "unexpected message from init: {other:?}"
+            ))),
         }
     }
 }

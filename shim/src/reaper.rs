@@ -50,7 +50,13 @@ impl Reaper {
         loop {
             let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Exit { code, signal: None }),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit { code: 128 + sig as i32, signal: Some(sig as i32) }),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (
+                    pid,
+                    Exit {
+                        code: 128 + sig as i32,
+                        signal: Some(sig as i32),
+                    },
+                ),
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };

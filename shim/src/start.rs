@@ -17,9 +17,9 @@ use eci_runtime::cgroup::{self, Limits};
 use eci_runtime::{namespaces, seccomp};
 use nix::unistd::ForkResult;
 
-use eci_runtime::layout::GroupDir;
 use crate::reaper::Reaper;
 use crate::task::{GroupConfig, TaskService};
+use eci_runtime::layout::GroupDir;
 
 /// What the agent passes.
 #[derive(Debug, Clone)]
@@ -37,10 +37,19 @@ impl StartArgs {
     /// Parses `--key value` pairs.
     pub fn parse(args: &[String]) -> Result<Self> {
         let get = |k: &str| -> Result<String> {
-            let i = args.iter().position(|a| a == k).with_context(|| format!("{k} is required"))?;
-            args.get(i + 1).cloned().with_context(|| format!("{k} needs a value"))
+            let i = args
+                .iter()
+                .position(|a| a == k)
+                .with_context(|| format!("{k} is required"))?;
+            args.get(i + 1)
+                .cloned()
+                .with_context(|| format!("{k} needs a value"))
         };
-        let num = |k: &str| -> Result<u64> { get(k)?.parse().with_context(|| format!("{k} must be a number")) };
+        let num = |k: &str| -> Result<u64> {
+            get(k)?
+                .parse()
+                .with_context(|| format!("{k} must be a number"))
+        };
         Ok(StartArgs {
             id: get("--id")?,
             run_dir: get("--run-dir")?.into(),
@@ -56,7 +65,8 @@ impl StartArgs {
 /// Runs `start`; returns in the parent once the child serves.
 pub fn main(args: StartArgs) -> Result<()> {
     let dir = GroupDir::new(&args.run_dir, &args.id);
-    std::fs::create_dir_all(dir.root()).with_context(|| format!("creating {}", dir.root().display()))?;
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("creating {}", dir.root().display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
     // SAFETY: no threads exist yet (no runtime has been started), so the child may do
     // anything after fork.
@@ -79,7 +89,10 @@ pub fn main(args: StartArgs) -> Result<()> {
             }
             let msg = String::from_utf8_lossy(&msg);
             if msg.is_empty() {
-                bail!("the shim died while starting; see {}", dir.root().join("shim.log").display());
+                bail!(
+                    "the shim died while starting; see {}",
+                    dir.root().join("shim.log").display()
+                );
             }
             bail!("{msg}")
         }
@@ -97,16 +110,23 @@ pub fn main(args: StartArgs) -> Result<()> {
 
 fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.root().join("shim.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.root().join("shim.log"))?;
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2_stdin(null.as_fd()).context("stdin")?;
     nix::unistd::dup2_stdout(log.as_fd()).context("stdout")?;
     nix::unistd::dup2_stderr(log.as_fd()).context("stderr")?;
-    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
 
     let cgroup = format!("{}/{}", args.cgroup_parent, args.id);
-    namespaces::create(&dir.namespaces(), &args.hostname).context("creating the group namespaces")?;
+    namespaces::create(&dir.namespaces(), &args.hostname)
+        .context("creating the group namespaces")?;
     // CPU as a CFS quota over a 100 ms period; memory hard, swap off.
     let limits = Limits {
         memory_bytes: Some(args.memory_bytes as i64),
@@ -120,11 +140,19 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
     let seccomp_path = dir.root().join("seccomp.bpf");
     seccomp::write_default(&seccomp_path).context("compiling the seccomp profile")?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
         let svc = Arc::new(TaskService::new(
-            GroupConfig { dir: dir.root().to_path_buf(), cgroup: cgroup.clone(), seccomp: seccomp_path, log_max_bytes: args.log_max_bytes },
+            GroupConfig {
+                dir: dir.root().to_path_buf(),
+                cgroup: cgroup.clone(),
+                seccomp: seccomp_path,
+                log_max_bytes: args.log_max_bytes,
+            },
             reaper,
         ));
         let sock = dir.shim_socket();
@@ -154,7 +182,10 @@ pub fn teardown(dir: &GroupDir, cgroup: &str) {
     }
     if cgroup::exists(cgroup) {
         for p in cgroup::procs(cgroup) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         for _ in 0..50 {
             if cgroup::destroy(cgroup).is_ok() {

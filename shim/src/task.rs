@@ -43,13 +43,21 @@ pub struct ExitRecord {
 pub const EXIT_FILE: &str = "exit.json";
 
 fn err(code: Code, msg: impl Into<String>) -> TtrpcError {
-    TtrpcError::RpcStatus(RpcStatus { code: EnumOrUnknown::new(code), message: msg.into(), ..Default::default() })
+    TtrpcError::RpcStatus(RpcStatus {
+        code: EnumOrUnknown::new(code),
+        message: msg.into(),
+        ..Default::default()
+    })
 }
 
 fn timestamp(rfc3339: &str) -> MessageField<Timestamp> {
     let t = humantime::parse_rfc3339(rfc3339).unwrap_or(SystemTime::UNIX_EPOCH);
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    MessageField::some(Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() })
+    MessageField::some(Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    })
 }
 
 struct Proc {
@@ -89,7 +97,12 @@ pub struct TaskService {
 
 impl TaskService {
     pub fn new(group: GroupConfig, reaper: Reaper) -> Self {
-        TaskService { group, reaper, procs: Mutex::new(HashMap::new()), shutdown: tokio::sync::Notify::new() }
+        TaskService {
+            group,
+            reaper,
+            procs: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::Notify::new(),
+        }
     }
 
     fn get(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Proc>> {
@@ -105,8 +118,13 @@ impl TaskService {
         let rx = self.reaper.subscribe(pid);
         tokio::spawn(async move {
             let Ok(exit) = rx.await else { return };
-            let oom_killed = exit.signal == Some(libc::SIGKILL) && cgroup::oom_kills(&proc_.cgroup) > 0;
-            let started_at = proc_.state.lock().map(|s| s.started_at.clone()).unwrap_or_default();
+            let oom_killed =
+                exit.signal == Some(libc::SIGKILL) && cgroup::oom_kills(&proc_.cgroup) > 0;
+            let started_at = proc_
+                .state
+                .lock()
+                .map(|s| s.started_at.clone())
+                .unwrap_or_default();
             let rec = ExitRecord {
                 exit_code: exit.code,
                 signal: exit.signal,
@@ -123,8 +141,14 @@ impl TaskService {
             if let Ok(mut s) = proc_.state.lock() {
                 s.status = Status::STOPPED;
             }
-            tracing::info!(pid, code = rec.exit_code, oom = rec.oom_killed, "process exited");
-            let _ = proc_.exited.send(Some(rec));
+            tracing::info!(
+                pid,
+                code = rec.exit_code,
+                oom = rec.oom_killed,
+                "process exited"
+            );
+            // send_replace stores the value even when nobody is subscribed yet.
+            proc_.exited.send_replace(Some(rec));
         });
     }
 }
@@ -141,19 +165,37 @@ fn rootfs_of(mounts: &[api::Mount]) -> ttrpc::Result<Rootfs> {
     let m = mounts
         .iter()
         .find(|m| m.type_ == "overlay")
-        .ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: an overlay mount is required"))?;
-    let opt = |key: &str| m.options.iter().find_map(|o| o.strip_prefix(&format!("{key}=")).map(str::to_string));
-    let lower = opt("lowerdir").ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without lowerdir"))?;
+        .ok_or_else(|| {
+            err(
+                Code::INVALID_ARGUMENT,
+                "rootfs: an overlay mount is required",
+            )
+        })?;
+    let opt = |key: &str| {
+        m.options
+            .iter()
+            .find_map(|o| o.strip_prefix(&format!("{key}=")).map(str::to_string))
+    };
+    let lower = opt("lowerdir")
+        .ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without lowerdir"))?;
     Ok(Rootfs {
         lower: lower.split(':').map(PathBuf::from).collect(),
-        upper: opt("upperdir").ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without upperdir"))?.into(),
-        work: opt("workdir").ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without workdir"))?.into(),
+        upper: opt("upperdir")
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without upperdir"))?
+            .into(),
+        work: opt("workdir")
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "rootfs: overlay without workdir"))?
+            .into(),
     })
 }
 
 /// Cgroup limits from an OCI spec.
 fn limits_of(spec: &Spec) -> Limits {
-    let res = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap_or_default();
+    let res = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
     let mem = res.memory().as_ref().and_then(|m| m.limit());
     let cpu = res.cpu().clone().unwrap_or_default();
     Limits {
@@ -226,14 +268,18 @@ impl TaskService {
             }
         };
         let reaper = self.reaper.clone();
-        let created = tokio::task::spawn_blocking(move || process::create(&config, stdin, stdout, stderr, &reaper))
-            .await
-            .map_err(|e| err(Code::INTERNAL, e.to_string()))?
-            .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        let created = tokio::task::spawn_blocking(move || {
+            process::create(&config, stdin, stdout, stderr, &reaper)
+        })
+        .await
+        .map_err(|e| err(Code::INTERNAL, e.to_string()))?
+        .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
         if let Some((path, or, er)) = log {
             let max = self.group.log_max_bytes;
-            let or = tokio::net::unix::pipe::Receiver::from_owned_fd(or).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-            let er = tokio::net::unix::pipe::Receiver::from_owned_fd(er).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+            let or = tokio::net::unix::pipe::Receiver::from_owned_fd(or)
+                .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+            let er = tokio::net::unix::pipe::Receiver::from_owned_fd(er)
+                .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
             tokio::spawn(crate::logs::copy(or, er, path, max));
         }
         self.watch_exit(proc_.clone(), created.pid, record_to);
@@ -243,37 +289,68 @@ impl TaskService {
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         if req.id.is_empty() || req.id.contains('/') {
             return Err(err(Code::INVALID_ARGUMENT, "id: required, without '/'"));
         }
         if self.get(&req.id, "").is_ok() {
-            return Err(err(Code::ALREADY_EXISTS, format!("container {} exists", req.id)));
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("container {} exists", req.id),
+            ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let spec = Spec::load(bundle.join("config.json"))
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("{}/config.json: {e}", req.bundle)))?;
+        let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("{}/config.json: {e}", req.bundle),
+            )
+        })?;
         let rootfs = rootfs_of(&req.rootfs)?;
         let linux = spec.linux().clone().unwrap_or_default();
-        let cg = linux.cgroups_path().as_ref().map(|p| p.display().to_string().trim_start_matches('/').to_string());
+        let cg = linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.display().to_string().trim_start_matches('/').to_string());
         let cg = cg.unwrap_or_else(|| format!("{}/{}", self.group.cgroup, req.id));
-        cgroup::create(&cg, &limits_of(&spec)).map_err(|e| err(Code::INTERNAL, format!("{e}: {:?}", std::error::Error::source(&e))))?;
+        cgroup::create(&cg, &limits_of(&spec)).map_err(|e| {
+            err(
+                Code::INTERNAL,
+                format!("{e}: {:?}", std::error::Error::source(&e)),
+            )
+        })?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let process = spec.process().clone().ok_or_else(|| err(Code::INVALID_ARGUMENT, "config.json: process is required"))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "config.json: process is required"))?;
         let rootfs_mount = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs_mount).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         let config = InitConfig {
             target: Target::Container {
                 rootfs,
                 rootfs_mount,
-                group_namespaces: namespaces::paths(&eci_runtime::layout::GroupDir::from_root(&self.group.dir).namespaces()),
+                group_namespaces: namespaces::paths(
+                    &eci_runtime::layout::GroupDir::from_root(&self.group.dir).namespaces(),
+                ),
                 mounts: spec.mounts().clone().unwrap_or_default(),
                 masked_paths: linux.masked_paths().clone().unwrap_or_default(),
                 readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
                 sysctls: linux.sysctl().clone().unwrap_or_default(),
-                readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+                readonly_root: spec
+                    .root()
+                    .as_ref()
+                    .and_then(|r| r.readonly())
+                    .unwrap_or(false),
             },
-            user: annotations.get("io.eci.user").cloned().unwrap_or_else(|| process.user().uid().to_string()),
+            user: annotations
+                .get("io.eci.user")
+                .cloned()
+                .unwrap_or_else(|| process.user().uid().to_string()),
             group: annotations.get("io.eci.group").cloned(),
             process,
             cgroup: cg.clone(),
@@ -290,10 +367,19 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             cgroup: cg.clone(),
-            state: Mutex::new(ProcState { pid: 0, status: Status::CREATED, created: None, exec: None, started_at: String::new() }),
+            state: Mutex::new(ProcState {
+                pid: 0,
+                status: Status::CREATED,
+                created: None,
+                exec: None,
+                started_at: String::new(),
+            }),
             exited: tx,
         });
-        let created = match self.spawn(&proc_, config_path, Some(bundle.join(EXIT_FILE))).await {
+        let created = match self
+            .spawn(&proc_, config_path, Some(bundle.join(EXIT_FILE)))
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 let _ = cgroup::destroy(&cg);
@@ -305,17 +391,30 @@ impl Task for TaskService {
             s.pid = pid;
             s.created = Some(created);
         }
-        self.procs.lock().unwrap_or_else(|p| p.into_inner()).insert((req.id.clone(), String::new()), proc_);
+        self.procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((req.id.clone(), String::new()), proc_);
         tracing::info!(container = %req.id, pid, "created");
-        Ok(api::CreateTaskResponse { pid: pid as u32, ..Default::default() })
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
         let (created, exec) = {
             let mut s = proc_.state.lock().unwrap_or_else(|p| p.into_inner());
             if s.status != Status::CREATED {
-                return Err(err(Code::FAILED_PRECONDITION, format!("process {}/{} is not in created state", req.id, req.exec_id)));
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {}/{} is not in created state", req.id, req.exec_id),
+                ));
             }
             (s.created.take(), s.exec.take())
         };
@@ -332,8 +431,10 @@ impl Task for TaskService {
                     cgroup: container.cgroup.clone(),
                     seccomp: self.group.seccomp.clone(),
                 };
-                let path = PathBuf::from(&container.bundle).join(format!("exec-{}.json", req.exec_id));
-                let json = serde_json::to_vec(&config).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+                let path =
+                    PathBuf::from(&container.bundle).join(format!("exec-{}.json", req.exec_id));
+                let json =
+                    serde_json::to_vec(&config).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
                 std::fs::write(&path, json).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
                 let c = self.spawn(&proc_, path, None).await?;
                 if let Ok(mut s) = proc_.state.lock() {
@@ -348,17 +449,27 @@ impl Task for TaskService {
             .await
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         if let Err(e) = started {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             return Err(err(Code::FAILED_PRECONDITION, e.to_string()));
         }
         if let Ok(mut s) = proc_.state.lock() {
             s.status = Status::RUNNING;
             s.started_at = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
         }
-        Ok(api::StartResponse { pid: pid as u32, ..Default::default() })
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
     }
 
-    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
         let (pid, status) = {
             let s = proc_.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -370,7 +481,11 @@ impl Task for TaskService {
             exec_id: req.exec_id,
             bundle: proc_.bundle.clone(),
             pid: pid as u32,
-            status: EnumOrUnknown::new(if exit.is_some() { Status::STOPPED } else { status }),
+            status: EnumOrUnknown::new(if exit.is_some() {
+                Status::STOPPED
+            } else {
+                status
+            }),
             stdin: proc_.stdin.clone(),
             stdout: proc_.stdout.clone(),
             stderr: proc_.stderr.clone(),
@@ -383,7 +498,11 @@ impl Task for TaskService {
         Ok(resp)
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
         let mut rx = proc_.exited.subscribe();
         let rec = rx
@@ -391,15 +510,28 @@ impl Task for TaskService {
             .await
             .map_err(|_| err(Code::INTERNAL, "exit watcher gone"))?
             .clone()
-            .unwrap_or_else(|| unreachable_exit());
-        Ok(api::WaitResponse { exit_status: rec.exit_code as u32, exited_at: timestamp(&rec.exited_at), ..Default::default() })
+            .unwrap_or_else(unreachable_exit);
+        Ok(api::WaitResponse {
+            exit_status: rec.exit_code as u32,
+            exited_at: timestamp(&rec.exited_at),
+            ..Default::default()
+        })
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
-        let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-            .map_err(|_| err(Code::INVALID_ARGUMENT, format!("signal {} is not valid", req.signal)))?;
-        let pids = if req.all { cgroup::procs(&proc_.cgroup).into_iter().map(|p| p as i32).collect() } else {
+        let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("signal {} is not valid", req.signal),
+            )
+        })?;
+        let pids = if req.all {
+            cgroup::procs(&proc_.cgroup)
+                .into_iter()
+                .map(|p| p as i32)
+                .collect()
+        } else {
             vec![proc_.state.lock().map(|s| s.pid).unwrap_or(0)]
         };
         for pid in pids.into_iter().filter(|p| *p > 0) {
@@ -411,7 +543,11 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
         let (pid, created) = {
             let mut s = proc_.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -419,21 +555,36 @@ impl Task for TaskService {
         };
         if created.is_some() {
             // Created but never started: it waits on the start pipe; end it.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             drop(created);
         }
         let exit = {
             let mut rx = proc_.exited.subscribe();
-            let done = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(Option::is_some)).await;
+            let done = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                rx.wait_for(Option::is_some),
+            )
+            .await;
             match done {
                 Ok(Ok(r)) => r.clone(),
-                _ => return Err(err(Code::FAILED_PRECONDITION, format!("process {}/{} is still running", req.id, req.exec_id))),
+                _ => {
+                    return Err(err(
+                        Code::FAILED_PRECONDITION,
+                        format!("process {}/{} is still running", req.id, req.exec_id),
+                    ));
+                }
             }
         };
         if req.exec_id.is_empty() {
             // Processes left behind (daemons the container started) go with it.
             for p in cgroup::procs(&proc_.cgroup) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             let mut last = None;
             for _ in 0..50 {
@@ -451,7 +602,10 @@ impl Task for TaskService {
             }
             let _ = std::fs::remove_file(Path::new(&proc_.bundle).join("init.json"));
         }
-        self.procs.lock().unwrap_or_else(|p| p.into_inner()).remove(&(req.id.clone(), req.exec_id.clone()));
+        self.procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(req.id.clone(), req.exec_id.clone()));
         let rec = exit.unwrap_or_else(unreachable_exit);
         Ok(api::DeleteResponse {
             pid: pid as u32,
@@ -461,29 +615,61 @@ impl Task for TaskService {
         })
     }
 
-    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
         let proc_ = self.get(&req.id, "")?;
         let processes = cgroup::procs(&proc_.cgroup)
             .into_iter()
-            .map(|pid| api::ProcessInfo { pid, ..Default::default() })
+            .map(|pid| api::ProcessInfo {
+                pid,
+                ..Default::default()
+            })
             .collect();
-        Ok(api::PidsResponse { processes, ..Default::default() })
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<api::Empty> {
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
         let container = self.get(&req.id, "")?;
         if req.exec_id.is_empty() {
             return Err(err(Code::INVALID_ARGUMENT, "exec_id: required"));
         }
         if req.terminal {
-            return Err(err(Code::UNIMPLEMENTED, "exec with a terminal is not supported by this shim yet"));
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "exec with a terminal is not supported by this shim yet",
+            ));
         }
-        if container.state.lock().map(|s| s.status != Status::RUNNING).unwrap_or(true) {
-            return Err(err(Code::FAILED_PRECONDITION, format!("container {} is not running", req.id)));
+        if container
+            .state
+            .lock()
+            .map(|s| s.status != Status::RUNNING)
+            .unwrap_or(true)
+        {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is not running", req.id),
+            ));
         }
-        let spec = req.spec.as_ref().ok_or_else(|| err(Code::INVALID_ARGUMENT, "spec: required"))?;
-        let process: Process = serde_json::from_slice(&spec.value)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("spec: not an OCI process: {e}")))?;
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "spec: required"))?;
+        let process: Process = serde_json::from_slice(&spec.value).map_err(|e| {
+            err(
+                Code::INVALID_ARGUMENT,
+                format!("spec: not an OCI process: {e}"),
+            )
+        })?;
         let (tx, _) = watch::channel(None);
         let proc_ = Arc::new(Proc {
             bundle: container.bundle.clone(),
@@ -491,45 +677,81 @@ impl Task for TaskService {
             stdout: req.stdout,
             stderr: req.stderr,
             cgroup: container.cgroup.clone(),
-            state: Mutex::new(ProcState { pid: 0, status: Status::CREATED, created: None, exec: Some(process), started_at: String::new() }),
+            state: Mutex::new(ProcState {
+                pid: 0,
+                status: Status::CREATED,
+                created: None,
+                exec: Some(process),
+                started_at: String::new(),
+            }),
             exited: tx,
         });
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         if procs.contains_key(&(req.id.clone(), req.exec_id.clone())) {
-            return Err(err(Code::ALREADY_EXISTS, format!("exec {} exists", req.exec_id)));
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("exec {} exists", req.exec_id),
+            ));
         }
         procs.insert((req.id, req.exec_id), proc_);
         Ok(api::Empty::default())
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<api::Empty> {
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<api::Empty> {
         // Stdin is a FIFO the process reads directly: it closes when the writer does.
         self.get(&req.id, &req.exec_id)?;
         Ok(api::Empty::default())
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
-        use containerd_shim_protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics};
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        use containerd_shim_protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
+        };
         let proc_ = self.get(&req.id, "")?;
         let u = cgroup::usage(&proc_.cgroup);
         let m = Metrics {
             memory: MessageField::some(MemoryStat {
-                usage: MessageField::some(MemoryEntry { usage: u.memory_bytes, ..Default::default() }),
+                usage: MessageField::some(MemoryEntry {
+                    usage: u.memory_bytes,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             cpu: MessageField::some(CPUStat {
-                usage: MessageField::some(CPUUsage { total: u.cpu_nanos, ..Default::default() }),
+                usage: MessageField::some(CPUUsage {
+                    total: u.cpu_nanos,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any::pack(&m)
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-        Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
-        let task_pid = self.get(&req.id, "").ok().and_then(|p| p.state.lock().ok().map(|s| s.pid)).unwrap_or(0);
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let task_pid = self
+            .get(&req.id, "")
+            .ok()
+            .and_then(|p| p.state.lock().ok().map(|s| s.pid))
+            .unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: task_pid as u32,
@@ -538,7 +760,11 @@ impl Task for TaskService {
         })
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> ttrpc::Result<api::Empty> {
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
         let running = self
             .procs
             .lock()
@@ -546,7 +772,10 @@ impl Task for TaskService {
             .values()
             .any(|p| p.exited.borrow().is_none());
         if running {
-            return Err(err(Code::FAILED_PRECONDITION, "processes are still running; kill and delete them first"));
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                "processes are still running; kill and delete them first",
+            ));
         }
         self.shutdown.notify_one();
         Ok(api::Empty::default())
@@ -555,5 +784,11 @@ impl Task for TaskService {
 
 /// Only reached if a watch channel says "exited" without a record, which it never does.
 fn unreachable_exit() -> ExitRecord {
-    ExitRecord { exit_code: 255, signal: None, oom_killed: false, exited_at: String::new(), started_at: String::new() }
+    ExitRecord {
+        exit_code: 255,
+        signal: None,
+        oom_killed: false,
+        exited_at: String::new(),
+        started_at: String::new(),
+    }
 }

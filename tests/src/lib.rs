@@ -54,6 +54,16 @@ impl Agent {
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("eci-e2e-").tempdir()?;
         let cfg = dir.path().join("agent.toml");
+        // Each agent gets its own cgroup subtree, so tests run in parallel and clean up
+        // exactly what they made; restarts back off briefly so tests stay fast.
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let config = format!(
+            "{config}\n[runtime]\ncgroup_parent = \"{name}\"\nrestart_backoff = \"200ms\"\nrestart_backoff_max = \"1s\"\n"
+        );
         std::fs::write(&cfg, config)?;
         let env = env
             .iter()
@@ -122,6 +132,16 @@ impl Agent {
         self.spawn()
     }
 
+    /// SIGKILL, stay down for `down`, then start again on the same root.
+    pub fn kill9_and_restart_after(&mut self, down: Duration) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        std::thread::sleep(down);
+        self.spawn()
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let mut c = self.child.take().context("agent not running")?;
@@ -176,12 +196,104 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The cgroup subtree of this agent's groups.
+    pub fn cgroup_parent(&self) -> String {
+        self.root()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Kills every shim and container this agent started and removes their namespaces
+    /// and cgroups, whatever state the test left them in.
+    pub fn remove_sandboxes(&self) {
+        let groups = self.root().join("run/eci/groups");
+        for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(g.path().join("shim.pid"))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let cg_dirs = cgroup_dirs(&self.cgroup_parent());
+        for _ in 0..3 {
+            for d in &cg_dirs {
+                for p in std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    if let Ok(pid) = p.trim().parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
+            for ns in ["net", "ipc", "uts"] {
+                let _ = nix::mount::umount2(
+                    &g.path().join("ns").join(ns),
+                    nix::mount::MntFlags::MNT_DETACH,
+                );
+            }
+        }
+        for d in cg_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Every directory of cgroup subtree `parent`, in all hierarchies, parents first.
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if d.is_dir() {
+            out.push(d.to_path_buf());
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        walk(&h.path().join(parent), &mut out);
+    }
+    out
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.remove_sandboxes();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

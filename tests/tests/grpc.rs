@@ -3,6 +3,7 @@
 use eci_api::v1::container_groups_client::ContainerGroupsClient;
 use eci_api::v1::containers_client::ContainersClient;
 use eci_api::v1::images_client::ImagesClient;
+use eci_api::v1::metrics_client::MetricsClient;
 use eci_api::v1::*;
 use eci_tests::{Agent, channel};
 use tokio_stream::StreamExt;
@@ -137,15 +138,21 @@ async fn codes_name_what_went_wrong() {
         .await
         .expect_err("restart");
     assert_eq!(err.code(), Code::Unimplemented);
+    let err = MetricsClient::new(ch.clone())
+        .get_metrics(GetMetricsRequest { group: "a".into() })
+        .await
+        .expect_err("metrics");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(!err.message().is_empty());
     let err = ContainersClient::new(ch.clone())
         .logs(LogsRequest {
             group: "a".into(),
+            container: "nope".into(),
             ..Default::default()
         })
         .await
-        .expect_err("logs");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(!err.message().is_empty());
+        .expect_err("logs of an unknown container");
+    assert_eq!(err.code(), Code::NotFound);
     let err = ImagesClient::new(ch)
         .pull(PullImageRequest {
             image: "busybox".into(),

@@ -83,7 +83,11 @@ impl ContainerGroups for GroupsApi {
         req: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let r = req.into_inner();
-        let group = self.groups.delete(&r.name, r.grace_period_seconds, r.force).await.map_err(to_status)?;
+        let group = self
+            .groups
+            .delete(&r.name, r.grace_period_seconds, r.force)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(DeleteGroupResponse { group: Some(group) }))
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use eci_api::v1::*;
 use futures::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 type Out<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -17,28 +17,8 @@ fn later<T>(what: &str) -> Out<T> {
     )))
 }
 
-const RUNTIME: &str = "running containers (logs, exec, attach, metrics, restart)";
-const IMAGES: &str = "the image store (pull, import, list, remove, caches)";
-
-#[derive(Default, Clone)]
-pub struct ContainersApi;
-
-#[tonic::async_trait]
-impl containers_server::Containers for ContainersApi {
-    type LogsStream = BoxStream<LogEntry>;
-    type ExecStream = BoxStream<ExecResponse>;
-    type AttachStream = BoxStream<ExecResponse>;
-
-    async fn logs(&self, _: Request<LogsRequest>) -> Out<Self::LogsStream> {
-        later(RUNTIME)
-    }
-    async fn exec(&self, _: Request<Streaming<ExecRequest>>) -> Out<Self::ExecStream> {
-        later(RUNTIME)
-    }
-    async fn attach(&self, _: Request<Streaming<AttachRequest>>) -> Out<Self::AttachStream> {
-        later(RUNTIME)
-    }
-}
+const RUNTIME: &str = "metrics";
+const IMAGES: &str = "image caches";
 
 #[derive(Default, Clone)]
 pub struct MetricsApi;

@@ -2,6 +2,7 @@
 //! convert the result. Domain errors become `tonic::Status` in [`status`] only.
 
 pub mod auth;
+mod containers;
 mod groups;
 mod images;
 mod later;
@@ -10,9 +11,10 @@ mod status;
 
 use std::sync::Arc;
 
+pub use containers::ContainersApi;
 pub use groups::GroupsApi;
 pub use images::ImagesApi;
-pub use later::{CachesApi, ContainersApi, MetricsApi};
+pub use later::{CachesApi, MetricsApi};
 pub use node::NodeApi;
 
 use crate::error::Error;

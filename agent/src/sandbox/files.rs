@@ -9,7 +9,13 @@ use eci_api::v1::GroupSpec;
 pub fn write(dir: &Path, spec: &GroupSpec) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let net = spec.network.clone().unwrap_or_default();
-    let ip = net.ipv4_address.split('/').next().filter(|s| !s.is_empty()).unwrap_or("127.0.1.1").to_string();
+    let ip = net
+        .ipv4_address
+        .split('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("127.0.1.1")
+        .to_string();
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
         spec.name
@@ -18,7 +24,11 @@ pub fn write(dir: &Path, spec: &GroupSpec) -> std::io::Result<()> {
     std::fs::write(dir.join("hostname"), format!("{}\n", spec.name))?;
     let resolv = match net.dns.filter(|d| !d.nameservers.is_empty()) {
         Some(d) => {
-            let mut s: String = d.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect();
+            let mut s: String = d
+                .nameservers
+                .iter()
+                .map(|n| format!("nameserver {n}\n"))
+                .collect();
             if !d.searches.is_empty() {
                 s.push_str(&format!("search {}\n", d.searches.join(" ")));
             }

@@ -32,7 +32,10 @@ impl ShimError {
     /// The shim's own message for a failed call (e.g. a container setup error).
     pub fn message(&self) -> String {
         match self {
-            ShimError::Call { source: ttrpc::Error::RpcStatus(s), .. } => s.message.clone(),
+            ShimError::Call {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => s.message.clone(),
             other => {
                 let mut m = other.to_string();
                 if let Some(s) = std::error::Error::source(other) {
@@ -75,20 +78,40 @@ pub struct Exited {
 
 impl Shim {
     /// Starts a shim for group `id` and connects to it. Blocks until it serves.
-    pub async fn launch(l: &ShimLaunch, id: &str, hostname: &str, cpu_millis: u64, memory_bytes: u64) -> Result<Self, ShimError> {
+    pub async fn launch(
+        l: &ShimLaunch,
+        id: &str,
+        hostname: &str,
+        cpu_millis: u64,
+        memory_bytes: u64,
+    ) -> Result<Self, ShimError> {
         let out = tokio::process::Command::new(&l.binary)
             .arg("start")
-            .args(["--id", id, "--hostname", hostname, "--cgroup-parent", &l.cgroup_parent])
+            .args([
+                "--id",
+                id,
+                "--hostname",
+                hostname,
+                "--cgroup-parent",
+                &l.cgroup_parent,
+            ])
             .arg("--run-dir")
             .arg(&l.run_dir)
-            .args(["--cpu-millis", &cpu_millis.to_string(), "--memory-bytes", &memory_bytes.to_string()])
+            .args([
+                "--cpu-millis",
+                &cpu_millis.to_string(),
+                "--memory-bytes",
+                &memory_bytes.to_string(),
+            ])
             .args(["--log-max-bytes", &l.log_max_bytes.to_string()])
             .stdin(std::process::Stdio::null())
             .output()
             .await
             .map_err(|e| ShimError::Start(format!("{}: {e}", l.binary.display())))?;
         if !out.status.success() {
-            return Err(ShimError::Start(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            return Err(ShimError::Start(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
         Self::connect(&GroupDir::new(&l.run_dir, id).shim_socket()).await
     }
@@ -96,24 +119,39 @@ impl Shim {
     /// Connects to a running shim's socket.
     pub async fn connect(socket: &Path) -> Result<Self, ShimError> {
         let addr = format!("unix://{}", socket.display());
-        let c = tokio::time::timeout(Duration::from_secs(5), ttrpc::asynchronous::Client::connect(&addr))
-            .await
-            .map_err(|_| ShimError::Connect {
-                path: socket.display().to_string(),
-                source: ttrpc::Error::Others("timed out".into()),
-            })?
-            .map_err(|source| ShimError::Connect { path: socket.display().to_string(), source })?;
+        let c = tokio::time::timeout(
+            Duration::from_secs(5),
+            ttrpc::asynchronous::Client::connect(&addr),
+        )
+        .await
+        .map_err(|_| ShimError::Connect {
+            path: socket.display().to_string(),
+            source: ttrpc::Error::Others("timed out".into()),
+        })?
+        .map_err(|source| ShimError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
         let client = TaskClient::new(c);
         // A socket file can outlive its shim: make one call to be sure.
         let shim = Shim { client };
         shim.client
             .connect(ctx(), &api::ConnectRequest::default())
             .await
-            .map_err(|source| ShimError::Connect { path: socket.display().to_string(), source })?;
+            .map_err(|source| ShimError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
         Ok(shim)
     }
 
-    pub async fn create(&self, id: &str, bundle: &Path, rootfs: api::Mount, log: &Path) -> Result<u32, ShimError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: api::Mount,
+        log: &Path,
+    ) -> Result<u32, ShimError> {
         let req = api::CreateTaskRequest {
             id: id.into(),
             bundle: bundle.display().to_string(),
@@ -122,42 +160,115 @@ impl Shim {
             stderr: format!("file://{}", log.display()),
             ..Default::default()
         };
-        let r = self.client.create(ctx(), &req).await.map_err(|source| ShimError::Call { call: "create", source })?;
+        let r = self
+            .client
+            .create(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "create",
+                source,
+            })?;
         Ok(r.pid)
     }
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
-        let req = api::StartRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-        let r = self.client.start(ctx(), &req).await.map_err(|source| ShimError::Call { call: "start", source })?;
+        let req = api::StartRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .start(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "start",
+                source,
+            })?;
         Ok(r.pid)
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exited, ShimError> {
-        let req = api::WaitRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-        let r = self.client.wait(ctx(), &req).await.map_err(|source| ShimError::Call { call: "wait", source })?;
-        Ok(Exited { code: r.exit_status })
+        let req = api::WaitRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .wait(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "wait",
+                source,
+            })?;
+        Ok(Exited {
+            code: r.exit_status,
+        })
     }
 
     /// The process state: (pid, running).
     pub async fn state(&self, id: &str) -> Result<(u32, bool), ShimError> {
-        let req = api::StateRequest { id: id.into(), ..Default::default() };
-        let r = self.client.state(ctx(), &req).await.map_err(|source| ShimError::Call { call: "state", source })?;
-        Ok((r.pid, r.status.enum_value_or_default() == api::Status::RUNNING))
+        let req = api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .state(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "state",
+                source,
+            })?;
+        Ok((
+            r.pid,
+            r.status.enum_value_or_default() == api::Status::RUNNING,
+        ))
     }
 
     pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), ShimError> {
-        let req = api::KillRequest { id: id.into(), signal: signal as u32, all, ..Default::default() };
-        self.client.kill(ctx(), &req).await.map_err(|source| ShimError::Call { call: "kill", source })?;
+        let req = api::KillRequest {
+            id: id.into(),
+            signal: signal as u32,
+            all,
+            ..Default::default()
+        };
+        self.client
+            .kill(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "kill",
+                source,
+            })?;
         Ok(())
     }
 
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
-        let req = api::DeleteRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-        self.client.delete(ctx(), &req).await.map_err(|source| ShimError::Call { call: "delete", source })?;
+        let req = api::DeleteRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.client
+            .delete(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "delete",
+                source,
+            })?;
         Ok(())
     }
 
-    pub async fn exec(&self, id: &str, exec_id: &str, process_json: Vec<u8>, stdin: &str, stdout: &str, stderr: &str) -> Result<(), ShimError> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<(), ShimError> {
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
             value: process_json,
@@ -172,13 +283,25 @@ impl Shim {
             spec: MessageField::some(any),
             ..Default::default()
         };
-        self.client.exec(ctx(), &req).await.map_err(|source| ShimError::Call { call: "exec", source })?;
+        self.client
+            .exec(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "exec",
+                source,
+            })?;
         Ok(())
     }
 
     pub async fn shutdown(&self) -> Result<(), ShimError> {
         let req = api::ShutdownRequest::default();
-        self.client.shutdown(ctx(), &req).await.map_err(|source| ShimError::Call { call: "shutdown", source })?;
+        self.client
+            .shutdown(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "shutdown",
+                source,
+            })?;
         Ok(())
     }
 }

@@ -26,7 +26,13 @@ pub const MASKED_PATHS: &[&str] = &[
 ];
 
 /// Paths containers may read but not write (Docker's list).
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// What a container's spec needs beyond the container itself.
 pub struct SpecInputs<'a> {
@@ -53,7 +59,8 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         resources["memory"] = json!({ "limit": m, "swap": m });
     }
     if let Ok(c) = parse_cpu_millis(&res.cpu) {
-        resources["cpu"] = json!({ "quota": c * 100, "period": 100_000, "shares": (c * 1024 / 1000).max(2) });
+        resources["cpu"] =
+            json!({ "quota": c * 100, "period": 100_000, "shares": (c * 1024 / 1000).max(2) });
     }
     let sysctls: serde_json::Map<String, Value> = i
         .group
@@ -62,9 +69,7 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         .flat_map(|s| &s.sysctls)
         .map(|s| (s.name.clone(), Value::String(s.value.clone())))
         .collect();
-    let bind = |dest: &str, file: &str| {
-        json!({ "destination": dest, "type": "bind", "source": i.etc_dir.join(file), "options": ["rbind", "rprivate"] })
-    };
+    let bind = |dest: &str, file: &str| json!({ "destination": dest, "type": "bind", "source": i.etc_dir.join(file), "options": ["rbind", "rprivate"] });
     let mut annotations = json!({ "io.eci.user": i.process.user, "io.eci.group-id": i.group_id });
     if let Some(g) = &i.process.group {
         annotations["io.eci.group"] = json!(g);

@@ -35,7 +35,10 @@ struct ExitRecord {
 
 fn status_of<'a>(g: &'a mut ContainerGroup, name: &str) -> Option<&'a mut ContainerStatus> {
     let st = g.status.get_or_insert_with(Default::default);
-    st.container_statuses.iter_mut().chain(st.init_container_statuses.iter_mut()).find(|c| c.name == name)
+    st.container_statuses
+        .iter_mut()
+        .chain(st.init_container_statuses.iter_mut())
+        .find(|c| c.name == name)
 }
 
 impl Supervisor {
@@ -56,14 +59,19 @@ impl Supervisor {
 
     fn resolve_image(&self, c: &Container) -> Result<ImageRecord, (&'static str, String)> {
         let policy = match c.image_pull_policy.as_str() {
-            "" => Reference::parse(&c.image).map(|r| r.default_pull_policy()).unwrap_or("IfNotPresent"),
+            "" => Reference::parse(&c.image)
+                .map(|r| r.default_pull_policy())
+                .unwrap_or("IfNotPresent"),
             p => p,
         };
         match self.groups.images().get(&c.image) {
             Ok(rec) => Ok(rec),
             Err(ImageError::NotFound(_)) if policy == "Never" => Err((
                 "ErrImageNeverPull",
-                format!("container image {:?} is not present with pull policy of Never", c.image),
+                format!(
+                    "container image {:?} is not present with pull policy of Never",
+                    c.image
+                ),
             )),
             Err(ImageError::NotFound(_)) => Err((
                 "ErrImagePull",
@@ -108,16 +116,24 @@ impl Supervisor {
 
     async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), String> {
         let valid = crate::validate::validate(&ctx.spec).map_err(|e| e.to_string())?;
-        let Some(images) = self.resolve_images(ctx).await else { return Ok(()) };
+        let Some(images) = self.resolve_images(ctx).await else {
+            return Ok(());
+        };
         for (c, _) in &images {
-            let mut e = event(&ctx.name, NORMAL, "Pulled", format!("Container image {:?} already present on machine", c.image));
+            let mut e = event(
+                &ctx.name,
+                NORMAL,
+                "Pulled",
+                format!("Container image {:?} already present on machine", c.image),
+            );
             e.container = c.name.clone();
             let name = ctx.name.clone();
             if self.mutate(&name, move |_| vec![e]).await.is_none() {
                 return Ok(());
             }
         }
-        files::write(&ctx.dir.etc(), &ctx.spec).map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
+        files::write(&ctx.dir.etc(), &ctx.spec)
+            .map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
             Err(_) => Shim::launch(
@@ -136,9 +152,16 @@ impl Supervisor {
         for (c, image) in images.iter().take(n_init) {
             let mut restarts = 0;
             loop {
-                let ended = match self.start_container(ctx, &shim, c, image, restarts, shm).await {
+                let ended = match self
+                    .start_container(ctx, &shim, c, image, restarts, shm)
+                    .await
+                {
                     Ok(_) => self.wait_container(ctx, &shim, c).await,
-                    Err(msg) => Ended { code: 128, message: msg, ..Default::default() },
+                    Err(msg) => Ended {
+                        code: 128,
+                        message: msg,
+                        ..Default::default()
+                    },
                 };
                 self.record_exit(ctx, c, &ended).await;
                 let _ = shim.delete(&c.name, "").await;
@@ -157,7 +180,10 @@ impl Supervisor {
         for (c, image) in images.into_iter().skip(n_init) {
             let me = self.clone();
             let (ctx2, shim2) = (ctx.clone(), shim.clone());
-            let task = tokio::spawn(async move { me.container_loop(ctx2, shim2, c, image, 0, false, shm).await });
+            let task = tokio::spawn(async move {
+                me.container_loop(ctx2, shim2, c, image, 0, false, shm)
+                    .await
+            });
             self.track(&ctx.name, task);
         }
         Ok(())
@@ -178,9 +204,15 @@ impl Supervisor {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
         }
-        let Some(images) = self.resolve_images(&ctx).await else { return };
+        let Some(images) = self.resolve_images(&ctx).await else {
+            return;
+        };
         for (c, image) in images.into_iter().skip(ctx.spec.init_containers.len()) {
-            let st = statuses.iter().find(|s| s.name == c.name).cloned().unwrap_or_default();
+            let st = statuses
+                .iter()
+                .find(|s| s.name == c.name)
+                .cloned()
+                .unwrap_or_default();
             let known = shim.state(&c.name).await.is_ok();
             let wants_restart = match ctx.spec.restart_policy.as_str() {
                 "Never" => false,
@@ -195,7 +227,10 @@ impl Supervisor {
             let restarts = st.restart_count;
             let attach = known && st.state == "Running";
             let shm = valid.shm_bytes;
-            let task = tokio::spawn(async move { me.container_loop(ctx2, shim2, c, image, restarts, attach, shm).await });
+            let task = tokio::spawn(async move {
+                me.container_loop(ctx2, shim2, c, image, restarts, attach, shm)
+                    .await
+            });
             self.track(&ctx.name, task);
         }
         // Exits that happened while the agent was away may have finished the group.
@@ -220,9 +255,17 @@ impl Supervisor {
                 attach = false;
                 self.wait_container(&ctx, &shim, &c).await
             } else {
-                match self.start_container(&ctx, &shim, &c, &image, restarts, shm).await {
+                match self
+                    .start_container(&ctx, &shim, &c, &image, restarts, shm)
+                    .await
+                {
                     Ok(_) => self.wait_container(&ctx, &shim, &c).await,
-                    Err(msg) => Ended { code: 128, message: msg, finished_at: clock::now(), ..Default::default() },
+                    Err(msg) => Ended {
+                        code: 128,
+                        message: msg,
+                        finished_at: clock::now(),
+                        ..Default::default()
+                    },
                 }
             };
             self.record_exit(&ctx, &c, &ended).await;
@@ -248,7 +291,10 @@ impl Supervisor {
             .saturating_mul(1u32 << (restarts - 1).min(16))
             .min(self.cfg.backoff_max);
         let (name, cname) = (ctx.name.clone(), c.name.clone());
-        let msg = format!("Back-off {} restarting container {cname}", humantime::format_duration(delay));
+        let msg = format!(
+            "Back-off {} restarting container {cname}",
+            humantime::format_duration(delay)
+        );
         self.mutate(&ctx.name, move |g| {
             let st = g.status.get_or_insert_with(Default::default);
             if st.phase == phase::RUNNING {
@@ -273,15 +319,22 @@ impl Supervisor {
         shm: u64,
     ) -> Result<u32, String> {
         let bundle = ctx.dir.bundle(&c.name);
-        std::fs::create_dir_all(&bundle).map_err(|e| format!("creating {}: {e}", bundle.display()))?;
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| format!("creating {}: {e}", bundle.display()))?;
         // A fresh writable layer per run, as Kubernetes gives a restarted container.
-        let rw = self.cfg.state_dir.join("groups").join(&ctx.id).join(&c.name);
+        let rw = self
+            .cfg
+            .state_dir
+            .join("groups")
+            .join(&ctx.id)
+            .join(&c.name);
         let _ = std::fs::remove_dir_all(&rw);
         let (upper, work) = (rw.join("upper"), rw.join("work"));
         for d in [&upper, &work] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
-        let process = crate::images::process::merge(&image.defaults, c).map_err(|e| e.to_string())?;
+        let process =
+            crate::images::process::merge(&image.defaults, c).map_err(|e| e.to_string())?;
         let etc = ctx.dir.etc();
         let config = spec::build(&spec::SpecInputs {
             group_id: &ctx.id,
@@ -294,12 +347,19 @@ impl Supervisor {
         })
         .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-        std::fs::write(bundle.join("config.json"), json).map_err(|e| format!("writing config.json: {e}"))?;
+        std::fs::write(bundle.join("config.json"), json)
+            .map_err(|e| format!("writing config.json: {e}"))?;
         let lower: Vec<String> = image
             .layers
             .iter()
             .rev()
-            .map(|l| self.groups.images().layer_dir(&l.diff_id).display().to_string())
+            .map(|l| {
+                self.groups
+                    .images()
+                    .layer_dir(&l.diff_id)
+                    .display()
+                    .to_string()
+            })
             .collect();
         let rootfs = api::Mount {
             type_: "overlay".into(),
@@ -313,11 +373,20 @@ impl Supervisor {
         };
         let log = self.log_path(ctx, &c.name, restarts);
         let _ = shim.delete(&c.name, "").await;
-        shim.create(&c.name, &bundle, rootfs, &log).await.map_err(|e| e.message())?;
-        let mut created = event(&ctx.name, NORMAL, "Created", format!("Created container {}", c.name));
+        shim.create(&c.name, &bundle, rootfs, &log)
+            .await
+            .map_err(|e| e.message())?;
+        let mut created = event(
+            &ctx.name,
+            NORMAL,
+            "Created",
+            format!("Created container {}", c.name),
+        );
         created.container = c.name.clone();
         let name = ctx.name.clone();
-        self.mutate(&name, move |_| vec![created]).await.ok_or("the group is being deleted")?;
+        self.mutate(&name, move |_| vec![created])
+            .await
+            .ok_or("the group is being deleted")?;
         let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
         let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
         self.mutate(&ctx.name, move |g| {
@@ -341,7 +410,12 @@ impl Supervisor {
                     st.started_at = now;
                 }
             }
-            let mut e = event(&gname, NORMAL, "Started", format!("Started container {cname}"));
+            let mut e = event(
+                &gname,
+                NORMAL,
+                "Started",
+                format!("Started container {cname}"),
+            );
             e.container = cname;
             vec![e]
         })
@@ -350,9 +424,18 @@ impl Supervisor {
         Ok(pid)
     }
 
+    fn log_path(&self, ctx: &GroupCtx, container: &str, restarts: u32) -> PathBuf {
+        self.log_file(&ctx.id, container, restarts)
+    }
+
     /// `<log_dir>/groups/<id>/<container>/<restart>.log`
-    pub(crate) fn log_path(&self, ctx: &GroupCtx, container: &str, restarts: u32) -> PathBuf {
-        self.cfg.log_dir.join("groups").join(&ctx.id).join(container).join(format!("{restarts}.log"))
+    pub fn log_file(&self, group_id: &str, container: &str, restarts: u32) -> PathBuf {
+        self.cfg
+            .log_dir
+            .join("groups")
+            .join(group_id)
+            .join(container)
+            .join(format!("{restarts}.log"))
     }
 
     /// Waits for a container to exit and reads how (the shim's exit record).
@@ -360,7 +443,12 @@ impl Supervisor {
         let code = match shim.wait(&c.name, "").await {
             Ok(e) => e.code as i32,
             Err(e) => {
-                return Ended { code: 255, message: e.message(), finished_at: clock::now(), ..Default::default() };
+                return Ended {
+                    code: 255,
+                    message: e.message(),
+                    finished_at: clock::now(),
+                    ..Default::default()
+                };
             }
         };
         let rec = std::fs::read(ctx.dir.bundle(&c.name).join("exit.json"))
@@ -374,7 +462,11 @@ impl Supervisor {
                 finished_at: r.exited_at,
                 message: String::new(),
             },
-            None => Ended { code, finished_at: clock::now(), ..Default::default() },
+            None => Ended {
+                code,
+                finished_at: clock::now(),
+                ..Default::default()
+            },
         }
     }
 
@@ -401,7 +493,12 @@ impl Supervisor {
             }
             let mut events = Vec::new();
             if ended.oom {
-                let mut e = event(&name, WARNING, "OOMKilling", format!("Memory limit reached: container {cname} was OOM-killed"));
+                let mut e = event(
+                    &name,
+                    WARNING,
+                    "OOMKilling",
+                    format!("Memory limit reached: container {cname} was OOM-killed"),
+                );
                 e.container = cname.clone();
                 events.push(e);
             }
@@ -417,17 +514,27 @@ impl Supervisor {
 
     /// Ends the group when no app container runs or will restart.
     async fn check_group_done(&self, ctx: &GroupCtx, shim: &Shim) {
-        let Ok(g) = self.groups.get(&ctx.name) else { return };
+        let Ok(g) = self.groups.get(&ctx.name) else {
+            return;
+        };
         let st = g.status.unwrap_or_default();
-        if phase::is_final(&st.phase) || st.container_statuses.iter().any(|s| s.state != "Terminated") {
+        if phase::is_final(&st.phase)
+            || st
+                .container_statuses
+                .iter()
+                .any(|s| s.state != "Terminated")
+        {
             return;
         }
         let ok = st.container_statuses.iter().all(|s| s.exit_code == 0);
-        let restarting = st.container_statuses.iter().any(|s| match ctx.spec.restart_policy.as_str() {
-            "Never" => false,
-            "OnFailure" => s.exit_code != 0,
-            _ => true,
-        });
+        let restarting =
+            st.container_statuses
+                .iter()
+                .any(|s| match ctx.spec.restart_policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => s.exit_code != 0,
+                    _ => true,
+                });
         if !restarting {
             self.finish_group(ctx, shim, ok).await;
         }
@@ -441,9 +548,19 @@ impl Supervisor {
                 let st = g.status.get_or_insert_with(Default::default);
                 st.phase = if ok { phase::SUCCEEDED } else { phase::FAILED }.into();
                 st.reason = if ok { "Completed" } else { "Error" }.into();
-                st.message = if ok { "all containers exited with 0" } else { "a container failed" }.into();
+                st.message = if ok {
+                    "all containers exited with 0"
+                } else {
+                    "a container failed"
+                }
+                .into();
                 st.finished_at = clock::now();
-                vec![event(&name, if ok { NORMAL } else { WARNING }, if ok { "Completed" } else { "Failed" }, st.message.clone())]
+                vec![event(
+                    &name,
+                    if ok { NORMAL } else { WARNING },
+                    if ok { "Completed" } else { "Failed" },
+                    st.message.clone(),
+                )]
             })
             .await;
         if done.is_some() {
@@ -457,7 +574,10 @@ impl Supervisor {
 
     /// Removes a group's run directory and writable layers.
     pub(crate) fn remove_dirs(&self, ctx: &GroupCtx) {
-        for d in [ctx.dir.root().to_path_buf(), self.cfg.state_dir.join("groups").join(&ctx.id)] {
+        for d in [
+            ctx.dir.root().to_path_buf(),
+            self.cfg.state_dir.join("groups").join(&ctx.id),
+        ] {
             if let Err(e) = std::fs::remove_dir_all(&d)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -56,7 +56,11 @@ pub(crate) struct GroupCtx {
 
 impl Supervisor {
     pub fn new(groups: Arc<Groups>, cfg: SupervisorConfig) -> Arc<Self> {
-        Arc::new(Supervisor { groups, cfg, tasks: Mutex::new(HashMap::new()) })
+        Arc::new(Supervisor {
+            groups,
+            cfg,
+            tasks: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn groups(&self) -> &Arc<Groups> {
@@ -65,7 +69,12 @@ impl Supervisor {
 
     fn ctx(&self, g: &ContainerGroup) -> GroupCtx {
         let spec = g.spec.clone().unwrap_or_default();
-        GroupCtx { name: spec.name.clone(), id: g.id.clone(), dir: GroupDir::new(&self.cfg.run_dir, &g.id), spec }
+        GroupCtx {
+            name: spec.name.clone(),
+            id: g.id.clone(),
+            dir: GroupDir::new(&self.cfg.run_dir, &g.id),
+            spec,
+        }
     }
 
     /// Keeps `task` so a delete can stop it.
@@ -87,8 +96,14 @@ impl Supervisor {
     /// Creates a group (validation, admission) and starts it when admitted.
     pub async fn create(self: &Arc<Self>, spec: GroupSpec) -> Result<ContainerGroup> {
         let g = self.groups.clone();
-        let group = tokio::task::spawn_blocking(move || g.create(spec)).await.map_err(join_err)??;
-        if group.status.as_ref().is_some_and(|s| s.phase == phase::PENDING) {
+        let group = tokio::task::spawn_blocking(move || g.create(spec))
+            .await
+            .map_err(join_err)??;
+        if group
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == phase::PENDING)
+        {
             self.spawn_run(&group);
         }
         Ok(group)
@@ -103,15 +118,34 @@ impl Supervisor {
     }
 
     /// Marks a group Terminating and tears it down in the background.
-    pub async fn delete(self: &Arc<Self>, name: &str, grace: Option<i64>, force: bool) -> Result<ContainerGroup> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        name: &str,
+        grace: Option<i64>,
+        force: bool,
+    ) -> Result<ContainerGroup> {
         let g = self.groups.clone();
         let n = name.to_string();
-        let group = tokio::task::spawn_blocking(move || g.delete(&n, grace, force)).await.map_err(join_err)??;
+        let group = tokio::task::spawn_blocking(move || g.delete(&n, grace, force))
+            .await
+            .map_err(join_err)??;
         self.stop_tasks(name);
         let me = self.clone();
-        let grace = if force { 0 } else { grace.or(group.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30) };
+        let grace = if force {
+            0
+        } else {
+            grace
+                .or(group
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds))
+                .unwrap_or(30)
+        };
         let ctx = self.ctx(&group);
-        tokio::spawn(async move { me.finish_delete(ctx, Duration::from_secs(grace.max(0) as u64)).await });
+        tokio::spawn(async move {
+            me.finish_delete(ctx, Duration::from_secs(grace.max(0) as u64))
+                .await
+        });
         Ok(group)
     }
 
@@ -130,10 +164,16 @@ impl Supervisor {
     /// re-adopts running groups through their shims, restarts what was lost.
     pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
         let g = self.groups.clone();
-        let (groups, _) = tokio::task::spawn_blocking(move || g.store().list_groups()).await.map_err(join_err)??;
+        let (groups, _) = tokio::task::spawn_blocking(move || g.store().list_groups())
+            .await
+            .map_err(join_err)??;
         for group in groups {
             let ctx = self.ctx(&group);
-            let phase = group.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+            let phase = group
+                .status
+                .as_ref()
+                .map(|s| s.phase.clone())
+                .unwrap_or_default();
             if phase == phase::TERMINATING {
                 let me = self.clone();
                 tokio::spawn(async move { me.finish_delete(ctx, Duration::ZERO).await });
@@ -165,30 +205,36 @@ impl Supervisor {
         self.teardown(ctx, Duration::ZERO).await;
         let policy = ctx.spec.restart_policy.clone();
         let restart = policy != "Never";
-        let updated = self.mutate(&ctx.name, move |g| {
-            let st = g.status.get_or_insert_with(Default::default);
-            for c in &mut st.container_statuses {
-                if c.state == "Running" {
-                    c.state = "Terminated".into();
-                    c.reason = "Error".into();
-                    c.message = "the group's shim died".into();
-                    c.exit_code = 137;
-                    c.finished_at = crate::clock::now();
+        let updated = self
+            .mutate(&ctx.name, move |g| {
+                let st = g.status.get_or_insert_with(Default::default);
+                for c in &mut st.container_statuses {
+                    if c.state == "Running" {
+                        c.state = "Terminated".into();
+                        c.reason = "Error".into();
+                        c.message = "the group's shim died".into();
+                        c.exit_code = 137;
+                        c.finished_at = crate::clock::now();
+                    }
                 }
-            }
-            if restart {
-                st.phase = phase::PENDING.into();
-                st.reason = "SandboxLost".into();
-                st.message = "the shim died; recreating the sandbox".into();
-            } else {
-                st.phase = phase::FAILED.into();
-                st.reason = "SandboxLost".into();
-                st.message = "the shim died".into();
-                st.finished_at = crate::clock::now();
-            }
-            vec![event(&g.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), WARNING, "SandboxLost", "the group's shim died; its processes are gone")]
-        })
-        .await;
+                if restart {
+                    st.phase = phase::PENDING.into();
+                    st.reason = "SandboxLost".into();
+                    st.message = "the shim died; recreating the sandbox".into();
+                } else {
+                    st.phase = phase::FAILED.into();
+                    st.reason = "SandboxLost".into();
+                    st.message = "the shim died".into();
+                    st.finished_at = crate::clock::now();
+                }
+                vec![event(
+                    &g.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    WARNING,
+                    "SandboxLost",
+                    "the group's shim died; its processes are gone",
+                )]
+            })
+            .await;
         if restart && let Some(g) = updated {
             let _ = group;
             self.spawn_run(&g);
@@ -217,5 +263,3 @@ impl Supervisor {
 pub(crate) fn join_err(e: tokio::task::JoinError) -> Error {
     Error::FailedPrecondition(format!("internal task failed: {e}"))
 }
-
-

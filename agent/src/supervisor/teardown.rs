@@ -13,32 +13,52 @@ use crate::sandbox::Shim;
 
 impl Supervisor {
     pub(crate) async fn teardown(self: &Arc<Self>, ctx: &GroupCtx, grace: Duration) {
-        let names: Vec<String> =
-            ctx.spec.init_containers.iter().chain(&ctx.spec.containers).map(|c| c.name.clone()).collect();
+        let names: Vec<String> = ctx
+            .spec
+            .init_containers
+            .iter()
+            .chain(&ctx.spec.containers)
+            .map(|c| c.name.clone())
+            .collect();
         match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(shim) => {
                 let mut running = Vec::new();
                 for n in &names {
                     if let Ok((_, true)) = shim.state(n).await {
-                        let _ = shim.kill(n, nix::sys::signal::Signal::SIGTERM as i32, false).await;
+                        let _ = shim
+                            .kill(n, nix::sys::signal::Signal::SIGTERM as i32, false)
+                            .await;
                         running.push(n.clone());
                     }
                 }
                 if !running.is_empty() {
                     let list = running.join(", ");
-                    let e = event(&ctx.name, NORMAL, "Killing", format!("Stopping container {list}"));
+                    let e = event(
+                        &ctx.name,
+                        NORMAL,
+                        "Killing",
+                        format!("Stopping container {list}"),
+                    );
                     let store = self.groups.store().clone();
-                    let _ = tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
                 }
                 let waits = running.iter().map(|n| shim.wait(n, ""));
-                if tokio::time::timeout(grace, futures::future::join_all(waits)).await.is_err() {
+                if tokio::time::timeout(grace, futures::future::join_all(waits))
+                    .await
+                    .is_err()
+                {
                     tracing::info!(group = %ctx.name, "grace period over: SIGKILL");
                 }
                 for n in &running {
-                    let _ = shim.kill(n, nix::sys::signal::Signal::SIGKILL as i32, true).await;
+                    let _ = shim
+                        .kill(n, nix::sys::signal::Signal::SIGKILL as i32, true)
+                        .await;
                 }
                 let waits = running.iter().map(|n| shim.wait(n, ""));
-                let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits))
+                        .await;
                 for n in &names {
                     let _ = shim.delete(n, "").await;
                 }
@@ -63,7 +83,10 @@ impl Supervisor {
     fn clean_without_shim(&self, ctx: &GroupCtx, names: &[String]) {
         let group_cg = format!("{}/{}", self.cfg.cgroup_parent, ctx.id);
         for p in cgroup::procs(&group_cg) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         for _ in 0..100 {
             if cgroup::procs(&group_cg).is_empty() {

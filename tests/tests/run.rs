@@ -1,0 +1,358 @@
+//! Groups that really run: the shim, namespaces, cgroups, overlay rootfs, logs, restart
+//! policy, agent crashes and teardown. Needs root (CI is root).
+
+use std::time::Duration;
+
+use eci_tests::{Agent, cgroup_dirs, oci, text, wait_for};
+
+const IMAGE: &str = "127.0.0.1:5000/demo/busybox:1";
+
+/// An agent with the busybox test image imported.
+fn agent() -> Agent {
+    let agent = Agent::start("").expect("agent");
+    let image = oci::Image {
+        layers: vec![oci::busybox_layer().expect("busybox-static")],
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    let path = agent.root().join("busybox.tar");
+    std::fs::write(&path, oci::archive(&image, Some(IMAGE))).expect("archive");
+    let out = agent.ctl(&["images", "import", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    agent
+}
+
+/// A group spec with one container per (name, shell script).
+fn group(name: &str, policy: &str, containers: &[(&str, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "name: {name}\nrestartPolicy: {policy}\ncpu: \"1\"\nmemory: 2Gi\n{extra}containers:\n"
+    );
+    for (c, script) in containers {
+        s.push_str(&format!(
+            "- name: {c}\n  image: {IMAGE}\n  imagePullPolicy: IfNotPresent\n  command: [\"/bin/sh\", \"-c\"]\n  args: [{}]\n",
+            serde_json::to_string(script).expect("json")
+        ));
+    }
+    s
+}
+
+fn phase(agent: &Agent, name: &str) -> String {
+    agent
+        .get_json(name)
+        .map(|g| {
+            g["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_phase(agent: &Agent, name: &str, want: &str) {
+    let got = wait_for(Duration::from_secs(20), || {
+        (phase(agent, name) == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "group {name} never reached {want}: {}\n{}",
+        phase(agent, name),
+        text(&agent.ctl(&["describe", name]))
+    );
+}
+
+fn logs(agent: &Agent, name: &str, container: &str) -> String {
+    text(&agent.ctl(&["logs", name, "-c", container]))
+}
+
+fn wait_log(agent: &Agent, name: &str, container: &str, needle: &str) -> String {
+    wait_for(Duration::from_secs(20), || {
+        let l = logs(agent, name, container);
+        l.contains(needle).then_some(l)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{container} never logged {needle:?}: {}",
+            logs(agent, name, container)
+        )
+    })
+}
+
+#[test]
+fn two_containers_share_the_group_network_and_log_what_they_did() {
+    let agent = agent();
+    let spec = group(
+        "pair",
+        "Always",
+        &[
+            (
+                "server",
+                "echo server listening; echo hello-from-server | nc -l -p 8080; echo served; sleep 3600",
+            ),
+            (
+                "client",
+                "sleep 1; echo \"client got: $(nc 127.0.0.1 8080)\"; sleep 3600",
+            ),
+        ],
+        "",
+    );
+    let out = agent.apply("pair", &spec);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, "pair", "Running");
+    wait_log(&agent, "pair", "client", "client got: hello-from-server");
+    wait_log(&agent, "pair", "server", "served");
+    let ts = text(&agent.ctl(&[
+        "logs",
+        "pair",
+        "-c",
+        "server",
+        "--timestamps",
+        "--tail",
+        "1",
+    ]));
+    assert_eq!(ts.lines().count(), 1, "{ts}");
+    assert!(ts.starts_with("20") && ts.contains("served"), "{ts}");
+    let g = agent.get_json("pair").expect("get");
+    for c in g["status"]["containerStatuses"]
+        .as_array()
+        .expect("statuses")
+    {
+        assert_eq!(c["state"], "Running", "{c}");
+    }
+}
+
+#[test]
+fn a_container_is_isolated_from_the_host() {
+    let agent = agent();
+    let script = "echo pid:$$; echo procs:$(ls /proc | grep -c '^[0-9]'); echo kcore:$(cat /proc/kcore | wc -c); \
+                  mount -t tmpfs none /mnt 2>&1 && echo mount:ok || echo mount:refused; echo host:$(hostname); \
+                  grep -E '^(CapEff|Seccomp):' /proc/self/status; echo done; sleep 3600";
+    assert!(
+        agent
+            .apply("iso", &group("iso", "Never", &[("probe", script)], ""))
+            .status
+            .success()
+    );
+    let l = wait_log(&agent, "iso", "probe", "done");
+    assert!(
+        l.contains("pid:1\n"),
+        "PID 1 is the container's process: {l}"
+    );
+    let procs: u32 = l
+        .lines()
+        .find_map(|x| x.strip_prefix("procs:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("procs");
+    assert!(procs <= 4, "host processes are visible: {l}");
+    assert!(l.contains("kcore:0\n"), "{l}");
+    assert!(
+        l.contains("mount:refused") && !l.contains("mount:ok"),
+        "{l}"
+    );
+    assert!(l.contains("host:iso\n"), "{l}");
+    assert!(
+        l.contains("CapEff:\t00000000a80425fb"),
+        "Docker's default capability set: {l}"
+    );
+    assert!(l.contains("Seccomp:\t2"), "{l}");
+}
+
+#[test]
+fn exit_codes_and_oom_kills_are_reported() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "three",
+                &group("three", "Never", &[("main", "echo bye; exit 3")], "")
+            )
+            .status
+            .success()
+    );
+    wait_phase(&agent, "three", "Failed");
+    let c = &agent.get_json("three").expect("get")["status"]["containerStatuses"][0];
+    assert_eq!(
+        (
+            c["state"].as_str(),
+            c["exitCode"].as_i64(),
+            c["reason"].as_str()
+        ),
+        (Some("Terminated"), Some(3), Some("Error")),
+        "{c}"
+    );
+    assert!(logs(&agent, "three", "main").contains("bye"));
+
+    let oom = format!(
+        "{}  resources: {{memory: 32Mi}}\n",
+        group(
+            "hog",
+            "Never",
+            &[("eat", "exec dd if=/dev/zero of=/dev/null bs=256M count=1")],
+            ""
+        )
+    );
+    assert!(agent.apply("hog", &oom).status.success(), "{oom}");
+    wait_phase(&agent, "hog", "Failed");
+    let c = &agent.get_json("hog").expect("get")["status"]["containerStatuses"][0];
+    assert_eq!(c["reason"], "OOMKilled", "{c}");
+    assert!(text(&agent.ctl(&["describe", "hog"])).contains("OOMKilling"));
+}
+
+#[test]
+fn containers_restart_per_policy() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "flaky",
+                &group(
+                    "flaky",
+                    "OnFailure",
+                    &[("main", "echo run; sleep 0.2; exit 1")],
+                    ""
+                )
+            )
+            .status
+            .success()
+    );
+    let restarted = wait_for(Duration::from_secs(20), || {
+        let g = agent.get_json("flaky").ok()?;
+        (g["status"]["containerStatuses"][0]["restartCount"].as_u64()? >= 2).then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "{}",
+        text(&agent.ctl(&["describe", "flaky"]))
+    );
+    assert!(text(&agent.ctl(&["describe", "flaky"])).contains("BackOff"));
+    assert!(text(&agent.ctl(&["logs", "flaky", "--previous"])).contains("run"));
+}
+
+#[test]
+fn groups_survive_an_agent_crash_and_exits_meanwhile_are_seen() {
+    let mut agent = agent();
+    let spec = group(
+        "steady",
+        "Never",
+        &[
+            (
+                "ticker",
+                "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done",
+            ),
+            ("short", "sleep 2; exit 7"),
+        ],
+        "",
+    );
+    assert!(agent.apply("steady", &spec).status.success());
+    wait_phase(&agent, "steady", "Running");
+    let g = agent.get_json("steady").expect("get");
+    let id = g["id"].as_str().expect("id").to_string();
+    let procs = |agent: &Agent| -> Vec<String> {
+        let parent = agent.cgroup_parent();
+        let f = format!("/sys/fs/cgroup/pids/{parent}/{id}/ticker/cgroup.procs");
+        let mut v: Vec<String> = std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let before = procs(&agent);
+    assert!(!before.is_empty(), "ticker has processes");
+    let lines_before = logs(&agent, "steady", "ticker").lines().count();
+    agent
+        .kill9_and_restart_after(Duration::from_secs(3))
+        .expect("restart");
+    wait_phase(&agent, "steady", "Running");
+    let lines_after = logs(&agent, "steady", "ticker").lines().count();
+    assert!(
+        lines_after >= lines_before + 10,
+        "logging went on while the agent was down: {lines_before} -> {lines_after}"
+    );
+    let g = agent.get_json("steady").expect("get");
+    let short = g["status"]["containerStatuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .find(|c| c["name"] == "short")
+        .cloned()
+        .expect("short");
+    assert_eq!(
+        (short["state"].as_str(), short["exitCode"].as_i64()),
+        (Some("Terminated"), Some(7)),
+        "{short}"
+    );
+    let after = procs(&agent);
+    assert!(
+        after.iter().any(|p| before.contains(p)),
+        "the same container process runs: {before:?} vs {after:?}"
+    );
+}
+
+#[test]
+fn delete_leaves_nothing_behind() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "gone",
+                &group(
+                    "gone",
+                    "Always",
+                    &[
+                        ("a", "sleep 3600"),
+                        ("b", "trap 'exit 0' TERM; sleep 3600 & wait")
+                    ],
+                    "terminationGracePeriodSeconds: 2\n"
+                )
+            )
+            .status
+            .success()
+    );
+    wait_phase(&agent, "gone", "Running");
+    let id = agent.get_json("gone").expect("get")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = agent.ctl(&["delete", "gone", "--wait", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let root = agent.root().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&root) && !mounts.contains(&id),
+        "mounts left: {mounts}"
+    );
+    let cgs: Vec<_> = cgroup_dirs(&agent.cgroup_parent())
+        .into_iter()
+        .filter(|d| d.display().to_string().contains(&id))
+        .collect();
+    assert!(cgs.is_empty(), "cgroups left: {cgs:?}");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.lines().any(|l| l.contains(&id)), "shim left: {ps}");
+    assert!(!agent.root().join("run/eci/groups").join(&id).exists());
+    assert!(text(&agent.ctl(&["events", "--group", "gone"])).contains("Killing"));
+}
+
+#[test]
+fn pull_policy_never_fails_clearly_without_the_image() {
+    let agent = agent();
+    let spec = "name: nope\ncontainers:\n- name: c\n  image: 127.0.0.1:5000/absent:1\n  imagePullPolicy: Never\n";
+    assert!(agent.apply("nope", spec).status.success());
+    let reason = wait_for(Duration::from_secs(10), || {
+        let g = agent.get_json("nope").ok()?;
+        let r = g["status"]["containerStatuses"][0]["reason"]
+            .as_str()?
+            .to_string();
+        (r == "ErrImageNeverPull").then_some(r)
+    });
+    assert!(
+        reason.is_some(),
+        "{}",
+        text(&agent.ctl(&["describe", "nope"]))
+    );
+    assert_eq!(phase(&agent, "nope"), "Pending");
+}
