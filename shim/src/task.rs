@@ -697,6 +697,20 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.get(&req.id, &req.exec_id)?;
+        // Processes get pipes, never a terminal (Exec refuses `terminal`), so there is
+        // nothing to resize.
+        Err(err(
+            Code::FAILED_PRECONDITION,
+            format!("process {}/{} has no terminal", req.id, req.exec_id),
+        ))
+    }
+
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,

@@ -18,7 +18,11 @@ pub fn bin(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Tests run from target/<profile>/deps, tools (eci-bench) from target/<profile>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -134,11 +138,22 @@ impl Agent {
 
     /// SIGKILL, stay down for `down`, then start again on the same root.
     pub fn kill9_and_restart_after(&mut self, down: Duration) -> Result<()> {
+        self.kill9()?;
+        std::thread::sleep(down);
+        self.spawn()
+    }
+
+    /// SIGKILL the agent (its groups keep running in their shims).
+    pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill()?;
             c.wait()?;
         }
-        std::thread::sleep(down);
+        Ok(())
+    }
+
+    /// Starts the agent again on the same root after [`Agent::kill9`].
+    pub fn restart(&mut self) -> Result<()> {
         self.spawn()
     }
 
@@ -219,9 +234,21 @@ impl Agent {
                 );
             }
         }
-        let cg_dirs = cgroup_dirs(&self.cgroup_parent());
-        for _ in 0..3 {
-            for d in &cg_dirs {
+        for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
+            for ns in ["net", "ipc", "uts"] {
+                let _ = nix::mount::umount2(
+                    &g.path().join("ns").join(ns),
+                    nix::mount::MntFlags::MNT_DETACH,
+                );
+            }
+        }
+        // Killed processes take a moment to leave their cgroups: retry for up to 5 s.
+        for _ in 0..100 {
+            let dirs = cgroup_dirs(&self.cgroup_parent());
+            if dirs.is_empty() {
+                break;
+            }
+            for d in &dirs {
                 for p in std::fs::read_to_string(d.join("cgroup.procs"))
                     .unwrap_or_default()
                     .lines()
@@ -234,18 +261,10 @@ impl Agent {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
-            for ns in ["net", "ipc", "uts"] {
-                let _ = nix::mount::umount2(
-                    &g.path().join("ns").join(ns),
-                    nix::mount::MntFlags::MNT_DETACH,
-                );
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
             }
-        }
-        for d in cg_dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

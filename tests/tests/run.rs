@@ -356,3 +356,47 @@ fn pull_policy_never_fails_clearly_without_the_image() {
     );
     assert_eq!(phase(&agent, "nope"), "Pending");
 }
+
+#[test]
+fn a_shim_that_died_while_the_agent_was_down_is_reported_and_cleaned() {
+    let mut agent = agent();
+    assert!(
+        agent
+            .apply("lost", &group("lost", "Never", &[("c", "sleep 3600")], ""))
+            .status
+            .success()
+    );
+    wait_phase(&agent, "lost", "Running");
+    let id = agent.get_json("lost").expect("get")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    agent.kill9().expect("kill agent");
+    let dir = agent.root().join("run/eci/groups").join(&id);
+    let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))
+        .expect("shim pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill shim");
+    std::thread::sleep(Duration::from_millis(200));
+    agent.restart().expect("restart");
+    wait_phase(&agent, "lost", "Failed");
+    let g = agent.get_json("lost").expect("get");
+    assert_eq!(g["status"]["reason"], "SandboxLost", "{g}");
+    assert_eq!(g["status"]["containerStatuses"][0]["state"], "Terminated");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&id), "namespace mounts left: {mounts}");
+    let cgs: Vec<_> = cgroup_dirs(&agent.cgroup_parent())
+        .into_iter()
+        .filter(|d| d.display().to_string().contains(&id))
+        .collect();
+    assert!(
+        cgs.is_empty(),
+        "cgroups (and their processes) left: {cgs:?}"
+    );
+}

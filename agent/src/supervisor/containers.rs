@@ -389,10 +389,13 @@ impl Supervisor {
             .ok_or("the group is being deleted")?;
         let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
         let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
+        let ready_without_probe = c.readiness_probe.is_none();
         self.mutate(&ctx.name, move |g| {
             let now = clock::now();
             if let Some(s) = status_of(g, &cname) {
                 s.state = "Running".into();
+                // Without a readiness probe a running container is ready (Kubernetes).
+                s.ready = ready_without_probe;
                 s.reason.clear();
                 s.message.clear();
                 s.exit_code = 0;

@@ -151,6 +151,13 @@ impl Supervisor {
 
     async fn finish_delete(self: Arc<Self>, ctx: GroupCtx, grace: Duration) {
         self.teardown(&ctx, grace).await;
+        // A deleted group's logs go with it (a finished group keeps them until deleted).
+        let logs = self.cfg.log_dir.join("groups").join(&ctx.id);
+        if let Err(e) = std::fs::remove_dir_all(&logs)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %logs.display(), error = %e, "removing group logs");
+        }
         let g = self.groups.clone();
         let name = ctx.name.clone();
         match tokio::task::spawn_blocking(move || g.finish_delete(&name)).await {
