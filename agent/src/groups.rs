@@ -72,6 +72,20 @@ pub fn event(group: &str, kind: &str, reason: &str, message: impl Into<String>) 
     }
 }
 
+/// An event about one container of a group.
+pub fn container_event(
+    group: &str,
+    kind: &str,
+    reason: &str,
+    message: impl Into<String>,
+    container: impl Into<String>,
+) -> Event {
+    Event {
+        container: container.into(),
+        ..event(group, kind, reason, message)
+    }
+}
+
 fn describe_size(s: Size) -> String {
     format!(
         "{} vCPU / {}",

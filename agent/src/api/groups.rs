@@ -74,7 +74,7 @@ impl ContainerGroups for GroupsApi {
         let g = self.groups.groups().clone();
         blocking(move || g.get(&name)).await?;
         Err(to_status(Error::Unimplemented(
-            "restarting containers needs the sandbox runtime, which this agent build does not have yet",
+            "restarting a group's containers on request is not available in this agent build yet",
         )))
     }
 

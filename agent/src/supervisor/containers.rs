@@ -10,7 +10,7 @@ use eci_api::v1::{Container, ContainerGroup, ContainerStatus};
 
 use super::{GroupCtx, Supervisor};
 use crate::clock;
-use crate::groups::{NORMAL, WARNING, event};
+use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
 use crate::sandbox::{Shim, files, spec};
 
@@ -102,8 +102,7 @@ impl Supervisor {
                         let st = g.status.get_or_insert_with(Default::default);
                         st.reason = reason.into();
                         st.message = msg.clone();
-                        let mut e = event(&name, WARNING, "Failed", msg);
-                        e.container = cname;
+                        let e = container_event(&name, WARNING, "Failed", msg, cname);
                         vec![e]
                     })
                     .await;
@@ -120,13 +119,13 @@ impl Supervisor {
             return Ok(());
         };
         for (c, _) in &images {
-            let mut e = event(
+            let e = container_event(
                 &ctx.name,
                 NORMAL,
                 "Pulled",
                 format!("Container image {:?} already present on machine", c.image),
+                c.name.clone(),
             );
-            e.container = c.name.clone();
             let name = ctx.name.clone();
             if self.mutate(&name, move |_| vec![e]).await.is_none() {
                 return Ok(());
@@ -300,8 +299,7 @@ impl Supervisor {
             if st.phase == phase::RUNNING {
                 st.phase = phase::RESTARTING.into();
             }
-            let mut e = event(&name, WARNING, "BackOff", msg);
-            e.container = cname;
+            let e = container_event(&name, WARNING, "BackOff", msg, cname);
             vec![e]
         })
         .await;
@@ -376,13 +374,13 @@ impl Supervisor {
         shim.create(&c.name, &bundle, rootfs, &log)
             .await
             .map_err(|e| e.message())?;
-        let mut created = event(
+        let created = container_event(
             &ctx.name,
             NORMAL,
             "Created",
             format!("Created container {}", c.name),
+            c.name.clone(),
         );
-        created.container = c.name.clone();
         let name = ctx.name.clone();
         self.mutate(&name, move |_| vec![created])
             .await
@@ -413,13 +411,13 @@ impl Supervisor {
                     st.started_at = now;
                 }
             }
-            let mut e = event(
+            let e = container_event(
                 &gname,
                 NORMAL,
                 "Started",
                 format!("Started container {cname}"),
+                cname,
             );
-            e.container = cname;
             vec![e]
         })
         .await;
@@ -496,18 +494,23 @@ impl Supervisor {
             }
             let mut events = Vec::new();
             if ended.oom {
-                let mut e = event(
+                let e = container_event(
                     &name,
                     WARNING,
                     "OOMKilling",
                     format!("Memory limit reached: container {cname} was OOM-killed"),
+                    cname.clone(),
                 );
-                e.container = cname.clone();
                 events.push(e);
             }
             if !ended.message.is_empty() {
-                let mut e = event(&name, WARNING, "Failed", ended.message.clone());
-                e.container = cname.clone();
+                let e = container_event(
+                    &name,
+                    WARNING,
+                    "Failed",
+                    ended.message.clone(),
+                    cname.clone(),
+                );
                 events.push(e);
             }
             events
