@@ -53,6 +53,8 @@ pub enum StoreError {
     },
     #[error("group {0:?} already exists")]
     Exists(String),
+    #[error("setting write durability: {0}")]
+    Durability(String),
     #[error("state database record {key} does not parse")]
     Json {
         key: String,
@@ -116,7 +118,26 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// As [`Store::write`], but not fsynced: it becomes durable with the next durable
+    /// write. For records whose loss in a crash changes nothing (informational events).
+    pub fn write_lazy<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T, E: From<StoreError>>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(durability)
+            .map_err(|e| StoreError::Durability(e.to_string()))?;
         let revision = {
             let meta = tx.open_table(META).map_err(db_err)?;
             meta.get("revision")

@@ -1,7 +1,6 @@
 //! Cgroups of groups and containers (`eci/<group id>[/<container>]` in every hierarchy),
 //! on cgroup v1, hybrid and v2 hosts (cgroups-rs picks the layout).
 
-use cgroups_rs::CgroupPid;
 use cgroups_rs::fs::cgroup::Cgroup;
 use cgroups_rs::fs::devices::{DevicePermissions, DeviceType};
 use cgroups_rs::fs::memory::MemController;
@@ -13,6 +12,12 @@ use cgroups_rs::fs::{
 /// Errors of cgroup operations.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    #[error("joining cgroup via {path}")]
+    Join {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cgroup {path}: {op}")]
     Op {
         path: String,
@@ -34,6 +39,11 @@ pub struct Limits {
     /// Restrict devices to the container defaults (v1; v2 needs an eBPF program).
     pub restrict_devices: bool,
 }
+
+/// The v1 controllers a container is placed in. Each attach to a v1 hierarchy costs an
+/// RCU grace period in the kernel (milliseconds), so only the ones limits and accounting
+/// use: memory, CPU, pids, devices.
+pub const CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
 
 fn load(rel: &str) -> Cgroup {
     Cgroup::load(hierarchies::auto(), rel)
@@ -97,7 +107,9 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
             source,
         }
     };
-    let cg = Cgroup::new(hierarchies::auto(), rel).map_err(op("create"))?;
+    let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+    let cg = Cgroup::new_with_specified_controllers(hierarchies::auto(), rel, Some(controllers))
+        .map_err(op("create"))?;
     let mut res = Resources {
         memory: MemoryResources {
             memory_hard_limit: limits.memory_bytes,
@@ -130,15 +142,44 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Moves process `pid` into the cgroup.
+/// Moves process `pid` into the cgroup, in every hierarchy where it exists.
+///
+/// Written directly rather than through cgroups-rs: this runs on every container start
+/// (in `eci-shim init`), where re-discovering the hierarchies cost milliseconds.
 pub fn join(rel: &str, pid: u32) -> Result<(), CgroupError> {
-    load(rel)
-        .add_task_by_tgid(CgroupPid::from(pid as u64))
-        .map_err(|source| CgroupError::Op {
-            path: rel.to_string(),
-            op: "join",
-            source,
-        })
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let pid = pid.to_string();
+    let io = |path: &std::path::Path, e: std::io::Error| CgroupError::Join {
+        path: path.display().to_string(),
+        source: e,
+    };
+    if hierarchies::is_cgroup2_unified_mode() {
+        let procs = root.join(rel).join("cgroup.procs");
+        return std::fs::write(&procs, &pid).map_err(|e| io(&procs, e));
+    }
+    let mut joined = 0;
+    let mut seen = std::collections::HashSet::new();
+    for c in CONTROLLERS {
+        // cpu and cpuacct usually share one hierarchy: attach once per hierarchy.
+        let Ok(h) = std::fs::canonicalize(root.join(c)) else {
+            continue;
+        };
+        if !seen.insert(h.clone()) {
+            continue;
+        }
+        let procs = h.join(rel).join("cgroup.procs");
+        if procs.exists() {
+            std::fs::write(&procs, &pid).map_err(|e| io(&procs, e))?;
+            joined += 1;
+        }
+    }
+    if joined == 0 {
+        return Err(io(
+            &root.join(rel),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    Ok(())
 }
 
 /// Processes in the cgroup and below.

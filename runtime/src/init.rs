@@ -1,5 +1,5 @@
 //! The container side of process creation. The shim runs `eci-shim init <config>`, a
-//! fresh single-threaded process, which joins the container's cgroup and namespaces,
+//! fresh single-threaded process, which joins the container's namespaces,
 //! forks the container's first process (PID 1 of a new PID namespace) and exits. That
 //! child builds the filesystem view, drops privileges, reports `Ready`, waits for the
 //! start byte, loads seccomp and execs.
@@ -56,7 +56,8 @@ pub struct InitConfig {
     /// User as stated ("name", "uid"), resolved inside the container.
     pub user: String,
     pub group: Option<String>,
-    /// Cgroup to join, relative to each hierarchy's root.
+    /// The container's cgroup, relative to each hierarchy's root. The shim moves the
+    /// process there while it sets itself up (see `eci-shim`'s process module).
     pub cgroup: String,
     /// Compiled seccomp programs (see [`seccomp::write_default`]).
     pub seccomp: PathBuf,
@@ -105,7 +106,6 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
     let text = std::fs::read(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
     let cfg: InitConfig =
         serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
-    join_cgroup(&cfg.cgroup)?;
     match &cfg.target {
         Target::Container {
             group_namespaces, ..
@@ -139,14 +139,6 @@ fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
         .map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))?;
     nix::sched::setns(f, CloneFlags::empty())
         .map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
-}
-
-fn join_cgroup(rel: &str) -> Result<(), String> {
-    if rel.is_empty() {
-        return Ok(());
-    }
-    let pid = std::process::id();
-    crate::cgroup::join(rel, pid).map_err(|e| format!("joining cgroup {rel}: {e}"))
 }
 
 fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {

@@ -43,10 +43,11 @@ fn high(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
 }
 
-/// Runs `eci-shim init CONFIG` with the given stdio and waits until the container
-/// process is set up (or failed). Blocking: call from a blocking thread.
+/// Runs `eci-shim init CONFIG` with the given stdio, moves the process into `cgroup`, and
+/// waits until it is set up (or failed). Blocking: call from a blocking thread.
 pub fn create(
     config: &Path,
+    cgroup: &str,
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
@@ -84,6 +85,19 @@ pub fn create(
         Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
         _ => return Err(SpawnError::Vanished),
     };
+    // Into its cgroup while it builds its root in parallel: the first attach to a v1
+    // hierarchy waits for an RCU grace period, about as long as the rest of the setup.
+    // It cannot exec before the start byte, which comes after this returns.
+    if let Err(e) = eci_runtime::cgroup::join(cgroup, pid as u32) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let why = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(SpawnError::Io(format!("{e}: {why}")));
+    }
     match read(&mut sync)? {
         Some(Sync::Ready) => Ok(Created {
             pid,

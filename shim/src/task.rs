@@ -268,8 +268,9 @@ impl TaskService {
             }
         };
         let reaper = self.reaper.clone();
+        let cgroup = proc_.cgroup.clone();
         let created = tokio::task::spawn_blocking(move || {
-            process::create(&config, stdin, stdout, stderr, &reaper)
+            process::create(&config, &cgroup, stdin, stdout, stderr, &reaper)
         })
         .await
         .map_err(|e| err(Code::INTERNAL, e.to_string()))?

@@ -118,19 +118,20 @@ impl Supervisor {
         let Some(images) = self.resolve_images(ctx).await else {
             return Ok(());
         };
-        for (c, _) in &images {
-            let e = container_event(
-                &ctx.name,
-                NORMAL,
-                "Pulled",
-                format!("Container image {:?} already present on machine", c.image),
-                c.name.clone(),
-            );
-            let name = ctx.name.clone();
-            if self.mutate(&name, move |_| vec![e]).await.is_none() {
-                return Ok(());
-            }
-        }
+        // One transaction for all containers' events: each commit is an fsync.
+        let pulled: Vec<_> = images
+            .iter()
+            .map(|(c, _)| {
+                let msg = format!("Container image {:?} already present on machine", c.image);
+                container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
+            })
+            .collect();
+        let store = self.groups.store().clone();
+        // Informational: made durable by the next status write.
+        let _ = tokio::task::spawn_blocking(move || {
+            store.write_lazy(|tx| pulled.into_iter().try_for_each(|e| tx.event(e)))
+        })
+        .await;
         files::write(&ctx.dir.etc(), &ctx.spec)
             .map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
@@ -374,17 +375,6 @@ impl Supervisor {
         shim.create(&c.name, &bundle, rootfs, &log)
             .await
             .map_err(|e| e.message())?;
-        let created = container_event(
-            &ctx.name,
-            NORMAL,
-            "Created",
-            format!("Created container {}", c.name),
-            c.name.clone(),
-        );
-        let name = ctx.name.clone();
-        self.mutate(&name, move |_| vec![created])
-            .await
-            .ok_or("the group is being deleted")?;
         let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
         let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
         let ready_without_probe = c.readiness_probe.is_none();
@@ -411,14 +401,21 @@ impl Supervisor {
                     st.started_at = now;
                 }
             }
-            let e = container_event(
+            let created = container_event(
+                &gname,
+                NORMAL,
+                "Created",
+                format!("Created container {cname}"),
+                cname.clone(),
+            );
+            let started = container_event(
                 &gname,
                 NORMAL,
                 "Started",
                 format!("Started container {cname}"),
                 cname,
             );
-            vec![e]
+            vec![created, started]
         })
         .await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
