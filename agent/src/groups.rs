@@ -117,7 +117,7 @@ fn name_of(g: &ContainerGroup) -> &str {
 }
 
 /// A random id; groups re-created under the same name get a new one.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut buf = [0u8; 8];
     // Reading the kernel's CSPRNG only fails when /dev is broken; fall back to the clock.
     if std::fs::File::open("/dev/urandom")

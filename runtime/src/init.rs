@@ -106,6 +106,8 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
     let text = std::fs::read(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
     let cfg: InitConfig =
         serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    // Read before changing namespaces: the file is not reachable from inside.
+    let programs = seccomp::read(&cfg.seccomp).map_err(chain)?;
     match &cfg.target {
         Target::Container {
             group_namespaces, ..
@@ -130,7 +132,7 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
             send(sync, &Sync::Pid(child.as_raw()));
             std::process::exit(0);
         }
-        ForkResult::Child => child(&cfg, sync),
+        ForkResult::Child => child(&cfg, &programs, sync),
     }
 }
 
@@ -141,9 +143,11 @@ fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
         .map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
 }
 
-fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
-    // Read now: the file is not reachable after pivot_root.
-    let programs = seccomp::read(&cfg.seccomp).map_err(chain)?;
+fn child(
+    cfg: &InitConfig,
+    programs: &[seccompiler::BpfProgram],
+    sync: &mut std::fs::File,
+) -> Result<Never, String> {
     if let Target::Container {
         rootfs,
         rootfs_mount,
@@ -240,7 +244,7 @@ fn child(cfg: &InitConfig, sync: &mut std::fs::File) -> Result<Never, String> {
     drop(start);
     let cargs: Vec<CString> = args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
     let cenv: Vec<CString> = env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    seccomp::load(&programs).map_err(chain)?;
+    seccomp::load(programs).map_err(chain)?;
     let err = nix::unistd::execve(&cstring(&program)?, &cargs, &cenv).err();
     Err(format!(
         "exec {program}: {}",

@@ -426,8 +426,16 @@ impl Task for TaskService {
                 let pid = container.state.lock().map(|s| s.pid).unwrap_or(0);
                 let config = InitConfig {
                     target: Target::Exec { pid },
-                    user: process.user().uid().to_string(),
-                    group: Some(process.user().gid().to_string()),
+                    // A name (as the container's user) or the numeric ids.
+                    user: process
+                        .user()
+                        .username()
+                        .clone()
+                        .unwrap_or_else(|| process.user().uid().to_string()),
+                    group: match process.user().username() {
+                        Some(_) => None,
+                        None => Some(process.user().gid().to_string()),
+                    },
                     process,
                     cgroup: container.cgroup.clone(),
                     seccomp: self.group.seccomp.clone(),

@@ -400,3 +400,53 @@ fn a_shim_that_died_while_the_agent_was_down_is_reported_and_cleaned() {
         "cgroups (and their processes) left: {cgs:?}"
     );
 }
+
+#[test]
+fn exec_runs_in_the_container_with_its_stdio_and_exit_code() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "ex",
+                &group("ex", "Always", &[("app", "echo ready; sleep 3600")], "")
+            )
+            .status
+            .success()
+    );
+    wait_phase(&agent, "ex", "Running");
+    let out = agent.ctl(&[
+        "exec",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; echo pid1=$(cat /proc/1/comm); exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("to-out") && stdout.contains("pid1=sleep"),
+        "joined the container's PID namespace: {stdout}"
+    );
+    assert!(stderr.contains("to-err"), "{stderr}");
+    let mut child = std::process::Command::new(eci_tests::bin("ecictl"))
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["exec", "-i", "ex", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ecictl exec -i");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"through stdin\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("through stdin"),
+        "{out:?}"
+    );
+    let out = agent.ctl(&["exec", "ex", "--", "/no/such/binary"]);
+    assert!(!out.status.success(), "{}", text(&out));
+}

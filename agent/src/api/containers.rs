@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::to_status;
 use super::{Shared, blocking};
+use crate::supervisor::ExecSession;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -190,11 +192,77 @@ impl Containers for ContainersApi {
 
     async fn exec(
         &self,
-        _: Request<Streaming<ExecRequest>>,
+        req: Request<Streaming<ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(Status::unimplemented(
-            "exec is not available in this agent build yet",
-        ))
+        let mut input = req.into_inner();
+        let missing = || Status::invalid_argument("start: the first message must carry it");
+        let start = input
+            .message()
+            .await?
+            .and_then(|m| m.start)
+            .ok_or_else(missing)?;
+        if start.tty {
+            return Err(Status::unimplemented(
+                "exec with a terminal (-t) is not available in this agent build yet",
+            ));
+        }
+        if start.command.is_empty() {
+            return Err(Status::invalid_argument("start.command: required"));
+        }
+        let g = self.sup.groups().clone();
+        let name = start.group.clone();
+        let group = blocking(move || g.get(&name)).await?;
+        let spec = group.spec.unwrap_or_default();
+        let container = match (start.container.as_str(), spec.containers.len()) {
+            ("", 1) => spec.containers[0].name.clone(),
+            ("", n) => {
+                return Err(Status::invalid_argument(format!(
+                    "container: the group has {n} containers; name one"
+                )));
+            }
+            (c, _) => c.to_string(),
+        };
+        let session = self
+            .sup
+            .exec(&start.group, &container, start.command, start.stdin)
+            .await
+            .map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(64);
+        let ExecSession {
+            stdout,
+            stderr,
+            stdin,
+            exit,
+        } = session;
+        if let Some(mut stdin) = stdin {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // Dropping `stdin` closes the process's input.
+                while let Ok(Some(msg)) = input.message().await {
+                    if !msg.stdin.is_empty() && stdin.write_all(&msg.stdin).await.is_err() {
+                        return;
+                    }
+                    if msg.close_stdin {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let a = tokio::spawn(pump(stdout, tx.clone(), false));
+            let b = tokio::spawn(pump(stderr, tx.clone(), true));
+            let _ = a.await;
+            let _ = b.await;
+            let last = match exit.wait().await {
+                Ok(code) => Ok(ExecResponse {
+                    exit_code: Some(code),
+                    ..Default::default()
+                }),
+                Err(e) => Err(to_status(e)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn attach(
@@ -204,5 +272,37 @@ impl Containers for ContainersApi {
         Err(Status::unimplemented(
             "attach is not available in this agent build yet",
         ))
+    }
+}
+
+/// Copies one output pipe of an exec into response messages until it closes.
+async fn pump(
+    mut r: tokio::net::unix::pipe::Receiver,
+    tx: mpsc::Sender<Result<ExecResponse, Status>>,
+    stderr: bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let data = buf[..n].to_vec();
+                let m = if stderr {
+                    ExecResponse {
+                        stderr: data,
+                        ..Default::default()
+                    }
+                } else {
+                    ExecResponse {
+                        stdout: data,
+                        ..Default::default()
+                    }
+                };
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }

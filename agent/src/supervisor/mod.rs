@@ -8,7 +8,10 @@
 //! races a delete stops by itself.
 
 mod containers;
+mod exec;
 mod teardown;
+
+pub use exec::{ExecExit, ExecSession};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,0 +1,148 @@
+//! Running an extra process in a running container (Containers.Exec): FIFOs in the
+//! group's run directory carry its stdio between the shim and the agent.
+
+use std::path::PathBuf;
+
+use tokio::net::unix::pipe;
+
+use super::{GroupCtx, Supervisor};
+use crate::error::{Error, Result};
+use crate::sandbox::Shim;
+
+/// A started exec: its output pipes, its input (when asked for), and its end.
+pub struct ExecSession {
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub stdin: Option<pipe::Sender>,
+    pub exit: ExecExit,
+}
+
+/// Waits for an exec and cleans up after it.
+pub struct ExecExit {
+    shim: Shim,
+    container: String,
+    exec_id: String,
+    dir: PathBuf,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!("{what}: {e}"))
+}
+
+fn mkfifo(path: &std::path::Path) -> Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| failed(&format!("creating {}", path.display()), e))
+}
+
+impl Supervisor {
+    /// Starts `command` in `container` of the group. The process gets the container's
+    /// environment, working directory, user and capabilities.
+    pub async fn exec(
+        &self,
+        group: &str,
+        container: &str,
+        command: Vec<String>,
+        stdin: bool,
+    ) -> Result<ExecSession> {
+        let g = self.groups.get(group)?;
+        let ctx: GroupCtx = self.ctx(&g);
+        let running = g
+            .status
+            .iter()
+            .flat_map(|s| &s.container_statuses)
+            .any(|s| s.name == container && s.state == "Running");
+        if !running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {container:?} of group {group:?} is not running"
+            )));
+        }
+        let bundle = ctx.dir.bundle(container);
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(bundle.join("config.json"))
+                .map_err(|e| failed("reading the container spec", e))?,
+        )
+        .map_err(|e| failed("parsing the container spec", e))?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(command);
+        process["terminal"] = false.into();
+        // The container's user by name, resolved inside it as for the container itself.
+        if let Some(user) = spec["annotations"]["io.eci.user"].as_str() {
+            process["user"]["username"] = user.into();
+        }
+        let exec_id = format!("exec-{}", crate::groups::new_id());
+        let dir = ctx.dir.root().join("exec").join(&exec_id);
+        std::fs::create_dir_all(&dir).map_err(|e| failed("creating the exec directory", e))?;
+        let (out, err, inp) = (dir.join("stdout"), dir.join("stderr"), dir.join("stdin"));
+        mkfifo(&out)?;
+        mkfifo(&err)?;
+        // Readers first, so the shim's opens for writing do not block.
+        let stdout = pipe::OpenOptions::new()
+            .open_receiver(&out)
+            .map_err(|e| failed("opening stdout", e))?;
+        let stderr = pipe::OpenOptions::new()
+            .open_receiver(&err)
+            .map_err(|e| failed("opening stderr", e))?;
+        let stdin_tx = if stdin {
+            mkfifo(&inp)?;
+            Some(
+                pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_sender(&inp)
+                    .map_err(|e| failed("opening stdin", e))?,
+            )
+        } else {
+            None
+        };
+        let shim = Shim::connect(&ctx.dir.shim_socket())
+            .await
+            .map_err(|e| failed("the group's shim", e.message()))?;
+        let json = serde_json::to_vec(&process).map_err(|e| failed("encoding the process", e))?;
+        let stdin_path = if stdin {
+            inp.display().to_string()
+        } else {
+            String::new()
+        };
+        shim.exec(
+            container,
+            &exec_id,
+            json,
+            &stdin_path,
+            &out.display().to_string(),
+            &err.display().to_string(),
+        )
+        .await
+        .map_err(|e| failed("exec", e.message()))?;
+        if let Err(e) = shim.start(container, &exec_id).await {
+            let _ = shim.delete(container, &exec_id).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(failed("exec", e.message()));
+        }
+        let exit = ExecExit {
+            shim,
+            container: container.into(),
+            exec_id,
+            dir,
+        };
+        Ok(ExecSession {
+            stdout,
+            stderr,
+            stdin: stdin_tx,
+            exit,
+        })
+    }
+}
+
+impl ExecExit {
+    /// Waits for the process, then forgets it; returns its exit code.
+    pub async fn wait(self) -> Result<i32> {
+        let code = self
+            .shim
+            .wait(&self.container, &self.exec_id)
+            .await
+            .map_err(|e| failed("waiting for the exec", e.message()))?
+            .code as i32;
+        let _ = self.shim.delete(&self.container, &self.exec_id).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(code)
+    }
+}
