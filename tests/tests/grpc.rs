@@ -134,10 +134,10 @@ async fn codes_name_what_went_wrong() {
 
     // Methods that later parts of the agent build say so; none pretends to succeed.
     let err = groups
-        .restart(RestartGroupRequest { name: "a".into() })
+        .restart(RestartGroupRequest { name: "zzz".into() })
         .await
         .expect_err("restart");
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::NotFound);
     let err = MetricsClient::new(ch.clone())
         .get_metrics(GetMetricsRequest { group: "a".into() })
         .await

@@ -450,3 +450,53 @@ fn exec_runs_in_the_container_with_its_stdio_and_exit_code() {
     let out = agent.ctl(&["exec", "ex", "--", "/no/such/binary"]);
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn restart_and_update_recreate_containers_and_keep_the_ip() {
+    let agent = agent();
+    let spec = format!(
+        "{}network: {{ipv4Address: 10.77.0.5/24}}\n",
+        group(
+            "upd",
+            "Always",
+            &[("app", "echo generation-one; sleep 3600")],
+            "terminationGracePeriodSeconds: 1\n"
+        )
+    );
+    assert!(agent.apply("upd", &spec).status.success());
+    wait_phase(&agent, "upd", "Running");
+    wait_log(&agent, "upd", "app", "generation-one");
+    let out = agent.ctl(&["restart", "upd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restarted = wait_for(Duration::from_secs(20), || {
+        let g = agent.get_json("upd").ok()?;
+        (g["status"]["phase"] == "Running"
+            && g["status"]["containerStatuses"][0]["restartCount"] == 1)
+            .then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "{}",
+        text(&agent.ctl(&["describe", "upd"]))
+    );
+    assert!(text(&agent.ctl(&["logs", "upd", "--previous"])).contains("generation-one"));
+
+    let updated = spec
+        .replace("generation-one", "generation-two")
+        .replace("network: {ipv4Address: 10.77.0.5/24}", "network: {}");
+    let out = agent.apply("upd", &updated);
+    assert!(
+        out.status.success() && text(&out).contains("configured"),
+        "{}",
+        text(&out)
+    );
+    wait_log(&agent, "upd", "app", "generation-two");
+    wait_phase(&agent, "upd", "Running");
+    let g = agent.get_json("upd").expect("get");
+    assert_eq!(g["generation"], "2");
+    assert_eq!(
+        g["status"]["ipAddresses"][0], "10.77.0.5",
+        "the IP is kept: {g}"
+    );
+    assert!(text(&agent.ctl(&["describe", "upd"])).contains("Updating"));
+}

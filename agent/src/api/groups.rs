@@ -11,7 +11,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, blocking, status::to_status};
-use crate::error::Error;
 use crate::groups::parse_selector;
 use crate::selector::Selector;
 
@@ -62,8 +61,9 @@ impl ContainerGroups for GroupsApi {
         req: Request<UpdateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let spec = spec_of(req.into_inner().spec)?;
-        let g = self.groups.groups().clone();
-        Ok(Response::new(blocking(move || g.update(spec)).await?))
+        Ok(Response::new(
+            self.groups.update(spec).await.map_err(to_status)?,
+        ))
     }
 
     async fn restart(
@@ -71,11 +71,9 @@ impl ContainerGroups for GroupsApi {
         req: Request<RestartGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
-        let g = self.groups.groups().clone();
-        blocking(move || g.get(&name)).await?;
-        Err(to_status(Error::Unimplemented(
-            "restarting a group's containers on request is not available in this agent build yet",
-        )))
+        Ok(Response::new(
+            self.groups.restart(&name).await.map_err(to_status)?,
+        ))
     }
 
     async fn delete(

@@ -100,6 +100,7 @@ impl Supervisor {
                             s.message = msg.clone();
                         }
                         let st = g.status.get_or_insert_with(Default::default);
+                        st.phase = phase::PENDING.into();
                         st.reason = reason.into();
                         st.message = msg.clone();
                         let e = container_event(&name, WARNING, "Failed", msg, cname);
@@ -176,12 +177,25 @@ impl Supervisor {
                 self.backoff(ctx, c, restarts).await;
             }
         }
-        // App containers: in parallel, each followed by its own task.
+        // App containers: in parallel, each followed by its own task. A container that ran
+        // before (group restart, update, lost sandbox) continues its restart count, so
+        // each run keeps its own log file.
+        let prior = self
+            .groups
+            .get(&ctx.name)
+            .ok()
+            .and_then(|g| g.status)
+            .unwrap_or_default();
         for (c, image) in images.into_iter().skip(n_init) {
+            let base = prior
+                .container_statuses
+                .iter()
+                .find(|s| s.name == c.name && !s.started_at.is_empty())
+                .map_or(0, |s| s.restart_count + 1);
             let me = self.clone();
             let (ctx2, shim2) = (ctx.clone(), shim.clone());
             let task = tokio::spawn(async move {
-                me.container_loop(ctx2, shim2, c, image, 0, false, shm)
+                me.container_loop(ctx2, shim2, c, image, base, false, shm)
                     .await
             });
             self.track(&ctx.name, task);

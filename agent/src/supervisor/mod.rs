@@ -120,6 +120,89 @@ impl Supervisor {
         self.track(&name, task);
     }
 
+    /// Stops every container of a group and starts them again from its current spec,
+    /// on the same sandbox (same IP). `phase` is Restarting or Updating meanwhile.
+    async fn recreate(
+        self: &Arc<Self>,
+        name: &str,
+        phase_now: &'static str,
+        reason: &'static str,
+        message: String,
+    ) -> Result<ContainerGroup> {
+        let n = name.to_string();
+        let group = self
+            .mutate(name, move |g| {
+                let st = g.status.get_or_insert_with(Default::default);
+                st.phase = phase_now.into();
+                st.reason = reason.into();
+                st.message = message.clone();
+                vec![event(&n, crate::groups::NORMAL, reason, message)]
+            })
+            .await
+            .ok_or_else(|| Error::FailedPrecondition(format!("group {name:?} is being deleted")))?;
+        self.stop_tasks(name);
+        let ctx = self.ctx(&group);
+        let grace = Duration::from_secs(
+            ctx.spec
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
+                me.stop_containers(&ctx, &shim, grace).await;
+            }
+            me.run(ctx).await;
+        });
+        self.track(name, task);
+        Ok(group)
+    }
+
+    /// Restarts every container of a running group (ContainerGroups.Restart).
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<ContainerGroup> {
+        let group = self.groups.get(name)?;
+        let phase_now = group
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase::is_final(&phase_now) || phase_now == phase::TERMINATING {
+            return Err(Error::FailedPrecondition(format!(
+                "group {name:?} is {phase_now}; create it again instead"
+            )));
+        }
+        self.recreate(
+            name,
+            phase::RESTARTING,
+            "Restarting",
+            "restarting all containers on request".into(),
+        )
+        .await
+    }
+
+    /// Stores a new spec and recreates the containers from it; the IP stays.
+    pub async fn update(self: &Arc<Self>, spec: GroupSpec) -> Result<ContainerGroup> {
+        let g = self.groups.clone();
+        let name = spec.name.clone();
+        let updated = tokio::task::spawn_blocking(move || g.update(spec))
+            .await
+            .map_err(join_err)??;
+        let phase_now = updated
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase_now == phase::SCHEDULE_FAILED {
+            return Ok(updated);
+        }
+        let msg = format!(
+            "recreating containers for spec generation {}",
+            updated.generation
+        );
+        self.recreate(&name, phase::UPDATING, "Updating", msg).await
+    }
+
     /// Marks a group Terminating and tears it down in the background.
     pub async fn delete(
         self: &Arc<Self>,

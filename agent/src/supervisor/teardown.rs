@@ -12,7 +12,9 @@ use crate::groups::{NORMAL, event};
 use crate::sandbox::Shim;
 
 impl Supervisor {
-    pub(crate) async fn teardown(self: &Arc<Self>, ctx: &GroupCtx, grace: Duration) {
+    /// SIGTERM to every running container, up to `grace` for them to exit, SIGKILL to
+    /// what is left (and everything in their cgroups), then the shim forgets them.
+    pub(crate) async fn stop_containers(&self, ctx: &GroupCtx, shim: &Shim, grace: Duration) {
         let names: Vec<String> = ctx
             .spec
             .init_containers
@@ -20,48 +22,50 @@ impl Supervisor {
             .chain(&ctx.spec.containers)
             .map(|c| c.name.clone())
             .collect();
+        let mut running = Vec::new();
+        for n in &names {
+            if let Ok((_, true)) = shim.state(n).await {
+                let _ = shim
+                    .kill(n, nix::sys::signal::Signal::SIGTERM as i32, false)
+                    .await;
+                running.push(n.clone());
+            }
+        }
+        if !running.is_empty() {
+            let e = event(
+                &ctx.name,
+                NORMAL,
+                "Killing",
+                format!("Stopping container {}", running.join(", ")),
+            );
+            let store = self.groups.store().clone();
+            // Written directly: the group may be Terminating, which `mutate` refuses.
+            let _ = tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
+        }
+        let waits = running.iter().map(|n| shim.wait(n, ""));
+        if tokio::time::timeout(grace, futures::future::join_all(waits))
+            .await
+            .is_err()
+        {
+            tracing::info!(group = %ctx.name, "grace period over: SIGKILL");
+        }
+        for n in &running {
+            let _ = shim
+                .kill(n, nix::sys::signal::Signal::SIGKILL as i32, true)
+                .await;
+        }
+        let waits = running.iter().map(|n| shim.wait(n, ""));
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits)).await;
+        for n in &names {
+            let _ = shim.delete(n, "").await;
+        }
+    }
+
+    pub(crate) async fn teardown(self: &Arc<Self>, ctx: &GroupCtx, grace: Duration) {
         match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(shim) => {
-                let mut running = Vec::new();
-                for n in &names {
-                    if let Ok((_, true)) = shim.state(n).await {
-                        let _ = shim
-                            .kill(n, nix::sys::signal::Signal::SIGTERM as i32, false)
-                            .await;
-                        running.push(n.clone());
-                    }
-                }
-                if !running.is_empty() {
-                    let list = running.join(", ");
-                    let e = event(
-                        &ctx.name,
-                        NORMAL,
-                        "Killing",
-                        format!("Stopping container {list}"),
-                    );
-                    let store = self.groups.store().clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
-                }
-                let waits = running.iter().map(|n| shim.wait(n, ""));
-                if tokio::time::timeout(grace, futures::future::join_all(waits))
-                    .await
-                    .is_err()
-                {
-                    tracing::info!(group = %ctx.name, "grace period over: SIGKILL");
-                }
-                for n in &running {
-                    let _ = shim
-                        .kill(n, nix::sys::signal::Signal::SIGKILL as i32, true)
-                        .await;
-                }
-                let waits = running.iter().map(|n| shim.wait(n, ""));
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(waits))
-                        .await;
-                for n in &names {
-                    let _ = shim.delete(n, "").await;
-                }
+                self.stop_containers(ctx, &shim, grace).await;
                 if let Err(e) = shim.shutdown().await {
                     tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
                 }
@@ -73,7 +77,16 @@ impl Supervisor {
                     tokio::time::sleep(SHIM_POLL).await;
                 }
             }
-            Err(_) => self.clean_without_shim(ctx, &names),
+            Err(_) => {
+                let names: Vec<String> = ctx
+                    .spec
+                    .init_containers
+                    .iter()
+                    .chain(&ctx.spec.containers)
+                    .map(|c| c.name.clone())
+                    .collect();
+                self.clean_without_shim(ctx, &names)
+            }
         }
         self.remove_dirs(ctx);
     }
