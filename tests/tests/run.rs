@@ -500,3 +500,56 @@ fn restart_and_update_recreate_containers_and_keep_the_ip() {
     );
     assert!(text(&agent.ctl(&["describe", "upd"])).contains("Updating"));
 }
+
+#[test]
+fn a_shim_that_dies_under_a_running_agent_is_replaced_per_policy() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "phoenix",
+                &group("phoenix", "Always", &[("c", "echo up; sleep 3600")], "")
+            )
+            .status
+            .success()
+    );
+    wait_phase(&agent, "phoenix", "Running");
+    let id = agent.get_json("phoenix").expect("get")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let pid_file = agent
+        .root()
+        .join("run/eci/groups")
+        .join(&id)
+        .join("shim.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file)
+        .expect("shim pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill shim");
+    let replaced = wait_for(Duration::from_secs(30), || {
+        let new: i32 = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (new != old && phase(&agent, "phoenix") == "Running").then_some(new)
+    });
+    assert!(
+        replaced.is_some(),
+        "{}",
+        text(&agent.ctl(&["describe", "phoenix"]))
+    );
+    assert!(text(&agent.ctl(&["describe", "phoenix"])).contains("SandboxLost"));
+    let g = agent.get_json("phoenix").expect("get");
+    assert_eq!(
+        g["status"]["containerStatuses"][0]["restartCount"], 1,
+        "{g}"
+    );
+}

@@ -282,6 +282,15 @@ impl Supervisor {
                     },
                 }
             };
+            if !ended.message.is_empty() && !self.shim_alive(&ctx).await {
+                // Not the container: its shim is gone. Recover the group elsewhere (this
+                // task is among those stopped there).
+                tracing::warn!(group = %ctx.name, "the group's shim died");
+                let me = self.clone();
+                let ctx2 = ctx.clone();
+                tokio::spawn(async move { me.sandbox_lost(&ctx2).await });
+                return;
+            }
             self.record_exit(&ctx, &c, &ended).await;
             let restart = match ctx.spec.restart_policy.as_str() {
                 "Never" => false,

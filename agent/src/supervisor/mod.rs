@@ -46,6 +46,8 @@ pub struct Supervisor {
     cfg: SupervisorConfig,
     /// Tasks working on each group (runner and container watchers).
     tasks: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// Groups whose dead shim is being dealt with.
+    recovering: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Everything about one group a task needs, read once.
@@ -63,6 +65,7 @@ impl Supervisor {
             groups,
             cfg,
             tasks: Mutex::new(HashMap::new()),
+            recovering: Mutex::new(Default::default()),
         })
     }
 
@@ -285,7 +288,7 @@ impl Supervisor {
                 }
                 Err(_) if ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() => {
                     tracing::warn!(group = %ctx.name, "the group's shim is gone");
-                    self.sandbox_lost(&ctx, &group).await;
+                    self.sandbox_lost(&ctx).await;
                 }
                 Err(_) => self.spawn_run(&group),
             }
@@ -294,44 +297,63 @@ impl Supervisor {
     }
 
     /// The shim died with the group's processes: clean up, then apply the restart policy.
-    async fn sandbox_lost(self: &Arc<Self>, ctx: &GroupCtx, group: &ContainerGroup) {
+    /// Several of the group's tasks may notice at once; one recovers.
+    pub(crate) async fn sandbox_lost(self: &Arc<Self>, ctx: &GroupCtx) {
+        if !self
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ctx.name.clone())
+        {
+            return;
+        }
+        // The group's other tasks wait on the dead shim: stop them.
+        self.stop_tasks(&ctx.name);
         self.teardown(ctx, Duration::ZERO).await;
-        let policy = ctx.spec.restart_policy.clone();
-        let restart = policy != "Never";
+        let restart = ctx.spec.restart_policy != "Never";
+        let name = ctx.name.clone();
         let updated = self
             .mutate(&ctx.name, move |g| {
                 let st = g.status.get_or_insert_with(Default::default);
+                let now = crate::clock::now();
                 for c in &mut st.container_statuses {
                     if c.state == "Running" {
                         c.state = "Terminated".into();
                         c.reason = "Error".into();
                         c.message = "the group's shim died".into();
                         c.exit_code = 137;
-                        c.finished_at = crate::clock::now();
+                        c.finished_at = now.clone();
                     }
                 }
+                st.reason = "SandboxLost".into();
                 if restart {
                     st.phase = phase::PENDING.into();
-                    st.reason = "SandboxLost".into();
                     st.message = "the shim died; recreating the sandbox".into();
                 } else {
                     st.phase = phase::FAILED.into();
-                    st.reason = "SandboxLost".into();
                     st.message = "the shim died".into();
-                    st.finished_at = crate::clock::now();
+                    st.finished_at = now;
                 }
                 vec![event(
-                    &g.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    &name,
                     WARNING,
                     "SandboxLost",
                     "the group's shim died; its processes are gone",
                 )]
             })
             .await;
+        self.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ctx.name);
         if restart && let Some(g) = updated {
-            let _ = group;
             self.spawn_run(&g);
         }
+    }
+
+    /// Whether the group's shim still answers.
+    pub(crate) async fn shim_alive(&self, ctx: &GroupCtx) -> bool {
+        Shim::connect(&ctx.dir.shim_socket()).await.is_ok()
     }
 
     /// [`Groups::mutate`] off the async workers.
