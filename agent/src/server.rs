@@ -37,7 +37,7 @@ async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
     b.add_service(ContainerGroupsServer::new(GroupsApi::new(groups.clone())))
         .add_service(NodeServer::new(NodeApi::new(groups.clone())))
         .add_service(ContainersServer::new(ContainersApi::new(groups.clone())))
-        .add_service(MetricsServer::new(MetricsApi))
+        .add_service(MetricsServer::new(MetricsApi::new(groups.clone())))
         .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
         .add_service(ImageCachesServer::new(CachesApi))
         .add_service(health_svc)

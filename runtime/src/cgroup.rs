@@ -225,21 +225,33 @@ pub fn oom_kills(rel: &str) -> u64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub memory_bytes: u64,
+    /// Memory limit; None when unlimited.
+    pub memory_limit: Option<u64>,
+    pub cache_bytes: u64,
+    pub rss_bytes: u64,
+    pub inactive_file_bytes: u64,
+    /// CPU time used, all CPUs, in nanoseconds.
     pub cpu_nanos: u64,
 }
 
+/// Usage of the cgroup and everything below it.
 pub fn usage(rel: &str) -> Usage {
     let cg = load(rel);
-    let memory_bytes = cg
-        .controller_of::<MemController>()
-        .map_or(0, |m| m.memory_stat().usage_in_bytes);
-    let cpu_nanos = cg
+    let mut u = Usage::default();
+    if let Some(m) = cg.controller_of::<MemController>() {
+        let st = m.memory_stat();
+        u.memory_bytes = st.usage_in_bytes;
+        // Values at or above 2^62 mean "no limit" on v1.
+        u.memory_limit = (st.limit_in_bytes > 0 && st.limit_in_bytes < (1 << 62))
+            .then_some(st.limit_in_bytes as u64);
+        u.cache_bytes = st.stat.total_cache;
+        u.rss_bytes = st.stat.total_rss;
+        u.inactive_file_bytes = st.stat.total_inactive_file;
+    }
+    u.cpu_nanos = cg
         .controller_of::<cgroups_rs::fs::cpuacct::CpuAcctController>()
         .map_or(0, |c| c.cpuacct().usage);
-    Usage {
-        memory_bytes,
-        cpu_nanos,
-    }
+    u
 }
 
 /// Removes the cgroup; its processes must be gone.

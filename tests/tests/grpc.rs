@@ -142,7 +142,11 @@ async fn codes_name_what_went_wrong() {
         .get_metrics(GetMetricsRequest { group: "a".into() })
         .await
         .expect_err("metrics");
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "a Pending group has no metrics"
+    );
     assert!(!err.message().is_empty());
     let err = ContainersClient::new(ch.clone())
         .logs(LogsRequest {

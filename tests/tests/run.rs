@@ -553,3 +553,48 @@ fn a_shim_that_dies_under_a_running_agent_is_replaced_per_policy() {
         "{g}"
     );
 }
+
+#[test]
+fn metrics_report_cpu_memory_network_and_disk() {
+    let agent = agent();
+    let spec = format!(
+        "{}  resources: {{cpu: 500m, memory: 256Mi}}\n",
+        group("busy", "Always", &[("spin", "while true; do :; done")], "")
+    );
+    assert!(agent.apply("busy", &spec).status.success(), "{spec}");
+    wait_phase(&agent, "busy", "Running");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = agent.ctl(&["top", "busy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("spin"), "{}", text(&out));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let m = rt.block_on(async {
+        let ch = eci_tests::channel(&agent.socket()).await.expect("channel");
+        eci_api::v1::metrics_client::MetricsClient::new(ch)
+            .get_metrics(eci_api::v1::GetMetricsRequest {
+                group: "busy".into(),
+            })
+            .await
+            .expect("metrics")
+            .into_inner()
+    });
+    let c = &m.containers[0];
+    let cpu = c.cpu.expect("cpu");
+    assert_eq!(cpu.limit, 500, "cores x 1000");
+    // A spinning shell under a 0.5-core quota.
+    assert!(
+        cpu.usage_nano_cores > 200_000_000 && cpu.usage_nano_cores < 700_000_000,
+        "{cpu:?}"
+    );
+    assert!(cpu.usage_core_nano_seconds > 0);
+    let mem = c.memory.expect("memory");
+    assert!(
+        mem.usage_bytes > 0 && mem.available_bytes <= 256 << 20,
+        "{mem:?}"
+    );
+    assert!(m.network.iter().any(|n| n.name == "lo"), "{:?}", m.network);
+    assert!(!m.disk.is_empty() && m.disk[0].total_bytes > 0);
+}

@@ -1,15 +1,11 @@
-//! Services whose behaviour later parts of the agent build (image store, sandbox runtime,
-//! logs, exec, metrics). Each method answers UNIMPLEMENTED with what is missing, never a
-//! fake success, so a control plane can tell "not here yet" from "failed".
-
-use std::pin::Pin;
+//! Services whose behaviour later parts of the agent build (image caches). Each method
+//! answers UNIMPLEMENTED with what is missing, never a fake success, so a control plane
+//! can tell "not here yet" from "failed".
 
 use eci_api::v1::*;
-use futures::Stream;
 use tonic::{Request, Response, Status};
 
 type Out<T> = Result<Response<T>, Status>;
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn later<T>(what: &str) -> Out<T> {
     Err(Status::unimplemented(format!(
@@ -17,26 +13,7 @@ fn later<T>(what: &str) -> Out<T> {
     )))
 }
 
-const RUNTIME: &str = "metrics";
 const IMAGES: &str = "image caches";
-
-#[derive(Default, Clone)]
-pub struct MetricsApi;
-
-#[tonic::async_trait]
-impl metrics_server::Metrics for MetricsApi {
-    type StreamMetricsStream = BoxStream<GroupMetrics>;
-
-    async fn get_metrics(&self, _: Request<GetMetricsRequest>) -> Out<GroupMetrics> {
-        later(RUNTIME)
-    }
-    async fn stream_metrics(
-        &self,
-        _: Request<StreamMetricsRequest>,
-    ) -> Out<Self::StreamMetricsStream> {
-        later(RUNTIME)
-    }
-}
 
 #[derive(Default, Clone)]
 pub struct CachesApi;

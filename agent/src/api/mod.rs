@@ -6,6 +6,7 @@ mod containers;
 mod groups;
 mod images;
 mod later;
+mod metrics;
 mod node;
 mod status;
 
@@ -14,7 +15,8 @@ use std::sync::Arc;
 pub use containers::ContainersApi;
 pub use groups::GroupsApi;
 pub use images::ImagesApi;
-pub use later::{CachesApi, MetricsApi};
+pub use later::CachesApi;
+pub use metrics::MetricsApi;
 pub use node::NodeApi;
 
 use crate::error::Error;

@@ -69,6 +69,16 @@ impl Supervisor {
         })
     }
 
+    /// The cgroup subtree groups live under.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cfg.cgroup_parent
+    }
+
+    /// Where a group's writable layers live (`<state>/groups/<id>`).
+    pub fn writable_dir(&self, group_id: &str) -> std::path::PathBuf {
+        self.cfg.state_dir.join("groups").join(group_id)
+    }
+
     pub fn groups(&self) -> &Arc<Groups> {
         &self.groups
     }

@@ -1,0 +1,263 @@
+//! Metrics service: per group and per container, named as in the modelled product's
+//! guide (CPU `UsageNanoCores`, `UsageCoreNanoSeconds`, `Load`, `Limit`; memory
+//! `AvailableBytes`, `UsageBytes`, `Cache`, `WorkingSet`, `Rss`; network per interface;
+//! disk per filesystem), read from the cgroups and the group's network namespace.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use eci_api::v1::metrics_server::Metrics;
+use eci_api::v1::*;
+use eci_runtime::cgroup;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Shared, blocking};
+use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+
+/// CPU samples per cgroup, oldest first, for rates and the 10 s load.
+type Samples = HashMap<String, Vec<(Instant, u64)>>;
+
+pub struct MetricsApi {
+    sup: Shared,
+    samples: std::sync::Arc<Mutex<Samples>>,
+}
+
+impl MetricsApi {
+    pub fn new(sup: Shared) -> Self {
+        MetricsApi {
+            sup,
+            samples: Default::default(),
+        }
+    }
+}
+
+/// Whether `key` has a sample old enough to take a rate from.
+fn has_history(samples: &Mutex<Samples>, key: &str) -> bool {
+    let all = samples.lock().unwrap_or_else(|p| p.into_inner());
+    all.get(key)
+        .and_then(|l| l.first())
+        .is_some_and(|(t, _)| t.elapsed() >= Duration::from_millis(100))
+}
+
+/// Records a CPU sample; returns (nano-cores over the last interval, cores over ~10 s).
+fn rates(samples: &Mutex<Samples>, key: &str, now: Instant, cpu: u64) -> (u64, f64) {
+    let mut all = samples.lock().unwrap_or_else(|p| p.into_inner());
+    let list = all.entry(key.to_string()).or_default();
+    list.retain(|(t, _)| now.duration_since(*t) <= Duration::from_secs(20));
+    let rate = |from: &(Instant, u64)| {
+        let dt = now.duration_since(from.0).as_secs_f64();
+        if dt <= 0.0 {
+            0.0
+        } else {
+            cpu.saturating_sub(from.1) as f64 / dt
+        }
+    };
+    // Over at least a second where possible: CFS quotas make shorter windows jumpy.
+    let last = list
+        .iter()
+        .rev()
+        .find(|(t, _)| now.duration_since(*t) >= Duration::from_secs(1))
+        .or(list.first())
+        .map_or(0.0, rate);
+    let ten = list
+        .iter()
+        .find(|(t, _)| now.duration_since(*t) <= Duration::from_secs(10))
+        .map_or(last, rate);
+    list.push((now, cpu));
+    (last as u64, ten / 1e9)
+}
+
+fn cpu_metrics(
+    samples: &Mutex<Samples>,
+    key: &str,
+    u: &cgroup::Usage,
+    limit_millis: u64,
+) -> CpuMetrics {
+    let (nano_cores, load) = rates(samples, key, Instant::now(), u.cpu_nanos);
+    CpuMetrics {
+        usage_nano_cores: nano_cores,
+        usage_core_nano_seconds: u.cpu_nanos,
+        load,
+        limit: limit_millis,
+    }
+}
+
+fn memory_metrics(u: &cgroup::Usage, limit: u64) -> MemoryMetrics {
+    let working_set = u.memory_bytes.saturating_sub(u.inactive_file_bytes);
+    MemoryMetrics {
+        available_bytes: u.memory_limit.unwrap_or(limit).saturating_sub(working_set),
+        usage_bytes: u.memory_bytes,
+        cache: u.cache_bytes,
+        working_set,
+        rss: u.rss_bytes,
+    }
+}
+
+/// Interfaces of the network namespace `pid` is in (`/proc/<pid>/net/dev`).
+fn network(pid: u32) -> Vec<NetworkInterfaceMetrics> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() >= 12).then(|| NetworkInterfaceMetrics {
+                name: name.trim().to_string(),
+                rx_bytes: v[0],
+                rx_packets: v[1],
+                rx_errors: v[2],
+                rx_drops: v[3],
+                tx_bytes: v[8],
+                tx_packets: v[9],
+                tx_errors: v[10],
+                tx_drops: v[11],
+            })
+        })
+        .collect()
+}
+
+/// The filesystem holding `path`, with `used` as measured below `path`.
+fn filesystem(path: &std::path::Path, mount_point: &str) -> Option<FilesystemMetrics> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = st.fragment_size();
+    fn du(p: &std::path::Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if meta.is_dir() {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| du(&e.path()))
+                .sum::<u64>()
+                + meta.len()
+        } else {
+            meta.len()
+        }
+    }
+    Some(FilesystemMetrics {
+        mount_point: mount_point.to_string(),
+        total_bytes: st.blocks() * block,
+        used_bytes: du(path),
+        available_bytes: st.blocks_available() * block,
+    })
+}
+
+impl MetricsApi {
+    /// One sample; when the group has no earlier sample at least 100 ms old, a second
+    /// one after 100 ms so that the rates mean something.
+    async fn sample(&self, name: String) -> Result<GroupMetrics, Status> {
+        let (m, had_history) = self.sample_once(name.clone()).await?;
+        if had_history {
+            return Ok(m);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(self.sample_once(name).await?.0)
+    }
+
+    async fn sample_once(&self, name: String) -> Result<(GroupMetrics, bool), Status> {
+        let g = self.sup.groups().clone();
+        let n = name.clone();
+        let group = blocking(move || g.get(&n)).await?;
+        let spec = group.spec.clone().unwrap_or_default();
+        let status = group.status.clone().unwrap_or_default();
+        if status.phase != eci_api::phase::RUNNING && status.phase != eci_api::phase::RESTARTING {
+            return Err(Status::failed_precondition(format!(
+                "group {name:?} is {}: no metrics",
+                status.phase
+            )));
+        }
+        let size = status.normalized_resources.clone().unwrap_or_default();
+        let group_cpu = parse_cpu_millis(&size.cpu).unwrap_or(0);
+        let group_mem = parse_memory_bytes(&size.memory).unwrap_or(0);
+        let parent = self.sup.cgroup_parent().to_string();
+        let layers = self.sup.writable_dir(&group.id);
+        let samples = self.samples.clone();
+        let id = group.id.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let rel = format!("{parent}/{id}");
+            let had_history = has_history(&samples, &rel);
+            let u = cgroup::usage(&rel);
+            let mut m = GroupMetrics {
+                group: name.clone(),
+                timestamp: crate::clock::now(),
+                cpu: Some(cpu_metrics(&samples, &rel, &u, group_cpu)),
+                memory: Some(memory_metrics(&u, group_mem)),
+                network: cgroup::procs(&rel)
+                    .first()
+                    .map(|p| network(*p))
+                    .unwrap_or_default(),
+                disk: filesystem(&layers, "/").into_iter().collect(),
+                containers: Vec::new(),
+            };
+            for c in &spec.containers {
+                let crel = format!("{rel}/{}", c.name);
+                let cu = cgroup::usage(&crel);
+                let res = c.resources.clone().unwrap_or_default();
+                let cpu_limit = parse_cpu_millis(&res.cpu).unwrap_or(group_cpu);
+                let mem_limit = parse_memory_bytes(&res.memory).unwrap_or(group_mem);
+                m.containers.push(ContainerMetrics {
+                    name: c.name.clone(),
+                    cpu: Some(cpu_metrics(&samples, &crel, &cu, cpu_limit)),
+                    memory: Some(memory_metrics(&cu, mem_limit)),
+                    disk: filesystem(&layers.join(&c.name), "/").into_iter().collect(),
+                });
+            }
+            (m, had_history)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl Metrics for MetricsApi {
+    type StreamMetricsStream = Pin<Box<dyn Stream<Item = Result<GroupMetrics, Status>> + Send>>;
+
+    async fn get_metrics(
+        &self,
+        req: Request<GetMetricsRequest>,
+    ) -> Result<Response<GroupMetrics>, Status> {
+        Ok(Response::new(self.sample(req.into_inner().group).await?))
+    }
+
+    async fn stream_metrics(
+        &self,
+        req: Request<StreamMetricsRequest>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let r = req.into_inner();
+        let every = Duration::from_secs(u64::from(if r.interval_seconds == 0 {
+            10
+        } else {
+            r.interval_seconds
+        }));
+        let first = self.sample(r.group.clone()).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let me = MetricsApi {
+            sup: self.sup.clone(),
+            samples: self.samples.clone(),
+        };
+        tokio::spawn(async move {
+            let mut next = Ok(first);
+            loop {
+                let stop = next.is_err();
+                if tx.send(next).await.is_err() || stop {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+                next = me.sample(r.group.clone()).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
