@@ -181,15 +181,7 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
                 nix::unistd::symlinkat(OsStr::from_bytes(&target), &parent, fname)
                     .map_err(nix_io)
                     .map_err(wrap)?;
-                nix::unistd::fchownat(
-                    &parent,
-                    fname,
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(nix_io)
-                .map_err(wrap)?;
+                lchown(&parent, fname, uid, gid).map_err(wrap)?;
                 let t = TimeSpec::new(mtime, 0);
                 nix::sys::stat::utimensat(
                     &parent,
@@ -247,15 +239,7 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
                 )
                 .map_err(nix_io)
                 .map_err(wrap)?;
-                nix::unistd::fchownat(
-                    &parent,
-                    fname,
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(nix_io)
-                .map_err(wrap)?;
+                lchown(&parent, fname, uid, gid).map_err(wrap)?;
             }
             _ => return Err(refuse("unsupported tar entry type")),
         }
@@ -339,6 +323,18 @@ fn remove_existing(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
         },
         Err(e) => Err(nix_io(e)),
     }
+}
+
+/// Sets the owner of `name` in `dir` without following a symlink.
+fn lchown(dir: &OwnedFd, name: &OsStr, uid: Uid, gid: Gid) -> io::Result<()> {
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(nix_io)
 }
 
 /// Owner, then mode (chown clears set-id bits), then extended attributes.

@@ -59,6 +59,18 @@ pub(crate) struct GroupCtx {
     pub dir: GroupDir,
 }
 
+impl GroupCtx {
+    /// Init and app container names, in start order.
+    pub(crate) fn container_names(&self) -> Vec<String> {
+        self.spec
+            .init_containers
+            .iter()
+            .chain(&self.spec.containers)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
 impl Supervisor {
     pub fn new(groups: Arc<Groups>, cfg: SupervisorConfig) -> Arc<Self> {
         Arc::new(Supervisor {

@@ -15,13 +15,7 @@ impl Supervisor {
     /// SIGTERM to every running container, up to `grace` for them to exit, SIGKILL to
     /// what is left (and everything in their cgroups), then the shim forgets them.
     pub(crate) async fn stop_containers(&self, ctx: &GroupCtx, shim: &Shim, grace: Duration) {
-        let names: Vec<String> = ctx
-            .spec
-            .init_containers
-            .iter()
-            .chain(&ctx.spec.containers)
-            .map(|c| c.name.clone())
-            .collect();
+        let names = ctx.container_names();
         let mut running = Vec::new();
         for n in &names {
             if let Ok((_, true)) = shim.state(n).await {
@@ -78,13 +72,7 @@ impl Supervisor {
                 }
             }
             Err(_) => {
-                let names: Vec<String> = ctx
-                    .spec
-                    .init_containers
-                    .iter()
-                    .chain(&ctx.spec.containers)
-                    .map(|c| c.name.clone())
-                    .collect();
+                let names = ctx.container_names();
                 self.clean_without_shim(ctx, &names)
             }
         }
