@@ -74,19 +74,12 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let retention = humantime::parse_duration(&cfg.node.finished_group_retention)?;
     if !retention.is_zero() {
-        let g = groups.clone();
+        let sup = sup.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60).min(retention));
             loop {
                 tick.tick().await;
-                let g = g.clone();
-                match tokio::task::spawn_blocking(move || g.collect_finished(retention)).await {
-                    Ok(Ok(removed)) if !removed.is_empty() => {
-                        tracing::info!(?removed, "finished groups removed after retention")
-                    }
-                    Ok(Err(e)) => tracing::error!(error = ?e, "removing finished groups"),
-                    _ => {}
-                }
+                sup.collect_finished(retention).await;
             }
         });
     }

@@ -484,8 +484,8 @@ impl Groups {
     }
 
     /// Deletes finished groups older than `retention` (seed: failed groups go after about
-    /// an hour). Returns the names removed.
-    pub fn collect_finished(&self, retention: Duration) -> Result<Vec<String>> {
+    /// an hour). Returns the groups removed.
+    pub fn collect_finished(&self, retention: Duration) -> Result<Vec<ContainerGroup>> {
         let (groups, _) = self.store.list_groups()?;
         let now = SystemTime::now();
         let mut removed = Vec::new();
@@ -504,7 +504,7 @@ impl Groups {
                         "finished group removed after its retention period",
                     ))
                 })?;
-                removed.push(name_of(g).to_string());
+                removed.push(g.clone());
             }
         }
         Ok(removed)
@@ -642,10 +642,8 @@ mod tests {
                 .expect("collect")
                 .is_empty()
         );
-        assert_eq!(
-            g.collect_finished(Duration::ZERO).expect("collect"),
-            ["big"]
-        );
+        let removed = g.collect_finished(Duration::ZERO).expect("collect");
+        assert_eq!(removed.iter().map(name_of).collect::<Vec<_>>(), ["big"]);
         assert!(g.get("ok").is_ok(), "unfinished groups stay");
     }
 }

@@ -228,6 +228,25 @@ impl Supervisor {
         self.recreate(&name, phase::UPDATING, "Updating", msg).await
     }
 
+    /// Forgets finished groups after `retention`, with their logs (their sandbox went
+    /// when they finished).
+    pub async fn collect_finished(&self, retention: Duration) {
+        let g = self.groups.clone();
+        match tokio::task::spawn_blocking(move || g.collect_finished(retention)).await {
+            Ok(Ok(removed)) => {
+                for group in &removed {
+                    let ctx = self.ctx(group);
+                    self.remove_dirs(&ctx);
+                    let _ =
+                        std::fs::remove_dir_all(self.cfg.log_dir.join("groups").join(&group.id));
+                    tracing::info!(group = %ctx.name, "finished group removed after its retention period");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = ?e, "removing finished groups"),
+            Err(e) => tracing::error!(error = %e, "removing finished groups"),
+        }
+    }
+
     /// Marks a group Terminating and tears it down in the background.
     pub async fn delete(
         self: &Arc<Self>,
