@@ -185,6 +185,16 @@ fn child(
         }
     }
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if cfg.process.terminal().unwrap_or(false) {
+        // SAFETY: TIOCSCTTY takes an integer argument and touches no memory; fd 0 is the
+        // pty slave the shim passed as stdin.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(format!(
+                "making the pty the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     let p = &cfg.process;
     apply_rlimits(p)?;
     let caps = p.capabilities().clone().unwrap_or_default();

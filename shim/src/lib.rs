@@ -4,6 +4,7 @@
 
 pub mod logs;
 pub mod process;
+pub mod pty;
 pub mod reaper;
 pub mod start;
 pub mod task;

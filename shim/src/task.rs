@@ -66,6 +66,11 @@ struct Proc {
     stdout: String,
     stderr: String,
     cgroup: String,
+    /// Exec with a terminal: the pty, once started.
+    terminal: bool,
+    /// Initial terminal size (rows, cols) from the process's `consoleSize`.
+    console: Option<(u16, u16)>,
+    pty: Mutex<Option<crate::pty::Pty>>,
     state: Mutex<ProcState>,
     exited: watch::Sender<Option<ExitRecord>>,
 }
@@ -249,6 +254,9 @@ impl TaskService {
         config: PathBuf,
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
+        if proc_.terminal {
+            return self.spawn_with_pty(proc_, config, record_to).await;
+        }
         let stdin = input(&proc_.stdin)?;
         let (out, errout) = (output(&proc_.stdout)?, output(&proc_.stderr)?);
         let mut log: Option<(PathBuf, OwnedFd, OwnedFd)> = None;
@@ -282,6 +290,71 @@ impl TaskService {
             let er = tokio::net::unix::pipe::Receiver::from_owned_fd(er)
                 .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
             tokio::spawn(crate::logs::copy(or, er, path, max));
+        }
+        self.watch_exit(proc_.clone(), created.pid, record_to);
+        Ok(created)
+    }
+}
+
+impl TaskService {
+    /// As `spawn`, with a pty as the process's stdio (stderr joins stdout, as on a
+    /// terminal).
+    async fn spawn_with_pty(
+        &self,
+        proc_: &Arc<Proc>,
+        config: PathBuf,
+        record_to: Option<PathBuf>,
+    ) -> ttrpc::Result<Created> {
+        let (pty, slave) =
+            crate::pty::Pty::open(proc_.console).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        let dup = |f: &OwnedFd| {
+            f.try_clone()
+                .map_err(|e| err(Code::INTERNAL, e.to_string()))
+        };
+        let (s_in, s_out, s_err) = (dup(&slave)?, dup(&slave)?, slave);
+        let stdin = if proc_.stdin.is_empty() {
+            None
+        } else {
+            Some(
+                OpenOptions::new()
+                    .read(true)
+                    .open(&proc_.stdin)
+                    .map_err(|e| {
+                        err(
+                            Code::INVALID_ARGUMENT,
+                            format!("opening input {}: {e}", proc_.stdin),
+                        )
+                    })?,
+            )
+        };
+        let stdout = OpenOptions::new()
+            .write(true)
+            .open(&proc_.stdout)
+            .map_err(|e| {
+                err(
+                    Code::INVALID_ARGUMENT,
+                    format!("opening output {}: {e}", proc_.stdout),
+                )
+            })?;
+        let reaper = self.reaper.clone();
+        let cgroup = proc_.cgroup.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            process::create(
+                &config,
+                &cgroup,
+                Stdio::from(s_in),
+                Stdio::from(s_out),
+                Stdio::from(s_err),
+                &reaper,
+            )
+        })
+        .await
+        .map_err(|e| err(Code::INTERNAL, e.to_string()))?
+        .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        pty.serve(stdin, stdout)
+            .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        if let Ok(mut p) = proc_.pty.lock() {
+            *p = Some(pty);
         }
         self.watch_exit(proc_.clone(), created.pid, record_to);
         Ok(created)
@@ -368,6 +441,9 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             cgroup: cg.clone(),
+            terminal: false,
+            console: None,
+            pty: Mutex::new(None),
             state: Mutex::new(ProcState {
                 pid: 0,
                 status: Status::CREATED,
@@ -652,12 +728,6 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             return Err(err(Code::INVALID_ARGUMENT, "exec_id: required"));
         }
-        if req.terminal {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "exec with a terminal is not supported by this shim yet",
-            ));
-        }
         if container
             .state
             .lock()
@@ -686,6 +756,14 @@ impl Task for TaskService {
             stdout: req.stdout,
             stderr: req.stderr,
             cgroup: container.cgroup.clone(),
+            terminal: req.terminal,
+            console: process.console_size().as_ref().map(|b| {
+                (
+                    b.height().min(u16::MAX as u64) as u16,
+                    b.width().min(u16::MAX as u64) as u16,
+                )
+            }),
+            pty: Mutex::new(None),
             state: Mutex::new(ProcState {
                 pid: 0,
                 status: Status::CREATED,
@@ -711,13 +789,23 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.get(&req.id, &req.exec_id)?;
-        // Processes get pipes, never a terminal (Exec refuses `terminal`), so there is
-        // nothing to resize.
-        Err(err(
-            Code::FAILED_PRECONDITION,
-            format!("process {}/{} has no terminal", req.id, req.exec_id),
-        ))
+        let proc_ = self.get(&req.id, &req.exec_id)?;
+        let pty = proc_.pty.lock().unwrap_or_else(|p| p.into_inner());
+        match pty.as_ref() {
+            Some(p) => {
+                let (rows, cols) = (
+                    req.height.min(u16::MAX as u32) as u16,
+                    req.width.min(u16::MAX as u32) as u16,
+                );
+                p.resize(rows, cols)
+                    .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+                Ok(api::Empty::default())
+            }
+            None => Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("process {}/{} has no terminal", req.id, req.exec_id),
+            )),
+        }
     }
 
     async fn close_io(

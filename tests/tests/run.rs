@@ -598,3 +598,34 @@ fn metrics_report_cpu_memory_network_and_disk() {
     assert!(m.network.iter().any(|n| n.name == "lo"), "{:?}", m.network);
     assert!(!m.disk.is_empty() && m.disk[0].total_bytes > 0);
 }
+
+#[test]
+fn exec_with_a_terminal_gets_its_size_and_exit_code() {
+    let agent = agent();
+    assert!(
+        agent
+            .apply(
+                "term",
+                &group("term", "Always", &[("app", "sleep 3600")], "")
+            )
+            .status
+            .success()
+    );
+    wait_phase(&agent, "term", "Running");
+    // `script` gives ecictl a terminal of its own, as an operator's shell would.
+    let ctl = format!(
+        "{} --socket {}",
+        eci_tests::bin("ecictl").display(),
+        agent.socket().display()
+    );
+    let cmd = format!(
+        "stty cols 91 rows 21; {ctl} exec -it term -- sh -c 'stty size; test -t 1 && echo on-a-tty; exit 6'"
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{t}");
+    assert!(t.contains("21 91") && t.contains("on-a-tty"), "{t}");
+}

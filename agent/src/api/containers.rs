@@ -201,11 +201,6 @@ impl Containers for ContainersApi {
             .await?
             .and_then(|m| m.start)
             .ok_or_else(missing)?;
-        if start.tty {
-            return Err(Status::unimplemented(
-                "exec with a terminal (-t) is not available in this agent build yet",
-            ));
-        }
         if start.command.is_empty() {
             return Err(Status::invalid_argument("start.command: required"));
         }
@@ -224,35 +219,50 @@ impl Containers for ContainersApi {
         };
         let session = self
             .sup
-            .exec(&start.group, &container, start.command, start.stdin)
+            .exec(
+                &start.group,
+                &container,
+                start.command,
+                start.stdin,
+                start.tty,
+                start.initial_size.map(|s| (s.rows, s.cols)),
+            )
             .await
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(64);
         let ExecSession {
             stdout,
             stderr,
-            stdin,
+            mut stdin,
+            resize,
             exit,
         } = session;
-        if let Some(mut stdin) = stdin {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                // Dropping `stdin` closes the process's input.
-                while let Ok(Some(msg)) = input.message().await {
-                    if !msg.stdin.is_empty() && stdin.write_all(&msg.stdin).await.is_err() {
-                        return;
-                    }
-                    if msg.close_stdin {
-                        return;
-                    }
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // Input and terminal resizes, until the client stops sending. Dropping
+            // `stdin` closes the process's input.
+            while let Ok(Some(msg)) = input.message().await {
+                if let (Some(r), Some(size)) = (&resize, msg.resize) {
+                    let _ = r.to(size.rows, size.cols).await;
                 }
-            });
-        }
+                if let Some(w) = stdin.as_mut()
+                    && !msg.stdin.is_empty()
+                    && w.write_all(&msg.stdin).await.is_err()
+                {
+                    stdin = None;
+                }
+                if msg.close_stdin {
+                    stdin = None;
+                }
+            }
+        });
         tokio::spawn(async move {
             let a = tokio::spawn(pump(stdout, tx.clone(), false));
-            let b = tokio::spawn(pump(stderr, tx.clone(), true));
+            let b = stderr.map(|e| tokio::spawn(pump(e, tx.clone(), true)));
             let _ = a.await;
-            let _ = b.await;
+            if let Some(b) = b {
+                let _ = b.await;
+            }
             let last = match exit.wait().await {
                 Ok(code) => Ok(ExecResponse {
                     exit_code: Some(code),

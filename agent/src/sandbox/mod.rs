@@ -5,4 +5,4 @@ pub mod files;
 pub mod shim;
 pub mod spec;
 
-pub use shim::{Shim, ShimError, ShimLaunch};
+pub use shim::{ExecIo, Shim, ShimError, ShimLaunch};

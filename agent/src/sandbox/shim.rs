@@ -60,6 +60,16 @@ pub struct ShimLaunch {
     pub log_max_bytes: u64,
 }
 
+/// Where an exec'd process's stdio goes: FIFO paths ("" for none) and whether it gets
+/// a terminal (then stdout carries stderr too).
+#[derive(Debug, Clone, Default)]
+pub struct ExecIo {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
 /// A connected shim.
 #[derive(Clone)]
 pub struct Shim {
@@ -265,9 +275,7 @@ impl Shim {
         id: &str,
         exec_id: &str,
         process_json: Vec<u8>,
-        stdin: &str,
-        stdout: &str,
-        stderr: &str,
+        io: &ExecIo,
     ) -> Result<(), ShimError> {
         let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
@@ -277,9 +285,10 @@ impl Shim {
         let req = api::ExecProcessRequest {
             id: id.into(),
             exec_id: exec_id.into(),
-            stdin: stdin.into(),
-            stdout: stdout.into(),
-            stderr: stderr.into(),
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
             spec: MessageField::some(any),
             ..Default::default()
         };
@@ -288,6 +297,30 @@ impl Shim {
             .await
             .map_err(|source| ShimError::Call {
                 call: "exec",
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), ShimError> {
+        let req = api::ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width: cols,
+            height: rows,
+            ..Default::default()
+        };
+        self.client
+            .resize_pty(ctx(), &req)
+            .await
+            .map_err(|source| ShimError::Call {
+                call: "resize_pty",
                 source,
             })?;
         Ok(())

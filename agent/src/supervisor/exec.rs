@@ -7,14 +7,34 @@ use tokio::net::unix::pipe;
 
 use super::{GroupCtx, Supervisor};
 use crate::error::{Error, Result};
-use crate::sandbox::Shim;
+use crate::sandbox::{ExecIo, Shim};
 
 /// A started exec: its output pipes, its input (when asked for), and its end.
 pub struct ExecSession {
     pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
+    /// None with a terminal: stderr is the terminal too.
+    pub stderr: Option<pipe::Receiver>,
     pub stdin: Option<pipe::Sender>,
+    /// With a terminal: changes its size.
+    pub resize: Option<ExecResize>,
     pub exit: ExecExit,
+}
+
+/// Resizes an exec's terminal.
+#[derive(Clone)]
+pub struct ExecResize {
+    shim: Shim,
+    container: String,
+    exec_id: String,
+}
+
+impl ExecResize {
+    pub async fn to(&self, rows: u32, cols: u32) -> Result<()> {
+        self.shim
+            .resize_pty(&self.container, &self.exec_id, rows, cols)
+            .await
+            .map_err(|e| failed("resizing the terminal", e.message()))
+    }
 }
 
 /// Waits for an exec and cleans up after it.
@@ -43,6 +63,8 @@ impl Supervisor {
         container: &str,
         command: Vec<String>,
         stdin: bool,
+        tty: bool,
+        size: Option<(u32, u32)>,
     ) -> Result<ExecSession> {
         let g = self.groups.get(group)?;
         let ctx: GroupCtx = self.ctx(&g);
@@ -64,7 +86,10 @@ impl Supervisor {
         .map_err(|e| failed("parsing the container spec", e))?;
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(command);
-        process["terminal"] = false.into();
+        process["terminal"] = tty.into();
+        if let (true, Some((rows, cols))) = (tty, size) {
+            process["consoleSize"] = serde_json::json!({ "height": rows, "width": cols });
+        }
         // The container's user by name, resolved inside it as for the container itself.
         if let Some(user) = spec["annotations"]["io.eci.user"].as_str() {
             process["user"]["username"] = user.into();
@@ -74,14 +99,22 @@ impl Supervisor {
         std::fs::create_dir_all(&dir).map_err(|e| failed("creating the exec directory", e))?;
         let (out, err, inp) = (dir.join("stdout"), dir.join("stderr"), dir.join("stdin"));
         mkfifo(&out)?;
-        mkfifo(&err)?;
-        // Readers first, so the shim's opens for writing do not block.
+        // Readers first, so the shim's opens for writing do not block. (A FIFO that
+        // never gets a writer never reports hang-up either, so none is made for stderr
+        // with a terminal.)
         let stdout = pipe::OpenOptions::new()
             .open_receiver(&out)
             .map_err(|e| failed("opening stdout", e))?;
-        let stderr = pipe::OpenOptions::new()
-            .open_receiver(&err)
-            .map_err(|e| failed("opening stderr", e))?;
+        let stderr = if tty {
+            None
+        } else {
+            mkfifo(&err)?;
+            Some(
+                pipe::OpenOptions::new()
+                    .open_receiver(&err)
+                    .map_err(|e| failed("opening stderr", e))?,
+            )
+        };
         let stdin_tx = if stdin {
             mkfifo(&inp)?;
             Some(
@@ -102,21 +135,29 @@ impl Supervisor {
         } else {
             String::new()
         };
-        shim.exec(
-            container,
-            &exec_id,
-            json,
-            &stdin_path,
-            &out.display().to_string(),
-            &err.display().to_string(),
-        )
-        .await
-        .map_err(|e| failed("exec", e.message()))?;
+        let io = ExecIo {
+            stdin: stdin_path,
+            stdout: out.display().to_string(),
+            stderr: if tty {
+                String::new()
+            } else {
+                err.display().to_string()
+            },
+            terminal: tty,
+        };
+        shim.exec(container, &exec_id, json, &io)
+            .await
+            .map_err(|e| failed("exec", e.message()))?;
         if let Err(e) = shim.start(container, &exec_id).await {
             let _ = shim.delete(container, &exec_id).await;
             let _ = std::fs::remove_dir_all(&dir);
             return Err(failed("exec", e.message()));
         }
+        let resize = tty.then(|| ExecResize {
+            shim: shim.clone(),
+            container: container.into(),
+            exec_id: exec_id.clone(),
+        });
         let exit = ExecExit {
             shim,
             container: container.into(),
@@ -127,6 +168,7 @@ impl Supervisor {
             stdout,
             stderr,
             stdin: stdin_tx,
+            resize,
             exit,
         })
     }

@@ -11,7 +11,7 @@ mod containers;
 mod exec;
 mod teardown;
 
-pub use exec::{ExecExit, ExecSession};
+pub use exec::{ExecExit, ExecResize, ExecSession};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

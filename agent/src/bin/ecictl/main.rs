@@ -148,7 +148,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A blocked read of standard input (exec -i) must not keep the process alive.
+    rt.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", output::error_text(&e));
