@@ -4,17 +4,24 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 /// A terminal being served for one process.
 pub struct Pty {
     master: File,
+    /// A slave fd kept until the process has exited: a pty master can report EIO
+    /// before the last output written by an exiting process reaches it.
+    slave: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 /// Errors setting up or resizing a terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum PtyError {
-    #[error("opening a pty")]
-    Open(#[source] nix::Error),
+    #[error("{0}")]
+    Io(&'static str, #[source] std::io::Error),
+    #[error("the container's /dev/ptmx is not the pty multiplexer")]
+    NotPtmx,
     #[error("copying the pty master")]
     Dup(#[source] std::io::Error),
     #[error("resizing the terminal")]
@@ -22,22 +29,68 @@ pub enum PtyError {
 }
 
 impl Pty {
-    /// Opens a pair of `size` (rows, cols) when given; returns the terminal and the
-    /// slave for the process.
-    pub fn open(size: Option<(u16, u16)>) -> Result<(Self, OwnedFd), PtyError> {
-        let ws = size.map(|(rows, cols)| nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        });
-        let p = nix::pty::openpty(ws.as_ref(), None).map_err(PtyError::Open)?;
-        Ok((
-            Pty {
-                master: File::from(p.master),
-            },
-            p.slave,
-        ))
+    /// Opens a pair of `size` (rows, cols) when given, in the devpts instance of the
+    /// container whose root is `root` (`/proc/<pid>/root`), so the process sees its
+    /// terminal under its own /dev/pts. Returns the terminal and the slave.
+    pub fn open(root: &Path, size: Option<(u16, u16)>) -> Result<(Self, OwnedFd), PtyError> {
+        let ptmx = root.join("dev/ptmx");
+        // The container owns its /dev: refuse anything but the pty multiplexer, and
+        // never block on a FIFO planted there.
+        let master = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&ptmx)
+            .map_err(|e| PtyError::Io("opening the container's /dev/ptmx", e))?;
+        let meta = master
+            .metadata()
+            .map_err(|e| PtyError::Io("inspecting /dev/ptmx", e))?;
+        if !meta.file_type().is_char_device()
+            || libc::major(meta.rdev()) != 5
+            || libc::minor(meta.rdev()) != 2
+        {
+            return Err(PtyError::NotPtmx);
+        }
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+            return Err(PtyError::Io(
+                "unlocking the pty",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave; no
+        // memory is passed.
+        let slave = unsafe {
+            libc::ioctl(
+                master.as_raw_fd(),
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if slave < 0 {
+            return Err(PtyError::Io(
+                "opening the pty slave",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+        let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+        // Blocking I/O from here on: the copy threads wait on it.
+        let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| PtyError::Io("fcntl", e.into()))?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(|e| PtyError::Io("fcntl", e.into()))?;
+        let keep = slave.try_clone().map_err(PtyError::Dup)?;
+        let pty = Pty {
+            master,
+            slave: std::sync::Mutex::new(Some(keep)),
+        };
+        if let Some((rows, cols)) = size {
+            pty.resize(rows, cols)?;
+        }
+        Ok((pty, slave))
     }
 
     /// Copies `input` to the terminal and the terminal to `output`, on two threads,
@@ -64,6 +117,13 @@ impl Pty {
             });
         }
         Ok(())
+    }
+
+    /// Lets the output copy finish: call once the process has exited.
+    pub fn release(&self) {
+        if let Ok(mut s) = self.slave.lock() {
+            s.take();
+        }
     }
 
     /// Sets the terminal size (the process gets SIGWINCH).

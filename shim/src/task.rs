@@ -152,6 +152,11 @@ impl TaskService {
                 oom = rec.oom_killed,
                 "process exited"
             );
+            if let Ok(pty) = proc_.pty.lock()
+                && let Some(p) = pty.as_ref()
+            {
+                p.release();
+            }
             // send_replace stores the value even when nobody is subscribed yet.
             proc_.exited.send_replace(Some(rec));
         });
@@ -305,8 +310,19 @@ impl TaskService {
         config: PathBuf,
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
-        let (pty, slave) =
-            crate::pty::Pty::open(proc_.console).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        // Execs only: the container's first process is running; its root holds the
+        // devpts instance the terminal belongs to.
+        let container_pid = self
+            .procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|((_, exec), p)| exec.is_empty() && p.cgroup == proc_.cgroup)
+            .and_then(|(_, p)| p.state.lock().ok().map(|s| s.pid))
+            .unwrap_or(0);
+        let container_root = PathBuf::from(format!("/proc/{container_pid}/root"));
+        let (pty, slave) = crate::pty::Pty::open(&container_root, proc_.console)
+            .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         let dup = |f: &OwnedFd| {
             f.try_clone()
                 .map_err(|e| err(Code::INTERNAL, e.to_string()))

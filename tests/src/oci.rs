@@ -163,7 +163,7 @@ pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
 pub const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "nc", "ls", "ps", "mount", "hostname", "id", "dd", "head",
     "true", "false", "wget", "grep", "env", "kill", "pwd", "touch", "rm", "mkdir", "test", "[",
-    "wc", "tr", "seq", "date", "expr",
+    "wc", "tr", "seq", "date", "expr", "tty", "stty",
 ];
 
 /// A layer with the host's static busybox as /bin/busybox plus applet links.

@@ -619,7 +619,7 @@ fn exec_with_a_terminal_gets_its_size_and_exit_code() {
         agent.socket().display()
     );
     let cmd = format!(
-        "stty cols 91 rows 21; {ctl} exec -it term -- sh -c 'stty size; test -t 1 && echo on-a-tty; exit 6'"
+        "stty cols 91 rows 21; {ctl} exec -it term -- sh -c 'tty; stty size; test -t 1 && echo on-a-tty; exit 6'"
     );
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -628,4 +628,8 @@ fn exec_with_a_terminal_gets_its_size_and_exit_code() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(6), "{t}");
     assert!(t.contains("21 91") && t.contains("on-a-tty"), "{t}");
+    assert!(
+        t.contains("/dev/pts/"),
+        "the terminal is in the container's devpts: {t}"
+    );
 }
