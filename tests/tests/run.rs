@@ -634,3 +634,53 @@ fn exec_with_a_terminal_gets_its_size_and_exit_code() {
         "the terminal is in the container's devpts: {t}"
     );
 }
+
+#[test]
+fn volumes_are_shared_between_containers() {
+    let agent = agent();
+    let volumes = "volumes:\n- name: scratch\n  emptyDir: {}\n- name: fast\n  emptyDir: {medium: Memory, sizeLimit: 16Mi}\n\
+                   - name: conf\n  configFile:\n    files:\n    - {path: app.conf, content: \"greeting=hello\"}\n    - {path: sub/b64.txt, contentBase64: aGk=}\n";
+    let mut spec = group(
+        "vols",
+        "Always",
+        &[
+            (
+                "writer",
+                "echo shared > /data/file; echo fast > /mem/file; sleep 3600",
+            ),
+            (
+                "reader",
+                "sleep 1; echo got:$(cat /data/file):$(cat /mem/file):$(cat /conf/app.conf):$(cat /b64); touch /conf/x 2>&1 || echo ro-ok; sleep 3600",
+            ),
+        ],
+        volumes,
+    );
+    spec = spec.replacen(
+        "  args: [\"echo shared",
+        "  volumeMounts: [{name: scratch, mountPath: /data}, {name: fast, mountPath: /mem}]\n  args: [\"echo shared",
+        1,
+    );
+    spec = spec.replacen(
+        "  args: [\"sleep 1;",
+        "  volumeMounts: [{name: scratch, mountPath: /data}, {name: fast, mountPath: /mem}, {name: conf, mountPath: /conf, readOnly: true}, {name: conf, mountPath: /b64, subPath: sub/b64.txt}]\n  args: [\"sleep 1;",
+        1,
+    );
+    let out = agent.apply("vols", &spec);
+    assert!(out.status.success(), "{}\n{spec}", text(&out));
+    wait_phase(&agent, "vols", "Running");
+    let l = wait_log(&agent, "vols", "reader", "got:");
+    assert!(l.contains("got:shared:fast:greeting=hello:hi"), "{l}");
+    assert!(l.contains("ro-ok"), "read-only mount: {l}");
+    let id = agent.get_json("vols").expect("get")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(
+        agent
+            .ctl(&["delete", "vols", "--grace-period", "0", "--wait"])
+            .status
+            .success()
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&id), "volume mounts left: {mounts}");
+}

@@ -4,5 +4,6 @@
 pub mod files;
 pub mod shim;
 pub mod spec;
+pub mod volumes;
 
 pub use shim::{ExecIo, Shim, ShimError, ShimLaunch};

@@ -44,6 +44,8 @@ pub struct SpecInputs<'a> {
     pub shm_bytes: u64,
     /// Directory holding `hosts`, `hostname`, `resolv.conf` for the group.
     pub etc_dir: &'a Path,
+    /// Host directory of each volume of the group.
+    pub volumes: &'a std::collections::HashMap<String, std::path::PathBuf>,
 }
 
 /// Builds `config.json`.
@@ -70,6 +72,35 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         .map(|s| (s.name.clone(), Value::String(s.value.clone())))
         .collect();
     let bind = |dest: &str, file: &str| json!({ "destination": dest, "type": "bind", "source": i.etc_dir.join(file), "options": ["rbind", "rprivate"] });
+    let mut mounts = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", i.shm_bytes)] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        bind("/etc/hosts", "hosts"),
+        bind("/etc/hostname", "hostname"),
+        bind("/etc/resolv.conf", "resolv.conf"),
+    ];
+    for m in &i.container.volume_mounts {
+        // Validation guarantees the volume exists and subPath stays inside it.
+        let Some(dir) = i.volumes.get(&m.name) else {
+            continue;
+        };
+        let source = if m.sub_path.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(&m.sub_path)
+        };
+        let mut options = vec!["rbind", "rprivate"];
+        if m.read_only {
+            options.push("ro");
+        }
+        mounts.push(json!({ "destination": m.mount_path, "type": "bind", "source": source, "options": options }));
+    }
     let mut annotations = json!({ "io.eci.user": i.process.user, "io.eci.group-id": i.group_id });
     if let Some(g) = &i.process.group {
         annotations["io.eci.group"] = json!(g);
@@ -89,19 +120,7 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         },
         "root": { "path": "rootfs", "readonly": sc.read_only_root_filesystem },
         "hostname": i.group.name,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", i.shm_bytes)] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-            bind("/etc/hosts", "hosts"),
-            bind("/etc/hostname", "hostname"),
-            bind("/etc/resolv.conf", "resolv.conf")
-        ],
+        "mounts": mounts,
         "annotations": annotations,
         "linux": {
             "cgroupsPath": format!("{}/{}/{}", i.cgroup_parent, i.group_id, i.container.name),

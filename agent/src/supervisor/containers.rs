@@ -12,7 +12,7 @@ use super::{GroupCtx, Supervisor};
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
-use crate::sandbox::{Shim, files, spec};
+use crate::sandbox::{Shim, files, spec, volumes};
 
 /// How a container run ended.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +135,7 @@ impl Supervisor {
         .await;
         files::write(&ctx.dir.etc(), &ctx.spec)
             .map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
+        volumes::prepare(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id))?;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
             Err(_) => Shim::launch(
@@ -358,6 +359,7 @@ impl Supervisor {
         let process =
             crate::images::process::merge(&image.defaults, c).map_err(|e| e.to_string())?;
         let etc = ctx.dir.etc();
+        let vols = volumes::paths(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id));
         let config = spec::build(&spec::SpecInputs {
             group_id: &ctx.id,
             cgroup_parent: &self.cfg.cgroup_parent,
@@ -366,6 +368,7 @@ impl Supervisor {
             process: &process,
             shm_bytes: shm,
             etc_dir: &etc,
+            volumes: &vols,
         })
         .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
@@ -600,6 +603,7 @@ impl Supervisor {
 
     /// Removes a group's run directory and writable layers.
     pub(crate) fn remove_dirs(&self, ctx: &GroupCtx) {
+        volumes::unmount_all(ctx.dir.root());
         for d in [
             ctx.dir.root().to_path_buf(),
             self.cfg.state_dir.join("groups").join(&ctx.id),
