@@ -176,7 +176,7 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
 }
 
 /// Removes what the group sandbox holds on the host. Safe to run twice.
-pub fn teardown(dir: &GroupDir, cgroup: &str) {
+fn teardown(dir: &GroupDir, cgroup: &str) {
     if let Err(e) = namespaces::remove(&dir.namespaces()) {
         tracing::warn!(error = %e, "removing group namespaces");
     }

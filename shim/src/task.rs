@@ -280,14 +280,9 @@ impl TaskService {
                 (s(o), s(e))
             }
         };
-        let reaper = self.reaper.clone();
-        let cgroup = proc_.cgroup.clone();
-        let created = tokio::task::spawn_blocking(move || {
-            process::create(&config, &cgroup, stdin, stdout, stderr, &reaper)
-        })
-        .await
-        .map_err(|e| err(Code::INTERNAL, e.to_string()))?
-        .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+        let created = self
+            .create_process(proc_, config, stdin, stdout, stderr)
+            .await?;
         if let Some((path, or, er)) = log {
             let max = self.group.log_max_bytes;
             let or = tokio::net::unix::pipe::Receiver::from_owned_fd(or)
@@ -302,6 +297,25 @@ impl TaskService {
 }
 
 impl TaskService {
+    /// Runs `eci-shim init` for `proc_` on a blocking thread (see `process::create`).
+    async fn create_process(
+        &self,
+        proc_: &Proc,
+        config: PathBuf,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> ttrpc::Result<Created> {
+        let reaper = self.reaper.clone();
+        let cgroup = proc_.cgroup.clone();
+        tokio::task::spawn_blocking(move || {
+            process::create(&config, &cgroup, stdin, stdout, stderr, &reaper)
+        })
+        .await
+        .map_err(|e| err(Code::INTERNAL, e.to_string()))?
+        .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))
+    }
+
     /// As `spawn`, with a pty as the process's stdio (stderr joins stdout, as on a
     /// terminal).
     async fn spawn_with_pty(
@@ -352,21 +366,15 @@ impl TaskService {
                     format!("opening output {}: {e}", proc_.stdout),
                 )
             })?;
-        let reaper = self.reaper.clone();
-        let cgroup = proc_.cgroup.clone();
-        let created = tokio::task::spawn_blocking(move || {
-            process::create(
-                &config,
-                &cgroup,
+        let created = self
+            .create_process(
+                proc_,
+                config,
                 Stdio::from(s_in),
                 Stdio::from(s_out),
                 Stdio::from(s_err),
-                &reaper,
             )
-        })
-        .await
-        .map_err(|e| err(Code::INTERNAL, e.to_string()))?
-        .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()))?;
+            .await?;
         pty.serve(stdin, stdout)
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         if let Ok(mut p) = proc_.pty.lock() {

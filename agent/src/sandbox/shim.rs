@@ -45,10 +45,6 @@ impl ShimError {
             }
         }
     }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ShimError::Call { source: ttrpc::Error::RpcStatus(s), .. } if s.code() == ttrpc::Code::NOT_FOUND)
-    }
 }
 
 /// How the agent starts a shim.
@@ -74,6 +70,11 @@ pub struct ExecIo {
 #[derive(Clone)]
 pub struct Shim {
     client: TaskClient,
+}
+
+/// Wraps a failed call with the call's name.
+fn call(name: &'static str) -> impl FnOnce(ttrpc::Error) -> ShimError {
+    move |source| ShimError::Call { call: name, source }
 }
 
 fn ctx() -> context::Context {
@@ -174,10 +175,7 @@ impl Shim {
             .client
             .create(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "create",
-                source,
-            })?;
+            .map_err(call("create"))?;
         Ok(r.pid)
     }
 
@@ -191,10 +189,7 @@ impl Shim {
             .client
             .start(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "start",
-                source,
-            })?;
+            .map_err(call("start"))?;
         Ok(r.pid)
     }
 
@@ -204,14 +199,7 @@ impl Shim {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        let r = self
-            .client
-            .wait(ctx(), &req)
-            .await
-            .map_err(|source| ShimError::Call {
-                call: "wait",
-                source,
-            })?;
+        let r = self.client.wait(ctx(), &req).await.map_err(call("wait"))?;
         Ok(Exited {
             code: r.exit_status,
         })
@@ -227,10 +215,7 @@ impl Shim {
             .client
             .state(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "state",
-                source,
-            })?;
+            .map_err(call("state"))?;
         Ok((
             r.pid,
             r.status.enum_value_or_default() == api::Status::RUNNING,
@@ -244,13 +229,7 @@ impl Shim {
             all,
             ..Default::default()
         };
-        self.client
-            .kill(ctx(), &req)
-            .await
-            .map_err(|source| ShimError::Call {
-                call: "kill",
-                source,
-            })?;
+        self.client.kill(ctx(), &req).await.map_err(call("kill"))?;
         Ok(())
     }
 
@@ -263,10 +242,7 @@ impl Shim {
         self.client
             .delete(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "delete",
-                source,
-            })?;
+            .map_err(call("delete"))?;
         Ok(())
     }
 
@@ -292,13 +268,7 @@ impl Shim {
             spec: MessageField::some(any),
             ..Default::default()
         };
-        self.client
-            .exec(ctx(), &req)
-            .await
-            .map_err(|source| ShimError::Call {
-                call: "exec",
-                source,
-            })?;
+        self.client.exec(ctx(), &req).await.map_err(call("exec"))?;
         Ok(())
     }
 
@@ -319,10 +289,7 @@ impl Shim {
         self.client
             .resize_pty(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "resize_pty",
-                source,
-            })?;
+            .map_err(call("resize_pty"))?;
         Ok(())
     }
 
@@ -331,10 +298,7 @@ impl Shim {
         self.client
             .shutdown(ctx(), &req)
             .await
-            .map_err(|source| ShimError::Call {
-                call: "shutdown",
-                source,
-            })?;
+            .map_err(call("shutdown"))?;
         Ok(())
     }
 }

@@ -396,7 +396,7 @@ impl Supervisor {
             ],
             ..Default::default()
         };
-        let log = self.log_path(ctx, &c.name, restarts);
+        let log = self.log_file(&ctx.id, &c.name, restarts);
         let _ = shim.delete(&c.name, "").await;
         shim.create(&c.name, &bundle, rootfs, &log)
             .await
@@ -446,10 +446,6 @@ impl Supervisor {
         .await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
         Ok(pid)
-    }
-
-    fn log_path(&self, ctx: &GroupCtx, container: &str, restarts: u32) -> PathBuf {
-        self.log_file(&ctx.id, container, restarts)
     }
 
     /// `<log_dir>/groups/<id>/<container>/<restart>.log`
