@@ -57,6 +57,12 @@ pub struct RuntimeConfig {
     pub restart_backoff: String,
     /// Longest back-off between restarts.
     pub restart_backoff_max: String,
+    /// Most processes and threads a group may have at once (`pids.max` of the group's
+    /// cgroup): a fork bomb stays inside its group.
+    pub pids_max: u32,
+    /// `oom_score_adj` of every container process (-1000..=1000). High, so that under
+    /// host-wide memory pressure tenants go first, never the agent or a shim (-999).
+    pub oom_score_adj: i32,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +73,8 @@ impl Default for RuntimeConfig {
             log_max_size: "10Mi".into(),
             restart_backoff: "10s".into(),
             restart_backoff_max: "5m".into(),
+            pids_max: 4096,
+            oom_score_adj: 1000,
         }
     }
 }
@@ -247,6 +255,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "runtime.cgroup_parent",
                 message: "must be a relative cgroup path without '..'".into(),
+            });
+        }
+        if self.runtime.pids_max < 16 {
+            return Err(ConfigError::Invalid {
+                key: "runtime.pids_max",
+                message: format!("{} is below the minimum of 16", self.runtime.pids_max),
+            });
+        }
+        if !(-1000..=1000).contains(&self.runtime.oom_score_adj) {
+            return Err(ConfigError::Invalid {
+                key: "runtime.oom_score_adj",
+                message: format!("{} is outside -1000..=1000", self.runtime.oom_score_adj),
             });
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

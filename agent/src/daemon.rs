@@ -24,6 +24,10 @@ fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
     } else {
         cfg.runtime.shim.clone()
     };
+    // Shims (and through them every container's init) run from a read-only bind of the
+    // binary, never from the writable file (see eci_runtime::sealed_exe).
+    let shim = eci_runtime::sealed_exe::bind_read_only(&shim, &sealed_shim_path(cfg))
+        .with_context(|| format!("binding {} read-only", shim.display()))?;
     Ok(SupervisorConfig {
         run_dir: cfg.run_dir.clone(),
         state_dir: cfg.state_dir.clone(),
@@ -34,10 +38,17 @@ fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
             run_dir: cfg.run_dir.clone(),
             cgroup_parent: cfg.runtime.cgroup_parent.clone(),
             log_max_bytes: crate::quantity::parse_memory_bytes(&cfg.runtime.log_max_size)?,
+            pids_max: cfg.runtime.pids_max,
         },
+        oom_score_adj: cfg.runtime.oom_score_adj,
         backoff_initial: humantime::parse_duration(&cfg.runtime.restart_backoff)?,
         backoff_max: humantime::parse_duration(&cfg.runtime.restart_backoff_max)?,
     })
+}
+
+/// Where the read-only bind of the shim binary lives.
+fn sealed_shim_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.run_dir.join("bin").join("eci-shim")
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -97,6 +108,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     });
     listeners.serve(sup, stop_rx).await?;
     let _ = std::fs::remove_file(cfg.socket_path());
+    // Running shims keep the detached bind they were started from.
+    eci_runtime::sealed_exe::release(&sealed_shim_path(&cfg));
     tracing::info!("stopped");
     Ok(())
 }

@@ -24,6 +24,7 @@ use crate::selector::Selector;
 use crate::sizes::Size;
 use crate::store::{Store, WriteTx};
 use crate::validate::{self, ValidSpec};
+use eci_runtime::SandboxKind;
 
 /// Status message of an admitted group whose sandbox is being prepared.
 const ADMITTED: &str = "admitted; preparing the sandbox";
@@ -243,6 +244,7 @@ impl Groups {
     /// Validates, stores and admits a new group.
     pub fn create(&self, spec: GroupSpec) -> Result<ContainerGroup> {
         let valid = validate::validate(&spec)?;
+        self.check_sandbox_kind(&spec.sandbox)?;
         let name = spec.name.clone();
         self.store.write(|tx| {
             let now = clock::now();
@@ -323,6 +325,30 @@ impl Groups {
             })
             .collect();
         Ok((groups, rev))
+    }
+
+    /// Refuses a sandbox kind this node cannot really run: running a `vm` request in
+    /// namespaces would be a false claim of isolation.
+    fn check_sandbox_kind(&self, sandbox: &str) -> Result<()> {
+        let kind = match sandbox {
+            "vm" => SandboxKind::Vm,
+            _ => SandboxKind::Namespaced,
+        };
+        if self.node.facts.sandbox_kinds.contains(&kind) {
+            return Ok(());
+        }
+        let offered: Vec<&str> = self
+            .node
+            .facts
+            .sandbox_kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        Err(Error::FailedPrecondition(format!(
+            "sandbox: {:?} is not available on this node (available: {})",
+            kind.as_str(),
+            offered.join(", ")
+        )))
     }
 
     /// Replaces the spec of a group. The ENI and sandbox kind cannot change in place, and

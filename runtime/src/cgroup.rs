@@ -132,14 +132,28 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
         };
     }
     cg.apply(&res).map_err(op("apply limits"))?;
-    if let Some(mem) = limits.memory_bytes
-        && let Some(m) = cg.controller_of::<MemController>()
-    {
-        // Not every kernel accounts swap; where it does, allow none.
+    if limits.memory_bytes.is_some() {
+        swap_off(rel, &cg, limits.memory_bytes);
+    }
+    Ok(())
+}
+
+/// No swap for a limited cgroup: memory beyond the limit is an OOM kill in the group,
+/// not host swap traffic. Not every kernel accounts swap; where it does not, the files
+/// are missing and there is nothing to turn off.
+fn swap_off(rel: &str, cg: &Cgroup, memory: Option<i64>) {
+    if hierarchies::is_cgroup2_unified_mode() {
+        let max = hierarchies::auto().root().join(rel).join("memory.swap.max");
+        if max.exists() {
+            let _ = std::fs::write(max, "0");
+        }
+        return;
+    }
+    if let (Some(mem), Some(m)) = (memory, cg.controller_of::<MemController>()) {
+        // v1: the memory+swap limit equal to the memory limit leaves no room for swap.
         let _ = m.set_memswap_limit(mem);
         let _ = m.set_swappiness(0);
     }
-    Ok(())
 }
 
 /// Moves process `pid` into the cgroup, in every hierarchy where it exists.

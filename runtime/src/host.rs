@@ -89,8 +89,8 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// Probes the running host. The namespaced kind needs the namespace files of the
-    /// kinds a group uses; the VM kind needs a QEMU binary (KVM or TCG is chosen when a
-    /// VM starts).
+    /// kinds a group uses. The VM kind is offered only once a VM backend exists: a host
+    /// with QEMU but no backend must not advertise what it cannot run.
     pub fn probe(cgroup_root: &Path) -> Result<Self, HostError> {
         let uts = nix::sys::utsname::uname().map_err(HostError::Uname)?;
         let cgroup_mode = CgroupMode::detect(cgroup_root)?;
@@ -101,9 +101,6 @@ impl HostFacts {
             .all(|n| Path::new("/proc/self/ns").join(n).exists())
         {
             sandbox_kinds.push(SandboxKind::Namespaced);
-        }
-        if Path::new("/usr/bin/qemu-system-x86_64").exists() {
-            sandbox_kinds.push(SandboxKind::Vm);
         }
         Ok(HostFacts {
             kernel_release: uts.release().to_string_lossy().into_owned(),
@@ -123,5 +120,6 @@ mod tests {
         let facts = HostFacts::probe(Path::new("/sys/fs/cgroup")).expect("probe");
         assert!(!facts.kernel_release.is_empty());
         assert!(facts.sandbox_kinds.contains(&SandboxKind::Namespaced));
+        assert!(!facts.sandbox_kinds.contains(&SandboxKind::Vm));
     }
 }

@@ -1,12 +1,19 @@
 //! The container side of process creation. The shim runs `eci-shim init <config>`, a
-//! fresh single-threaded process, which joins the container's namespaces,
-//! forks the container's first process (PID 1 of a new PID namespace) and exits. That
-//! child builds the filesystem view, drops privileges, reports `Ready`, waits for the
-//! start byte, loads seccomp and execs.
+//! fresh single-threaded process, which joins the container's namespaces, forks the
+//! process that will exec the container's program, and exits.
 //!
-//! File descriptors: 0-2 the container's stdio, 3 the start pipe (one byte = exec),
-//! 4 the sync pipe (JSON lines to the shim, close-on-exec: EOF after `Ready` means the
-//! exec happened).
+//! Confinement comes before visibility (runc CVE-2019-5736 / CVE-2016-9962 class):
+//! - a container's first process is PID 1 of a new PID namespace, seen by nothing in
+//!   the group; it builds the filesystem view, then confines itself;
+//! - an exec'd process joins a running container's PID namespace, where a tenant
+//!   process (possibly holding `CAP_SYS_PTRACE`) can see it. So the helper confines
+//!   itself fully (ids, capabilities, `no_new_privs`, non-dumpable, seccomp) after
+//!   joining the namespaces but *before* it forks: the forked child is confined from
+//!   the first instant it exists in the container.
+//!
+//! Every descriptor above 2 is close-on-exec from the start. File descriptors: 0-2 the
+//! container's stdio, 3 the start pipe (one byte = exec), 4 the sync pipe (JSON lines to
+//! the shim: EOF after `Ready` means the exec happened).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -83,14 +90,24 @@ fn send(sync: &mut std::fs::File, msg: &Sync) {
 
 /// Entry point of `eci-shim init CONFIG`. Never returns.
 pub fn main(config: &Path) -> ! {
+    // Nothing this process inherited above stdio may reach the container's program:
+    // a leaked descriptor to a host directory is an escape. The start and sync pipes
+    // (3, 4) are closed or meant to close at exec too.
+    // SAFETY: close_range only changes descriptor flags; no memory is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     // SAFETY: fd 4 was set up by the shim as the sync pipe's write end and is owned by
     // nothing else in this freshly exec'd process.
     let mut sync = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(SYNC_FD) });
-    // dup2 cleared close-on-exec; the shim learns of the exec from this fd closing.
-    let _ = nix::fcntl::fcntl(
-        &sync,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    // Non-dumpable until exec: no ptrace, no /proc/<pid>/{mem,exe,fd} of this process
+    // for anything short of host CAP_SYS_PTRACE.
+    let _ = nix::sys::prctl::set_dumpable(false);
     match run(config, &mut sync) {
         Ok(never) => match never {},
         Err(e) => {
@@ -108,6 +125,11 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
         serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
     // Read before changing namespaces: the file is not reachable from inside.
     let programs = seccomp::read(&cfg.seccomp).map_err(chain)?;
+    // Here, while /proc is still the host's: inherited by everything forked below.
+    if let Some(adj) = cfg.process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
+    }
     match &cfg.target {
         Target::Container {
             group_namespaces, ..
@@ -117,23 +139,46 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
             }
             nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
                 .map_err(|e| format!("unshare mount and pid namespaces: {e}"))?;
+            match fork()? {
+                None => {
+                    build_root(&cfg.target)?;
+                    session(&cfg)?;
+                    let confined = confine(&cfg, &programs)?;
+                    wait_and_exec(confined, sync)
+                }
+                Some(child) => report_pid(sync, child),
+            }
         }
         Target::Exec { pid } => {
             // Mount last: the others are found through this mount namespace's /proc.
             for kind in ["ipc", "uts", "net", "pid", "mnt"] {
                 setns_path(&PathBuf::from(format!("/proc/{pid}/ns/{kind}")), kind)?;
             }
+            let confined = confine(&cfg, &programs)?;
+            match fork()? {
+                None => {
+                    session(&cfg)?;
+                    wait_and_exec(confined, sync)
+                }
+                Some(child) => report_pid(sync, child),
+            }
         }
     }
+}
+
+/// Forks; `None` in the child.
+fn fork() -> Result<Option<nix::unistd::Pid>, String> {
     // SAFETY: this process is single-threaded (freshly exec'd, no threads started), so the
     // child may run arbitrary code after fork.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Parent { child } => {
-            send(sync, &Sync::Pid(child.as_raw()));
-            std::process::exit(0);
-        }
-        ForkResult::Child => child(&cfg, &programs, sync),
+        ForkResult::Parent { child } => Ok(Some(child)),
+        ForkResult::Child => Ok(None),
     }
+}
+
+fn report_pid(sync: &mut std::fs::File, child: nix::unistd::Pid) -> ! {
+    send(sync, &Sync::Pid(child.as_raw()));
+    std::process::exit(0);
 }
 
 fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
@@ -143,12 +188,9 @@ fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
         .map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
 }
 
-fn child(
-    cfg: &InitConfig,
-    programs: &[seccompiler::BpfProgram],
-    sync: &mut std::fs::File,
-) -> Result<Never, String> {
-    if let Target::Container {
+/// The container's filesystem view, in its new mount namespace; ends with `pivot_root`.
+fn build_root(target: &Target) -> Result<(), String> {
+    let Target::Container {
         rootfs,
         rootfs_mount,
         mounts,
@@ -157,33 +199,46 @@ fn child(
         sysctls,
         readonly_root,
         ..
-    } = &cfg.target
-    {
-        let m = |e: mounts::MountError| {
-            let src = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            format!("{e}{src}")
-        };
-        mounts::make_private().map_err(m)?;
-        mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?;
-        let root = mounts::open_root(rootfs_mount).map_err(m)?;
-        for mnt in mounts {
-            mounts::apply_mount(&root, mnt).map_err(m)?;
-        }
-        mounts::create_devices(rootfs_mount).map_err(m)?;
-        drop(root);
-        mounts::pivot_root(rootfs_mount).map_err(m)?;
-        for (k, v) in sysctls {
-            let p = format!("/proc/sys/{}", k.replace('.', "/"));
-            std::fs::write(&p, v).map_err(|e| format!("sysctl {k}: {e}"))?;
-        }
-        mounts::mask(masked_paths).map_err(m)?;
-        mounts::read_only(readonly_paths).map_err(m)?;
-        if *readonly_root {
-            mounts::root_read_only().map_err(m)?;
-        }
+    } = target
+    else {
+        return Ok(());
+    };
+    let m = |e: mounts::MountError| {
+        let src = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        format!("{e}{src}")
+    };
+    mounts::make_private().map_err(m)?;
+    mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?;
+    let root = mounts::open_root(rootfs_mount).map_err(m)?;
+    for mnt in mounts {
+        mounts::apply_mount(&root, mnt).map_err(m)?;
     }
+    mounts::create_devices(&root).map_err(m)?;
+    drop(root);
+    mounts::pivot_root(rootfs_mount).map_err(m)?;
+    for (k, v) in sysctls {
+        let p = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&p, v).map_err(|e| format!("sysctl {k}: {e}"))?;
+    }
+    mounts::mask(masked_paths).map_err(m)?;
+    mounts::read_only(readonly_paths).map_err(m)?;
+    if *readonly_root {
+        mounts::root_read_only().map_err(m)?;
+    }
+    Ok(())
+}
+
+/// What [`confine`] resolved for the exec.
+struct Confined {
+    program: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+/// A new session, with the pty on stdin as its controlling terminal when there is one.
+fn session(cfg: &InitConfig) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if cfg.process.terminal().unwrap_or(false) {
         // SAFETY: TIOCSCTTY takes an integer argument and touches no memory; fd 0 is the
@@ -195,6 +250,14 @@ fn child(
             ));
         }
     }
+    Ok(())
+}
+
+/// Everything that confines the process, in the order the kernel needs: rlimits and
+/// the bounding set while privileged, then ids, capabilities, `no_new_privs`,
+/// non-dumpable, working directory, and seccomp last (its allowlist has no room for
+/// the calls before it). Runs inside the container's namespaces and root.
+fn confine(cfg: &InitConfig, programs: &[seccompiler::BpfProgram]) -> Result<Confined, String> {
     let p = &cfg.process;
     apply_rlimits(p)?;
     let caps = p.capabilities().clone().unwrap_or_default();
@@ -202,8 +265,8 @@ fn child(
         s.iter().flatten().map(|c| format!("CAP_{c}")).collect()
     };
     capabilities::limit_bounding(&names(caps.bounding())).map_err(chain)?;
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = read_account_file("/etc/passwd");
+    let groups = read_account_file("/etc/group");
     let ids = user::resolve(&cfg.user, cfg.group.as_deref(), &passwd, &groups)
         .map_err(|e| e.to_string())?;
     // Keep the permitted set across the uid change; the sets are set right after.
@@ -229,9 +292,12 @@ fn child(
         &names(caps.ambient()),
     )
     .map_err(chain)?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
     if p.no_new_privileges().unwrap_or(true) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
+    // A uid change resets the flag from fs.suid_dumpable: set it again.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
     let cwd = p.cwd();
     nix::unistd::chdir(cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();
@@ -240,6 +306,18 @@ fn child(
     }
     let args = p.args().clone().unwrap_or_default();
     let program = find_program(args.first().ok_or("no command")?, &env)?;
+    let confined = Confined {
+        program: cstring(&program)?,
+        args: args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+    };
+    seccomp::load(programs).map_err(chain)?;
+    Ok(confined)
+}
+
+/// Reports `Ready`, waits for the start byte, execs. Only calls the default seccomp
+/// profile allows (write, read, close, execve).
+fn wait_and_exec(c: Confined, sync: &mut std::fs::File) -> Result<Never, String> {
     send(sync, &Sync::Ready);
     // SAFETY: fd 3 is the start pipe's read end set up by the shim; nothing else owns it.
     let mut start = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(START_FD) });
@@ -252,14 +330,34 @@ fn child(
         return Err("the shim closed the start pipe: not started".into());
     }
     drop(start);
-    let cargs: Vec<CString> = args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    let cenv: Vec<CString> = env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    seccomp::load(programs).map_err(chain)?;
-    let err = nix::unistd::execve(&cstring(&program)?, &cargs, &cenv).err();
+    let err = nix::unistd::execve(&c.program, &c.args, &c.env).err();
     Err(format!(
-        "exec {program}: {}",
+        "exec {}: {}",
+        c.program.to_string_lossy(),
         err.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+/// Largest account file read: a container controls these files.
+const ACCOUNT_FILE_MAX: u64 = 4 << 20;
+
+/// Reads `/etc/passwd` or `/etc/group` of the container as it is: a regular file only
+/// (a FIFO planted there must not block the runtime), at most [`ACCOUNT_FILE_MAX`].
+fn read_account_file(path: &str) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = f.take(ACCOUNT_FILE_MAX).read_to_string(&mut s);
+    s
 }
 
 /// An error with its causes, for the one-line message sent to the shim.

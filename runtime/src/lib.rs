@@ -12,6 +12,7 @@ pub mod init;
 pub mod layout;
 pub mod mounts;
 pub mod namespaces;
+pub mod sealed_exe;
 pub mod seccomp;
 pub mod user;
 

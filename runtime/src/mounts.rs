@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use nix::sys::stat::{Mode, SFlag, makedev, mknodat};
 use oci_spec::runtime::Mount;
 
 /// Errors building the filesystem view; each names the step and the path.
@@ -59,124 +59,192 @@ pub fn mount_overlay(fs: &Rootfs, target: &Path) -> Result<(), MountError> {
         fs.upper.display(),
         fs.work.display()
     );
+    // nodev: a device node in an image layer or written by the container opens nothing;
+    // the container's devices live on its own /dev tmpfs.
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
     .map_err(step("mounting the overlay root at", target))
 }
 
-/// Opens (creating when missing) `dest` inside `root`, resolving as if `root` were `/`.
-fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, MountError> {
-    let how = |flags| {
-        OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
-    };
-    let rel: PathBuf = dest
-        .components()
+/// How every path below a root the tenant writes to is resolved: symlinks (absolute or
+/// `..`) stay inside the root, and `/proc/<pid>/...` magic links are never followed.
+fn in_root(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+/// `dest` without its root and `.`/`..` parts (RESOLVE_IN_ROOT clamps `..` anyway).
+fn relative(dest: &Path) -> PathBuf {
+    dest.components()
         .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    if let Ok(fd) = openat2(root, &rel, how(OFlag::O_PATH)) {
+        .collect()
+}
+
+/// Opens (creating when missing) `dest` inside `root`, resolving as if `root` were `/`:
+/// a symlink the image or a container planted, absolute or `..`, cannot lead out, and
+/// nothing is ever created outside `root`. Returns an `O_PATH` descriptor to mount on.
+pub fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, MountError> {
+    let rel = relative(dest);
+    if rel.as_os_str().is_empty() {
+        return openat2(root, ".", in_root(OFlag::O_PATH)).map_err(step("opening", dest));
+    }
+    if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
         return Ok(fd);
     }
-    // Create the missing parents one by one, then the target.
+    // Create the missing components one by one. Each parent is opened inside the root;
+    // a file is created by openat2 itself (a dangling symlink in the way resolves inside
+    // the root too); a directory with mkdirat, which never follows a symlink.
     let mut so_far = PathBuf::new();
     let comps: Vec<_> = rel.components().collect();
     for (i, c) in comps.iter().enumerate() {
         so_far.push(c);
-        if openat2(root, &so_far, how(OFlag::O_PATH)).is_ok() {
+        if openat2(root, &so_far, in_root(OFlag::O_PATH)).is_ok() {
+            continue;
+        }
+        if i + 1 == comps.len() && !dir {
+            openat2(
+                root,
+                &so_far,
+                in_root(OFlag::O_CREAT | OFlag::O_WRONLY).mode(Mode::from_bits_truncate(0o644)),
+            )
+            .map_err(step("creating mount point", dest))?;
             continue;
         }
         let parent_path = so_far
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let parent = openat2(root, parent_path, how(OFlag::O_DIRECTORY))
+        let parent = openat2(root, parent_path, in_root(OFlag::O_DIRECTORY))
             .map_err(step("opening the parent of", dest))?;
-        let last = i + 1 == comps.len();
-        if last && !dir {
-            nix::fcntl::openat(
-                &parent,
-                c.as_os_str(),
-                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            )
-            .map_err(step("creating mount point", dest))?;
-        } else {
-            match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(step("creating mount point", dest)(e)),
-            }
+        match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(step("creating mount point", dest)(e)),
         }
     }
-    openat2(root, &rel, how(OFlag::O_PATH)).map_err(step("opening mount point", dest))
+    openat2(root, &rel, in_root(OFlag::O_PATH)).map_err(step("opening mount point", dest))
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Splits OCI mount options into flags and filesystem data.
-fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut propagation = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" => {}
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
-            "noatime" => flags |= MsFlags::MS_NOATIME,
-            "relatime" => flags |= MsFlags::MS_RELATIME,
-            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
-            "bind" => flags |= MsFlags::MS_BIND,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            "private" => propagation |= MsFlags::MS_PRIVATE,
-            "rprivate" => propagation |= MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            "slave" => propagation |= MsFlags::MS_SLAVE,
-            "rslave" => propagation |= MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            other => data.push(other.to_string()),
-        }
-    }
-    (flags, propagation, data.join(","))
+/// Mount option (ours, not the kernel's) naming a path inside a bind mount's source to
+/// mount instead of the whole source: a volume's `subPath`. The source is the volume's
+/// root, which the agent owns; everything below it is the tenant's, so the sub-path is
+/// resolved inside that root by fd and the fd is what gets mounted (never the path,
+/// which a container could swap for a symlink between a check and the mount).
+pub const SUBPATH_OPTION: &str = "eci.subpath=";
+
+/// Split OCI mount options.
+struct Options {
+    flags: MsFlags,
+    propagation: MsFlags,
+    data: String,
+    sub_path: Option<PathBuf>,
 }
 
-/// Applies one OCI mount below `root_path` (whose fd is `root`).
+/// Splits OCI mount options into flags, propagation, filesystem data and our sub-path.
+fn parse_options(options: &[String]) -> Options {
+    let mut o = Options {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: String::new(),
+        sub_path: None,
+    };
+    let mut data = Vec::new();
+    for opt in options {
+        match opt.as_str() {
+            "ro" => o.flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => o.flags |= MsFlags::MS_NOSUID,
+            "nodev" => o.flags |= MsFlags::MS_NODEV,
+            "noexec" => o.flags |= MsFlags::MS_NOEXEC,
+            "sync" => o.flags |= MsFlags::MS_SYNCHRONOUS,
+            "noatime" => o.flags |= MsFlags::MS_NOATIME,
+            "relatime" => o.flags |= MsFlags::MS_RELATIME,
+            "strictatime" => o.flags |= MsFlags::MS_STRICTATIME,
+            "bind" => o.flags |= MsFlags::MS_BIND,
+            "rbind" => o.flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "private" => o.propagation |= MsFlags::MS_PRIVATE,
+            "rprivate" => o.propagation |= MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            "slave" => o.propagation |= MsFlags::MS_SLAVE,
+            "rslave" => o.propagation |= MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            other => match other.strip_prefix(SUBPATH_OPTION) {
+                Some(p) => o.sub_path = Some(PathBuf::from(p)),
+                None => data.push(other.to_string()),
+            },
+        }
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// Filesystems whose mount point must be a real directory at its stated path: a
+/// symlinked `/proc` or `/sys` would move the kernel's interfaces to where the image
+/// chose, away from the masks and read-only remounts applied to their stated paths.
+const NO_SYMLINK_TYPES: &[&str] = &["proc", "sysfs", "mqueue", "devpts", "cgroup", "cgroup2"];
+
+/// Opens a bind mount's source: the source itself (a path the agent owns), or, with a
+/// sub-path, that path resolved inside the source as root (created as a directory when
+/// missing, as Kubernetes does for `subPath`).
+fn open_bind_source(source: &Path, sub_path: Option<&Path>) -> Result<OwnedFd, MountError> {
+    let fd = nix::fcntl::open(source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(step("opening mount source", source))?;
+    match sub_path {
+        None => Ok(fd),
+        Some(sub) => open_in_root(&fd, sub, true),
+    }
+}
+
+fn is_dir(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) == SFlag::S_IFDIR)
+}
+
+/// Applies one OCI mount inside the rootfs whose fd is `root`.
 pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
     let typ = m.typ().clone().unwrap_or_default();
-    let options = m.options().clone().unwrap_or_default();
-    let (flags, propagation, data) = parse_options(&options);
+    let opts = parse_options(&m.options().clone().unwrap_or_default());
+    let flags = opts.flags;
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
-    let is_bind = flags.contains(MsFlags::MS_BIND);
-    let dir = !is_bind || source.is_dir();
-    let target = open_in_root(root, m.destination(), dir)?;
-    let at = fd_path(&target);
     let dest = m.destination();
-    if is_bind {
-        mount(
-            Some(&source),
+    let is_bind = flags.contains(MsFlags::MS_BIND);
+    if !is_bind && NO_SYMLINK_TYPES.contains(&typ.as_str()) {
+        refuse_symlinks(root, dest)?;
+    }
+    let src = if is_bind {
+        Some(open_bind_source(&source, opts.sub_path.as_deref())?)
+    } else {
+        None
+    };
+    let dir = src.as_ref().is_none_or(is_dir);
+    let target = open_in_root(root, dest, dir)?;
+    let at = fd_path(&target);
+    match &src {
+        Some(src) => mount(
+            Some(&fd_path(src)),
             &at,
             None::<&str>,
             flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
             None::<&str>,
         )
-        .map_err(step("bind-mounting", dest))?;
-    } else {
-        let data = (!data.is_empty()).then_some(data.as_str());
-        mount(Some(&source), &at, Some(typ.as_str()), flags, data)
-            .map_err(step("mounting", dest))?;
+        .map_err(step("bind-mounting", dest))?,
+        None => {
+            let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+            mount(Some(&source), &at, Some(typ.as_str()), flags, data)
+                .map_err(step("mounting", dest))?
+        }
     }
     // The fd above names what lies under the new mount; flag changes go to the mount.
     let extra = flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
     let remount = is_bind && !extra.is_empty();
-    if remount || !propagation.is_empty() {
+    if remount || !opts.propagation.is_empty() {
         let mounted = open_in_root(root, dest, dir)?;
         let at = fd_path(&mounted);
         if remount {
@@ -189,12 +257,32 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
             )
             .map_err(step("remounting", dest))?;
         }
-        if !propagation.is_empty() {
-            mount(None::<&str>, &at, None::<&str>, propagation, None::<&str>)
-                .map_err(step("setting propagation of", dest))?;
+        if !opts.propagation.is_empty() {
+            mount(
+                None::<&str>,
+                &at,
+                None::<&str>,
+                opts.propagation,
+                None::<&str>,
+            )
+            .map_err(step("setting propagation of", dest))?;
         }
     }
     Ok(())
+}
+
+/// Fails when any existing component of `dest` inside `root` is a symlink.
+fn refuse_symlinks(root: &OwnedFd, dest: &Path) -> Result<(), MountError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(root, &relative(dest), how) {
+        Ok(_) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(step(
+            "mount point must be a directory, not a symlink:",
+            dest,
+        )(e)),
+    }
 }
 
 /// Opens the rootfs directory for [`apply_mount`].
@@ -213,29 +301,27 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-/// Creates /dev nodes and links; `rootfs/dev` is a fresh tmpfs by now.
-pub fn create_devices(rootfs: &Path) -> Result<(), MountError> {
-    let dev = rootfs.join("dev");
-    for (name, major, minor) in DEVICES {
-        let p = dev.join(name);
-        match mknod(
-            &p,
+/// Creates /dev nodes and links in the fresh `/dev` tmpfs, by a descriptor of that
+/// tmpfs opened inside the rootfs: an image whose `/dev` is a symlink gets them in the
+/// directory it names inside the rootfs, never on the host.
+pub fn create_devices(root: &OwnedFd) -> Result<(), MountError> {
+    let dev = openat2(root, "dev", in_root(OFlag::O_DIRECTORY)).map_err(step("opening", "/dev"))?;
+    // mknod applies the umask; the nodes must be 0666.
+    let old = nix::sys::stat::umask(Mode::empty());
+    let made = DEVICES.iter().try_for_each(|(name, major, minor)| {
+        match mknodat(
+            &dev,
+            *name,
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(0o666),
             makedev(*major, *minor),
         ) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(step("creating device", &p)(e)),
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(step("creating device", Path::new("/dev").join(name))(e)),
         }
-        // mknod is subject to the umask.
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            &p,
-            Mode::from_bits_truncate(0o666),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-        .map_err(step("chmod", &p))?;
-    }
+    });
+    nix::sys::stat::umask(old);
+    made?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -244,10 +330,9 @@ pub fn create_devices(rootfs: &Path) -> Result<(), MountError> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        let p = dev.join(link);
-        match nix::unistd::symlinkat(target, nix::fcntl::AT_FDCWD, &p) {
+        match nix::unistd::symlinkat(target, &dev, link) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(step("creating link", &p)(e)),
+            Err(e) => return Err(step("creating link", Path::new("/dev").join(link))(e)),
         }
     }
     Ok(())

@@ -4,7 +4,10 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag};
 use std::path::Path;
 
 /// A terminal being served for one process.
@@ -20,7 +23,7 @@ pub struct Pty {
 pub enum PtyError {
     #[error("{0}")]
     Io(&'static str, #[source] std::io::Error),
-    #[error("the container's /dev/ptmx is not the pty multiplexer")]
+    #[error("the container's /dev/pts/ptmx is not the multiplexer of a devpts instance")]
     NotPtmx,
     #[error("copying the pty master")]
     Dup(#[source] std::io::Error),
@@ -32,25 +35,40 @@ impl Pty {
     /// Opens a pair of `size` (rows, cols) when given, in the devpts instance of the
     /// container whose root is `root` (`/proc/<pid>/root`), so the process sees its
     /// terminal under its own /dev/pts. Returns the terminal and the slave.
+    ///
+    /// The container owns everything below its root: `dev/pts/ptmx` is resolved inside
+    /// that root by fd (a planted symlink cannot lead to the host's `/dev/ptmx`), first
+    /// as `O_PATH` so nothing the tenant planted there is ever opened, and only reopened
+    /// for I/O once it is known to be the multiplexer of a devpts instance.
     pub fn open(root: &Path, size: Option<(u16, u16)>) -> Result<(Self, OwnedFd), PtyError> {
-        let ptmx = root.join("dev/ptmx");
-        // The container owns its /dev: refuse anything but the pty multiplexer, and
-        // never block on a FIFO planted there.
+        let root = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| PtyError::Io("opening the container's root", e.into()))?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let path = openat2(&root, "dev/pts/ptmx", how)
+            .map_err(|e| PtyError::Io("resolving the container's /dev/pts/ptmx", e.into()))?;
+        let st = nix::sys::stat::fstat(&path)
+            .map_err(|e| PtyError::Io("inspecting /dev/pts/ptmx", e.into()))?;
+        let on_devpts = nix::sys::statfs::fstatfs(&path)
+            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
+        if !on_devpts
+            || SFlag::from_bits_truncate(st.st_mode) != SFlag::S_IFCHR
+            || libc::major(st.st_rdev) != 5
+            || libc::minor(st.st_rdev) != 2
+        {
+            return Err(PtyError::NotPtmx);
+        }
         let master = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&ptmx)
-            .map_err(|e| PtyError::Io("opening the container's /dev/ptmx", e))?;
-        let meta = master
-            .metadata()
-            .map_err(|e| PtyError::Io("inspecting /dev/ptmx", e))?;
-        if !meta.file_type().is_char_device()
-            || libc::major(meta.rdev()) != 5
-            || libc::minor(meta.rdev()) != 2
-        {
-            return Err(PtyError::NotPtmx);
-        }
+            .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
+            .map_err(|e| PtyError::Io("opening the container's /dev/pts/ptmx", e))?;
         let unlock: libc::c_int = 0;
         // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
         if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {

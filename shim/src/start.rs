@@ -21,6 +21,9 @@ use crate::reaper::Reaper;
 use crate::task::{GroupConfig, TaskService};
 use eci_runtime::layout::GroupDir;
 
+/// `pids.max` of a group when the caller names none (the agent always does).
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+
 /// What the agent passes.
 #[derive(Debug, Clone)]
 pub struct StartArgs {
@@ -31,6 +34,8 @@ pub struct StartArgs {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub log_max_bytes: u64,
+    /// `pids.max` of the group's cgroup.
+    pub pids_max: u64,
 }
 
 impl StartArgs {
@@ -58,6 +63,7 @@ impl StartArgs {
             cpu_millis: num("--cpu-millis")?,
             memory_bytes: num("--memory-bytes")?,
             log_max_bytes: num("--log-max-bytes").unwrap_or(10 << 20),
+            pids_max: num("--pids-max").unwrap_or(DEFAULT_PIDS_MAX),
         })
     }
 }
@@ -123,6 +129,12 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         .with_writer(std::io::stderr)
         .init();
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+    if !eci_runtime::sealed_exe::is_read_only(std::path::Path::new("/proc/self/exe")) {
+        tracing::warn!(
+            "this shim runs from a writable binary: start it through eci-agent, which \
+             binds it read-only, so containers cannot reach a writable runtime binary"
+        );
+    }
 
     let cgroup = format!("{}/{}", args.cgroup_parent, args.id);
     namespaces::create(&dir.namespaces(), &args.hostname)
@@ -133,7 +145,7 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         cpu_quota_us: Some((args.cpu_millis * 100) as i64),
         cpu_period_us: Some(100_000),
         cpu_shares: Some((args.cpu_millis * 1024 / 1000).max(2)),
-        pids: None,
+        pids: Some(args.pids_max as i64),
         restrict_devices: false,
     };
     cgroup::create(&cgroup, &limits).context("creating the group cgroup")?;

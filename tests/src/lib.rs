@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod oci;
+pub mod scenario;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
 /// (`target/<profile>/deps/<test>` → `target/<profile>`).
@@ -299,6 +300,11 @@ impl Drop for Agent {
             let _ = c.wait();
         }
         self.remove_sandboxes();
+        // The agent binds its shim binary read-only under its run dir.
+        let _ = nix::mount::umount2(
+            &self.root().join("run/eci/bin/eci-shim"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
     }
 }
 

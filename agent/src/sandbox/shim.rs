@@ -54,6 +54,8 @@ pub struct ShimLaunch {
     pub run_dir: PathBuf,
     pub cgroup_parent: String,
     pub log_max_bytes: u64,
+    /// `pids.max` of each group's cgroup.
+    pub pids_max: u32,
 }
 
 /// Where an exec'd process's stdio goes: FIFO paths ("" for none) and whether it gets
@@ -115,6 +117,7 @@ impl Shim {
                 &memory_bytes.to_string(),
             ])
             .args(["--log-max-bytes", &l.log_max_bytes.to_string()])
+            .args(["--pids-max", &l.pids_max.to_string()])
             .stdin(std::process::Stdio::null())
             .output()
             .await

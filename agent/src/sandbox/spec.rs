@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::images::process::Process;
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 
-/// Paths hidden from containers (Docker's list).
+/// Paths hidden from containers (containerd's default spec).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
@@ -25,7 +25,7 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-/// Paths containers may read but not write (Docker's list).
+/// Paths containers may read but not write (containerd's default spec).
 pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
@@ -46,7 +46,25 @@ pub struct SpecInputs<'a> {
     pub etc_dir: &'a Path,
     /// Host directory of each volume of the group.
     pub volumes: &'a std::collections::HashMap<String, std::path::PathBuf>,
+    /// `oom_score_adj` of the container's processes (agent config).
+    pub oom_score_adj: i32,
 }
+
+/// Resource limits every container process gets, whatever the agent's own limits are
+/// (its unit raises them for itself). `(type, soft, hard)`; documented in
+/// docs/security.md.
+pub const RLIMITS: &[(&str, u64, u64)] = &[
+    // As Docker on containerd: many servers need more than the kernel's 1024.
+    ("RLIMIT_NOFILE", 1_048_576, 1_048_576),
+    // No core files: a core dump fills the group's disk, and a piped core_pattern
+    // would run a host helper on the tenant's behalf.
+    ("RLIMIT_CORE", 0, 0),
+    // The kernel's default; IPC_LOCK (allowed to add) lifts it within the group's memory.
+    ("RLIMIT_MEMLOCK", 8 << 20, 8 << 20),
+    // Counted per uid across the host, not per group: pids.max on the group's cgroup
+    // is the real limit, so this one only needs to stay out of its way.
+    ("RLIMIT_NPROC", 4_194_304, 4_194_304),
+];
 
 /// Builds `config.json`.
 pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::CapsError> {
@@ -71,7 +89,7 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         .flat_map(|s| &s.sysctls)
         .map(|s| (s.name.clone(), Value::String(s.value.clone())))
         .collect();
-    let bind = |dest: &str, file: &str| json!({ "destination": dest, "type": "bind", "source": i.etc_dir.join(file), "options": ["rbind", "rprivate"] });
+    let bind = |dest: &str, file: &str| json!({ "destination": dest, "type": "bind", "source": i.etc_dir.join(file), "options": ["rbind", "rprivate", "nosuid", "nodev"] });
     let mut mounts = vec![
         json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
         json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
@@ -86,20 +104,29 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
         bind("/etc/resolv.conf", "resolv.conf"),
     ];
     for m in &i.container.volume_mounts {
-        // Validation guarantees the volume exists and subPath stays inside it.
+        // Validation guarantees the volume exists. The volume's content is the tenant's:
+        // the runtime resolves subPath inside the volume root by fd (a symlink written
+        // there cannot lead out) and mounts what it opened.
         let Some(dir) = i.volumes.get(&m.name) else {
             continue;
         };
-        let source = if m.sub_path.is_empty() {
-            dir.clone()
-        } else {
-            dir.join(&m.sub_path)
-        };
-        let mut options = vec!["rbind", "rprivate"];
+        let mut options = vec![
+            "rbind".to_string(),
+            "rprivate".into(),
+            "nosuid".into(),
+            "nodev".into(),
+        ];
         if m.read_only {
-            options.push("ro");
+            options.push("ro".into());
         }
-        mounts.push(json!({ "destination": m.mount_path, "type": "bind", "source": source, "options": options }));
+        if !m.sub_path.is_empty() {
+            options.push(format!(
+                "{}{}",
+                eci_runtime::mounts::SUBPATH_OPTION,
+                m.sub_path
+            ));
+        }
+        mounts.push(json!({ "destination": m.mount_path, "type": "bind", "source": dir, "options": options }));
     }
     let mut annotations = json!({ "io.eci.user": i.process.user, "io.eci.group-id": i.group_id });
     if let Some(g) = &i.process.group {
@@ -116,7 +143,9 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Value, eci_runtime::capabilities::Cap
             "capabilities": {
                 "bounding": caps, "effective": held, "permitted": held, "inheritable": [], "ambient": []
             },
-            "noNewPrivileges": true
+            "noNewPrivileges": true,
+            "oomScoreAdj": i.oom_score_adj,
+            "rlimits": RLIMITS.iter().map(|(t, soft, hard)| json!({ "type": t, "soft": soft, "hard": hard })).collect::<Vec<_>>()
         },
         "root": { "path": "rootfs", "readonly": sc.read_only_root_filesystem },
         "hostname": i.group.name,

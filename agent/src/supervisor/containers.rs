@@ -369,6 +369,7 @@ impl Supervisor {
             shm_bytes: shm,
             etc_dir: &etc,
             volumes: &vols,
+            oom_score_adj: self.cfg.oom_score_adj,
         })
         .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;

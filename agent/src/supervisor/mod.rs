@@ -35,6 +35,8 @@ pub struct SupervisorConfig {
     pub log_dir: PathBuf,
     pub cgroup_parent: String,
     pub shim: ShimLaunch,
+    /// `oom_score_adj` of container processes.
+    pub oom_score_adj: i32,
     /// First restart back-off; doubles per restart up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
