@@ -79,55 +79,106 @@ fn in_root(flags: OFlag) -> OpenHow {
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
-/// `dest` without its root and `.`/`..` parts (RESOLVE_IN_ROOT clamps `..` anyway).
+/// `dest` relative to the root: without its leading `/` and `.` parts (`..` is kept:
+/// RESOLVE_IN_ROOT clamps it at the root, as for a process whose root this is).
 fn relative(dest: &Path) -> PathBuf {
     dest.components()
-        .filter(|c| matches!(c, Component::Normal(_)))
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
         .collect()
 }
 
+/// Most symlinks followed while creating one path, as the kernel's own limit.
+const MAX_LINKS: usize = 40;
+
 /// Opens (creating when missing) `dest` inside `root`, resolving as if `root` were `/`:
 /// a symlink the image or a container planted, absolute or `..`, cannot lead out, and
-/// nothing is ever created outside `root`. Returns an `O_PATH` descriptor to mount on.
+/// nothing is ever created outside `root`. A dangling symlink on the way is followed
+/// inside the root and what it names is created there, as runc does (images ship
+/// `/etc/resolv.conf` pointing into an empty `/run`). Returns an `O_PATH` descriptor to
+/// mount on.
 pub fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, MountError> {
-    let rel = relative(dest);
-    if rel.as_os_str().is_empty() {
-        return openat2(root, ".", in_root(OFlag::O_PATH)).map_err(step("opening", dest));
+    let mut rel = relative(dest);
+    for _ in 0..MAX_LINKS {
+        if rel.as_os_str().is_empty() {
+            return openat2(root, ".", in_root(OFlag::O_PATH)).map_err(step("opening", dest));
+        }
+        if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
+            return Ok(fd);
+        }
+        match create_missing(root, &rel, dir).map_err(|e| step("creating mount point", dest)(e))? {
+            Created::Done => {
+                return openat2(root, &rel, in_root(OFlag::O_PATH))
+                    .map_err(step("opening mount point", dest));
+            }
+            Created::Redirect(next) => rel = next,
+        }
     }
-    if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
-        return Ok(fd);
-    }
-    // Create the missing components one by one. Each parent is opened inside the root;
-    // a file is created by openat2 itself (a dangling symlink in the way resolves inside
-    // the root too); a directory with mkdirat, which never follows a symlink.
-    let mut so_far = PathBuf::new();
+    Err(step("creating mount point", dest)(Errno::ELOOP))
+}
+
+/// What [`create_missing`] did.
+enum Created {
+    /// Every missing component exists now.
+    Done,
+    /// A dangling symlink was met: resolve this path (its target, then the rest) next.
+    Redirect(PathBuf),
+}
+
+/// Creates the missing components of `rel` one by one below `root`. Each parent is
+/// opened inside the root; names are created with `mkdirat`/`openat(O_EXCL|O_NOFOLLOW)`
+/// on that parent, which never follow a symlink.
+fn create_missing(root: &OwnedFd, rel: &Path, dir: bool) -> Result<Created, Errno> {
     let comps: Vec<_> = rel.components().collect();
+    let mut so_far = PathBuf::new();
     for (i, c) in comps.iter().enumerate() {
-        so_far.push(c);
-        if openat2(root, &so_far, in_root(OFlag::O_PATH)).is_ok() {
+        let next = so_far.join(c);
+        if openat2(root, &next, in_root(OFlag::O_PATH)).is_ok() {
+            so_far = next;
             continue;
+        }
+        let parent_path = if so_far.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            so_far.as_path()
+        };
+        let parent = openat2(root, parent_path, in_root(OFlag::O_DIRECTORY))?;
+        if let Ok(target) = nix::fcntl::readlinkat(&parent, c.as_os_str()) {
+            // Dangling: continue from the link's target (relative to its directory,
+            // or to the root when absolute), then the components after it.
+            let target = Path::new(&target);
+            let mut redirect = if target.is_absolute() {
+                PathBuf::new()
+            } else {
+                so_far.clone()
+            };
+            redirect.extend(
+                target
+                    .components()
+                    .filter(|c| !matches!(c, Component::RootDir)),
+            );
+            redirect.extend(&comps[i + 1..]);
+            return Ok(Created::Redirect(redirect));
         }
         if i + 1 == comps.len() && !dir {
-            openat2(
-                root,
-                &so_far,
-                in_root(OFlag::O_CREAT | OFlag::O_WRONLY).mode(Mode::from_bits_truncate(0o644)),
-            )
-            .map_err(step("creating mount point", dest))?;
-            continue;
+            nix::fcntl::openat(
+                &parent,
+                c.as_os_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
+        } else {
+            match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let parent_path = so_far
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let parent = openat2(root, parent_path, in_root(OFlag::O_DIRECTORY))
-            .map_err(step("opening the parent of", dest))?;
-        match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(step("creating mount point", dest)(e)),
-        }
+        so_far = next;
     }
-    openat2(root, &rel, in_root(OFlag::O_PATH)).map_err(step("opening mount point", dest))
+    Ok(Created::Done)
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -185,10 +236,11 @@ fn parse_options(options: &[String]) -> Options {
     o
 }
 
-/// Filesystems whose mount point must be a real directory at its stated path: a
-/// symlinked `/proc` or `/sys` would move the kernel's interfaces to where the image
-/// chose, away from the masks and read-only remounts applied to their stated paths.
-const NO_SYMLINK_TYPES: &[&str] = &["proc", "sysfs", "mqueue", "devpts", "cgroup", "cgroup2"];
+/// Filesystems whose mount point must be a real directory at its stated path (runc
+/// CVE-2019-19921 class): a symlinked `/proc` or `/sys` would move the kernel's
+/// interfaces to where the image chose, away from the masks and read-only remounts
+/// applied to their stated paths.
+const NO_SYMLINK_TYPES: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
 
 /// Opens a bind mount's source: the source itself (a path the agent owns), or, with a
 /// sub-path, that path resolved inside the source as root (created as a directory when
@@ -413,4 +465,95 @@ pub fn root_read_only() -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(step("remounting read-only", "/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A rootfs with a sibling directory on the "host" that must stay untouched.
+    fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, OwnedFd) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("rootfs");
+        let host = dir.path().join("host");
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::create_dir_all(&host).expect("host");
+        let fd = open_root(&root).expect("open root");
+        (dir, root, host, fd)
+    }
+
+    fn ino(fd: &OwnedFd) -> u64 {
+        nix::sys::stat::fstat(fd).expect("fstat").st_ino
+    }
+
+    #[test]
+    fn dangling_links_are_created_inside_the_root() {
+        let (_d, root, host, fd) = scratch();
+        // Absolute, `..`-laden and chained links to the host's directory.
+        std::os::unix::fs::symlink(host.join("hosts"), root.join("etc/hosts")).expect("ln");
+        std::os::unix::fs::symlink("../../../../host/x", root.join("etc/hostname")).expect("ln");
+        std::os::unix::fs::symlink("/etc/chain2", root.join("etc/chain1")).expect("ln");
+        std::os::unix::fs::symlink(&host, root.join("etc/chain2")).expect("ln");
+        for (dest, dir) in [
+            ("/etc/hosts", false),
+            ("/etc/hostname", false),
+            ("/etc/chain1/y", true),
+        ] {
+            let got = open_in_root(&fd, Path::new(dest), dir).expect(dest);
+            assert!(
+                std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd()))
+                    .expect("readlink")
+                    .starts_with(&root),
+                "{dest} resolved outside the root"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(&host).expect("ls").count(),
+            0,
+            "something was created on the host"
+        );
+        assert!(
+            root.join(host.strip_prefix("/").expect("abs"))
+                .join("hosts")
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn a_sub_path_link_to_the_host_root_stays_in_the_volume() {
+        let (_d, root, _host, fd) = scratch();
+        std::os::unix::fs::symlink("/", root.join("up")).expect("ln");
+        std::os::unix::fs::symlink("../../../..", root.join("up2")).expect("ln");
+        for sub in ["up", "up2", "up/etc/../..", "/up"] {
+            let got = open_in_root(&fd, Path::new(sub), true).expect(sub);
+            assert_eq!(
+                ino(&got),
+                std::fs::metadata(&root).expect("meta").ino(),
+                "{sub}"
+            );
+        }
+    }
+
+    #[test]
+    fn link_loops_are_refused() {
+        let (_d, root, _host, fd) = scratch();
+        std::os::unix::fs::symlink("b", root.join("a")).expect("ln");
+        std::os::unix::fs::symlink("a", root.join("b")).expect("ln");
+        assert!(open_in_root(&fd, Path::new("/a/x"), true).is_err());
+    }
+
+    #[test]
+    fn proc_and_sys_mount_points_must_not_be_links() {
+        let (_d, root, _host, fd) = scratch();
+        std::os::unix::fs::symlink("/etc", root.join("proc")).expect("ln");
+        assert!(refuse_symlinks(&fd, Path::new("/proc")).is_err());
+        assert!(
+            refuse_symlinks(&fd, Path::new("/sys")).is_ok(),
+            "missing is fine"
+        );
+        std::fs::create_dir(root.join("sys")).expect("sys");
+        assert!(refuse_symlinks(&fd, Path::new("/sys")).is_ok());
+    }
 }

@@ -66,9 +66,15 @@ impl Agent {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let config = format!(
-            "{config}\n[runtime]\ncgroup_parent = \"{name}\"\nrestart_backoff = \"200ms\"\nrestart_backoff_max = \"1s\"\n"
+        let ours = format!(
+            "cgroup_parent = \"{name}\"\nrestart_backoff = \"200ms\"\nrestart_backoff_max = \"1s\"\n"
         );
+        // Into the test's own [runtime] table when it has one (TOML allows one).
+        let config = if config.contains("[runtime]\n") {
+            config.replacen("[runtime]\n", &format!("[runtime]\n{ours}"), 1)
+        } else {
+            format!("{config}\n[runtime]\n{ours}")
+        };
         std::fs::write(&cfg, config)?;
         let env = env
             .iter()

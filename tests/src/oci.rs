@@ -198,3 +198,31 @@ pub fn busybox_layer() -> std::io::Result<Vec<u8>> {
     }
     Ok(tar(&entries))
 }
+
+/// A layer holding the host binary `src` at `dest` with the shared libraries it loads
+/// (from `ldd`) at their host paths, so a dynamically linked test tool runs in a busybox
+/// image.
+pub fn host_binary_layer(src: &std::path::Path, dest: &str) -> std::io::Result<Vec<u8>> {
+    let out = std::process::Command::new("ldd").arg(src).output()?;
+    let mut files: Vec<(String, Vec<u8>)> = vec![(dest.to_string(), std::fs::read(src)?)];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((p.trim_start_matches('/').to_string(), std::fs::read(p)?));
+        }
+    }
+    let entries: Vec<TarEntry<'_>> = files
+        .iter()
+        .map(|(path, data)| TarEntry::File {
+            path,
+            data,
+            mode: 0o755,
+        })
+        .collect();
+    Ok(tar(&entries))
+}

@@ -20,6 +20,23 @@ pub fn busybox_agent_with(config: &str) -> Agent {
     agent
 }
 
+/// An agent (extra TOML `config`) whose [`IMAGE`] also holds `/eci-attack`, the hostile
+/// tenant's tool (see `src/bin/eci-attack.rs`), with the libraries it loads.
+pub fn attack_agent_with(config: &str) -> Agent {
+    let agent = Agent::start(config).expect("agent");
+    let tool = crate::bin("eci-attack");
+    let image = oci::Image {
+        layers: vec![
+            oci::busybox_layer().expect("busybox-static"),
+            oci::host_binary_layer(&tool, "eci-attack").expect("eci-attack layer"),
+        ],
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    import(&agent, &image, IMAGE);
+    agent
+}
+
 /// An agent on its defaults with the busybox test image imported.
 pub fn busybox_agent() -> Agent {
     busybox_agent_with("")

@@ -1,0 +1,228 @@
+//! A hostile tenant's tool, run *inside* test containers by the hostile-tenant suite.
+//!
+//! - `eci-attack watch OUT SECONDS`: watches the container's PID namespace for new
+//!   processes (the runtime's exec helper is one) and, at first sight of each, records
+//!   how confined it is, tries to open its `/proc/<pid>/exe` and later to reopen that
+//!   for writing (runc CVE-2019-5736), and looks for descriptors to directories in it.
+//!   Lines are appended to OUT as they happen, so they survive the shim's death.
+//! - `eci-attack syscalls`: tries calls the default seccomp profile must refuse (and a
+//!   few it must allow) and prints `name: ok` or `name: <errno>` per call.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use nix::libc;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("watch") if args.len() == 3 => {
+            let secs = args[2].parse().unwrap_or(10);
+            watch(&args[1], Duration::from_secs(secs));
+        }
+        Some("syscalls") => syscalls(),
+        Some("fds") => fds(),
+        _ => {
+            eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Prints the descriptors this process was started with (not the one listing them).
+fn fds() {
+    let mut open: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| !t.starts_with("/proc/")))
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    open.sort_unstable();
+    let list: Vec<String> = open.iter().map(u32::to_string).collect();
+    println!("fds: {}", list.join(" "));
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn errno_of(e: &std::io::Error) -> String {
+    e.raw_os_error()
+        .map(|n| nix::errno::Errno::from_raw(n).to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn watch(out: &str, dur: Duration) {
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .expect("output file");
+    let me = std::process::id();
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut exes: HashMap<u32, File> = HashMap::new();
+    let mut last_write: HashMap<u32, String> = HashMap::new();
+    let start = Instant::now();
+    let _ = writeln!(out, "watching");
+    while start.elapsed() < dur {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me || !seen.insert(pid) {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "seen {pid} name={} uid={} capeff={} seccomp={} nnp={}",
+                status_field(&status, "Name:"),
+                status_field(&status, "Uid:")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or(""),
+                status_field(&status, "CapEff:"),
+                status_field(&status, "Seccomp:"),
+                status_field(&status, "NoNewPrivs:"),
+            );
+            match File::open(format!("/proc/{pid}/exe")) {
+                Ok(f) => {
+                    let _ = writeln!(out, "exe-open {pid} ok");
+                    exes.insert(pid, f);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "exe-open {pid} {}", errno_of(&e));
+                }
+            }
+            for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if std::fs::metadata(fd.path()).is_ok_and(|m| m.is_dir()) {
+                    let _ = writeln!(out, "fd-dir {pid} {}", fd.file_name().to_string_lossy());
+                }
+            }
+        }
+        // Every binary opened so far: can it be reopened for writing now? Each change
+        // of the answer is logged (ETXTBSY while a process executes it; after that, only
+        // a read-only mount stands in the way).
+        for (pid, f) in &exes {
+            let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+            let now = match OpenOptions::new().write(true).open(&path) {
+                // Do no harm even in a test: write nothing.
+                Ok(_) => "EXE-WRITABLE".to_string(),
+                Err(e) => errno_of(&e),
+            };
+            if last_write.get(pid) != Some(&now) {
+                let _ = writeln!(out, "exe-write-now {pid} {now}");
+                last_write.insert(*pid, now);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for (pid, f) in &exes {
+        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        let r = OpenOptions::new().write(true).open(&path);
+        let _ = writeln!(
+            out,
+            "exe-write {pid} {}",
+            match r {
+                Ok(_) => "ok".to_string(),
+                Err(e) => errno_of(&e),
+            }
+        );
+    }
+    let _ = writeln!(out, "done");
+}
+
+/// One attempted call: its raw result and errno.
+fn attempt(name: &str, f: impl FnOnce() -> libc::c_long) {
+    // SAFETY: errno is thread-local; reading it right after the call is how it is used.
+    let r = f();
+    let err = std::io::Error::last_os_error();
+    if r < 0 {
+        println!("{name}: {}", errno_of(&err));
+    } else {
+        println!("{name}: ok");
+    }
+}
+
+fn syscalls() {
+    // SAFETY (all calls below): raw syscalls with integer or null arguments; none of
+    // them is given memory it could write through, except clone3 whose argument
+    // struct is a local array that outlives the call, and the child (if any) exits.
+    attempt("socket_vsock", || unsafe {
+        libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0)
+    });
+    attempt("socket_inet", || unsafe {
+        libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0)
+    });
+    attempt("unshare_user", || unsafe {
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)
+    });
+    attempt("unshare_mount", || unsafe {
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS)
+    });
+    attempt("personality_addr_no_randomize", || unsafe {
+        libc::syscall(libc::SYS_personality, 0x0040000)
+    });
+    attempt("personality_query", || unsafe {
+        libc::syscall(libc::SYS_personality, 0xffff_ffffu32)
+    });
+    attempt("clone3", || {
+        let args = [0u64; 11];
+        // SAFETY: see above; a successful child exits at once.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), 88usize) };
+        if r == 0 {
+            // SAFETY: the child of a clone3 without CLONE_VM leaves immediately.
+            unsafe { libc::_exit(0) };
+        }
+        r
+    });
+    attempt("keyctl", || unsafe {
+        libc::syscall(libc::SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0)
+    });
+    attempt("add_key", || unsafe {
+        libc::syscall(libc::SYS_add_key, 0usize, 0usize, 0usize, 0usize, 0)
+    });
+    attempt("bpf", || unsafe {
+        libc::syscall(libc::SYS_bpf, 0, 0usize, 0)
+    });
+    attempt("perf_event_open", || unsafe {
+        libc::syscall(libc::SYS_perf_event_open, 0usize, 0, -1, -1, 0)
+    });
+    attempt("mount", || unsafe {
+        libc::syscall(libc::SYS_mount, 0usize, 0usize, 0usize, 0, 0usize)
+    });
+    attempt("umount2", || unsafe {
+        libc::syscall(libc::SYS_umount2, 0usize, 0)
+    });
+    attempt("kexec_load", || unsafe {
+        libc::syscall(libc::SYS_kexec_load, 0, 0, 0usize, 0)
+    });
+    attempt("init_module", || unsafe {
+        libc::syscall(libc::SYS_init_module, 0usize, 0, 0usize)
+    });
+    attempt("open_by_handle_at", || unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, -1, 0usize, 0)
+    });
+    attempt("reboot", || unsafe {
+        libc::syscall(libc::SYS_reboot, 0, 0, 0, 0usize)
+    });
+    attempt("io_uring_setup", || unsafe {
+        libc::syscall(libc::SYS_io_uring_setup, 1, 0usize)
+    });
+    attempt("process_vm_readv", || unsafe {
+        libc::syscall(libc::SYS_process_vm_readv, 1, 0usize, 0, 0usize, 0, 0)
+    });
+    attempt("getpid", || unsafe { libc::syscall(libc::SYS_getpid) });
+}
