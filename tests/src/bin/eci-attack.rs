@@ -221,8 +221,12 @@ fn syscalls() {
     attempt("io_uring_setup", || unsafe {
         libc::syscall(libc::SYS_io_uring_setup, 1, 0usize)
     });
-    attempt("process_vm_readv", || unsafe {
-        libc::syscall(libc::SYS_process_vm_readv, 1, 0usize, 0, 0usize, 0, 0)
+    attempt("kcmp", || unsafe {
+        let me = libc::getpid();
+        libc::syscall(libc::SYS_kcmp, me, me, 0 /* KCMP_FILE */, 0, 0)
+    });
+    attempt("pidfd_getfd", || unsafe {
+        libc::syscall(libc::SYS_pidfd_getfd, -1, 0, 0)
     });
     attempt("getpid", || unsafe { libc::syscall(libc::SYS_getpid) });
 }

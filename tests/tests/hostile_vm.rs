@@ -1,0 +1,42 @@
+//! `sandbox: vm` is refused until a real VM backend exists: running it in namespaces
+//! would be a false claim of isolation. The node advertises only what really runs.
+
+use eci_api::v1::container_groups_client::ContainerGroupsClient;
+use eci_api::v1::node_client::NodeClient;
+use eci_api::v1::{Container, CreateGroupRequest, GroupSpec, NodeInfoRequest};
+use eci_tests::{Agent, channel, text};
+
+#[tokio::test]
+async fn a_vm_request_is_refused_and_not_advertised() {
+    let agent = Agent::start("").expect("agent");
+    let ch = channel(&agent.socket()).await.expect("channel");
+    let info = NodeClient::new(ch.clone())
+        .info(NodeInfoRequest {})
+        .await
+        .expect("node info")
+        .into_inner();
+    assert_eq!(info.sandbox_kinds, vec!["namespaced".to_string()]);
+    let err = ContainerGroupsClient::new(ch)
+        .create(CreateGroupRequest {
+            spec: Some(GroupSpec {
+                name: "hard".into(),
+                sandbox: "vm".into(),
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: "busybox:1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("a vm group must be refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("sandbox") && err.message().contains("vm"),
+        "{err:?}"
+    );
+    assert!(!agent.ctl(&["get", "hard"]).status.success());
+    let out = agent.ctl(&["node"]);
+    assert!(!text(&out).contains("vm"), "{}", text(&out));
+}
