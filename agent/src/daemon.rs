@@ -43,6 +43,7 @@ fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.check()?;
+    eci_runtime::seccomp::supported().context("containers cannot be confined on this host")?;
     for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
