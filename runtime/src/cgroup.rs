@@ -9,6 +9,8 @@ use cgroups_rs::fs::{
     Resources, hierarchies,
 };
 
+use crate::devices::ALLOWED_DEVICES;
+
 /// Errors of cgroup operations.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -49,20 +51,6 @@ fn load(rel: &str) -> Cgroup {
     Cgroup::load(hierarchies::auto(), rel)
 }
 
-/// Character devices a container may read and write (anything may be mknod'ed, as in
-/// Docker, but only these opened).
-const ALLOWED_DEVICES: &[(i64, i64)] = &[
-    (1, 3),
-    (1, 5),
-    (1, 7),
-    (1, 8),
-    (1, 9),
-    (5, 0),
-    (5, 1),
-    (5, 2),
-    (136, -1),
-];
-
 fn device_rules() -> Vec<DeviceResource> {
     let rwm = vec![
         DevicePermissions::Read,
@@ -85,12 +73,12 @@ fn device_rules() -> Vec<DeviceResource> {
             access: vec![DevicePermissions::MkNod],
         });
     }
-    for &(major, minor) in ALLOWED_DEVICES {
+    for d in ALLOWED_DEVICES {
         rules.push(DeviceResource {
             allow: true,
             devtype: DeviceType::Char,
-            major,
-            minor,
+            major: d.major.into(),
+            minor: d.minor.map_or(-1, i64::from),
             access: rwm.clone(),
         });
     }
