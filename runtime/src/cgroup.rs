@@ -9,6 +9,7 @@ use cgroups_rs::fs::{
     Resources, hierarchies,
 };
 
+use crate::device_filter::{self, DeviceFilterError};
 use crate::devices::ALLOWED_DEVICES;
 
 /// Errors of cgroup operations.
@@ -27,6 +28,12 @@ pub enum CgroupError {
         #[source]
         source: cgroups_rs::fs::error::Error,
     },
+    #[error("cgroup {path}: restricting devices")]
+    Devices {
+        path: String,
+        #[source]
+        source: DeviceFilterError,
+    },
 }
 
 /// The limits a cgroup gets.
@@ -38,7 +45,7 @@ pub struct Limits {
     pub cpu_period_us: Option<u64>,
     pub cpu_shares: Option<u64>,
     pub pids: Option<i64>,
-    /// Restrict devices to the container defaults (v1; v2 needs an eBPF program).
+    /// Restrict devices to the container defaults (v1 rules, or a BPF program on v2).
     pub restrict_devices: bool,
 }
 
@@ -120,6 +127,9 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
         };
     }
     cg.apply(&res).map_err(op("apply limits"))?;
+    if limits.restrict_devices && hierarchies::is_cgroup2_unified_mode() {
+        restrict_devices_v2(rel)?;
+    }
     if let Some(mem) = limits.memory_bytes
         && let Some(m) = cg.controller_of::<MemController>()
     {
@@ -128,6 +138,16 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
         let _ = m.set_swappiness(0);
     }
     Ok(())
+}
+
+/// cgroup v2 has no device rules to write: attach the BPF program instead (see
+/// [`device_filter`]).
+fn restrict_devices_v2(rel: &str) -> Result<(), CgroupError> {
+    let dir = hierarchies::auto().root().join(rel);
+    device_filter::attach(&dir).map_err(|source| CgroupError::Devices {
+        path: rel.to_string(),
+        source,
+    })
 }
 
 /// Moves process `pid` into the cgroup, in every hierarchy where it exists.
