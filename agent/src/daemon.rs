@@ -54,6 +54,7 @@ fn sealed_shim_path(cfg: &Config) -> std::path::PathBuf {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.check()?;
+    eci_runtime::seccomp::supported().context("containers cannot be confined on this host")?;
     for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

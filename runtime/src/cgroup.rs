@@ -9,6 +9,9 @@ use cgroups_rs::fs::{
     Resources, hierarchies,
 };
 
+use crate::device_filter::{self, DeviceFilterError};
+use crate::devices::ALLOWED_DEVICES;
+
 /// Errors of cgroup operations.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -25,6 +28,12 @@ pub enum CgroupError {
         #[source]
         source: cgroups_rs::fs::error::Error,
     },
+    #[error("cgroup {path}: restricting devices")]
+    Devices {
+        path: String,
+        #[source]
+        source: DeviceFilterError,
+    },
 }
 
 /// The limits a cgroup gets.
@@ -36,7 +45,7 @@ pub struct Limits {
     pub cpu_period_us: Option<u64>,
     pub cpu_shares: Option<u64>,
     pub pids: Option<i64>,
-    /// Restrict devices to the container defaults (v1; v2 needs an eBPF program).
+    /// Restrict devices to the container defaults (v1 rules, or a BPF program on v2).
     pub restrict_devices: bool,
 }
 
@@ -48,20 +57,6 @@ pub const CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"
 fn load(rel: &str) -> Cgroup {
     Cgroup::load(hierarchies::auto(), rel)
 }
-
-/// Character devices a container may read and write (anything may be mknod'ed, as in
-/// Docker, but only these opened).
-const ALLOWED_DEVICES: &[(i64, i64)] = &[
-    (1, 3),
-    (1, 5),
-    (1, 7),
-    (1, 8),
-    (1, 9),
-    (5, 0),
-    (5, 1),
-    (5, 2),
-    (136, -1),
-];
 
 fn device_rules() -> Vec<DeviceResource> {
     let rwm = vec![
@@ -85,12 +80,12 @@ fn device_rules() -> Vec<DeviceResource> {
             access: vec![DevicePermissions::MkNod],
         });
     }
-    for &(major, minor) in ALLOWED_DEVICES {
+    for d in ALLOWED_DEVICES {
         rules.push(DeviceResource {
             allow: true,
             devtype: DeviceType::Char,
-            major,
-            minor,
+            major: d.major.into(),
+            minor: d.minor.map_or(-1, i64::from),
             access: rwm.clone(),
         });
     }
@@ -132,6 +127,9 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
         };
     }
     cg.apply(&res).map_err(op("apply limits"))?;
+    if limits.restrict_devices && hierarchies::is_cgroup2_unified_mode() {
+        restrict_devices_v2(rel)?;
+    }
     if limits.memory_bytes.is_some() {
         swap_off(rel, &cg, limits.memory_bytes);
     }
@@ -154,6 +152,16 @@ fn swap_off(rel: &str, cg: &Cgroup, memory: Option<i64>) {
         let _ = m.set_memswap_limit(mem);
         let _ = m.set_swappiness(0);
     }
+}
+
+/// cgroup v2 has no device rules to write: attach the BPF program instead (see
+/// [`device_filter`]).
+fn restrict_devices_v2(rel: &str) -> Result<(), CgroupError> {
+    let dir = hierarchies::auto().root().join(rel);
+    device_filter::attach(&dir).map_err(|source| CgroupError::Devices {
+        path: rel.to_string(),
+        source,
+    })
 }
 
 /// Moves process `pid` into the cgroup, in every hierarchy where it exists.

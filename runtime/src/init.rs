@@ -66,7 +66,7 @@ pub struct InitConfig {
     /// The container's cgroup, relative to each hierarchy's root. The shim moves the
     /// process there while it sets itself up (see `eci-shim`'s process module).
     pub cgroup: String,
-    /// Compiled seccomp programs (see [`seccomp::write_default`]).
+    /// Compiled seccomp programs (see [`seccomp::write_profile`]).
     pub seccomp: PathBuf,
 }
 

@@ -7,6 +7,8 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod device_filter;
+pub mod devices;
 pub mod host;
 pub mod init;
 pub mod layout;

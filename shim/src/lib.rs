@@ -6,6 +6,7 @@ pub mod logs;
 pub mod process;
 pub mod pty;
 pub mod reaper;
+pub mod seccomp_profiles;
 pub mod start;
 pub mod task;
 

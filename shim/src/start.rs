@@ -14,10 +14,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use containerd_shim_protos::shim_async::create_task;
 use eci_runtime::cgroup::{self, Limits};
-use eci_runtime::{namespaces, seccomp};
+use eci_runtime::namespaces;
 use nix::unistd::ForkResult;
 
 use crate::reaper::Reaper;
+use crate::seccomp_profiles::SeccompProfiles;
 use crate::task::{GroupConfig, TaskService};
 use eci_runtime::layout::GroupDir;
 
@@ -149,8 +150,7 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         restrict_devices: false,
     };
     cgroup::create(&cgroup, &limits).context("creating the group cgroup")?;
-    let seccomp_path = dir.root().join("seccomp.bpf");
-    seccomp::write_default(&seccomp_path).context("compiling the seccomp profile")?;
+    let seccomp = SeccompProfiles::new(dir.root())?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,7 +162,7 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
             GroupConfig {
                 dir: dir.root().to_path_buf(),
                 cgroup: cgroup.clone(),
-                seccomp: seccomp_path,
+                seccomp,
                 log_max_bytes: args.log_max_bytes,
             },
             reaper,

@@ -26,6 +26,7 @@ use ttrpc::{Code, Error as TtrpcError, Status as RpcStatus};
 
 use crate::process::{self, Created};
 use crate::reaper::Reaper;
+use crate::seccomp_profiles::SeccompProfiles;
 
 /// How a process ended, as recorded in `<bundle>/exit.json` for the agent (which may
 /// have been down when it happened).
@@ -66,6 +67,8 @@ struct Proc {
     stdout: String,
     stderr: String,
     cgroup: String,
+    /// Compiled seccomp programs: the container's, also for its execs.
+    seccomp: PathBuf,
     /// Exec with a terminal: the pty, once started.
     terminal: bool,
     /// Initial terminal size (rows, cols) from the process's `consoleSize`.
@@ -88,7 +91,7 @@ struct ProcState {
 pub struct GroupConfig {
     pub dir: PathBuf,
     pub cgroup: String,
-    pub seccomp: PathBuf,
+    pub seccomp: SeccompProfiles,
     pub log_max_bytes: u64,
 }
 
@@ -426,6 +429,11 @@ impl Task for TaskService {
             .process()
             .clone()
             .ok_or_else(|| err(Code::INVALID_ARGUMENT, "config.json: process is required"))?;
+        let seccomp = self
+            .group
+            .seccomp
+            .for_process(&process)
+            .map_err(|e| err(Code::INTERNAL, format!("{e:#}")))?;
         let rootfs_mount = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs_mount).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         let config = InitConfig {
@@ -452,7 +460,7 @@ impl Task for TaskService {
             group: annotations.get("io.eci.group").cloned(),
             process,
             cgroup: cg.clone(),
-            seccomp: self.group.seccomp.clone(),
+            seccomp: seccomp.clone(),
         };
         let config_path = bundle.join("init.json");
         let json = serde_json::to_vec(&config).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
@@ -465,6 +473,7 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             cgroup: cg.clone(),
+            seccomp,
             terminal: false,
             console: None,
             pty: Mutex::new(None),
@@ -538,7 +547,7 @@ impl Task for TaskService {
                     },
                     process,
                     cgroup: container.cgroup.clone(),
-                    seccomp: self.group.seccomp.clone(),
+                    seccomp: container.seccomp.clone(),
                 };
                 let path =
                     PathBuf::from(&container.bundle).join(format!("exec-{}.json", req.exec_id));
@@ -780,6 +789,7 @@ impl Task for TaskService {
             stdout: req.stdout,
             stderr: req.stderr,
             cgroup: container.cgroup.clone(),
+            seccomp: container.seccomp.clone(),
             terminal: req.terminal,
             console: process.console_size().as_ref().map(|b| {
                 (
