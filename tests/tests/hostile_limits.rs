@@ -18,8 +18,10 @@ fn cgroup_file(agent: &eci_tests::Agent, controller: &str, id: &str, file: &str)
 #[test]
 fn a_fork_bomb_stops_at_the_groups_pids_limit() {
     let agent = busybox_agent_with("[runtime]\npids_max = 64\noom_score_adj = 777\n");
-    let script = "i=0; while [ $i -lt 150 ]; do sleep 60 & i=$((i+1)); done 2>/dev/null; \
-                  echo procs:$(ls /proc | grep -c '^[0-9]'); echo oom:$(cat /proc/self/oom_score_adj); \
+    // Counted by a glob (no fork: none is left), then all but PID 1 (this shell) killed.
+    // The loop runs in a subshell: a shell whose fork fails exits.
+    let script = "(i=0; while [ $i -lt 150 ]; do sleep 60 & i=$((i+1)); done) 2>/dev/null; \
+                  set -- /proc/[0-9]*; echo procs:$#; kill -9 -1; wait; echo oom:$(cat /proc/self/oom_score_adj); \
                   echo limits:$(ulimit -n):$(ulimit -Hn):$(ulimit -c):$(ulimit -l):$(ulimit -u); echo done; sleep 3600";
     let out = agent.apply("bomb", &group("bomb", "Never", &[("app", script)], ""));
     assert!(out.status.success(), "{}", text(&out));

@@ -37,6 +37,10 @@ async fn a_vm_request_is_refused_and_not_advertised() {
         "{err:?}"
     );
     assert!(!agent.ctl(&["get", "hard"]).status.success());
-    let out = agent.ctl(&["node"]);
-    assert!(!text(&out).contains("vm"), "{}", text(&out));
+    let out = text(&agent.ctl(&["node"]));
+    let kinds = out
+        .lines()
+        .find(|l| l.starts_with("Sandbox kinds:"))
+        .unwrap_or_default();
+    assert!(kinds.ends_with(" namespaced"), "{out}");
 }
