@@ -260,7 +260,7 @@ fn imports_lists_and_removes_with_shared_layers() {
         b[0].digest
     );
     assert_eq!(
-        images.get(&a[0].digest).expect("by digest").digest,
+        images.get(a[0].digest.as_str()).expect("by digest").digest,
         a[0].digest
     );
 
@@ -278,7 +278,9 @@ fn imports_lists_and_removes_with_shared_layers() {
         !images.layer_dir(&a[0].layers[1].diff_id).exists(),
         "a's own layer collected"
     );
-    images.remove(&b[0].digest, |_| None).expect("remove b");
+    images
+        .remove(b[0].digest.as_str(), |_| None)
+        .expect("remove b");
     assert!(!bottom.exists());
 }
 
