@@ -29,6 +29,13 @@ pub enum TarEntry<'a> {
         path: &'a str,
         target: &'a str,
     },
+    /// A character or block device (or FIFO) with its numbers.
+    Device {
+        path: &'a str,
+        kind: tar::EntryType,
+        major: u32,
+        minor: u32,
+    },
     /// Written byte for byte, bypassing the tar crate's own path checks.
     Raw {
         kind: tar::EntryType,
@@ -46,6 +53,10 @@ pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
         h.set_mtime(1_700_000_000);
         h.set_uid(0);
         h.set_gid(0);
+        if let TarEntry::Device { major, minor, .. } = e {
+            h.set_device_major(*major).expect("major");
+            h.set_device_minor(*minor).expect("minor");
+        }
         let (kind, name, link, data, mode) = match e {
             TarEntry::File { path, data, mode } => {
                 (tar::EntryType::Regular, *path, "", *data, *mode)
@@ -57,6 +68,7 @@ pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
             TarEntry::Link { path, target } => {
                 (tar::EntryType::Link, *path, *target, &[][..], 0o644)
             }
+            TarEntry::Device { path, kind, .. } => (*kind, *path, "", &[][..], 0o666),
             TarEntry::Raw {
                 kind,
                 name,

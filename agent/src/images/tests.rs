@@ -340,3 +340,66 @@ fn refuses_bad_archives() {
         "{err}"
     );
 }
+
+#[test]
+fn device_nodes_are_skipped_and_fifos_kept() {
+    let s = scratch();
+    let entries = [
+        TarEntry::Dir { path: "dev" },
+        TarEntry::Device {
+            path: "dev/null",
+            kind: EntryType::Char,
+            major: 1,
+            minor: 3,
+        },
+        TarEntry::Device {
+            path: "dev/sda",
+            kind: EntryType::Block,
+            major: 8,
+            minor: 0,
+        },
+        TarEntry::Device {
+            path: "dev/mem",
+            kind: EntryType::Char,
+            major: 1,
+            minor: 1,
+        },
+        TarEntry::Device {
+            path: "run/initctl",
+            kind: EntryType::Fifo,
+            major: 0,
+            minor: 0,
+        },
+        TarEntry::File {
+            path: "etc/.wh.gone",
+            data: b"",
+            mode: 0o644,
+        },
+    ];
+    unpack(&oci::tar(&entries)[..], &s.layer).expect("an image with /dev nodes unpacks");
+    for dev in ["dev/null", "dev/sda", "dev/mem"] {
+        assert!(
+            std::fs::symlink_metadata(s.layer.join(dev)).is_err(),
+            "{dev} must not be created"
+        );
+    }
+    assert!(s.layer.join("dev").is_dir());
+    let fifo = std::fs::symlink_metadata(s.layer.join("run/initctl")).expect("fifo");
+    assert!(fifo.file_type().is_fifo());
+    // The whiteout conversion still makes its 0/0 device.
+    let wh = std::fs::symlink_metadata(s.layer.join("etc/gone")).expect("whiteout");
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+
+    // And such an image imports.
+    let (_dir, images) = image_store();
+    let image = oci::Image {
+        layers: vec![oci::tar(&entries[..2])],
+        cmd: vec!["x".into()],
+        ..Default::default()
+    };
+    let r = images
+        .import(&oci::archive(&image, Some("devs:1"))[..], None)
+        .expect("import");
+    let dir = images.layer_dir(&r[0].layers[0].diff_id);
+    assert!(dir.join("dev").is_dir() && !dir.join("dev/null").exists());
+}
