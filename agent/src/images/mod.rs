@@ -257,4 +257,6 @@ impl ImageStore {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
