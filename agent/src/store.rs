@@ -1,5 +1,5 @@
-//! The state store: one redb file holding groups, events and the change log that Watch
-//! resumes from.
+//! The state store: one redb file holding groups, events, the change log that Watch
+//! resumes from, images and the layers this agent unpacked.
 //!
 //! Every write is one redb transaction committed with immediate durability (fsync) before
 //! the caller returns, so an RPC that said "created" survives `kill -9` and power loss.
@@ -15,6 +15,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use crate::images::ImageRecord;
+use crate::images::digest::Digest;
+use crate::images::layers::UnpackedLayer;
 
 /// Group name → encoded `ContainerGroup`.
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
@@ -28,6 +30,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Normalized image reference → manifest digest.
 const REFS: TableDefinition<&str, &str> = TableDefinition::new("image_refs");
+/// Diff id → JSON `UnpackedLayer`: layer directories this agent unpacked and verified.
+/// A directory without a row here is never mounted.
+const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 
 /// How many changes Watch can resume across.
 pub const CHANGE_LOG_KEEP: u64 = 10_000;
@@ -102,6 +107,7 @@ impl Store {
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(IMAGES).map_err(db_err)?;
         tx.open_table(REFS).map_err(db_err)?;
+        tx.open_table(LAYERS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         let (changes, _) = broadcast::channel(1024);
         Ok(Store { db, changes })
@@ -209,22 +215,40 @@ impl Store {
         Ok((out, rev))
     }
 
+    /// Every image whose record parses. One that does not (say, recorded by an older
+    /// agent that took a hostile digest) is left out with a warning rather than making
+    /// every listing fail.
     pub fn list_images(&self) -> Result<Vec<ImageRecord>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(IMAGES).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
-            out.push(parse_json(k.value(), v.value())?);
+            match parse_json(k.value(), v.value()) {
+                Ok(image) => out.push(image),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an image record that does not parse")
+                }
+            }
         }
         Ok(out)
     }
 
-    pub fn get_image(&self, digest: &str) -> Result<Option<ImageRecord>> {
+    pub fn get_image(&self, digest: &Digest) -> Result<Option<ImageRecord>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(IMAGES).map_err(db_err)?;
-        let v = t.get(digest).map_err(db_err)?;
-        v.map(|v| parse_json(digest, v.value())).transpose()
+        let v = t.get(digest.as_str()).map_err(db_err)?;
+        v.map(|v| parse_json(digest.as_str(), v.value()))
+            .transpose()
+    }
+
+    /// The record of a layer this agent unpacked and verified, if any.
+    pub fn get_layer(&self, diff_id: &Digest) -> Result<Option<UnpackedLayer>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(LAYERS).map_err(db_err)?;
+        let v = t.get(diff_id.as_str()).map_err(db_err)?;
+        v.map(|v| parse_json(diff_id.as_str(), v.value()))
+            .transpose()
     }
 
     pub fn image_by_ref(&self, reference: &str) -> Result<Option<ImageRecord>> {
@@ -393,10 +417,14 @@ impl WriteTx<'_> {
         Ok(removed)
     }
 
-    pub fn get_image(&self, digest: &str) -> Result<Option<ImageRecord>> {
+    pub fn get_image(&self, digest: &Digest) -> Result<Option<ImageRecord>> {
+        self.image_at(digest.as_str())
+    }
+
+    fn image_at(&self, key: &str) -> Result<Option<ImageRecord>> {
         let t = self.tx.open_table(IMAGES).map_err(db_err)?;
-        let v = t.get(digest).map_err(db_err)?;
-        v.map(|v| parse_json(digest, v.value())).transpose()
+        let v = t.get(key).map_err(db_err)?;
+        v.map(|v| parse_json(key, v.value())).transpose()
     }
 
     pub fn image_by_ref(&self, reference: &str) -> Result<Option<ImageRecord>> {
@@ -406,7 +434,7 @@ impl WriteTx<'_> {
             v.map(|v| v.value().to_string())
         };
         match d {
-            Some(d) => self.get_image(&d),
+            Some(d) => self.image_at(&d),
             None => Ok(None),
         }
     }
@@ -414,7 +442,7 @@ impl WriteTx<'_> {
     /// Stores an image and points each of its references at it.
     pub fn put_image(&mut self, image: &ImageRecord) -> Result<()> {
         let json = serde_json::to_vec(image).map_err(|source| StoreError::Json {
-            key: image.digest.clone(),
+            key: image.digest.to_string(),
             source,
         })?;
         let mut t = self.tx.open_table(IMAGES).map_err(db_err)?;
@@ -429,7 +457,7 @@ impl WriteTx<'_> {
     }
 
     /// Removes one reference from an image (the image stays).
-    pub fn untag_image(&mut self, digest: &str, reference: &str) -> Result<()> {
+    pub fn untag_image(&mut self, digest: &Digest, reference: &str) -> Result<()> {
         if let Some(mut image) = self.get_image(digest)? {
             image.references.retain(|r| r != reference);
             self.put_image(&image)?;
@@ -440,7 +468,7 @@ impl WriteTx<'_> {
     }
 
     /// Removes an image and all its references.
-    pub fn delete_image(&mut self, digest: &str) -> Result<()> {
+    pub fn delete_image(&mut self, digest: &Digest) -> Result<()> {
         let Some(image) = self.get_image(digest)? else {
             return Ok(());
         };
@@ -449,7 +477,38 @@ impl WriteTx<'_> {
             refs.remove(r.as_str()).map_err(db_err)?;
         }
         let mut t = self.tx.open_table(IMAGES).map_err(db_err)?;
-        t.remove(digest).map_err(db_err)?;
+        t.remove(digest.as_str()).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Records that this agent unpacked and verified the layer `diff_id`.
+    pub fn put_layer(&mut self, diff_id: &Digest, layer: &UnpackedLayer) -> Result<()> {
+        let json = serde_json::to_vec(layer).map_err(|source| StoreError::Json {
+            key: diff_id.to_string(),
+            source,
+        })?;
+        let mut t = self.tx.open_table(LAYERS).map_err(db_err)?;
+        t.insert(diff_id.as_str(), json.as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The diff ids of all recorded layers, as stored (for garbage collection, which
+    /// deletes records; nothing builds a path from them).
+    pub fn layer_ids(&self) -> Result<Vec<String>> {
+        let t = self.tx.open_table(LAYERS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Forgets a layer record; absent is fine.
+    pub fn delete_layer(&mut self, diff_id: &str) -> Result<()> {
+        let mut t = self.tx.open_table(LAYERS).map_err(db_err)?;
+        t.remove(diff_id).map_err(db_err)?;
         Ok(())
     }
 

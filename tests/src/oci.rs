@@ -29,6 +29,13 @@ pub enum TarEntry<'a> {
         path: &'a str,
         target: &'a str,
     },
+    /// A character or block device (or FIFO) with its numbers.
+    Device {
+        path: &'a str,
+        kind: tar::EntryType,
+        major: u32,
+        minor: u32,
+    },
     /// Written byte for byte, bypassing the tar crate's own path checks.
     Raw {
         kind: tar::EntryType,
@@ -46,6 +53,10 @@ pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
         h.set_mtime(1_700_000_000);
         h.set_uid(0);
         h.set_gid(0);
+        if let TarEntry::Device { major, minor, .. } = e {
+            h.set_device_major(*major).expect("major");
+            h.set_device_minor(*minor).expect("minor");
+        }
         let (kind, name, link, data, mode) = match e {
             TarEntry::File { path, data, mode } => {
                 (tar::EntryType::Regular, *path, "", *data, *mode)
@@ -57,6 +68,7 @@ pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
             TarEntry::Link { path, target } => {
                 (tar::EntryType::Link, *path, *target, &[][..], 0o644)
             }
+            TarEntry::Device { path, kind, .. } => (*kind, *path, "", &[][..], 0o666),
             TarEntry::Raw {
                 kind,
                 name,
@@ -96,8 +108,28 @@ pub struct Image {
     pub user: String,
 }
 
+/// The JSON document an [`archive_edited`] callback is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doc {
+    Config,
+    Manifest,
+    Index,
+}
+
 /// An OCI image layout archive holding `image`, named `reference` when given.
 pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
+    archive_edited(image, reference, |_, _| {})
+}
+
+/// As [`archive`], but `edit` may change each document after the digests of what it
+/// points at are filled in and before its own digest is taken: a config that lies about
+/// its diff ids, a manifest about its layers, an index about its manifest. Blobs are
+/// still stored under their true digests, so the archive itself is well formed.
+pub fn archive_edited(
+    image: &Image,
+    reference: Option<&str>,
+    mut edit: impl FnMut(Doc, &mut serde_json::Value),
+) -> Vec<u8> {
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let mut layer_descs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -110,7 +142,7 @@ pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
         }));
         blobs.push(gz);
     }
-    let config = serde_json::to_vec(&json!({
+    let mut config = json!({
         "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
         "os": "linux",
         "created": "2026-01-01T00:00:00Z",
@@ -119,15 +151,17 @@ pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
             "WorkingDir": image.working_dir, "User": image.user
         },
         "rootfs": { "type": "layers", "diff_ids": diff_ids }
-    }))
-    .expect("config");
-    let manifest = serde_json::to_vec(&json!({
+    });
+    edit(Doc::Config, &mut config);
+    let config = serde_json::to_vec(&config).expect("config");
+    let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len() },
         "layers": layer_descs
-    }))
-    .expect("manifest");
+    });
+    edit(Doc::Manifest, &mut manifest);
+    let manifest = serde_json::to_vec(&manifest).expect("manifest");
     let mut desc = json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": sha(&manifest), "size": manifest.len()
@@ -136,8 +170,9 @@ pub fn archive(image: &Image, reference: Option<&str>) -> Vec<u8> {
         desc["annotations"] =
             json!({ "io.containerd.image.name": r, "org.opencontainers.image.ref.name": r });
     }
-    let index =
-        serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [desc] })).expect("index");
+    let mut index = json!({ "schemaVersion": 2, "manifests": [desc] });
+    edit(Doc::Index, &mut index);
+    let index = serde_json::to_vec(&index).expect("index");
     blobs.push(config);
     blobs.push(manifest);
     let mut b = tar::Builder::new(Vec::new());

@@ -14,6 +14,8 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Image(i) => match i {
             ImageError::Reference(_)
             | ImageError::Archive(_)
+            | ImageError::Index(_)
+            | ImageError::Document { .. }
             | ImageError::Invalid { .. }
             | ImageError::Unpack {
                 source: UnpackError::Refused { .. },

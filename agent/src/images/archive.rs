@@ -1,18 +1,17 @@
-//! Reading an OCI image layout archive (`oci-layout`, `index.json`, `blobs/sha256/*` in a
+//! Reading an OCI image layout archive (`oci-layout`, `index.json`, `blobs/<alg>/*` in a
 //! tar, as `skopeo copy … oci-archive:` or `umoci` write it): every blob goes to the
 //! content store, verified against the digest its name claims.
 
 use std::io::Read;
 use std::path::Component;
 
-use oci_spec::image::ImageIndex;
-
 use super::ImageError;
 use super::content::ContentStore;
 use super::digest::Digest;
+use super::documents;
 
-/// Copies the archive's blobs into `content` and returns its top-level index.
-pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<ImageIndex, ImageError> {
+/// Copies the archive's blobs into `content` and returns its top-level index, unparsed.
+pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<Vec<u8>, ImageError> {
     let bad = |reason: String| ImageError::Archive(reason);
     let mut tar = tar::Archive::new(archive);
     let mut index = None;
@@ -44,13 +43,9 @@ pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<ImageIndex, 
         {
             ["index.json"] => index = Some(read_small(entry, "index.json")?),
             ["oci-layout"] => layout = Some(read_small(entry, "oci-layout")?),
-            ["blobs", "sha256", hex] => {
-                let digest: Digest = format!("sha256:{hex}").parse().map_err(|_| {
-                    bad(format!(
-                        "blob name {} is not a sha256 digest",
-                        path.display()
-                    ))
-                })?;
+            ["blobs", algorithm @ ("sha256" | "sha512"), hex] => {
+                let digest = Digest::from_parts(algorithm, hex)
+                    .map_err(|_| bad(format!("blob name {} is not a digest", path.display())))?;
                 let size = entry.header().size().ok();
                 content.ingest(entry, &digest, size)?;
             }
@@ -66,22 +61,12 @@ pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<ImageIndex, 
             v["imageLayoutVersion"]
         )));
     }
-    let index = index.ok_or_else(|| bad("no index.json".into()))?;
-    serde_json::from_slice(&index).map_err(|e| bad(format!("index.json: {e}")))
+    index.ok_or_else(|| bad("no index.json".into()))
 }
 
 /// Reads a metadata file, refusing one too large to be metadata.
 fn read_small(entry: impl Read, name: &str) -> Result<Vec<u8>, ImageError> {
-    const MAX: u64 = 4 << 20;
-    let mut buf = Vec::new();
-    entry
-        .take(MAX + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| ImageError::Archive(format!("reading {name}: {e}")))?;
-    if buf.len() as u64 > MAX {
-        return Err(ImageError::Archive(format!("{name} is larger than 4 MiB")));
-    }
-    Ok(buf)
+    documents::read(entry, name).map_err(ImageError::Index)
 }
 
 /// The OCI platform name of this host's architecture.

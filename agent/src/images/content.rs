@@ -1,4 +1,4 @@
-//! The content store: blobs by digest under `<state>/content/sha256/<hex>`, written
+//! The content store: blobs by digest under `<state>/content/<algorithm>/<hex>`, written
 //! through a temp file, verified, fsynced and renamed into place, so a blob that exists is
 //! whole and correct.
 
@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::digest::{Digest, Hashing};
+use super::digest::{Algorithm, Digest, Hashing};
 
 /// Errors of the content store.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +42,28 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContentError + '_ {
 
 impl ContentStore {
     pub fn open(root: &Path) -> Result<Self, ContentError> {
-        for d in [root.join("sha256"), root.join("ingest")] {
-            std::fs::create_dir_all(&d).map_err(io_at(&d))?;
+        let dirs = Algorithm::ALL.map(|a| root.join(a.name()));
+        for d in dirs.iter().chain([&root.join("ingest")]) {
+            std::fs::create_dir_all(d).map_err(io_at(d))?;
         }
         Ok(ContentStore {
             root: root.to_path_buf(),
         })
     }
 
+    /// The directory of one algorithm's blobs.
+    pub fn dir(&self, algorithm: Algorithm) -> PathBuf {
+        self.root.join(algorithm.name())
+    }
+
     pub fn path(&self, d: &Digest) -> PathBuf {
-        self.root.join("sha256").join(d.hex())
+        self.dir(d.algorithm()).join(d.hex())
+    }
+
+    /// The stored size of a blob.
+    pub fn size(&self, d: &Digest) -> Result<u64, ContentError> {
+        let p = self.path(d);
+        Ok(std::fs::metadata(&p).map_err(io_at(&p))?.len())
     }
 
     pub fn has(&self, d: &Digest) -> bool {
@@ -82,7 +94,7 @@ impl ContentStore {
         }
         let tmp =
             tempfile::NamedTempFile::new_in(self.root.join("ingest")).map_err(io_at(&self.root))?;
-        let mut w = Hashing::new(io::BufWriter::new(tmp));
+        let mut w = Hashing::new(io::BufWriter::new(tmp), expected.algorithm());
         io::copy(&mut data, &mut w).map_err(io_at(&final_path))?;
         let (actual, n, buf) = w.finish();
         if actual != *expected {

@@ -4,25 +4,31 @@
 //! Layers are unpacked once per uncompressed digest (diff id) into
 //! `<state>/layers/<hex>/`, the form overlayfs stacks as read-only lower directories, so
 //! images that share a layer share it on disk whatever its compression.
+//!
+//! Image content is hostile input: every digest is parsed into a [`Digest`] where it
+//! enters (see [`documents`]), and a layer directory is only used when the store records
+//! that this agent unpacked and verified it (see [`layers`]).
 
 mod archive;
 pub mod content;
 pub mod digest;
+pub mod documents;
+mod import;
+pub mod layers;
 pub mod process;
 pub mod reference;
 pub mod unpack;
 
 use std::collections::HashSet;
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 use content::{ContentError, ContentStore};
-use digest::{Digest, Hashing};
+use digest::{Algorithm, Digest};
+use layers::LayerLocks;
 pub use reference::Reference;
 
 /// The product's limit on layers per image.
@@ -37,6 +43,16 @@ pub enum ImageError {
     NotFound(String),
     #[error("invalid image archive: {0}")]
     Archive(String),
+    /// The archive's index.json (or an index it points at) was refused.
+    #[error("image archive")]
+    Index(#[source] documents::DocumentError),
+    /// A manifest or config of a named image was refused.
+    #[error("image {image}")]
+    Document {
+        image: String,
+        #[source]
+        source: documents::DocumentError,
+    },
     #[error("image {image}: {reason}")]
     Invalid { image: String, reason: String },
     #[error("image {0} is used by group {1:?}")]
@@ -45,15 +61,15 @@ pub enum ImageError {
     Content(#[from] ContentError),
     #[error("layer {layer}")]
     Unpack {
-        layer: String,
+        layer: Digest,
         #[source]
         source: unpack::UnpackError,
     },
     #[error("layer {layer} unpacks to {actual}, the image config says {expected}")]
     DiffId {
-        layer: String,
-        expected: String,
-        actual: String,
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{path}")]
     Io {
@@ -69,9 +85,9 @@ pub enum ImageError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
     /// Digest of the blob as stored (compressed or not).
-    pub digest: String,
+    pub digest: Digest,
     /// Digest of the uncompressed tar; names the unpacked directory.
-    pub diff_id: String,
+    pub diff_id: Digest,
     pub media_type: String,
     pub size: u64,
 }
@@ -90,8 +106,8 @@ pub struct ImageDefaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// Manifest digest: the image's identity.
-    pub digest: String,
-    pub config_digest: String,
+    pub digest: Digest,
+    pub config_digest: Digest,
     /// Normalized references that point at this image.
     pub references: Vec<String>,
     /// Bottom layer first, as in the manifest.
@@ -113,6 +129,11 @@ pub struct ImageStore {
     content: ContentStore,
     layers: PathBuf,
     store: Arc<Store>,
+    /// Imports and layer preparation share it; garbage collection takes it alone, so it
+    /// never deletes a blob or layer an import has written but not yet recorded.
+    gc: RwLock<()>,
+    /// One unpack per diff id at a time.
+    layer_locks: LayerLocks,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -122,11 +143,21 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
-fn oci_digest(d: &Descriptor) -> Result<Digest, ImageError> {
-    d.digest()
-        .to_string()
-        .parse()
-        .map_err(|e: digest::BadDigest| ImageError::Archive(e.to_string()))
+/// Whether `name` is meant as a digest rather than a reference.
+fn names_a_digest(name: &str) -> bool {
+    Algorithm::ALL.iter().any(|a| {
+        name.strip_prefix(a.name())
+            .is_some_and(|r| r.starts_with(':'))
+    })
+}
+
+fn parse_digest_name(name: &str) -> Result<Digest, ImageError> {
+    name.parse().map_err(|_| {
+        ImageError::Reference(reference::ReferenceError {
+            reference: name.to_string(),
+            why: "a digest is sha256:<64 hex digits> or sha512:<128 hex digits>, lowercase",
+        })
+    })
 }
 
 impl ImageStore {
@@ -135,231 +166,16 @@ impl ImageStore {
         let content = ContentStore::open(&state_dir.join("content"))?;
         let layers = state_dir.join("layers");
         std::fs::create_dir_all(&layers).map_err(io_err(&layers))?;
-        Ok(ImageStore {
+        let images = ImageStore {
             content,
             layers,
             store,
-        })
-    }
-
-    /// The unpacked directory of a layer.
-    pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
-        self.layers
-            .join(diff_id.strip_prefix("sha256:").unwrap_or(diff_id))
-    }
-
-    /// Imports every image of an OCI layout archive. `reference` names the image when the
-    /// archive does not (or renames it when it has a single image).
-    pub fn import(
-        &self,
-        archive: impl Read,
-        reference: Option<&str>,
-    ) -> Result<Vec<ImageRecord>, ImageError> {
-        let wanted = reference
-            .filter(|r| !r.is_empty())
-            .map(Reference::parse)
-            .transpose()?;
-        let index = archive::ingest(archive, &self.content)?;
-        let manifests = self.manifests(&index)?;
-        if manifests.is_empty() {
-            return Err(ImageError::Archive(
-                "index.json lists no image for this platform".into(),
-            ));
-        }
-        if wanted.is_some() && manifests.len() > 1 {
-            return Err(ImageError::Archive(format!(
-                "the archive holds {} images; a reference can name only one",
-                manifests.len()
-            )));
-        }
-        let mut out = Vec::new();
-        for (desc, name) in manifests {
-            let reference = match (&wanted, name) {
-                (Some(w), _) => w.clone(),
-                (None, Some(n)) => Reference::parse(&n)?,
-                (None, None) => {
-                    return Err(ImageError::Archive(
-                        "the archive does not name its image; give a reference".into(),
-                    ));
-                }
-            };
-            out.push(self.import_manifest(&desc, &reference)?);
-        }
-        Ok(out)
-    }
-
-    /// The image manifests an index points at for this host, with their names.
-    fn manifests(
-        &self,
-        index: &ImageIndex,
-    ) -> Result<Vec<(Descriptor, Option<String>)>, ImageError> {
-        let mut out = Vec::new();
-        for d in index.manifests() {
-            let name = d.annotations().as_ref().and_then(|a| {
-                a.get("io.containerd.image.name")
-                    .or_else(|| {
-                        a.get("org.opencontainers.image.ref.name")
-                            .filter(|n| n.contains(['/', ':']))
-                    })
-                    .cloned()
-            });
-            match d.media_type() {
-                MediaType::ImageIndex => {
-                    let nested = ImageIndex::from_reader(self.content.open_blob(&oci_digest(d)?)?)
-                        .map_err(|e| {
-                            ImageError::Archive(format!("nested index {}: {e}", d.digest()))
-                        })?;
-                    let pick = nested.manifests().iter().find(|m| {
-                        m.platform().as_ref().is_none_or(|p| {
-                            p.os().to_string() == "linux"
-                                && p.architecture().to_string() == archive::host_arch()
-                        })
-                    });
-                    if let Some(m) = pick {
-                        out.push((m.clone(), name));
-                    }
-                }
-                _ => {
-                    let for_host = d.platform().as_ref().is_none_or(|p| {
-                        p.os().to_string() == "linux"
-                            && p.architecture().to_string() == archive::host_arch()
-                    });
-                    if for_host {
-                        out.push((d.clone(), name));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn import_manifest(
-        &self,
-        desc: &Descriptor,
-        reference: &Reference,
-    ) -> Result<ImageRecord, ImageError> {
-        let image = reference.to_string();
-        let invalid = |reason: String| ImageError::Invalid {
-            image: image.clone(),
-            reason,
+            gc: RwLock::new(()),
+            layer_locks: LayerLocks::default(),
         };
-        let mdigest = oci_digest(desc)?;
-        let manifest = ImageManifest::from_reader(self.content.open_blob(&mdigest)?)
-            .map_err(|e| invalid(format!("manifest {mdigest}: {e}")))?;
-        if manifest.layers().len() > MAX_LAYERS {
-            return Err(invalid(format!(
-                "{} layers is over the limit of {MAX_LAYERS}",
-                manifest.layers().len()
-            )));
-        }
-        let cdigest = oci_digest(manifest.config())?;
-        let config = ImageConfiguration::from_reader(self.content.open_blob(&cdigest)?)
-            .map_err(|e| invalid(format!("config {cdigest}: {e}")))?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(invalid(format!(
-                "the config lists {} layers, the manifest {}",
-                diff_ids.len(),
-                manifest.layers().len()
-            )));
-        }
-        let mut layers = Vec::new();
-        for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
-            let ldigest = oci_digest(l)?;
-            if !self.content.has(&ldigest) {
-                return Err(invalid(format!("layer {ldigest} is not in the archive")));
-            }
-            let media_type = l.media_type().to_string();
-            self.unpack_layer(&ldigest, &media_type, diff_id)?;
-            layers.push(LayerRecord {
-                digest: ldigest.to_string(),
-                diff_id: diff_id.clone(),
-                media_type,
-                size: l.size(),
-            });
-        }
-        let c = config.config().clone().unwrap_or_default();
-        let defaults = ImageDefaults {
-            entrypoint: c.entrypoint().clone().unwrap_or_default(),
-            cmd: c.cmd().clone().unwrap_or_default(),
-            env: c.env().clone().unwrap_or_default(),
-            working_dir: c.working_dir().clone().unwrap_or_default(),
-            user: c.user().clone().unwrap_or_default(),
-        };
-        let mut record = ImageRecord {
-            digest: mdigest.to_string(),
-            config_digest: cdigest.to_string(),
-            references: vec![image.clone()],
-            layers,
-            platform: format!("{}/{}", config.os(), config.architecture()),
-            created: config.created().clone().unwrap_or_default(),
-            imported_at: crate::clock::now(),
-            defaults,
-        };
-        self.store.write(|tx| {
-            // A reference moves to the new image; the old one keeps its other names.
-            if let Some(old) = tx.image_by_ref(&image)?
-                && old.digest != record.digest
-            {
-                tx.untag_image(&old.digest, &image)?;
-            }
-            if let Some(existing) = tx.get_image(&record.digest)? {
-                for r in existing.references {
-                    if !record.references.contains(&r) {
-                        record.references.push(r);
-                    }
-                }
-            }
-            tx.put_image(&record)
-        })?;
-        tracing::info!(image = %image, digest = %record.digest, layers = record.layers.len(), "image imported");
-        Ok(record)
-    }
-
-    /// Unpacks a layer blob into its diff-id directory unless it is already there.
-    fn unpack_layer(
-        &self,
-        blob: &Digest,
-        media_type: &str,
-        diff_id: &str,
-    ) -> Result<(), ImageError> {
-        let dest = self.layer_dir(diff_id);
-        if dest.is_dir() {
-            return Ok(());
-        }
-        let layer_err = |source| ImageError::Unpack {
-            layer: blob.to_string(),
-            source,
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".unpack-")
-            .tempdir_in(&self.layers)
-            .map_err(io_err(&self.layers))?;
-        let file = BufReader::new(self.content.open_blob(blob)?);
-        let stream: Box<dyn Read> = if media_type.ends_with("gzip") {
-            Box::new(flate2::read::GzDecoder::new(file))
-        } else if media_type.ends_with("zstd") {
-            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io_err(&self.layers))?)
-        } else {
-            Box::new(file)
-        };
-        let mut hashing = Hashing::new(stream);
-        unpack::unpack(&mut hashing, tmp.path()).map_err(layer_err)?;
-        let (actual, _, _) = hashing.finish();
-        if actual.to_string() != diff_id {
-            return Err(ImageError::DiffId {
-                layer: blob.to_string(),
-                expected: diff_id.into(),
-                actual: actual.to_string(),
-            });
-        }
-        let tmp = tmp.keep();
-        match std::fs::rename(&tmp, &dest) {
-            Ok(()) => Ok(()),
-            // Another import unpacked the same layer meanwhile.
-            Err(_) if dest.is_dir() => std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp)),
-            Err(e) => Err(io_err(&dest)(e)),
-        }
+        // Nothing unpacks yet: any unpack directory is left from a crash.
+        images.remove_stale_unpacks()?;
+        Ok(images)
     }
 
     /// A temp file on the same filesystem as the store, deleted when dropped, for
@@ -377,8 +193,8 @@ impl ImageStore {
 
     /// Finds an image by reference or manifest digest.
     pub fn get(&self, name: &str) -> Result<ImageRecord, ImageError> {
-        let found = if name.starts_with("sha256:") {
-            self.store.get_image(name)?
+        let found = if names_a_digest(name) {
+            self.store.get_image(&parse_digest_name(name)?)?
         } else {
             self.store
                 .image_by_ref(&Reference::parse(name)?.to_string())?
@@ -397,7 +213,7 @@ impl ImageStore {
         if let Some(group) = user_of(&image) {
             return Err(ImageError::InUse(name.to_string(), group));
         }
-        let untag = match name.starts_with("sha256:") || image.references.len() <= 1 {
+        let untag = match names_a_digest(name) || image.references.len() <= 1 {
             true => None,
             false => Some(Reference::parse(name)?.to_string()),
         };
@@ -408,8 +224,9 @@ impl ImageStore {
         self.collect_garbage()
     }
 
-    /// Deletes unpacked layers and blobs that no image references.
+    /// Deletes unpacked layers (and their records) and blobs that no image references.
     pub fn collect_garbage(&self) -> Result<(), ImageError> {
+        let _alone = self.gc.write().unwrap_or_else(PoisonError::into_inner);
         let images = self.store.list_images()?;
         let mut blobs = HashSet::new();
         let mut diff_ids = HashSet::new();
@@ -418,36 +235,28 @@ impl ImageStore {
             blobs.insert(i.config_digest.clone());
             for l in &i.layers {
                 blobs.insert(l.digest.clone());
-                diff_ids.insert(
-                    l.diff_id
-                        .strip_prefix("sha256:")
-                        .unwrap_or(&l.diff_id)
-                        .to_string(),
-                );
+                diff_ids.insert(l.diff_id.clone());
             }
         }
-        let dir = self.layers.clone();
-        for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && !diff_ids.contains(&name) {
-                std::fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
-            }
-        }
-        let sha = self
-            .content
-            .path(&Digest::of(b""))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        for e in std::fs::read_dir(&sha).map_err(io_err(&sha))?.flatten() {
-            let digest = format!("sha256:{}", e.file_name().to_string_lossy());
-            if !blobs.contains(&digest) {
-                std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+        self.collect_layers(&diff_ids)?;
+        for algorithm in Algorithm::ALL {
+            let dir = self.content.dir(algorithm);
+            for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let name = e.file_name();
+                let used = name
+                    .to_str()
+                    .and_then(|hex| Digest::from_parts(algorithm.name(), hex).ok())
+                    .is_some_and(|d| blobs.contains(&d));
+                if !used {
+                    std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+                }
             }
         }
         Ok(())
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,10 @@
-//! Image references: `[registry[:port]/]repository[:tag][@sha256:hex]`, normalized the way
+//! Image references: `[registry[:port]/]repository[:tag][@digest]`, normalized the way
 //! Docker does (`busybox` is `docker.io/library/busybox:latest`), so that the same image
 //! named two ways is one record.
 
 use std::fmt;
+
+use super::digest::Digest;
 
 /// Errors parsing a reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +21,8 @@ pub struct Reference {
     pub repository: String,
     /// `latest` when neither tag nor digest is given.
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    /// Parsed like every other digest: a reference cannot smuggle a path through it.
+    pub digest: Option<Digest>,
 }
 
 const DEFAULT_REGISTRY: &str = "docker.io";
@@ -40,17 +43,9 @@ impl Reference {
             Some((n, d)) => (n, Some(d)),
             None => (s, None),
         };
-        if let Some(d) = digest {
-            let ok = d.strip_prefix("sha256:").is_some_and(|hex| {
-                hex.len() == 64
-                    && hex
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            });
-            if !ok {
-                return Err(bad("the digest must be sha256:<64 lowercase hex digits>"));
-            }
-        }
+        let digest = digest.map(str::parse::<Digest>).transpose().map_err(|_| {
+            bad("the digest must be sha256:<64 hex digits> or sha512:<128 hex digits>, lowercase")
+        })?;
         // A ':' after the last '/' starts the tag; one before it is a registry port.
         let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
         let (name, tag) = match name_tag[last_slash..].rfind(':') {
@@ -96,7 +91,7 @@ impl Reference {
         if registry == DEFAULT_REGISTRY && parts.len() == 1 {
             parts.insert(0, "library");
         }
-        let tag = match (tag, digest) {
+        let tag = match (tag, &digest) {
             (None, None) => Some("latest".to_string()),
             (t, _) => t.map(str::to_string),
         };
@@ -104,7 +99,7 @@ impl Reference {
             registry,
             repository: parts.join("/"),
             tag,
-            digest: digest.map(str::to_string),
+            digest,
         })
     }
 
@@ -150,6 +145,8 @@ mod tests {
         assert_eq!(norm("localhost/a/b"), "localhost/a/b:latest");
         let d = format!("r.example.com/team/app@sha256:{}", "0".repeat(64));
         assert_eq!(norm(&d), d);
+        let d = format!("r.example.com/team/app@sha512:{}", "a".repeat(128));
+        assert_eq!(norm(&d), d);
         assert_eq!(
             Reference::parse("busybox")
                 .expect("ok")
@@ -173,6 +170,8 @@ mod tests {
             "a b",
             "demo/busybox:-x",
             "x@sha256:12",
+            "x@sha256:../../etc",
+            "x@md5:d41d8cd98f00b204e9800998ecf8427e",
             "a//b",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");

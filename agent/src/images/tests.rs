@@ -4,6 +4,7 @@ use std::sync::Arc;
 use eci_tests::oci::{self, TarEntry};
 use tar::EntryType;
 
+use super::digest::Digest;
 use super::unpack::{UnpackError, unpack};
 use super::*;
 
@@ -260,7 +261,7 @@ fn imports_lists_and_removes_with_shared_layers() {
         b[0].digest
     );
     assert_eq!(
-        images.get(&a[0].digest).expect("by digest").digest,
+        images.get(a[0].digest.as_str()).expect("by digest").digest,
         a[0].digest
     );
 
@@ -278,7 +279,9 @@ fn imports_lists_and_removes_with_shared_layers() {
         !images.layer_dir(&a[0].layers[1].diff_id).exists(),
         "a's own layer collected"
     );
-    images.remove(&b[0].digest, |_| None).expect("remove b");
+    images
+        .remove(b[0].digest.as_str(), |_| None)
+        .expect("remove b");
     assert!(!bottom.exists());
 }
 
@@ -337,4 +340,302 @@ fn refuses_bad_archives() {
         err.to_string().contains("does not match its content"),
         "{err}"
     );
+}
+
+#[test]
+fn device_nodes_are_skipped_and_fifos_kept() {
+    let s = scratch();
+    let entries = [
+        TarEntry::Dir { path: "dev" },
+        TarEntry::Device {
+            path: "dev/null",
+            kind: EntryType::Char,
+            major: 1,
+            minor: 3,
+        },
+        TarEntry::Device {
+            path: "dev/sda",
+            kind: EntryType::Block,
+            major: 8,
+            minor: 0,
+        },
+        TarEntry::Device {
+            path: "dev/mem",
+            kind: EntryType::Char,
+            major: 1,
+            minor: 1,
+        },
+        TarEntry::Device {
+            path: "run/initctl",
+            kind: EntryType::Fifo,
+            major: 0,
+            minor: 0,
+        },
+        TarEntry::File {
+            path: "etc/.wh.gone",
+            data: b"",
+            mode: 0o644,
+        },
+    ];
+    unpack(&oci::tar(&entries)[..], &s.layer).expect("an image with /dev nodes unpacks");
+    for dev in ["dev/null", "dev/sda", "dev/mem"] {
+        assert!(
+            std::fs::symlink_metadata(s.layer.join(dev)).is_err(),
+            "{dev} must not be created"
+        );
+    }
+    assert!(s.layer.join("dev").is_dir());
+    let fifo = std::fs::symlink_metadata(s.layer.join("run/initctl")).expect("fifo");
+    assert!(fifo.file_type().is_fifo());
+    // The whiteout conversion still makes its 0/0 device.
+    let wh = std::fs::symlink_metadata(s.layer.join("etc/gone")).expect("whiteout");
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+
+    // And such an image imports.
+    let (_dir, images) = image_store();
+    let image = oci::Image {
+        layers: vec![oci::tar(&entries[..2])],
+        cmd: vec!["x".into()],
+        ..Default::default()
+    };
+    let r = images
+        .import(&oci::archive(&image, Some("devs:1"))[..], None)
+        .expect("import");
+    let dir = images.layer_dir(&r[0].layers[0].diff_id);
+    assert!(dir.join("dev").is_dir() && !dir.join("dev/null").exists());
+}
+
+/// A state directory with a sibling that hostile imports must not touch.
+struct Node {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    images: ImageStore,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("victim"), b"original").expect("victim");
+    let store = Arc::new(Store::open(&state.join("state.redb")).expect("store"));
+    let images = ImageStore::open(&state, store).expect("images");
+    Node { dir, state, images }
+}
+
+impl Node {
+    /// Nothing was written next to the state directory, and no layer was unpacked.
+    fn untouched(&self) {
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["outside", "state"], "written outside the state dir");
+        let outside: Vec<_> = std::fs::read_dir(self.dir.path().join("outside"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(outside.len(), 1, "{outside:?}");
+        assert_eq!(
+            std::fs::read(self.dir.path().join("outside/victim")).expect("victim"),
+            b"original"
+        );
+        let layers: Vec<_> = std::fs::read_dir(self.state.join("layers"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(layers.is_empty(), "nothing unpacked: {layers:?}");
+        assert!(self.images.list().expect("list").is_empty());
+    }
+}
+
+/// The error and its sources, as the API reports them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Imports `hello_image()` as `evil:1` after `edit`, expecting a refusal.
+fn import_edited(n: &Node, edit: impl FnMut(oci::Doc, &mut serde_json::Value)) -> String {
+    let bytes = oci::archive_edited(&hello_image(), Some("evil:1"), edit);
+    let err = n.images.import(&bytes[..], None).expect_err("refused");
+    chain(&err)
+}
+
+#[test]
+fn hostile_diff_ids_are_refused_naming_the_field() {
+    for bad in ["sha256:/", "sha256:/etc", "sha256:../../x", "sha256:..", ""] {
+        let n = node();
+        let msg = import_edited(&n, |doc, v| {
+            if doc == oci::Doc::Config {
+                v["rootfs"]["diff_ids"][1] = bad.into();
+            }
+        });
+        assert_eq!(
+            msg,
+            format!(
+                "image docker.io/library/evil:1: config rootfs.diff_ids[1]: {bad:?} is not a valid digest"
+            )
+        );
+        n.untouched();
+    }
+    // The whole host root as the only layer.
+    let n = node();
+    let msg = import_edited(&n, |doc, v| match doc {
+        oci::Doc::Config => v["rootfs"]["diff_ids"] = serde_json::json!(["sha256:/"]),
+        oci::Doc::Manifest => {
+            let first = v["layers"][0].clone();
+            v["layers"] = serde_json::json!([first]);
+        }
+        oci::Doc::Index => {}
+    });
+    assert!(
+        msg.contains(r#"config rootfs.diff_ids[0]: "sha256:/" is not a valid digest"#),
+        "{msg}"
+    );
+    n.untouched();
+}
+
+#[test]
+fn hostile_manifest_and_index_digests_are_refused_naming_the_field() {
+    let n = node();
+    let msg = import_edited(&n, |doc, v| {
+        if doc == oci::Doc::Manifest {
+            v["layers"][0]["digest"] = "sha256:../x".into();
+        }
+    });
+    assert_eq!(
+        msg,
+        r#"image docker.io/library/evil:1: manifest layers[0].digest: "sha256:../x" is not a valid digest"#
+    );
+    n.untouched();
+
+    let msg = import_edited(&n, |doc, v| {
+        if doc == oci::Doc::Manifest {
+            v["config"]["digest"] = "sha256:/etc/passwd".into();
+        }
+    });
+    assert!(
+        msg.ends_with(r#"manifest config.digest: "sha256:/etc/passwd" is not a valid digest"#),
+        "{msg}"
+    );
+    n.untouched();
+
+    let msg = import_edited(&n, |doc, v| {
+        if doc == oci::Doc::Index {
+            v["manifests"][0]["digest"] = "sha256:../../etc".into();
+        }
+    });
+    assert_eq!(
+        msg,
+        r#"image archive: index.json manifests[0].digest: "sha256:../../etc" is not a valid digest"#
+    );
+    n.untouched();
+
+    // A sha256-looking digest of the wrong algorithm length, and an unknown algorithm.
+    let msg = import_edited(&n, |doc, v| {
+        if doc == oci::Doc::Index {
+            v["manifests"][0]["digest"] = format!("md5:{}", "0".repeat(32)).into();
+        }
+    });
+    assert!(msg.contains("manifests[0].digest: \"md5:"), "{msg}");
+    n.untouched();
+
+    // A size that lies is refused too.
+    let msg = import_edited(&n, |doc, v| {
+        if doc == oci::Doc::Manifest {
+            v["layers"][1]["size"] = 1.into();
+        }
+    });
+    assert!(msg.contains("manifest layers[1].size is 1"), "{msg}");
+    n.untouched();
+
+    // Names given to the API are parsed the same way.
+    let err = n.images.get("sha256:../../etc").expect_err("bad name");
+    assert!(matches!(err, ImageError::Reference(_)), "{err:?}");
+}
+
+#[test]
+fn a_planted_layer_directory_is_not_used() {
+    let n = node();
+    let image = hello_image();
+    let diff_id = Digest::of(&image.layers[0]);
+    let planted = n.images.layer_dir(&diff_id);
+    std::fs::create_dir_all(planted.join("bin")).expect("plant");
+    std::fs::write(planted.join("sentinel"), b"planted").expect("sentinel");
+    std::fs::write(planted.join("bin/hello"), b"planted").expect("hello");
+    assert!(n.images.store.get_layer(&diff_id).expect("get").is_none());
+
+    let r = n
+        .images
+        .import(&oci::archive(&image, Some("hello:1"))[..], None)
+        .expect("import");
+    assert_eq!(r[0].layers[0].diff_id, diff_id);
+    assert!(
+        !planted.join("sentinel").exists(),
+        "the planted dir was used"
+    );
+    assert_eq!(
+        std::fs::read(planted.join("bin/hello")).expect("hello"),
+        b"v1"
+    );
+    let rec = n
+        .images
+        .store
+        .get_layer(&diff_id)
+        .expect("get")
+        .expect("recorded");
+    assert_eq!(rec.blob, r[0].layers[0].digest);
+
+    // Recorded and present: used as is (a file added now stays).
+    std::fs::write(planted.join("marker"), b"").expect("marker");
+    let lower = n.images.lower_dirs(&r[0]).expect("lower");
+    assert_eq!(lower[0], planted);
+    assert!(planted.join("marker").exists());
+
+    // Recorded but gone: unpacked again from the blob when a container needs it.
+    std::fs::remove_dir_all(&planted).expect("rm");
+    let lower = n.images.lower_dirs(&r[0]).expect("lower");
+    assert_eq!(
+        std::fs::read(lower[0].join("bin/hello")).expect("hello"),
+        b"v1"
+    );
+
+    // A symlink planted in place of a recorded directory is not followed.
+    std::fs::remove_dir_all(&planted).expect("rm");
+    std::os::unix::fs::symlink(n.dir.path().join("outside"), &planted).expect("symlink");
+    let lower = n.images.lower_dirs(&r[0]).expect("lower");
+    assert!(std::fs::symlink_metadata(&lower[0]).expect("meta").is_dir());
+    assert_eq!(
+        std::fs::read(n.dir.path().join("outside/victim")).expect("victim"),
+        b"original"
+    );
+
+    // Garbage collection drops the records with the directories.
+    n.images.remove("hello:1", |_| None).expect("remove");
+    assert!(!planted.exists());
+    for l in &r[0].layers {
+        assert!(n.images.store.get_layer(&l.diff_id).expect("get").is_none());
+    }
+}
+
+#[test]
+fn crash_leftovers_are_cleaned_on_open() {
+    let n = node();
+    let left = n.state.join("layers/.unpack-crashed");
+    std::fs::create_dir_all(left.join("etc")).expect("leftover");
+    let store = n.images.store.clone();
+    let _again = ImageStore::open(&n.state, store).expect("reopen");
+    assert!(!left.exists());
 }

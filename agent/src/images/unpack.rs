@@ -7,6 +7,12 @@
 //! directory: absolute paths and `..` are refused by name, a symlink that leads out is
 //! refused by the kernel while resolving, and hard links may only point at files already
 //! inside the layer. A refused entry fails the whole layer with its name in the error.
+//!
+//! Device nodes in a layer are skipped, not created: a character or block device in an
+//! image would give the container whatever host device its numbers name (`/dev/sda`,
+//! `/dev/mem`) whatever the runtime's device policy meant to allow. Images built with
+//! `/dev` entries still import; the runtime gives each container its own `/dev`. The only
+//! device this module creates is the 0/0 overlay whiteout it converts `.wh.` files into.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -74,6 +80,10 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
         let path = clean_path(Path::new(OsStr::from_bytes(&raw))).map_err(refuse)?;
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
+            continue;
+        }
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            tracing::debug!(entry = %name, "skipping a device node in a layer");
             continue;
         }
         let Some(file_name) = path.file_name().map(|n| n.to_os_string()) else {
@@ -221,24 +231,11 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
                         }
                     })?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let kind_flag = match kind {
-                    EntryType::Char => SFlag::S_IFCHR,
-                    EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            EntryType::Fifo => {
                 remove_existing(&parent, fname).map_err(wrap)?;
-                mknodat(
-                    &parent,
-                    fname,
-                    kind_flag,
-                    mode,
-                    nix::sys::stat::makedev(major.into(), minor.into()),
-                )
-                .map_err(nix_io)
-                .map_err(wrap)?;
+                mknodat(&parent, fname, SFlag::S_IFIFO, mode, 0)
+                    .map_err(nix_io)
+                    .map_err(wrap)?;
                 lchown(&parent, fname, uid, gid).map_err(wrap)?;
             }
             _ => return Err(refuse("unsupported tar entry type")),

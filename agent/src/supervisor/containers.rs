@@ -33,6 +33,18 @@ struct ExitRecord {
     started_at: String,
 }
 
+/// An error and its sources, as one line for a container's status message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 fn status_of<'a>(g: &'a mut ContainerGroup, name: &str) -> Option<&'a mut ContainerStatus> {
     let st = g.status.get_or_insert_with(Default::default);
     st.container_statuses
@@ -375,18 +387,18 @@ impl Supervisor {
         let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| format!("writing config.json: {e}"))?;
-        let lower: Vec<String> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| {
-                self.groups
-                    .images()
-                    .layer_dir(&l.diff_id)
-                    .display()
-                    .to_string()
-            })
-            .collect();
+        // Only directories the image store recorded as unpacked and verified (it
+        // unpacks again any that are not, which can take a while: off the runtime).
+        let (groups, record) = (self.groups.clone(), image.clone());
+        let lower: Vec<String> =
+            tokio::task::spawn_blocking(move || groups.images().lower_dirs(&record))
+                .await
+                .map_err(|e| format!("preparing the image layers: {e}"))?
+                .map_err(|e| error_chain(&e))?
+                .iter()
+                .rev()
+                .map(|d| d.display().to_string())
+                .collect();
         let rootfs = api::Mount {
             type_: "overlay".into(),
             source: "overlay".into(),
