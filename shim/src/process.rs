@@ -93,6 +93,11 @@ pub fn create(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+        // A process that failed its setup may be gone before it could be joined: its
+        // own report says why, not the join.
+        if let Ok(Some(Sync::Error(why))) = read(&mut sync) {
+            return Err(SpawnError::Init(why));
+        }
         let why = std::error::Error::source(&e)
             .map(ToString::to_string)
             .unwrap_or_default();

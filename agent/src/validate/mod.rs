@@ -102,4 +102,6 @@ pub fn validate(spec: &GroupSpec) -> Result<ValidSpec, ValidationErrors> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
