@@ -261,3 +261,24 @@ pub fn host_binary_layer(src: &std::path::Path, dest: &str) -> std::io::Result<V
         .collect();
     Ok(tar(&entries))
 }
+
+/// A small two-layer image (`/bin/app`, `/etc/motd`) for tests that edit or attack an
+/// image's documents rather than run it.
+pub fn two_layer_image() -> Image {
+    Image {
+        layers: vec![
+            tar(&[TarEntry::File {
+                path: "bin/app",
+                data: b"app",
+                mode: 0o755,
+            }]),
+            tar(&[TarEntry::File {
+                path: "etc/motd",
+                data: b"hi",
+                mode: 0o644,
+            }]),
+        ],
+        cmd: vec!["/bin/app".into()],
+        ..Default::default()
+    }
+}

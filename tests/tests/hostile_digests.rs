@@ -2,32 +2,13 @@
 //! host path (`sha256:/`, `sha256:../../x`) are refused at import with the field named;
 //! no image is listed and nothing is unpacked or written outside the state directory.
 
-use eci_tests::oci::{self, Doc, TarEntry};
+use eci_tests::oci::{self, Doc};
 use eci_tests::{Agent, text};
 use serde_json::Value;
 
-fn image() -> oci::Image {
-    oci::Image {
-        layers: vec![
-            oci::tar(&[TarEntry::File {
-                path: "bin/app",
-                data: b"app",
-                mode: 0o755,
-            }]),
-            oci::tar(&[TarEntry::File {
-                path: "etc/motd",
-                data: b"hi",
-                mode: 0o644,
-            }]),
-        ],
-        cmd: vec!["/bin/app".into()],
-        ..Default::default()
-    }
-}
-
-/// Writes the archive of `image()` with `edit` applied and imports it.
+/// Writes the archive of `oci::two_layer_image()` with `edit` applied and imports it.
 fn import(agent: &Agent, name: &str, edit: impl FnMut(Doc, &mut Value)) -> (bool, String) {
-    let bytes = oci::archive_edited(&image(), Some("hostile/app:1"), edit);
+    let bytes = oci::archive_edited(&oci::two_layer_image(), Some("hostile/app:1"), edit);
     let path = agent.root().join(name);
     std::fs::write(&path, bytes).expect("write archive");
     let out = agent.ctl(&["images", "import", path.to_str().expect("utf-8")]);

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use eci_tests::oci::{self, Doc, TarEntry};
+use eci_tests::oci::{self, Doc};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -558,25 +558,6 @@ fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
     }
 }
 
-fn base_image() -> oci::Image {
-    oci::Image {
-        layers: vec![
-            oci::tar(&[TarEntry::File {
-                path: "bin/app",
-                data: b"app",
-                mode: 0o755,
-            }]),
-            oci::tar(&[TarEntry::File {
-                path: "etc/motd",
-                data: b"hi",
-                mode: 0o644,
-            }]),
-        ],
-        cmd: vec!["/bin/app".into()],
-        ..Default::default()
-    }
-}
-
 /// Any changes to the documents of an image: imported or refused, never a panic,
 /// never a write outside the state directory; what is imported is recorded and
 /// unpacked below the layers directory. One node serves every case (opening a store
@@ -592,7 +573,7 @@ fn hostile_documents_stay_inside() {
         ..ProptestConfig::default()
     });
     let outcome = runner.run(&vec(mutation(), 1..4), |mutations| {
-        let archive = oci::archive_edited(&base_image(), Some("fuzz/app:1"), |doc, v| {
+        let archive = oci::archive_edited(&oci::two_layer_image(), Some("fuzz/app:1"), |doc, v| {
             for m in &mutations {
                 apply(m, doc, v);
             }
