@@ -58,6 +58,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Image layers, writable layers and volumes hold what tenants wrote, setuid files
+    // included: no host user but root may reach them.
+    let groups_run = cfg.run_dir.join("groups");
+    for dir in [&cfg.state_dir, &groups_run] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
     let node = Node::detect(&cfg.node).context("reading the node's resources")?;
     let db = cfg.state_db_path();
     let store = Arc::new(

@@ -150,6 +150,10 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
             }
         }
         Target::Exec { pid } => {
+            // Under the container's cgroup (its device rules, pids and memory limits)
+            // before entering anything of the container: from the fork on, a tenant
+            // ptracer can see the child, and the child inherits this cgroup.
+            crate::cgroup::join(&cfg.cgroup, std::process::id()).map_err(chain)?;
             // Mount last: the others are found through this mount namespace's /proc.
             for kind in ["ipc", "uts", "net", "pid", "mnt"] {
                 setns_path(&PathBuf::from(format!("/proc/{pid}/ns/{kind}")), kind)?;

@@ -254,6 +254,13 @@ fn open_bind_source(source: &Path, sub_path: Option<&Path>) -> Result<OwnedFd, M
     }
 }
 
+fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
 fn is_dir(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd)
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) == SFlag::S_IFDIR)
@@ -298,6 +305,16 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
     let remount = is_bind && !extra.is_empty();
     if remount || !opts.propagation.is_empty() {
         let mounted = open_in_root(root, dest, dir)?;
+        // The path is resolved again, now through what was just mounted: a link inside
+        // the mounted volume could lead the second resolution elsewhere (and `ro` or
+        // `nodev` land on another mount). It must name the source we mounted.
+        if let Some(src) = &src
+            && !same_inode(src, &mounted)
+        {
+            return Err(step("remounting (the path now leads elsewhere)", dest)(
+                Errno::EXDEV,
+            ));
+        }
         let at = fd_path(&mounted);
         if remount {
             mount(

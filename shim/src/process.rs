@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use eci_runtime::init::{START_FD, SYNC_FD, Sync};
@@ -43,11 +43,27 @@ fn high(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
 }
 
-/// Runs `eci-shim init CONFIG` with the given stdio, moves the process into `cgroup`, and
-/// waits until it is set up (or failed). Blocking: call from a blocking thread.
+/// How a new process gets into its container's cgroup, and what the shim may believe of
+/// the pid it reports.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// A container's first process: PID 1 of a new PID namespace, seen by nothing in the
+    /// group while it builds its root, so the shim moves it into this cgroup meanwhile
+    /// (the attach waits for an RCU grace period; in parallel it costs nothing).
+    ByShim(String),
+    /// An exec'd process: it joins the container's cgroup itself before it enters the
+    /// container's namespaces, so it is under the container's device rules before the
+    /// container can see (and ptrace) it. Its report comes through a pipe a tenant
+    /// ptracer could write to, so the reported pid must be in this PID namespace
+    /// (`/proc/<container init>/ns/pid`) and a child of the helper or of the shim.
+    Itself { pid_ns: PathBuf },
+}
+
+/// Runs `eci-shim init CONFIG` with the given stdio, places the process per `placement`,
+/// and waits until it is set up (or failed). Blocking: call from a blocking thread.
 pub fn create(
     config: &Path,
-    cgroup: &str,
+    placement: &Placement,
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
@@ -85,6 +101,27 @@ pub fn create(
         Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
         _ => return Err(SpawnError::Vanished),
     };
+    let cgroup = match placement {
+        Placement::ByShim(cgroup) => cgroup,
+        Placement::Itself { pid_ns } => {
+            if let Err(why) = verify_exec_pid(pid, child.id() as i32, pid_ns) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(SpawnError::Io(why));
+            }
+            return match read(&mut sync)? {
+                Some(Sync::Ready) => Ok(Created {
+                    pid,
+                    start: File::from(start_w),
+                    sync,
+                }),
+                Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
+                _ => Err(SpawnError::Vanished),
+            };
+        }
+    };
     // Into its cgroup while it builds its root in parallel: the first attach to a v1
     // hierarchy waits for an RCU grace period, about as long as the rest of the setup.
     // It cannot exec before the start byte, which comes after this returns.
@@ -112,6 +149,33 @@ pub fn create(
         Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
         _ => Err(SpawnError::Vanished),
     }
+}
+
+/// Checks that `pid`, reported by an exec helper, is its child inside the container:
+/// in the container's PID namespace and a child of the helper (or, once the helper has
+/// exited, of this shim, the subreaper). A pid a tenant wrote into the pipe instead
+/// (the agent's, another group's shim) fails both.
+fn verify_exec_pid(pid: i32, helper: i32, pid_ns: &Path) -> Result<(), String> {
+    let ns = |p: &Path| std::fs::read_link(p).map_err(|e| format!("{}: {e}", p.display()));
+    if ns(Path::new(&format!("/proc/{pid}/ns/pid")))? != ns(pid_ns)? {
+        return Err(format!(
+            "exec helper reported pid {pid}, which is not in the container"
+        ));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let ppid: i32 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/stat: no parent"))?;
+    if ppid != helper && ppid != std::process::id() as i32 {
+        return Err(format!(
+            "exec helper reported pid {pid}, which is not its child"
+        ));
+    }
+    Ok(())
 }
 
 fn read(sync: &mut BufReader<File>) -> Result<Option<Sync>, SpawnError> {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 use ttrpc::{Code, Error as TtrpcError, Status as RpcStatus};
 
-use crate::process::{self, Created};
+use crate::process::{self, Created, Placement};
 use crate::reaper::Reaper;
 use crate::seccomp_profiles::SeccompProfiles;
 
@@ -260,10 +260,13 @@ impl TaskService {
         &self,
         proc_: &Arc<Proc>,
         config: PathBuf,
+        placement: Placement,
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
         if proc_.terminal {
-            return self.spawn_with_pty(proc_, config, record_to).await;
+            return self
+                .spawn_with_pty(proc_, config, placement, record_to)
+                .await;
         }
         let stdin = input(&proc_.stdin)?;
         let (out, errout) = (output(&proc_.stdout)?, output(&proc_.stderr)?);
@@ -284,7 +287,7 @@ impl TaskService {
             }
         };
         let created = self
-            .create_process(proc_, config, stdin, stdout, stderr)
+            .create_process(config, placement, stdin, stdout, stderr)
             .await?;
         if let Some((path, or, er)) = log {
             let max = self.group.log_max_bytes;
@@ -303,16 +306,15 @@ impl TaskService {
     /// Runs `eci-shim init` for `proc_` on a blocking thread (see `process::create`).
     async fn create_process(
         &self,
-        proc_: &Proc,
         config: PathBuf,
+        placement: Placement,
         stdin: Stdio,
         stdout: Stdio,
         stderr: Stdio,
     ) -> ttrpc::Result<Created> {
         let reaper = self.reaper.clone();
-        let cgroup = proc_.cgroup.clone();
         tokio::task::spawn_blocking(move || {
-            process::create(&config, &cgroup, stdin, stdout, stderr, &reaper)
+            process::create(&config, &placement, stdin, stdout, stderr, &reaper)
         })
         .await
         .map_err(|e| err(Code::INTERNAL, e.to_string()))?
@@ -325,6 +327,7 @@ impl TaskService {
         &self,
         proc_: &Arc<Proc>,
         config: PathBuf,
+        placement: Placement,
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
         // Execs only: the container's first process is running; its root holds the
@@ -371,8 +374,8 @@ impl TaskService {
             })?;
         let created = self
             .create_process(
-                proc_,
                 config,
+                placement,
                 Stdio::from(s_in),
                 Stdio::from(s_out),
                 Stdio::from(s_err),
@@ -487,7 +490,12 @@ impl Task for TaskService {
             exited: tx,
         });
         let created = match self
-            .spawn(&proc_, config_path, Some(bundle.join(EXIT_FILE)))
+            .spawn(
+                &proc_,
+                config_path,
+                Placement::ByShim(cg.clone()),
+                Some(bundle.join(EXIT_FILE)),
+            )
             .await
         {
             Ok(c) => c,
@@ -532,6 +540,14 @@ impl Task for TaskService {
             (Some(c), _) => c,
             (None, Some(process)) => {
                 let container = self.get(&req.id, "")?;
+                // Its pid names its namespaces: once it has exited the number may be
+                // reused by a process that is not the container's.
+                if container.exited.borrow().is_some() {
+                    return Err(err(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {} is not running", req.id),
+                    ));
+                }
                 let pid = container.state.lock().map(|s| s.pid).unwrap_or(0);
                 let config = InitConfig {
                     target: Target::Exec { pid },
@@ -554,7 +570,10 @@ impl Task for TaskService {
                 let json =
                     serde_json::to_vec(&config).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
                 std::fs::write(&path, json).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-                let c = self.spawn(&proc_, path, None).await?;
+                let placement = Placement::Itself {
+                    pid_ns: PathBuf::from(format!("/proc/{pid}/ns/pid")),
+                };
+                let c = self.spawn(&proc_, path, placement, None).await?;
                 if let Ok(mut s) = proc_.state.lock() {
                     s.pid = c.pid;
                 }

@@ -95,6 +95,12 @@ fn a_ptracing_tenant_finds_exec_helpers_confined_and_the_runtime_binary_read_onl
         if let Some(c) = &container_caps {
             assert!(l.contains(&format!("capeff={c}")), "{l} vs {c}");
         }
+        // Already under the container's device rules: a helper outside them could be
+        // made to open a host disk node the tenant created.
+        assert!(
+            l.contains(&format!("cgroup=/{}/", agent.cgroup_parent())) && l.ends_with("/app"),
+            "an exec helper was visible outside the container's cgroup: {l}"
+        );
     }
     // The shim dies; nothing executes the binary any more; the tenant tries again.
     let id = group_id(&agent, "watcher");
@@ -152,6 +158,16 @@ fn exec_d_processes_and_container_init_hold_only_their_stdio() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("fds: 0 1 2\n"), "{t}");
     assert!(t.lines().any(|l| l.trim_end() == "init:0 1 2"), "{t}");
+    // What tenants wrote (layers, writable layers, volumes; setuid files included) is
+    // out of reach of the host's other users.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["var/lib/eci", "run/eci/groups"] {
+        let mode = std::fs::metadata(agent.root().join(dir))
+            .expect(dir)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir}");
+    }
 }
 
 #[test]

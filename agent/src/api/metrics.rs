@@ -4,6 +4,7 @@
 //! disk per filesystem), read from the cgroups and the group's network namespace.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -124,30 +125,71 @@ fn network(pid: u32) -> Vec<NetworkInterfaceMetrics> {
         .collect()
 }
 
+/// Bytes below the directory `dir`. The tree is the tenant's (a writable layer, a
+/// volume) and changes while it is walked: every step is relative to a descriptor, no
+/// symlink is followed, and the walk stays on the directory's filesystem, so a
+/// directory swapped for a link to `/` never leads the agent out.
+fn du(dir: std::os::fd::OwnedFd) -> u64 {
+    use nix::fcntl::{AtFlags, OFlag};
+    let Ok(top) = nix::sys::stat::fstat(&dir) else {
+        return 0;
+    };
+    let mut total = top.st_size as u64;
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        let Ok(mut entries) = nix::dir::Dir::from_fd(d) else {
+            continue;
+        };
+        let parent = entries.as_raw_fd();
+        let mut subdirs = Vec::new();
+        for e in entries.iter().flatten() {
+            let name = e.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            // SAFETY: `parent` stays open while `entries` lives, which outlives this use.
+            let at = unsafe { std::os::fd::BorrowedFd::borrow_raw(parent) };
+            let Ok(st) = nix::sys::stat::fstatat(at, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            total += st.st_size as u64;
+            let is_dir = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                == nix::sys::stat::SFlag::S_IFDIR;
+            if is_dir && st.st_dev == top.st_dev {
+                subdirs.push(name.to_owned());
+            }
+        }
+        for name in subdirs {
+            // SAFETY: as above.
+            let at = unsafe { std::os::fd::BorrowedFd::borrow_raw(parent) };
+            if let Ok(fd) = nix::fcntl::openat(
+                at,
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                stack.push(fd);
+            }
+        }
+    }
+    total
+}
+
 /// The filesystem holding `path`, with `used` as measured below `path`.
 fn filesystem(path: &std::path::Path, mount_point: &str) -> Option<FilesystemMetrics> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     let block = st.fragment_size();
-    fn du(p: &std::path::Path) -> u64 {
-        let Ok(meta) = std::fs::symlink_metadata(p) else {
-            return 0;
-        };
-        if meta.is_dir() {
-            std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| du(&e.path()))
-                .sum::<u64>()
-                + meta.len()
-        } else {
-            meta.len()
-        }
-    }
+    let used = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(du)
+    .unwrap_or(0);
     Some(FilesystemMetrics {
         mount_point: mount_point.to_string(),
         total_bytes: st.blocks() * block,
-        used_bytes: du(path),
+        used_bytes: used,
         available_bytes: st.blocks_available() * block,
     })
 }
@@ -259,5 +301,29 @@ impl Metrics for MetricsApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod du_tests {
+    use super::du;
+
+    #[test]
+    fn the_walk_never_follows_a_link_out_of_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), vec![0u8; 1000]).expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/g"), vec![0u8; 500]).expect("write");
+        // A tenant's links to the host's root and to a big host tree.
+        std::os::unix::fs::symlink("/", dir.path().join("root")).expect("ln");
+        std::os::unix::fs::symlink("/usr", dir.path().join("sub/usr")).expect("ln");
+        let fd = nix::fcntl::open(
+            dir.path(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open");
+        let used = du(fd);
+        assert!((1500..1500 + 64 * 1024).contains(&used), "{used}");
     }
 }

@@ -81,9 +81,19 @@ fn watch(out: &str, dur: Duration) {
                 continue;
             }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            // The cgroup whose device rules apply: v1 `devices`, else the v2 one.
+            let cgroups =
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let devices_cgroup = cgroups
+                .lines()
+                .find(|l| l.split(':').nth(1) == Some("devices"))
+                .or_else(|| cgroups.lines().find(|l| l.starts_with("0::")))
+                .and_then(|l| l.splitn(3, ':').nth(2))
+                .unwrap_or("")
+                .to_string();
             let _ = writeln!(
                 out,
-                "seen {pid} name={} uid={} capeff={} seccomp={} nnp={}",
+                "seen {pid} name={} uid={} capeff={} seccomp={} nnp={} cgroup={devices_cgroup}",
                 status_field(&status, "Name:"),
                 status_field(&status, "Uid:")
                     .split_whitespace()
