@@ -101,44 +101,30 @@ pub fn create(
         Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
         _ => return Err(SpawnError::Vanished),
     };
-    let cgroup = match placement {
-        Placement::ByShim(cgroup) => cgroup,
+    match placement {
+        Placement::ByShim(cgroup) => {
+            // Into its cgroup while it builds its root in parallel: the first attach to
+            // a v1 hierarchy waits for an RCU grace period, about as long as the rest of
+            // the setup. It cannot exec before the start byte, which comes after this.
+            if let Err(e) = eci_runtime::cgroup::join(cgroup, pid as u32) {
+                kill(pid);
+                // A process that failed its setup may be gone before it could be
+                // joined: its own report says why, not the join.
+                if let Ok(Some(Sync::Error(why))) = read(&mut sync) {
+                    return Err(SpawnError::Init(why));
+                }
+                let why = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                return Err(SpawnError::Io(format!("{e}: {why}")));
+            }
+        }
         Placement::Itself { pid_ns } => {
             if let Err(why) = verify_exec_pid(pid, child.id() as i32, pid_ns) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                kill(child.id() as i32);
                 return Err(SpawnError::Io(why));
             }
-            return match read(&mut sync)? {
-                Some(Sync::Ready) => Ok(Created {
-                    pid,
-                    start: File::from(start_w),
-                    sync,
-                }),
-                Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
-                _ => Err(SpawnError::Vanished),
-            };
         }
-    };
-    // Into its cgroup while it builds its root in parallel: the first attach to a v1
-    // hierarchy waits for an RCU grace period, about as long as the rest of the setup.
-    // It cannot exec before the start byte, which comes after this returns.
-    if let Err(e) = eci_runtime::cgroup::join(cgroup, pid as u32) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        // A process that failed its setup may be gone before it could be joined: its
-        // own report says why, not the join.
-        if let Ok(Some(Sync::Error(why))) = read(&mut sync) {
-            return Err(SpawnError::Init(why));
-        }
-        let why = std::error::Error::source(&e)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        return Err(SpawnError::Io(format!("{e}: {why}")));
     }
     match read(&mut sync)? {
         Some(Sync::Ready) => Ok(Created {
@@ -149,6 +135,13 @@ pub fn create(
         Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
         _ => Err(SpawnError::Vanished),
     }
+}
+
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Checks that `pid`, reported by an exec helper, is its child inside the container:
