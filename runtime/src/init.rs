@@ -6,10 +6,10 @@
 //! - a container's first process is PID 1 of a new PID namespace, seen by nothing in
 //!   the group; it builds the filesystem view, then confines itself;
 //! - an exec'd process joins a running container's PID namespace, where a tenant
-//!   process (possibly holding `CAP_SYS_PTRACE`) can see it. So the helper confines
-//!   itself fully (ids, capabilities, `no_new_privs`, non-dumpable, seccomp) after
-//!   joining the namespaces but *before* it forks: the forked child is confined from
-//!   the first instant it exists in the container.
+//!   process (possibly holding `CAP_SYS_PTRACE`) can see it. So the helper joins the
+//!   container's cgroup, then its namespaces, then confines itself fully (ids,
+//!   capabilities, `no_new_privs`, non-dumpable, seccomp) *before* it forks: the forked
+//!   child is confined from the first instant it exists in the container.
 //!
 //! Every descriptor above 2 is close-on-exec from the start. File descriptors: 0-2 the
 //! container's stdio, 3 the start pipe (one byte = exec), 4 the sync pipe (JSON lines to
@@ -63,8 +63,9 @@ pub struct InitConfig {
     /// User as stated ("name", "uid"), resolved inside the container.
     pub user: String,
     pub group: Option<String>,
-    /// The container's cgroup, relative to each hierarchy's root. The shim moves the
-    /// process there while it sets itself up (see `eci-shim`'s process module).
+    /// The container's cgroup, relative to each hierarchy's root. A container's first
+    /// process is moved there by the shim while it sets itself up; an exec helper joins
+    /// it itself before entering the container (see `eci-shim`'s process module).
     pub cgroup: String,
     /// Compiled seccomp programs (see [`seccomp::write_profile`]).
     pub seccomp: PathBuf,
