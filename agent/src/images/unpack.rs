@@ -4,7 +4,8 @@
 //!
 //! Every file operation is relative to a directory fd opened with
 //! `openat2(RESOLVE_BENEATH)`, so no entry can create or write anything outside the layer
-//! directory: absolute paths and `..` are refused by name, a symlink that leads out is
+//! directory: names are taken inside the layer root (`/etc/x` is the layer's `etc/x`),
+//! `..` is refused by name, a symlink that leads out is
 //! refused by the kernel while resolving, and hard links may only point at files already
 //! inside the layer. A refused entry fails the whole layer with its name in the error.
 //!
@@ -255,16 +256,15 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
     Ok(count)
 }
 
-/// Strips `./` and refuses absolute paths and `..`.
+/// An entry name as a path inside the layer root: a leading `/` is the layer root (what
+/// `umoci` and other tools write, and how containerd and Docker read it), `./` and
+/// repeated slashes go; `..` is refused (it could only mean an escape).
 fn clean_path(p: &Path) -> Result<PathBuf, &'static str> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute paths are not allowed in a layer");
-            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
             Component::ParentDir => return Err("'..' is not allowed in a layer path"),
         }
     }
