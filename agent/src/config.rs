@@ -51,8 +51,14 @@ pub struct RuntimeConfig {
     pub shim: PathBuf,
     /// Cgroup under which groups get `<parent>/<group id>/<container>`.
     pub cgroup_parent: String,
-    /// Size at which a container's log file is rotated (one rotated file is kept).
+    /// Size at which a container's log file is rotated.
     pub log_max_size: String,
+    /// Log files kept per container run, the one being written included (kubelet's
+    /// `containerLogMaxFiles`); at least 2, so that a rotation never drops the file a
+    /// reader may still be following.
+    pub log_max_files: u32,
+    /// Gzip rotated log files other than the newest (which a follower may still read).
+    pub log_compress: bool,
     /// Back-off before the first restart of a container; doubles per restart.
     pub restart_backoff: String,
     /// Longest back-off between restarts.
@@ -71,6 +77,8 @@ impl Default for RuntimeConfig {
             shim: PathBuf::new(),
             cgroup_parent: "eci".into(),
             log_max_size: "10Mi".into(),
+            log_max_files: 2,
+            log_compress: false,
             restart_backoff: "10s".into(),
             restart_backoff_max: "5m".into(),
             pids_max: 4096,
@@ -251,6 +259,12 @@ impl Config {
                 message: e.to_string(),
             }
         })?;
+        if self.runtime.log_max_files < 2 {
+            return Err(ConfigError::Invalid {
+                key: "runtime.log_max_files",
+                message: format!("{} is below the minimum of 2", self.runtime.log_max_files),
+            });
+        }
         if self.runtime.cgroup_parent.is_empty() || self.runtime.cgroup_parent.contains("..") {
             return Err(ConfigError::Invalid {
                 key: "runtime.cgroup_parent",
@@ -329,5 +343,10 @@ mod tests {
         assert!(c.check().is_err());
         let c: Config = toml::from_str("[api]\ntcp_listen = \"0.0.0.0:1\"").expect("parses");
         assert!(c.check().is_err(), "TCP without TLS files");
+        let c: Config = toml::from_str("[runtime]\nlog_max_files = 1").expect("parses");
+        assert!(
+            c.check().is_err(),
+            "one log file cannot rotate without loss"
+        );
     }
 }

@@ -38,6 +38,8 @@ fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
             run_dir: cfg.run_dir.clone(),
             cgroup_parent: cfg.runtime.cgroup_parent.clone(),
             log_max_bytes: crate::quantity::parse_memory_bytes(&cfg.runtime.log_max_size)?,
+            log_max_files: cfg.runtime.log_max_files,
+            log_compress: cfg.runtime.log_compress,
             pids_max: cfg.runtime.pids_max,
         },
         oom_score_adj: cfg.runtime.oom_score_adj,

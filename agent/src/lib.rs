@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod groups;
 pub mod images;
+pub mod logfiles;
 pub mod node;
 pub mod notify;
 pub mod quantity;

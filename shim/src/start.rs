@@ -35,6 +35,10 @@ pub struct StartArgs {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub log_max_bytes: u64,
+    /// Log files kept per container run, the current one included.
+    pub log_max_files: u32,
+    /// Gzip rotated log files other than the newest.
+    pub log_compress: bool,
     /// `pids.max` of the group's cgroup.
     pub pids_max: u64,
 }
@@ -64,6 +68,8 @@ impl StartArgs {
             cpu_millis: num("--cpu-millis")?,
             memory_bytes: num("--memory-bytes")?,
             log_max_bytes: num("--log-max-bytes").unwrap_or(10 << 20),
+            log_max_files: num("--log-max-files").map_or(2, |n| n.min(u32::MAX as u64) as u32),
+            log_compress: get("--log-compress").is_ok_and(|v| v == "true"),
             pids_max: num("--pids-max").unwrap_or(DEFAULT_PIDS_MAX),
         })
     }
@@ -163,7 +169,11 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
                 dir: dir.root().to_path_buf(),
                 cgroup: cgroup.clone(),
                 seccomp,
-                log_max_bytes: args.log_max_bytes,
+                log_rotation: crate::logs::Rotation {
+                    max_bytes: args.log_max_bytes,
+                    max_files: args.log_max_files,
+                    compress: args.log_compress,
+                },
             },
             reaper,
         ));

@@ -40,6 +40,9 @@ pub struct ExitRecord {
     pub started_at: String,
 }
 
+/// Longest wait for a process's output to reach its log before its exit is reported.
+const LOG_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// File name of the exit record in a bundle.
 pub const EXIT_FILE: &str = "exit.json";
 
@@ -92,7 +95,8 @@ pub struct GroupConfig {
     pub dir: PathBuf,
     pub cgroup: String,
     pub seccomp: SeccompProfiles,
-    pub log_max_bytes: u64,
+    /// Rotation of the containers' log files.
+    pub log_rotation: crate::logs::Rotation,
 }
 
 /// The Task service.
@@ -121,11 +125,28 @@ impl TaskService {
             .ok_or_else(|| err(Code::NOT_FOUND, format!("process {id}/{exec_id} not found")))
     }
 
-    /// Follows a process until it exits, then records how.
-    fn watch_exit(&self, proc_: Arc<Proc>, pid: i32, record_to: Option<PathBuf>) {
+    /// Follows a process until it exits, then records how. With `log`, the exit is
+    /// reported (exit record, STOPPED, the `exited` channel that Wait and State read)
+    /// only once everything the process wrote is in its log file: a batch job's last
+    /// line is often its result.
+    fn watch_exit(
+        &self,
+        proc_: Arc<Proc>,
+        pid: i32,
+        record_to: Option<PathBuf>,
+        log: Option<crate::logs::Copying>,
+    ) {
         let rx = self.reaper.subscribe(pid);
         tokio::spawn(async move {
             let Ok(exit) = rx.await else { return };
+            if let Some(log) = log {
+                // The drain is bounded by the pipes' capacity (see logs::copier); the
+                // timeout only guards against a log file that stopped taking writes.
+                let drained = tokio::time::timeout(LOG_DRAIN_TIMEOUT, log.process_exited()).await;
+                if drained.is_err() {
+                    tracing::warn!(pid, "log copy still busy; reporting the exit anyway");
+                }
+            }
             let oom_killed =
                 exit.signal == Some(libc::SIGKILL) && cgroup::oom_kills(&proc_.cgroup) > 0;
             let started_at = proc_
@@ -289,15 +310,18 @@ impl TaskService {
         let created = self
             .create_process(config, placement, stdin, stdout, stderr)
             .await?;
-        if let Some((path, or, er)) = log {
-            let max = self.group.log_max_bytes;
-            let or = tokio::net::unix::pipe::Receiver::from_owned_fd(or)
-                .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-            let er = tokio::net::unix::pipe::Receiver::from_owned_fd(er)
-                .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-            tokio::spawn(crate::logs::copy(or, er, path, max));
-        }
-        self.watch_exit(proc_.clone(), created.pid, record_to);
+        let copying = match log {
+            Some((path, or, er)) => Some(
+                crate::logs::start(or, er, path, self.group.log_rotation).map_err(|e| {
+                    err(
+                        Code::INTERNAL,
+                        format!("{e}: {:?}", std::error::Error::source(&e)),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        self.watch_exit(proc_.clone(), created.pid, record_to, copying);
         Ok(created)
     }
 }
@@ -386,7 +410,7 @@ impl TaskService {
         if let Ok(mut p) = proc_.pty.lock() {
             *p = Some(pty);
         }
-        self.watch_exit(proc_.clone(), created.pid, record_to);
+        self.watch_exit(proc_.clone(), created.pid, record_to, None);
         Ok(created)
     }
 }

@@ -1,8 +1,6 @@
 //! Containers service: logs from the CRI log files the shims write; exec and attach
 //! arrive later.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::log_stream::LogStream;
 use super::status::to_status;
 use super::{Shared, blocking};
 use crate::supervisor::ExecSession;
@@ -26,49 +25,6 @@ pub struct ContainersApi {
 impl ContainersApi {
     pub fn new(sup: Shared) -> Self {
         ContainersApi { sup }
-    }
-}
-
-/// One CRI log record: `<ts> <stream> <F|P> <text>`.
-fn parse(line: &str) -> Option<(&str, &str, bool, &str)> {
-    let mut parts = line.splitn(4, ' ');
-    let ts = parts.next()?;
-    let stream = parts.next()?;
-    let tag = parts.next()?;
-    let text = parts.next().unwrap_or("");
-    Some((ts, stream, tag == "F", text))
-}
-
-/// Reads whole records (joining `P` parts) from `reader`.
-fn records(
-    reader: &mut impl BufRead,
-    since: Option<SystemTime>,
-    out: &mut Vec<LogEntry>,
-) -> std::io::Result<()> {
-    let mut pending: Option<LogEntry> = None;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || !line.ends_with('\n') {
-            return Ok(());
-        }
-        let Some((ts, stream, full, text)) = parse(line.trim_end_matches('\n')) else {
-            continue;
-        };
-        let e = pending.get_or_insert_with(|| LogEntry {
-            timestamp: ts.to_string(),
-            stream: stream.to_string(),
-            line: Vec::new(),
-        });
-        e.line.extend_from_slice(text.as_bytes());
-        if full {
-            let e = pending.take().unwrap_or_default();
-            let keep =
-                since.is_none_or(|s| humantime::parse_rfc3339(&e.timestamp).is_ok_and(|t| t >= s));
-            if keep {
-                out.push(e);
-            }
-        }
     }
 }
 
@@ -126,67 +82,17 @@ impl Containers for ContainersApi {
         let since = (r.since_seconds > 0)
             .then(|| SystemTime::now() - Duration::from_secs(r.since_seconds as u64));
         let (tx, rx) = mpsc::channel(256);
-        let sup = self.sup.clone();
-        let gname = r.group.clone();
-        let timestamps = r.timestamps;
-        let tail = r.tail_lines;
         let follow = r.follow && !r.previous;
-        tokio::spawn(async move {
-            let send = |mut e: LogEntry| {
-                if !timestamps {
-                    e.timestamp.clear();
-                }
-                e
-            };
-            let mut path: PathBuf = path;
-            let mut run = run;
-            let mut pos = 0u64;
-            let mut first = true;
-            loop {
-                let mut batch = Vec::new();
-                if let Ok(mut f) = std::fs::File::open(&path)
-                    && f.seek(SeekFrom::Start(pos)).is_ok()
-                {
-                    let mut reader = BufReader::new(&mut f);
-                    let _ = records(&mut reader, since, &mut batch);
-                    pos = reader.stream_position().unwrap_or(pos);
-                }
-                if first && tail >= 0 {
-                    let skip = batch.len().saturating_sub(tail as usize);
-                    batch.drain(..skip);
-                }
-                first = false;
-                for e in batch {
-                    if tx.send(Ok(send(e))).await.is_err() {
-                        return;
-                    }
-                }
-                if !follow {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                // Follow the container into its next run; stop when the group is gone.
-                let g = sup.groups().clone();
-                let n = gname.clone();
-                let Ok(Ok(group)) = tokio::task::spawn_blocking(move || g.get(&n)).await else {
-                    return;
-                };
-                let now = group.status.unwrap_or_default();
-                let current = now
-                    .container_statuses
-                    .iter()
-                    .find(|s| s.name == container)
-                    .map_or(run, |s| s.restart_count);
-                if current != run {
-                    run = current;
-                    path = sup.log_file(&group.id, &container, run);
-                    pos = 0;
-                }
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
+        let reader = LogStream {
+            sup: self.sup.clone(),
+            group: r.group.clone(),
+            container,
+            run,
+            since,
+            timestamps: r.timestamps,
+            tx,
+        };
+        tokio::spawn(reader.serve(path, r.tail_lines, follow));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -6,6 +6,7 @@ mod containers;
 mod groups;
 mod images;
 mod later;
+mod log_stream;
 mod metrics;
 mod node;
 mod status;

@@ -54,6 +54,10 @@ pub struct ShimLaunch {
     pub run_dir: PathBuf,
     pub cgroup_parent: String,
     pub log_max_bytes: u64,
+    /// Log files kept per container run (`runtime.log_max_files`).
+    pub log_max_files: u32,
+    /// Gzip older rotated logs (`runtime.log_compress`).
+    pub log_compress: bool,
     /// `pids.max` of each group's cgroup.
     pub pids_max: u32,
 }
@@ -117,6 +121,11 @@ impl Shim {
                 &memory_bytes.to_string(),
             ])
             .args(["--log-max-bytes", &l.log_max_bytes.to_string()])
+            .args(["--log-max-files", &l.log_max_files.to_string()])
+            .args([
+                "--log-compress",
+                if l.log_compress { "true" } else { "false" },
+            ])
             .args(["--pids-max", &l.pids_max.to_string()])
             .stdin(std::process::Stdio::null())
             .output()
