@@ -353,6 +353,14 @@ impl Supervisor {
         restarts: u32,
         shm: u64,
     ) -> Result<u32, String> {
+        // Create = ensure. After an agent crash between the shim's Start and the record
+        // of it, the shim already runs this container: adopt it, never start a copy
+        // (and never touch the writable layer it runs on).
+        if let Ok((pid, true)) = shim.state(&c.name).await {
+            tracing::info!(group = %ctx.name, container = %c.name, pid, "adopting a running container");
+            self.record_started(ctx, c, restarts).await;
+            return Ok(pid);
+        }
         let bundle = ctx.dir.bundle(&c.name);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| format!("creating {}: {e}", bundle.display()))?;
@@ -415,6 +423,13 @@ impl Supervisor {
             .await
             .map_err(|e| e.message())?;
         let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
+        self.record_started(ctx, c, restarts).await;
+        tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
+        Ok(pid)
+    }
+
+    /// Records a container as Running (status, phase, Created/Started events).
+    async fn record_started(&self, ctx: &GroupCtx, c: &Container, restarts: u32) {
         let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
         let ready_without_probe = c.readiness_probe.is_none();
         self.mutate(&ctx.name, move |g| {
@@ -457,8 +472,6 @@ impl Supervisor {
             vec![created, started]
         })
         .await;
-        tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
-        Ok(pid)
     }
 
     /// `<log_dir>/groups/<id>/<container>/<restart>.log`

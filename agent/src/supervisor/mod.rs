@@ -9,6 +9,7 @@
 
 mod containers;
 mod exec;
+mod janitor;
 mod teardown;
 
 pub use exec::{ExecExit, ExecResize, ExecSession};
@@ -306,6 +307,31 @@ impl Supervisor {
         let (groups, _) = tokio::task::spawn_blocking(move || g.store().list_groups())
             .await
             .map_err(join_err)??;
+        // What exists on the host for groups the store does not have (a delete or a
+        // shim launch cut short by a crash) goes first.
+        let live: std::collections::HashSet<String> = groups.iter().map(|g| g.id.clone()).collect();
+        let me = self.clone();
+        let cleaned = tokio::task::spawn_blocking(move || me.collect_orphans(&live))
+            .await
+            .map_err(join_err)?;
+        if !cleaned.is_empty() {
+            let events: Vec<_> = cleaned
+                .iter()
+                .map(|id| {
+                    crate::groups::event(
+                        "",
+                        crate::groups::WARNING,
+                        "LeftoversRemoved",
+                        format!("removed the shim, cgroups, namespaces and directories of group id {id}, which the store does not have"),
+                    )
+                })
+                .collect();
+            let store = self.groups.store().clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.write(|tx| events.into_iter().try_for_each(|e| tx.event(e)))
+            })
+            .await;
+        }
         for group in groups {
             let ctx = self.ctx(&group);
             let phase = group

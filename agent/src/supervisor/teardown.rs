@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eci_runtime::{cgroup, namespaces};
-
 use super::containers::SHIM_POLL;
 use super::{GroupCtx, Supervisor};
 use crate::groups::{NORMAL, event};
@@ -57,57 +55,24 @@ impl Supervisor {
     }
 
     pub(crate) async fn teardown(self: &Arc<Self>, ctx: &GroupCtx, grace: Duration) {
-        match Shim::connect(&ctx.dir.shim_socket()).await {
-            Ok(shim) => {
-                self.stop_containers(ctx, &shim, grace).await;
-                if let Err(e) = shim.shutdown().await {
-                    tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
+        // Without a shim that answers, what it held is removed below.
+        if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
+            self.stop_containers(ctx, &shim, grace).await;
+            if let Err(e) = shim.shutdown().await {
+                tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
+            }
+            // The shim removes its socket last.
+            for _ in 0..250 {
+                if !ctx.dir.shim_socket().exists() {
+                    break;
                 }
-                // The shim removes its socket last.
-                for _ in 0..250 {
-                    if !ctx.dir.shim_socket().exists() {
-                        break;
-                    }
-                    tokio::time::sleep(SHIM_POLL).await;
-                }
-            }
-            Err(_) => {
-                let names = ctx.container_names();
-                self.clean_without_shim(ctx, &names)
+                tokio::time::sleep(SHIM_POLL).await;
             }
         }
-        self.remove_dirs(ctx);
-    }
-
-    /// The shim is gone: kill what is left in the group's cgroups and remove them and
-    /// the pinned namespaces.
-    fn clean_without_shim(&self, ctx: &GroupCtx, names: &[String]) {
-        let group_cg = format!("{}/{}", self.cfg.cgroup_parent, ctx.id);
-        for p in cgroup::procs(&group_cg) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for _ in 0..100 {
-            if cgroup::procs(&group_cg).is_empty() {
-                break;
-            }
-            std::thread::sleep(SHIM_POLL);
-        }
-        for n in names {
-            let cg = format!("{group_cg}/{n}");
-            if cgroup::exists(&cg) {
-                let _ = cgroup::destroy(&cg);
-            }
-        }
-        if cgroup::exists(&group_cg)
-            && let Err(e) = cgroup::destroy(&group_cg)
-        {
-            tracing::warn!(cgroup = %group_cg, error = %e, "removing group cgroup");
-        }
-        if let Err(e) = namespaces::remove(&ctx.dir.namespaces()) {
-            tracing::warn!(group = %ctx.name, error = %e, "removing group namespaces");
-        }
+        // Whatever is left — a shim that did not answer or whose launch a crash cut
+        // short, processes, cgroups, namespaces, directories — goes, found on the host.
+        let me = self.clone();
+        let id = ctx.id.clone();
+        let _ = tokio::task::spawn_blocking(move || me.remove_leftovers(&id)).await;
     }
 }
