@@ -1,5 +1,7 @@
 //! Serving the API: the local Unix socket (peer-checked) and, when configured, TCP with
-//! mutual TLS. Both serve the same services, plus grpc.health.v1 and reflection.
+//! mutual TLS. Both serve the same services, plus grpc.health.v1 and reflection (v1 and
+//! v1alpha). Connections on the socket go through [`LocalStream`], so that clients which
+//! send the socket path as `:authority` (grpcio, grpc-java) are served.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,12 +15,14 @@ use eci_api::v1::{
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::{InterceptorLayer, Routes, RoutesBuilder};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, CachesApi, ContainersApi, GroupsApi, ImagesApi, MetricsApi, NodeApi};
 use crate::config::Config;
+use crate::local_h2::LocalStream;
 use crate::supervisor::Supervisor;
 
 /// Every service of the agent, once; both listeners serve clones of it.
@@ -28,11 +32,19 @@ async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
         .set_serving::<ContainerGroupsServer<GroupsApi>>()
         .await;
     health.set_serving::<NodeServer<NodeApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(eci_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and current clients ask v1, many tools still
+    // ask only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(eci_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     let mut b = RoutesBuilder::default();
     b.add_service(ContainerGroupsServer::new(GroupsApi::new(groups.clone())))
         .add_service(NodeServer::new(NodeApi::new(groups.clone())))
@@ -41,7 +53,8 @@ async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
         .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
         .add_service(ImageCachesServer::new(CachesApi))
         .add_service(health_svc)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     Ok(b.routes())
 }
 
@@ -134,7 +147,11 @@ impl Listeners {
                 self.allowed_gid,
             )))
             .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(UnixListenerStream::new(self.unix), until(stop.clone()));
+            .serve_with_incoming_shutdown(
+                // Accept whatever `:authority` a client sends over the socket.
+                UnixListenerStream::new(self.unix).map(|conn| conn.map(LocalStream::new)),
+                until(stop.clone()),
+            );
         match self.tcp {
             None => unix.await.context("serving the unix socket")?,
             Some((listener, tls)) => {
