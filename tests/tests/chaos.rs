@@ -186,22 +186,34 @@ async fn concurrent_creates_and_deletes_converge_through_agent_and_shim_crashes(
     let names: Vec<String> = stored.keys().cloned().collect();
     let settle1 = settle(&agent, &names, "after the bursts").await;
 
-    // 2. A shim killed under a running agent: its group comes back, once.
-    let victim = names[0].clone();
-    let id = stored[&victim].0.clone();
-    let pid: i32 =
-        std::fs::read_to_string(agent.root().join(format!("run/eci/groups/{id}/shim.pid")))
-            .expect("shim.pid")
-            .trim()
-            .parse()
-            .expect("pid");
+    // 2. A shim killed during a create (as soon as it serves, before its container is
+    //    known to run): the group comes back, once.
+    let mut names = names;
+    let victim = "chaos-shim".to_string();
+    let mut c = ContainerGroupsClient::new(channel(&agent.socket()).await.expect("channel"));
+    let g = c
+        .create(CreateGroupRequest {
+            spec: Some(spec(&victim)),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let pid_file = agent
+        .root()
+        .join(format!("run/eci/groups/{}/shim.pid", g.id));
+    let pid: i32 = eci_tests::wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    })
+    .expect("the shim started");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill shim");
     kills += 1;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    names.push(victim);
     let settle2 = settle(&agent, &names, "after a shim was killed").await;
 
     // 3. Deletes, with the agent killed in the middle of them.

@@ -75,3 +75,49 @@ fn a_malicious_layer_is_refused_with_the_entry_named() {
     assert!(!std::path::Path::new("/etc/eci-e2e-pwned").exists());
     assert!(!text(&agent.ctl(&["images", "ls"])).contains("evil"));
 }
+
+#[test]
+fn a_layer_with_rooted_and_dotted_names_imports_and_runs() {
+    use eci_tests::scenario::{busybox_agent, group_on, import, wait_log};
+    // What `umoci insert … /` and other tools write: a `/` entry, `/`-prefixed and
+    // `./`-prefixed names, doubled slashes. All of it lands inside the layer.
+    let agent = busybox_agent();
+    let layer = oci::tar(&[
+        TarEntry::Raw {
+            kind: tar::EntryType::Directory,
+            name: "/",
+            link: "",
+            data: b"",
+        },
+        TarEntry::Raw {
+            kind: tar::EntryType::Regular,
+            name: "/etc/rooted",
+            link: "",
+            data: b"rooted\n",
+        },
+        TarEntry::Raw {
+            kind: tar::EntryType::Regular,
+            name: "./usr//share/./dotted",
+            link: "",
+            data: b"dotted\n",
+        },
+    ]);
+    let image = oci::Image {
+        layers: vec![oci::busybox_layer().expect("busybox-static"), layer],
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    import(&agent, &image, "127.0.0.1:5000/umoci/rooted:1");
+    let spec = group_on(
+        "127.0.0.1:5000/umoci/rooted:1",
+        "rooted",
+        "Never",
+        &[("app", "cat /etc/rooted /usr/share/dotted; echo done")],
+        "",
+    );
+    let out = agent.apply("rooted", &spec);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "rooted", "app", "done");
+    assert!(l.contains("rooted\ndotted\n"), "{l}");
+    assert!(!std::path::Path::new("/etc/rooted").exists());
+}
