@@ -1,6 +1,6 @@
 //! Crash consistency under load: N concurrent creates (50 in CI; `ECI_CHAOS_GROUPS`
-//! overrides), the agent SIGKILLed during the burst, again during a batch of deletes,
-//! and a shim SIGKILLed; after each restart every accepted group converges — `Running`
+//! overrides), the agent SIGKILLed during three bursts, during a restart of every group
+//! and during a batch of deletes, and a shim SIGKILLed during a create; after each restart every accepted group converges — `Running`
 //! with exactly one shim and one process per container — and after deleting everything
 //! no shim, container process, mount, cgroup or run directory of the test is left.
 //! Prints its figures. Needs root.
@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use eci_api::v1::container_groups_client::ContainerGroupsClient;
-use eci_api::v1::{Container, CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupSpec};
+use eci_api::v1::{
+    Container, CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupSpec,
+    RestartGroupRequest,
+};
 use eci_tests::scenario::{IMAGE, import};
 use eci_tests::{Agent, cgroup_dirs, channel, oci};
 
@@ -216,7 +219,29 @@ async fn concurrent_creates_and_deletes_converge_through_agent_and_shim_crashes(
     names.push(victim);
     let settle2 = settle(&agent, &names, "after a shim was killed").await;
 
-    // 3. Deletes, with the agent killed in the middle of them.
+    // 3. Every group restarted (containers recreated on their sandboxes), the agent
+    //    killed in the middle of it.
+    let ch = channel(&agent.socket()).await.expect("channel");
+    let restarts: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let mut c = ContainerGroupsClient::new(ch.clone());
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _ = c.restart(RestartGroupRequest { name }).await;
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    agent.kill9().expect("kill -9 during the restarts");
+    kills += 1;
+    for r in restarts {
+        let _ = r.await;
+    }
+    agent.restart().expect("restart");
+    let settle3 = settle(&agent, &names, "after the restarts").await;
+
+    // 4. Deletes, with the agent killed in the middle of them.
     let mut client = ContainerGroupsClient::new(channel(&agent.socket()).await.expect("channel"));
     let deletes: Vec<_> = names
         .iter()
@@ -293,12 +318,13 @@ async fn concurrent_creates_and_deletes_converge_through_agent_and_shim_crashes(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
-        "chaos: {n} creates, {} accepted before a kill, {} stored, {kills} kills (agent x4, shim x1); \
-         settled in {:.1} s after the bursts and {:.1} s after the shim kill; everything gone after {:.1} s in all",
+        "chaos: {n} creates, {} accepted before a kill, {} stored, {kills} kills (agent x5, shim x1); \
+         settled in {:.1} s after the bursts, {:.1} s after the shim kill, {:.1} s after the restarts; everything gone after {:.1} s in all",
         accepted.len(),
         names.len(),
         settle1.as_secs_f64(),
         settle2.as_secs_f64(),
+        settle3.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
 }

@@ -169,13 +169,21 @@ impl Supervisor {
             .await
             .ok_or_else(|| Error::FailedPrecondition(format!("group {name:?} is being deleted")))?;
         self.stop_tasks(name);
-        let ctx = self.ctx(&group);
+        self.spawn_recreate(self.ctx(&group));
+        Ok(group)
+    }
+
+    /// The work of a restart or update, recorded (phase Restarting/Updating) before it
+    /// begins: stop every container, start them from the spec. Run again from the start
+    /// after a crash, so an accepted restart is never lost or left half done.
+    fn spawn_recreate(self: &Arc<Self>, ctx: GroupCtx) {
         let grace = Duration::from_secs(
             ctx.spec
                 .termination_grace_period_seconds
                 .unwrap_or(30)
                 .max(0) as u64,
         );
+        let name = ctx.name.clone();
         let me = self.clone();
         let task = tokio::spawn(async move {
             if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
@@ -183,8 +191,7 @@ impl Supervisor {
             }
             me.run(ctx).await;
         });
-        self.track(name, task);
-        Ok(group)
+        self.track(&name, task);
     }
 
     /// Restarts every container of a running group (ContainerGroups.Restart).
@@ -348,6 +355,10 @@ impl Supervisor {
                 continue;
             }
             match Shim::connect(&ctx.dir.shim_socket()).await {
+                Ok(_) if phase == phase::RESTARTING || phase == phase::UPDATING => {
+                    tracing::info!(group = %ctx.name, %phase, "resuming the interrupted {phase}");
+                    self.spawn_recreate(ctx);
+                }
                 Ok(shim) => {
                     tracing::info!(group = %ctx.name, "re-adopting group from its shim");
                     let me = self.clone();
