@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod oci;
+pub mod peers;
 pub mod scenario;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary

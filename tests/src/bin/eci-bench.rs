@@ -179,30 +179,9 @@ fn make_bundle(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// containerd-shim-runc-v2 of an idle container started by a private containerd.
 fn containerd_shim_rss(dir: &Path, archive: &Path) -> Result<u64, String> {
-    let root = dir.join("containerd");
-    let sock = root.join("containerd.sock");
-    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    let config = format!(
-        "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\naddress = \"{1}\"\n[ttrpc]\naddress = \"{1}.ttrpc\"\n",
-        root.display(),
-        sock.display()
-    );
-    std::fs::write(root.join("config.toml"), config).map_err(|e| e.to_string())?;
-    let mut daemon = Command::new("containerd")
-        .arg("--config")
-        .arg(root.join("config.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("containerd: {e}"))?;
-    let ctr = |args: &[&str]| Command::new("ctr").arg("-a").arg(&sock).args(args).output();
+    let containerd = eci_tests::peers::PrivateContainerd::start(dir)?;
+    let ctr = |args: &[&str]| containerd.ctr(args);
     let result = (|| {
-        for _ in 0..100 {
-            if sock.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         let out = ctr(&[
             "images",
             "import",
@@ -240,15 +219,6 @@ fn containerd_shim_rss(dir: &Path, archive: &Path) -> Result<u64, String> {
     std::thread::sleep(Duration::from_millis(200));
     let _ = ctr(&["tasks", "delete", "eci-bench-idle"]);
     let _ = ctr(&["containers", "delete", "eci-bench-idle"]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "grep {} /proc/self/mountinfo | cut -d' ' -f5 | xargs -r umount -l",
-            root.display()
-        ))
-        .status();
     result
 }
 

@@ -148,33 +148,9 @@ fn bench_runc(dir: &Path, bundle: &Path) -> Result<Vec<Run>, String> {
 
 /// A private containerd; `ctr run --rootfs … --log-uri file://…`.
 fn bench_containerd(dir: &Path, rootfs: &Path, lines: u64) -> Result<Vec<Run>, String> {
-    let root = dir.join("containerd");
-    let sock = root.join("containerd.sock");
-    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    let config = format!(
-        "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = \"{1}\"\n[ttrpc]\naddress = \"{1}.ttrpc\"\n",
-        root.display(),
-        sock.display()
-    );
-    std::fs::write(root.join("config.toml"), config).map_err(|e| e.to_string())?;
-    let mut daemon = Command::new("containerd")
-        .arg("--config")
-        .arg(root.join("config.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("containerd: {e}"))?;
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .arg("-a")
-            .arg(&sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-    };
-    let result = (|| {
-        wait_for(Duration::from_secs(10), || sock.exists().then_some(()))
-            .ok_or("containerd did not start")?;
+    let containerd = eci_tests::peers::PrivateContainerd::start(dir)?;
+    let ctr = |args: &[&str]| containerd.ctr(args);
+    (|| {
         let mut runs = Vec::new();
         for i in 0..RUNS {
             let id = format!("eci-logbench-{i}");
@@ -217,17 +193,7 @@ fn bench_containerd(dir: &Path, rootfs: &Path, lines: u64) -> Result<Vec<Run>, S
             let _ = std::fs::remove_file(&log);
         }
         Ok(runs)
-    })();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "grep {} /proc/self/mountinfo | cut -d' ' -f5 | xargs -r umount -l",
-            root.display()
-        ))
-        .status();
-    result
+    })()
 }
 
 fn main() -> anyhow::Result<()> {
