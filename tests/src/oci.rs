@@ -45,18 +45,60 @@ pub enum TarEntry<'a> {
     },
 }
 
+/// Appends one entry with its name and link byte for byte (the tar crate's builder
+/// would refuse the hostile ones); names over 100 bytes go into a GNU long-name (or
+/// long-link) entry first, as GNU tar writes them. `device` is (major, minor).
+pub fn append_raw(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+    data: &[u8],
+    mode: u32,
+    device: (u32, u32),
+) {
+    for (long, kind) in [
+        (link, tar::EntryType::GNULongLink),
+        (name, tar::EntryType::GNULongName),
+    ] {
+        if long.len() > 100 {
+            let mut bytes = long.as_bytes().to_vec();
+            bytes.push(0);
+            append_raw(b, kind, "././@LongLink", "", &bytes, 0o644, (0, 0));
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_device_major(device.0).expect("gnu header");
+    h.set_device_minor(device.1).expect("gnu header");
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let old = h.as_old_mut();
+    let (name, link) = (truncate(name), truncate(link));
+    old.name = [0; 100];
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.linkname = [0; 100];
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_cksum();
+    b.append(&h, data).expect("append");
+}
+
+/// The first 100 bytes of `s` (a tar header's name field), at a char boundary.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(100);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A tar stream of `entries`.
 pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        if let TarEntry::Device { major, minor, .. } = e {
-            h.set_device_major(*major).expect("major");
-            h.set_device_minor(*minor).expect("minor");
-        }
         let (kind, name, link, data, mode) = match e {
             TarEntry::File { path, data, mode } => {
                 (tar::EntryType::Regular, *path, "", *data, *mode)
@@ -76,16 +118,11 @@ pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
                 data,
             } => (*kind, *name, *link, *data, 0o644),
         };
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        let old = h.as_old_mut();
-        old.name = [0; 100];
-        old.name[..name.len()].copy_from_slice(name.as_bytes());
-        old.linkname = [0; 100];
-        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_cksum();
-        b.append(&h, data).expect("append");
+        let device = match e {
+            TarEntry::Device { major, minor, .. } => (*major, *minor),
+            _ => (0, 0),
+        };
+        append_raw(&mut b, kind, name, link, data, mode, device);
     }
     b.into_inner().expect("tar")
 }

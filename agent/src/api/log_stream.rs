@@ -142,15 +142,19 @@ impl LogStream {
         }
     }
 
-    /// The container's restart count now; None when the group is gone.
-    async fn current_run(&self) -> Option<u32> {
+    /// The group as stored now; None when it is gone.
+    async fn group(&self) -> Option<eci_api::v1::ContainerGroup> {
         let g = self.sup.groups().clone();
         let n = self.group.clone();
-        let group = tokio::task::spawn_blocking(move || g.get(&n))
+        tokio::task::spawn_blocking(move || g.get(&n))
             .await
             .ok()?
-            .ok()?;
-        let status = group.status.unwrap_or_default();
+            .ok()
+    }
+
+    /// The container's restart count now; None when the group is gone.
+    async fn current_run(&self) -> Option<u32> {
+        let status = self.group().await?.status.unwrap_or_default();
         Some(
             status
                 .container_statuses
@@ -162,12 +166,6 @@ impl LogStream {
     }
 
     async fn group_id(&self) -> Option<String> {
-        let g = self.sup.groups().clone();
-        let n = self.group.clone();
-        let group = tokio::task::spawn_blocking(move || g.get(&n))
-            .await
-            .ok()?
-            .ok()?;
-        Some(group.id)
+        Some(self.group().await?.id)
     }
 }

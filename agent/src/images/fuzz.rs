@@ -159,68 +159,29 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Appends one entry with its name and link byte for byte (the tar crate's builder
-/// would refuse the hostile ones); names over 100 bytes go into a GNU long-name (or
-/// long-link) entry first, as GNU tar writes them.
-fn append(
-    b: &mut tar::Builder<Vec<u8>>,
-    kind: EntryType,
-    name: &str,
-    link: &str,
-    data: &[u8],
-    mode: u32,
-    device: (u32, u32),
-) {
-    for (long, kind) in [
-        (link, EntryType::GNULongLink),
-        (name, EntryType::GNULongName),
-    ] {
-        if long.len() > 100 {
-            let mut bytes = long.as_bytes().to_vec();
-            bytes.push(0);
-            append(b, kind, "././@LongLink", "", &bytes, 0o644, (0, 0));
-        }
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_device_major(device.0).expect("gnu header");
-    h.set_device_minor(device.1).expect("gnu header");
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(data.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    let old = h.as_old_mut();
-    let (name, link) = (truncate(name), truncate(link));
-    old.name = [0; 100];
-    old.name[..name.len()].copy_from_slice(name.as_bytes());
-    old.linkname = [0; 100];
-    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-    h.set_cksum();
-    b.append(&h, data).expect("append");
-}
-
 fn layer_tar(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let none = (0, 0);
     for e in entries {
         match e {
             Entry::File { path, data, mode } => {
-                append(&mut b, EntryType::Regular, path, "", data, *mode, none)
+                oci::append_raw(&mut b, EntryType::Regular, path, "", data, *mode, none)
             }
             Entry::Dir { path, mode } => {
-                append(&mut b, EntryType::Directory, path, "", &[], *mode, none)
+                oci::append_raw(&mut b, EntryType::Directory, path, "", &[], *mode, none)
             }
             Entry::Symlink { path, target } => {
-                append(&mut b, EntryType::Symlink, path, target, &[], 0o777, none)
+                oci::append_raw(&mut b, EntryType::Symlink, path, target, &[], 0o777, none)
             }
             Entry::HardLink { path, target } => {
-                append(&mut b, EntryType::Link, path, target, &[], 0o644, none)
+                oci::append_raw(&mut b, EntryType::Link, path, target, &[], 0o644, none)
             }
-            Entry::Fifo { path } => append(&mut b, EntryType::Fifo, path, "", &[], 0o600, none),
+            Entry::Fifo { path } => {
+                oci::append_raw(&mut b, EntryType::Fifo, path, "", &[], 0o600, none)
+            }
             Entry::Pax { records } => {
                 let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-                append(
+                oci::append_raw(
                     &mut b,
                     EntryType::XHeader,
                     "PaxHeaders/x",
@@ -241,20 +202,11 @@ fn layer_tar(entries: &[Entry]) -> Vec<u8> {
                 } else {
                     EntryType::Char
                 };
-                append(&mut b, kind, path, "", &[], 0o666, (*major, *minor))
+                oci::append_raw(&mut b, kind, path, "", &[], 0o666, (*major, *minor))
             }
         }
     }
     b.into_inner().expect("tar")
-}
-
-/// At most 100 bytes on a char boundary: the old tar header's name field.
-fn truncate(s: &str) -> String {
-    let mut end = s.len().min(100);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// A scratch directory with `layer/` (or `state/`) next to `outside/victim`.

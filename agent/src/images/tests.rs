@@ -477,7 +477,7 @@ impl Node {
 }
 
 /// The error and its sources, as the API reports them.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {
