@@ -8,6 +8,7 @@
 
 pub mod eni;
 pub mod loopback;
+pub mod observe;
 pub mod security_group;
 
 pub use eni::{EniSelector, MacAddress};
