@@ -6,10 +6,18 @@ use crate::error::Error;
 use crate::images::ImageError;
 use crate::images::content::ContentError;
 use crate::images::unpack::UnpackError;
+use crate::validate::SpecError;
+use crate::validate::quote::clip;
+
+/// The longest status message sent: clients refuse response metadata over 8 KiB in all
+/// (grpcio, grpc-go, tonic), and a refusal must reach them as itself, not as
+/// `RESOURCE_EXHAUSTED`.
+pub(crate) const MAX_STATUS_MESSAGE: usize = 4096;
 
 pub(crate) fn to_status(e: Error) -> Status {
     let code = match &e {
-        Error::Invalid(_) | Error::BadRequest { .. } => Code::InvalidArgument,
+        Error::Spec(SpecError::Invalid(_)) | Error::BadRequest { .. } => Code::InvalidArgument,
+        Error::Spec(SpecError::Unimplemented(_)) => Code::Unimplemented,
         Error::NotFound(_) | Error::ImageNotFound(_) => Code::NotFound,
         Error::Image(i) => match i {
             ImageError::Reference(_)
@@ -46,5 +54,5 @@ pub(crate) fn to_status(e: Error) -> Status {
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    Status::new(code, msg)
+    Status::new(code, clip(msg, MAX_STATUS_MESSAGE))
 }

@@ -110,25 +110,3 @@ fn names_each_bad_field() {
     });
     assert_eq!(fields(&s), ["securityContext.sysctls[0].name"]);
 }
-
-#[test]
-fn sysctl_allowlist() {
-    for ok in [
-        "kernel.shmmax",
-        "kernel.msgmax",
-        "kernel.sem",
-        "fs.mqueue.msg_max",
-        "net.ipv4.ip_forward",
-    ] {
-        assert!(group::sysctl_allowed(ok), "{ok}");
-    }
-    for no in [
-        "net.core.rmem_max",
-        "kernel.pid_max",
-        "vm.swappiness",
-        "fs.file-max",
-        "kernel.semx",
-    ] {
-        assert!(!group::sysctl_allowed(no), "{no}");
-    }
-}
