@@ -166,4 +166,6 @@ pub fn admit(spec: &GroupSpec) -> Result<ValidSpec, SpecError> {
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod matrix;
+#[cfg(test)]
 mod tests;
