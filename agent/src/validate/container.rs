@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use eci_api::v1::{Container, HttpGetAction, LifecycleHandler, Probe, SecurityContext};
 
+use super::domain::{Bytes, Capability, ContainerSpec, CpuMillis, Mount};
 use super::group::parse_opt;
 use super::limits::*;
 use super::quote::quote;
@@ -12,7 +13,7 @@ use super::volume::VolumeSet;
 use super::{Errors, check_name, paths};
 use crate::images::Reference;
 use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
-use crate::sizes::{self, Size};
+use crate::sizes;
 
 /// Capabilities a container of a namespaced group may add: the default set (containerd's
 /// 14, which `add` may name again after a `drop: [ALL]`) and the few whose power stays
@@ -88,15 +89,15 @@ const CAPABILITIES: &[&str] = &[
     "ALL",
 ];
 
-/// Checks one container; returns its stated resources (zero where unset).
+/// Checks one container on its own (the group checks that its volumes exist and that
+/// its ports are free); returns it as a domain value when it broke no rule.
 pub(super) fn check(
     path: &str,
     c: &Container,
     init: bool,
-    volumes: &VolumeSet,
-    ports: &mut HashSet<(i32, String)>,
     errs: &mut Errors,
-) -> Option<Size> {
+) -> Option<ContainerSpec> {
+    let before = errs.0.len();
     if let Err(m) = check_name(&c.name) {
         errs.add(format!("{path}.name"), m.to_string());
     }
@@ -157,16 +158,6 @@ pub(super) fn check(
                 format!("{path}.ports[{i}].containerPort"),
                 format!("{} is outside 1-65535", p.container_port),
             );
-        } else if !init && !ports.insert((p.container_port, proto.to_string())) {
-            // The group has one IP and one port space.
-            errs.add(
-                format!("{path}.ports[{i}].containerPort"),
-                format!(
-                    "{} port {} is already used by another container of the group",
-                    quote(proto),
-                    p.container_port
-                ),
-            );
         }
     }
     let res = c.resources.clone().unwrap_or_default();
@@ -214,7 +205,7 @@ pub(super) fn check(
             );
         }
     }
-    check_mounts(path, c, volumes, errs);
+    let mounts = check_mounts(path, c, errs);
     let probes = [
         ("livenessProbe", &c.liveness_probe, true),
         ("readinessProbe", &c.readiness_probe, false),
@@ -244,13 +235,58 @@ pub(super) fn check(
             }
         }
     }
-    if let Some(sc) = &c.security_context {
-        check_security(path, sc, errs);
-    }
-    Some(Size {
-        cpu_millis: cpu.unwrap_or(0),
-        memory_bytes: mem.unwrap_or(0),
+    let sc = c.security_context.clone().unwrap_or_default();
+    let (add, drop) = check_security(path, &sc, errs);
+    (errs.0.len() == before).then(|| ContainerSpec {
+        name: c.name.clone(),
+        cpu: cpu.map(CpuMillis),
+        memory: mem.map(Bytes),
+        mounts,
+        add,
+        drop,
+        read_only_root: sc.read_only_root_filesystem,
     })
+}
+
+/// The group's rules for its containers' ports and mounts: one port space for the app
+/// containers (init containers run alone), and mounts of the group's volumes only.
+pub(super) fn check_in_group(
+    path: &str,
+    c: &Container,
+    init: bool,
+    volumes: &VolumeSet,
+    ports: &mut HashSet<(i32, String)>,
+    errs: &mut Errors,
+) {
+    if !init {
+        for (i, p) in c.ports.iter().enumerate() {
+            let proto = if p.protocol.is_empty() {
+                "TCP"
+            } else {
+                p.protocol.as_str()
+            };
+            if (1..=65535).contains(&p.container_port)
+                && !ports.insert((p.container_port, proto.to_string()))
+            {
+                errs.add(
+                    format!("{path}.ports[{i}].containerPort"),
+                    format!(
+                        "{} port {} is already used by another container of the group",
+                        quote(proto),
+                        p.container_port
+                    ),
+                );
+            }
+        }
+    }
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        if !volumes.names.contains(&m.name) {
+            errs.add(
+                format!("{path}.volumeMounts[{i}].name"),
+                format!("{} is not a volume of the group", quote(&m.name)),
+            );
+        }
+    }
 }
 
 /// `command`, `args` and `env`: entry counts, and each string and their total within
@@ -319,9 +355,9 @@ fn check_exec(path: &str, c: &Container, errs: &mut Errors) {
     }
 }
 
-/// Volume mounts: the volume exists, paths are clean, and no two mounts share a
-/// destination however it is spelled.
-fn check_mounts(path: &str, c: &Container, volumes: &VolumeSet, errs: &mut Errors) {
+/// Volume mounts: paths are clean, and no two mounts share a destination however it is
+/// spelled.
+fn check_mounts(path: &str, c: &Container, errs: &mut Errors) -> Vec<Mount> {
     if c.volume_mounts.len() > MAX_VOLUME_MOUNTS {
         errs.add(
             format!("{path}.volumeMounts"),
@@ -332,34 +368,49 @@ fn check_mounts(path: &str, c: &Container, volumes: &VolumeSet, errs: &mut Error
         );
     }
     let mut mount_paths = HashSet::new();
+    let mut mounts = Vec::with_capacity(c.volume_mounts.len());
     for (i, m) in c.volume_mounts.iter().enumerate() {
         let mp = format!("{path}.volumeMounts[{i}]");
-        if !volumes.names.contains(&m.name) {
-            errs.add(
-                format!("{mp}.name"),
-                format!("{} is not a volume of the group", quote(&m.name)),
-            );
-        }
-        match paths::mount_path(&m.mount_path) {
-            Err(e) => errs.add(format!("{mp}.mountPath"), e.to_string()),
-            Ok(n) => {
-                if !mount_paths.insert(n) {
-                    errs.add(
-                        format!("{mp}.mountPath"),
-                        format!("{} is mounted twice", quote(&m.mount_path)),
-                    );
-                }
+        let destination = match paths::mount_path(&m.mount_path) {
+            Err(e) => {
+                errs.add(format!("{mp}.mountPath"), e.to_string());
+                None
             }
-        }
-        if !m.sub_path.is_empty()
-            && let Err(e) = paths::relative(&m.sub_path)
-        {
-            errs.add(format!("{mp}.subPath"), e.to_string());
+            Ok(n) if !mount_paths.insert(n.clone()) => {
+                errs.add(
+                    format!("{mp}.mountPath"),
+                    format!("{} is mounted twice", quote(&m.mount_path)),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+        };
+        let sub_path = if m.sub_path.is_empty() {
+            Some(None)
+        } else {
+            paths::relative(&m.sub_path)
+                .map_err(|e| errs.add(format!("{mp}.subPath"), e.to_string()))
+                .ok()
+                .map(Some)
+        };
+        if let (Some(destination), Some(sub_path)) = (destination, sub_path) {
+            mounts.push(Mount {
+                volume: m.name.clone(),
+                destination,
+                sub_path,
+                read_only: m.read_only,
+            });
         }
     }
+    mounts
 }
 
-fn check_security(path: &str, sc: &SecurityContext, errs: &mut Errors) {
+/// Returns the capabilities to add and to drop.
+fn check_security(
+    path: &str,
+    sc: &SecurityContext,
+    errs: &mut Errors,
+) -> (Vec<Capability>, Vec<Capability>) {
     if sc.privileged {
         errs.add(
             format!("{path}.securityContext.privileged"),
@@ -379,8 +430,9 @@ fn check_security(path: &str, sc: &SecurityContext, errs: &mut Errors) {
             );
         }
     }
+    let (mut add, mut drop) = (Vec::new(), Vec::new());
     let Some(caps) = &sc.capabilities else {
-        return;
+        return (add, drop);
     };
     for (list, names) in [("add", &caps.add), ("drop", &caps.drop)] {
         if names.len() > MAX_CAPABILITIES {
@@ -412,9 +464,17 @@ fn check_security(path: &str, sc: &SecurityContext, errs: &mut Errors) {
                         ADDABLE_CAPABILITIES.join(", ")
                     ),
                 );
+            } else {
+                let cap = Capability(if bare == "ALL" {
+                    "ALL".to_string()
+                } else {
+                    format!("CAP_{bare}")
+                });
+                if list == "add" { &mut add } else { &mut drop }.push(cap);
             }
         }
     }
+    (add, drop)
 }
 
 fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Errors) {

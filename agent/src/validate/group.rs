@@ -80,6 +80,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
 
     let mut names = HashSet::new();
     let mut ports = HashSet::new();
+    let mut containers_out = Vec::with_capacity(total.min(MAX_CONTAINERS));
     let lists = [
         ("initContainers", &spec.init_containers, true),
         ("containers", &spec.containers, false),
@@ -101,8 +102,12 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
                     format!("{} is used by another container", quote(&c.name)),
                 );
             }
-            let res = container::check(&path, c, init, &volumes, &mut ports, errs);
-            if let Some(r) = res {
+            container::check_in_group(&path, c, init, &volumes, &mut ports, errs);
+            if let Some(spec) = container::check(&path, c, init, errs) {
+                let r = Size {
+                    cpu_millis: spec.cpu.map_or(0, |c| c.get()),
+                    memory_bytes: spec.memory.map_or(0, |m| m.get()),
+                };
                 if init {
                     init_max.cpu_millis = init_max.cpu_millis.max(r.cpu_millis);
                     init_max.memory_bytes = init_max.memory_bytes.max(r.memory_bytes);
@@ -110,6 +115,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
                     app_sum.cpu_millis = app_sum.cpu_millis.saturating_add(r.cpu_millis);
                     app_sum.memory_bytes = app_sum.memory_bytes.saturating_add(r.memory_bytes);
                 }
+                containers_out.push(spec);
             }
         }
     }
@@ -259,6 +265,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
         grace_period_seconds: grace,
         shm_bytes: shm.unwrap_or(DEFAULT_SHM_BYTES),
         ephemeral_bytes: ephemeral.unwrap_or(DEFAULT_EPHEMERAL_BYTES),
+        containers: containers_out,
     })
 }
 

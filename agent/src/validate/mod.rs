@@ -12,6 +12,7 @@
 //! unbuilt field only to learn that the spec was wrong anyway.
 
 mod container;
+pub mod domain;
 mod group;
 pub mod limits;
 mod names;
@@ -29,6 +30,7 @@ use prost::Message;
 
 use crate::sizes::Size;
 
+pub use domain::{Bytes, Capability, ContainerSpec, CpuMillis, Mount};
 pub use group::group_gpus;
 pub use names::{NameError, check_name};
 
@@ -100,6 +102,18 @@ pub struct ValidSpec {
     pub grace_period_seconds: i64,
     pub shm_bytes: u64,
     pub ephemeral_bytes: u64,
+    /// Init containers, then app containers, checked.
+    pub containers: Vec<ContainerSpec>,
+}
+
+impl TryFrom<&GroupSpec> for ValidSpec {
+    type Error = ValidationErrors;
+
+    /// [`validate`]: the rules and limits, without this node's kernel or the unbuilt
+    /// fields ([`admit`] adds those for a client's request).
+    fn try_from(spec: &GroupSpec) -> Result<Self, Self::Error> {
+        validate(spec)
+    }
 }
 
 /// Collects field errors while walking a spec.
