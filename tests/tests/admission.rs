@@ -464,3 +464,29 @@ fn a_stock_grpcio_client_reads_invalid_argument_not_resource_exhausted() {
         assert!(len < 1024, "{line}");
     }
 }
+
+#[test]
+fn accepted_sysctls_and_the_smallest_cpu_run() {
+    // The other side of the kernel checks: what admission lets through starts, with the
+    // sysctls set in the group's namespaces and the smallest CFS quota written.
+    use eci_tests::scenario::{busybox_agent, group, wait_log};
+    let agent = busybox_agent();
+    let spec = group(
+        "runs",
+        "Never",
+        &[(
+            "app",
+            "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni; echo done; sleep 3600",
+        )],
+        "securityContext: {sysctls: [{name: net.ipv4.ip_forward, value: \"1\"}, {name: kernel.shmmni, value: \"8000\"}]}\n",
+    )
+    .replace(
+        "  command:",
+        "  resources: {cpu: 10m, memory: 64Mi}\n  volumeMounts: [{name: v, mountPath: /data/}]\n  command:",
+    )
+    .replacen("containers:", "volumes: [{name: v, emptyDir: {}}]\ncontainers:", 1);
+    let out = agent.apply("runs", &spec);
+    assert!(out.status.success(), "{}\n{spec}", text(&out));
+    let log = wait_log(&agent, "runs", "app", "done");
+    assert!(log.contains("1\n8000\ndone"), "{log}");
+}
