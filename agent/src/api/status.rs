@@ -43,9 +43,6 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Store(_) => Code::Internal,
     };
-    if code == Code::Internal {
-        tracing::error!(error = ?e, "internal error");
-    }
     // The chain says which entry, record or file; the caller needs it.
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);
@@ -54,5 +51,69 @@ pub(crate) fn to_status(e: Error) -> Status {
         msg.push_str(&s.to_string());
         src = s.source();
     }
+    if code == Code::Internal {
+        // A bug on the agent's side: the chain names host paths and internals, which
+        // the caller has no use for and should not see. The log has it under an id.
+        let id = crate::groups::new_id();
+        tracing::error!(error = %msg, error_id = %id, "internal error");
+        return Status::internal(format!(
+            "internal error {id} in the agent (details in its log)"
+        ));
+    }
     Status::new(code, clip(msg, MAX_STATUS_MESSAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use crate::validate::{FieldError, ValidationErrors};
+
+    #[test]
+    fn internal_errors_carry_no_host_path() {
+        let e = Error::Store(StoreError::Durability(
+            "/var/lib/eci/state.redb: EIO".into(),
+        ));
+        let s = to_status(e);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("/var/lib"), "{}", s.message());
+        assert!(
+            s.message().starts_with("internal error "),
+            "{}",
+            s.message()
+        );
+    }
+
+    #[test]
+    fn spec_refusals_keep_their_code_and_stay_short() {
+        let many = (0..10_000)
+            .map(|i| FieldError {
+                field: format!("containers[0].env[{i}].name"),
+                message: "x".repeat(100),
+            })
+            .collect();
+        let s = to_status(Error::Spec(SpecError::Invalid(ValidationErrors(many))));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("and 9980 more"), "{}", s.message());
+        let s = to_status(Error::Spec(SpecError::Unimplemented(ValidationErrors(
+            vec![FieldError {
+                field: "containers[0].tty".into(),
+                message: "not built".into(),
+            }],
+        ))));
+        assert_eq!(s.code(), Code::Unimplemented);
+        assert!(s.message().contains("containers[0].tty"));
+        // Any other message is cut too.
+        let s = to_status(Error::FailedPrecondition("y".repeat(1 << 20)));
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+    }
 }
