@@ -110,3 +110,28 @@ fn names_each_bad_field() {
     });
     assert_eq!(fields(&s), ["securityContext.sysctls[0].name"]);
 }
+
+#[test]
+fn mount_paths_are_compared_normalized() {
+    let mut s = spec();
+    s.volumes = vec![eci_api::v1::Volume {
+        name: "v".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }];
+    let mount = |p: &str| eci_api::v1::VolumeMount {
+        name: "v".into(),
+        mount_path: p.into(),
+        ..Default::default()
+    };
+    s.containers[0].volume_mounts = vec![mount("/data"), mount("/data/")];
+    assert_eq!(fields(&s), ["containers[0].volumeMounts[1].mountPath"]);
+    s.containers[0].volume_mounts = vec![mount("/data"), mount("/other/")];
+    let v = validate(&s).expect("valid");
+    let dests: Vec<&str> = v.containers[0]
+        .mounts
+        .iter()
+        .map(|m| m.destination.as_str())
+        .collect();
+    assert_eq!(dests, ["/data", "/other"]);
+}
