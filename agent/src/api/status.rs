@@ -9,9 +9,9 @@ use crate::images::unpack::UnpackError;
 use crate::validate::SpecError;
 use crate::validate::quote::clip;
 
-/// The longest status message sent: clients refuse response metadata over 8 KiB in all
-/// (grpcio, grpc-go, tonic), and a refusal must reach them as itself, not as
-/// `RESOURCE_EXHAUSTED`.
+/// The longest status message sent, as encoded in `grpc-message` (non-ASCII bytes take
+/// three): clients refuse response metadata over 8 KiB in all (grpcio, grpc-go,
+/// tonic), and a refusal must reach them as itself, not as `RESOURCE_EXHAUSTED`.
 pub(crate) const MAX_STATUS_MESSAGE: usize = 4096;
 
 pub(crate) fn to_status(e: Error) -> Status {

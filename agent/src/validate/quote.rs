@@ -17,18 +17,37 @@ pub fn quote(s: &str) -> String {
     format!("{:?}…({} bytes)", &s[..end], s.len())
 }
 
-/// Cuts a finished message to `max` bytes (at a character boundary), saying so.
+/// Bytes a message takes in the `grpc-message` header: printable ASCII but `%` as is,
+/// every other byte percent-encoded (three bytes).
+fn encoded_len(b: u8) -> usize {
+    if (0x20..=0x7e).contains(&b) && b != b'%' {
+        1
+    } else {
+        3
+    }
+}
+
+/// Cuts a finished message so that its encoded form (see [`encoded_len`]) takes at most
+/// about `max` bytes, at a character boundary, saying so.
 pub fn clip(mut msg: String, max: usize) -> String {
-    if msg.len() <= max {
+    let mut total = 0;
+    let mut end = msg.len();
+    for (i, b) in msg.bytes().enumerate() {
+        total += encoded_len(b);
+        if total > max {
+            end = i;
+            break;
+        }
+    }
+    if end == msg.len() {
         return msg;
     }
-    let mut end = max;
     while !msg.is_char_boundary(end) {
         end -= 1;
     }
-    let total = msg.len();
+    let bytes = msg.len();
     msg.truncate(end);
-    msg.push_str(&format!("…(message cut, {total} bytes)"));
+    msg.push_str(&format!("…(message cut, {bytes} bytes)"));
     msg
 }
 
@@ -45,5 +64,9 @@ mod tests {
         assert!(q.len() < 100, "{q}");
         let c = clip("x".repeat(10_000), 100);
         assert!(c.len() < 150 && c.ends_with("10000 bytes)"), "{c}");
+        // Non-ASCII is percent-encoded on the wire: counted three times.
+        let c = clip("é".repeat(10_000), 600);
+        assert!(c.len() < 260, "{}", c.len());
+        assert_eq!(clip("short".into(), 100), "short");
     }
 }
