@@ -246,6 +246,17 @@ fn rows() -> Vec<Row> {
             |s| sysctl(s, "net.ipv4.no_such_knob"),
         ),
         (
+            "sysctl value the kernel refuses",
+            Code::InvalidArgument,
+            "securityContext.sysctls[0].value",
+            |s| {
+                sysctl(s, "net.ipv4.ip_forward");
+                if let Some(sc) = s.security_context.as_mut() {
+                    sc.sysctls[0].value = "yes".into();
+                }
+            },
+        ),
+        (
             "NUL mountPath",
             Code::InvalidArgument,
             "containers[0].volumeMounts[0].mountPath",

@@ -142,7 +142,8 @@ pub fn validate(spec: &GroupSpec) -> Result<ValidSpec, ValidationErrors> {
 
 /// Admits a spec sent by a client (Create, Update): its encoded size first (cheap, and
 /// nothing else runs on an oversized spec), then [`validate`], then what this node's
-/// kernel has (sysctls), then the unbuilt fields. See the module doc for the order.
+/// kernel takes (each sysctl set in a throwaway network and IPC namespace), then the
+/// unbuilt fields. See the module doc for the order.
 pub fn admit(spec: &GroupSpec) -> Result<ValidSpec, SpecError> {
     let size = spec.encoded_len();
     if size > limits::MAX_SPEC_BYTES {
@@ -156,14 +157,20 @@ pub fn admit(spec: &GroupSpec) -> Result<ValidSpec, SpecError> {
     }
     let mut errs = Errors::default();
     let valid = group::check(spec, &mut errs);
-    let sysctls: Vec<(usize, &str)> = spec
+    // Only names and values that passed the rules go to the kernel.
+    let sysctls: Vec<(usize, &str, &str)> = spec
         .security_context
         .iter()
         .flat_map(|s| s.sysctls.iter().enumerate())
-        .filter(|(_, s)| sysctl::allowed(&s.name))
-        .map(|(i, s)| (i, s.name.as_str()))
+        .filter(|(_, s)| {
+            sysctl::allowed(&s.name)
+                && !s.value.is_empty()
+                && s.value.len() <= limits::MAX_SYSCTL_VALUE
+                && !s.value.contains(['\n', '\0'])
+        })
+        .map(|(i, s)| (i, s.name.as_str(), s.value.as_str()))
         .collect();
-    sysctl::check_exist(&sysctls, &mut errs);
+    sysctl::check_on_kernel(&sysctls, &mut errs);
     match valid {
         Some(v) if errs.0.is_empty() => {
             unbuilt::check(spec, &mut errs);

@@ -45,58 +45,88 @@ fn settable(p: &PathBuf) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o222 != 0)
 }
 
-/// Refuses each allowed name (`(index, name)`) that this kernel does not have. `net.*`
-/// names are looked up in a fresh network namespace, as the group's will be (some exist
-/// only in the host's); the others are IPC-namespace sysctls, the same in every one.
-pub(super) fn check_exist(names: &[(usize, &str)], errs: &mut Errors) {
-    let paths: Vec<(usize, &str, PathBuf)> = names
+/// What a throwaway namespace said about one sysctl.
+enum Outcome {
+    Set,
+    Missing,
+    Refused(std::io::Error),
+}
+
+/// Refuses each allowed sysctl (`(index, name, value)`) that this kernel does not have,
+/// or whose value it does not take. Both are tried where the group's will be set: in a
+/// fresh network and IPC namespace (every allowed sysctl belongs to one of the two, and
+/// some `net.*` names exist only in the host's), made by a short-lived thread and gone
+/// with it. If those cannot be made, the host's entries say only whether a name exists
+/// (nothing is ever written on the host).
+pub(super) fn check_on_kernel(sysctls: &[(usize, &str, &str)], errs: &mut Errors) {
+    let items: Vec<(usize, &str, &str, PathBuf)> = sysctls
         .iter()
-        .filter_map(|&(i, n)| Some((i, n, path_of(n)?)))
+        .filter_map(|&(i, n, v)| Some((i, n, v, path_of(n)?)))
         .collect();
-    let net: Vec<PathBuf> = paths
+    if items.is_empty() {
+        return;
+    }
+    let writes: Vec<(PathBuf, String)> = items
         .iter()
-        .filter(|(_, n, _)| n.starts_with("net."))
-        .map(|(_, _, p)| p.clone())
+        .map(|(_, _, v, p)| (p.clone(), v.to_string()))
         .collect();
-    let mut net_found = in_fresh_netns(net).into_iter();
-    for (i, n, p) in &paths {
-        let found = if n.starts_with("net.") {
-            net_found.next().unwrap_or(false)
-        } else {
-            settable(p)
-        };
-        if !found {
-            errs.add(
+    let outcomes = in_fresh_namespaces(writes).unwrap_or_else(|| {
+        items
+            .iter()
+            .map(|(_, _, _, p)| {
+                if settable(p) {
+                    Outcome::Set
+                } else {
+                    Outcome::Missing
+                }
+            })
+            .collect()
+    });
+    for ((i, n, v, _), outcome) in items.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Set => {}
+            Outcome::Missing => errs.add(
                 format!("securityContext.sysctls[{i}].name"),
                 format!(
                     "{} does not exist on this node's kernel (or is read-only) in a group's namespaces",
                     quote(n)
                 ),
-            );
+            ),
+            Outcome::Refused(e) => errs.add(
+                format!("securityContext.sysctls[{i}].value"),
+                format!("{} is refused by this node's kernel for {n}: {e}", quote(v)),
+            ),
         }
     }
 }
 
-/// Whether each path is a settable sysctl in a new network namespace. The namespace is
-/// made by a short-lived thread (`unshare` moves only the calling thread) and goes away
-/// with it. If it cannot be made, the host's entries answer: the names are the same but
-/// for a few host-only ones.
-fn in_fresh_netns(paths: Vec<PathBuf>) -> Vec<bool> {
-    if paths.is_empty() {
-        return Vec::new();
-    }
-    let host = paths.clone();
-    let answer = std::thread::Builder::new()
+/// Writes each value in a new network and IPC namespace; `None` when they cannot be made.
+fn in_fresh_namespaces(writes: Vec<(PathBuf, String)>) -> Option<Vec<Outcome>> {
+    use nix::sched::CloneFlags;
+    std::thread::Builder::new()
         .name("sysctl-check".into())
         .spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .ok()
-                .map(|()| paths.iter().map(settable).collect::<Vec<_>>())
+            // Only this thread moves; it writes nothing unless the move succeeded.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC).ok()?;
+            Some(
+                writes
+                    .iter()
+                    .map(|(p, v)| {
+                        if !settable(p) {
+                            return Outcome::Missing;
+                        }
+                        match std::fs::write(p, v) {
+                            Ok(()) => Outcome::Set,
+                            Err(e) => Outcome::Refused(e),
+                        }
+                    })
+                    .collect(),
+            )
         })
+        .ok()?
+        .join()
         .ok()
-        .and_then(|t| t.join().ok())
-        .flatten();
-    answer.unwrap_or_else(|| host.iter().map(settable).collect())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -131,27 +161,43 @@ mod tests {
     }
 
     #[test]
-    fn names_the_kernel_lacks_are_refused() {
-        let names = [
-            (0, "kernel.shmmax"),
-            (1, "net.ipv4.ip_forward"),
-            (2, "kernel.shm"),
-            (3, "net.ipv4.no_such_thing"),
-            (4, "net.ipv4"),
-            (5, "kernel.shm_rmid_forced"),
+    fn names_and_values_the_kernel_lacks_are_refused() {
+        let host_shmmni = std::fs::read_to_string("/proc/sys/kernel/shmmni").expect("shmmni");
+        let host_forward =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("ip_forward");
+        let sysctls = [
+            (0, "kernel.shmmni", "4000"),
+            (1, "net.ipv4.ip_forward", "1"),
+            (2, "kernel.shm", "1"),
+            (3, "net.ipv4.no_such_thing", "1"),
+            (4, "net.ipv4", "1"),
+            (5, "kernel.shm_rmid_forced", "1"),
+            (6, "net.ipv4.ip_forward", "yes"),
+            (7, "kernel.msgmax", "-5x"),
         ];
         let mut errs = Errors::default();
-        check_exist(&names, &mut errs);
+        check_on_kernel(&sysctls, &mut errs);
         let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
             [
                 "securityContext.sysctls[2].name",
                 "securityContext.sysctls[3].name",
-                "securityContext.sysctls[4].name"
+                "securityContext.sysctls[4].name",
+                "securityContext.sysctls[6].value",
+                "securityContext.sysctls[7].value",
             ],
             "{:?}",
             errs.0
+        );
+        // The writes went to throwaway namespaces, not to the host.
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/kernel/shmmni").expect("shmmni"),
+            host_shmmni
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("ip_forward"),
+            host_forward
         );
     }
 }
