@@ -3,12 +3,13 @@
 
 use crate::images::ImageError;
 use crate::store::StoreError;
-use crate::validate::ValidationErrors;
+use crate::validate::{SpecError, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A refused group spec: invalid, or setting fields whose feature is not built.
     #[error(transparent)]
-    Invalid(#[from] ValidationErrors),
+    Spec(#[from] SpecError),
     #[error("{field}: {message}")]
     BadRequest {
         field: &'static str,
@@ -33,6 +34,12 @@ pub enum Error {
     Store(#[source] StoreError),
     #[error(transparent)]
     Image(ImageError),
+}
+
+impl From<ValidationErrors> for Error {
+    fn from(e: ValidationErrors) -> Self {
+        Error::Spec(SpecError::Invalid(e))
+    }
 }
 
 impl From<StoreError> for Error {

@@ -1,21 +1,24 @@
 //! Kubernetes-style resource quantities: CPU in cores or millicores, memory in bytes with
 //! binary (Ki, Mi, Gi, Ti) or decimal (k, M, G, T) suffixes.
 
-/// Errors from parsing a quantity; the caller adds the field path.
+use crate::validate::quote::quote;
+
+/// Errors from parsing a quantity; the caller adds the field path. Each holds the value
+/// quoted short ([`quote`]): a refused value can be megabytes long.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantityError {
-    #[error("{0:?} is not a CPU quantity such as \"2\", \"0.5\" or \"500m\"")]
+    #[error("{0} is not a CPU quantity such as \"2\", \"0.5\" or \"500m\"")]
     Cpu(String),
-    #[error("{0:?} is not a memory quantity such as \"512Mi\", \"2Gi\" or \"1G\"")]
+    #[error("{0} is not a memory quantity such as \"512Mi\", \"2Gi\" or \"1G\"")]
     Memory(String),
-    #[error("{0:?} is too large")]
+    #[error("{0} is too large")]
     TooLarge(String),
 }
 
 /// Parses a CPU quantity into millicores. "1" = 1000, "0.5" = 500, "250m" = 250.
 /// Fractions finer than a millicore are refused, as Kubernetes does.
 pub fn parse_cpu_millis(s: &str) -> Result<u64, QuantityError> {
-    let bad = || QuantityError::Cpu(s.to_string());
+    let bad = || QuantityError::Cpu(quote(s));
     let s_trim = s.trim();
     if let Some(m) = s_trim.strip_suffix('m') {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
@@ -23,18 +26,18 @@ pub fn parse_cpu_millis(s: &str) -> Result<u64, QuantityError> {
         }
         return m
             .parse::<u64>()
-            .map_err(|_| QuantityError::TooLarge(s.to_string()));
+            .map_err(|_| QuantityError::TooLarge(quote(s)));
     }
     let (units, millis) = decimal_parts(s_trim, 3).ok_or_else(bad)?;
     units
         .checked_mul(1000)
         .and_then(|u| u.checked_add(millis))
-        .ok_or_else(|| QuantityError::TooLarge(s.to_string()))
+        .ok_or_else(|| QuantityError::TooLarge(quote(s)))
 }
 
 /// Parses a memory quantity into bytes. "0.5Gi" is allowed when it is a whole byte count.
 pub fn parse_memory_bytes(s: &str) -> Result<u64, QuantityError> {
-    let bad = || QuantityError::Memory(s.to_string());
+    let bad = || QuantityError::Memory(quote(s));
     let s_trim = s.trim();
     let suffixes: [(&str, u64); 8] = [
         ("Ki", 1 << 10),
@@ -60,7 +63,7 @@ pub fn parse_memory_bytes(s: &str) -> Result<u64, QuantityError> {
     let frac = u64::try_from(frac / 1_000_000_000).map_err(|_| bad())?;
     whole
         .and_then(|w| w.checked_add(frac))
-        .ok_or_else(|| QuantityError::TooLarge(s.to_string()))
+        .ok_or_else(|| QuantityError::TooLarge(quote(s)))
 }
 
 /// Splits "12.345" into (12, 345 scaled to `digits` places). None when not a plain
@@ -156,7 +159,7 @@ mod tests {
         assert!(parse_memory_bytes("0.3").is_err());
         assert_eq!(
             parse_memory_bytes("99999999999999Ti"),
-            Err(QuantityError::TooLarge("99999999999999Ti".into()))
+            Err(QuantityError::TooLarge("\"99999999999999Ti\"".into()))
         );
         assert_eq!(format_memory(16 << 30), "16Gi");
         assert_eq!(format_memory(1536 << 20), "1536Mi");

@@ -46,7 +46,7 @@ async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
         .build_v1alpha()
         .context("building the reflection service (v1alpha)")?;
     let mut b = RoutesBuilder::default();
-    b.add_service(ContainerGroupsServer::new(GroupsApi::new(groups.clone())))
+    b.add_service(GroupsApi::server(groups.clone()))
         .add_service(NodeServer::new(NodeApi::new(groups.clone())))
         .add_service(ContainersServer::new(ContainersApi::new(groups.clone())))
         .add_service(MetricsServer::new(MetricsApi::new(groups.clone())))

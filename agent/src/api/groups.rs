@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 
-use eci_api::v1::container_groups_server::ContainerGroups;
+use eci_api::v1::container_groups_server::{ContainerGroups, ContainerGroupsServer};
 use eci_api::v1::*;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -13,19 +13,44 @@ use tonic::{Request, Response, Status};
 use super::{Shared, blocking, status::to_status};
 use crate::groups::parse_selector;
 use crate::selector::Selector;
+use crate::validate;
 
 pub struct GroupsApi {
     groups: Shared,
 }
 
+/// The largest ContainerGroups request decoded. Above tonic's default (4 MiB) on
+/// purpose: a spec over its own limit (1.5 MiB) must get a readable `INVALID_ARGUMENT`
+/// naming the limit from the agent, not a transport `RESOURCE_EXHAUSTED`; past this, the
+/// transport refuses it unread.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 impl GroupsApi {
     pub fn new(groups: Shared) -> Self {
         GroupsApi { groups }
+    }
+
+    /// The service, with its request size limit.
+    pub fn server(groups: Shared) -> ContainerGroupsServer<GroupsApi> {
+        ContainerGroupsServer::new(GroupsApi::new(groups))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
 fn spec_of(spec: Option<GroupSpec>) -> Result<GroupSpec, Status> {
     spec.ok_or_else(|| Status::invalid_argument("spec: is required"))
+}
+
+/// Admits the spec of a Create or Update (size, rules, this kernel, unbuilt fields; see
+/// `validate`), off the async workers: it may look at /proc/sys in a fresh netns.
+/// A refused spec reaches nothing else.
+async fn admitted(spec: Option<GroupSpec>) -> Result<GroupSpec, Status> {
+    let spec = spec_of(spec)?;
+    blocking(move || {
+        validate::admit(&spec)?;
+        Ok(spec)
+    })
+    .await
 }
 
 #[tonic::async_trait]
@@ -34,7 +59,7 @@ impl ContainerGroups for GroupsApi {
         &self,
         req: Request<CreateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
-        let spec = spec_of(req.into_inner().spec)?;
+        let spec = admitted(req.into_inner().spec).await?;
         let group = self.groups.create(spec).await.map_err(to_status)?;
         tracing::info!(group = %group.spec.as_ref().map_or("", |s| &s.name), id = %group.id, "group created");
         Ok(Response::new(group))
@@ -60,7 +85,7 @@ impl ContainerGroups for GroupsApi {
         &self,
         req: Request<UpdateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
-        let spec = spec_of(req.into_inner().spec)?;
+        let spec = admitted(req.into_inner().spec).await?;
         Ok(Response::new(
             self.groups.update(spec).await.map_err(to_status)?,
         ))

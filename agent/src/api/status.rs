@@ -6,10 +6,18 @@ use crate::error::Error;
 use crate::images::ImageError;
 use crate::images::content::ContentError;
 use crate::images::unpack::UnpackError;
+use crate::validate::SpecError;
+use crate::validate::quote::clip;
+
+/// The longest status message sent, as encoded in `grpc-message` (non-ASCII bytes take
+/// three): clients refuse response metadata over 8 KiB in all (grpcio, grpc-go,
+/// tonic), and a refusal must reach them as itself, not as `RESOURCE_EXHAUSTED`.
+pub(crate) const MAX_STATUS_MESSAGE: usize = 4096;
 
 pub(crate) fn to_status(e: Error) -> Status {
     let code = match &e {
-        Error::Invalid(_) | Error::BadRequest { .. } => Code::InvalidArgument,
+        Error::Spec(SpecError::Invalid(_)) | Error::BadRequest { .. } => Code::InvalidArgument,
+        Error::Spec(SpecError::Unimplemented(_)) => Code::Unimplemented,
         Error::NotFound(_) | Error::ImageNotFound(_) => Code::NotFound,
         Error::Image(i) => match i {
             ImageError::Reference(_)
@@ -35,9 +43,6 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Store(_) => Code::Internal,
     };
-    if code == Code::Internal {
-        tracing::error!(error = ?e, "internal error");
-    }
     // The chain says which entry, record or file; the caller needs it.
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);
@@ -46,5 +51,69 @@ pub(crate) fn to_status(e: Error) -> Status {
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    Status::new(code, msg)
+    if code == Code::Internal {
+        // A bug on the agent's side: the chain names host paths and internals, which
+        // the caller has no use for and should not see. The log has it under an id.
+        let id = crate::groups::new_id();
+        tracing::error!(error = %msg, error_id = %id, "internal error");
+        return Status::internal(format!(
+            "internal error {id} in the agent (details in its log)"
+        ));
+    }
+    Status::new(code, clip(msg, MAX_STATUS_MESSAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use crate::validate::{FieldError, ValidationErrors};
+
+    #[test]
+    fn internal_errors_carry_no_host_path() {
+        let e = Error::Store(StoreError::Durability(
+            "/var/lib/eci/state.redb: EIO".into(),
+        ));
+        let s = to_status(e);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("/var/lib"), "{}", s.message());
+        assert!(
+            s.message().starts_with("internal error "),
+            "{}",
+            s.message()
+        );
+    }
+
+    #[test]
+    fn spec_refusals_keep_their_code_and_stay_short() {
+        let many = (0..10_000)
+            .map(|i| FieldError {
+                field: format!("containers[0].env[{i}].name"),
+                message: "x".repeat(100),
+            })
+            .collect();
+        let s = to_status(Error::Spec(SpecError::Invalid(ValidationErrors(many))));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("and 9980 more"), "{}", s.message());
+        let s = to_status(Error::Spec(SpecError::Unimplemented(ValidationErrors(
+            vec![FieldError {
+                field: "containers[0].tty".into(),
+                message: "not built".into(),
+            }],
+        ))));
+        assert_eq!(s.code(), Code::Unimplemented);
+        assert!(s.message().contains("containers[0].tty"));
+        // Any other message is cut too.
+        let s = to_status(Error::FailedPrecondition("y".repeat(1 << 20)));
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+    }
 }

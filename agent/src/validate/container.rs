@@ -3,14 +3,17 @@
 
 use std::collections::HashSet;
 
-use eci_api::v1::{Container, HttpGetAction, LifecycleHandler, Probe};
+use eci_api::v1::{Container, HttpGetAction, LifecycleHandler, Probe, SecurityContext};
 
+use super::domain::{Bytes, Capability, ContainerSpec, CpuMillis, Mount};
 use super::group::parse_opt;
-use super::volume::{VolumeSet, is_relative_inside};
-use super::{Errors, check_name};
+use super::limits::*;
+use super::quote::quote;
+use super::volume::VolumeSet;
+use super::{Errors, check_name, paths};
 use crate::images::Reference;
-use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
-use crate::sizes::Size;
+use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
+use crate::sizes;
 
 /// Capabilities a container of a namespaced group may add: the default set (containerd's
 /// 14, which `add` may name again after a `drop: [ALL]`) and the few whose power stays
@@ -86,20 +89,25 @@ const CAPABILITIES: &[&str] = &[
     "ALL",
 ];
 
-/// Checks one container; returns its stated resources (zero where unset).
+/// Checks one container on its own (the group checks that its volumes exist and that
+/// its ports are free); returns it as a domain value when it broke no rule.
 pub(super) fn check(
     path: &str,
     c: &Container,
     init: bool,
-    volumes: &VolumeSet,
-    ports: &mut HashSet<(i32, String)>,
     errs: &mut Errors,
-) -> Option<Size> {
+) -> Option<ContainerSpec> {
+    let before = errs.0.len();
     if let Err(m) = check_name(&c.name) {
-        errs.add(format!("{path}.name"), m);
+        errs.add(format!("{path}.name"), m.to_string());
     }
     if c.image.is_empty() {
         errs.add(format!("{path}.image"), "is required");
+    } else if c.image.len() > MAX_IMAGE_REF {
+        errs.add(
+            format!("{path}.image"),
+            format!("{} is longer than {MAX_IMAGE_REF} bytes", quote(&c.image)),
+        );
     } else if let Err(e) = Reference::parse(&c.image) {
         errs.add(format!("{path}.image"), e.to_string());
     }
@@ -110,27 +118,22 @@ pub(super) fn check(
         errs.add(
             format!("{path}.imagePullPolicy"),
             format!(
-                "{:?} is not one of Always, IfNotPresent, Never",
-                c.image_pull_policy
+                "{} is not one of Always, IfNotPresent, Never",
+                quote(&c.image_pull_policy)
             ),
         );
     }
-    if !c.working_dir.is_empty() && !c.working_dir.starts_with('/') {
-        errs.add(
-            format!("{path}.workingDir"),
-            format!("{:?} must be an absolute path", c.working_dir),
-        );
+    if !c.working_dir.is_empty()
+        && let Err(e) = paths::absolute(&c.working_dir)
+    {
+        errs.add(format!("{path}.workingDir"), e.to_string());
     }
-    for (i, e) in c.env.iter().enumerate() {
-        if e.name.is_empty() || e.name.contains(['=', '\0']) {
-            errs.add(
-                format!("{path}.env[{i}].name"),
-                "must be non-empty without '=' or NUL",
-            );
-        }
-        if e.value.contains('\0') {
-            errs.add(format!("{path}.env[{i}].value"), "must not contain NUL");
-        }
+    check_exec(path, c, errs);
+    if c.ports.len() > MAX_PORTS {
+        errs.add(
+            format!("{path}.ports"),
+            format!("{} ports is over the limit of {MAX_PORTS}", c.ports.len()),
+        );
     }
     for (i, p) in c.ports.iter().enumerate() {
         let proto = if p.protocol.is_empty() {
@@ -138,10 +141,16 @@ pub(super) fn check(
         } else {
             p.protocol.as_str()
         };
+        if p.name.len() > MAX_PORT_NAME {
+            errs.add(
+                format!("{path}.ports[{i}].name"),
+                format!("{} is longer than {MAX_PORT_NAME} bytes", quote(&p.name)),
+            );
+        }
         if !matches!(proto, "TCP" | "UDP") {
             errs.add(
                 format!("{path}.ports[{i}].protocol"),
-                format!("{proto:?} is not one of TCP, UDP"),
+                format!("{} is not one of TCP, UDP", quote(proto)),
             );
         }
         if !(1..=65535).contains(&p.container_port) {
@@ -149,60 +158,54 @@ pub(super) fn check(
                 format!("{path}.ports[{i}].containerPort"),
                 format!("{} is outside 1-65535", p.container_port),
             );
-        } else if !init && !ports.insert((p.container_port, proto.to_string())) {
-            // The group has one IP and one port space.
+        }
+    }
+    let res = c.resources.clone().unwrap_or_default();
+    let cpu_field = format!("{path}.resources.cpu");
+    let cpu = parse_opt(&res.cpu, &cpu_field, parse_cpu_millis, errs);
+    let mem_field = format!("{path}.resources.memory");
+    let mem = parse_opt(&res.memory, &mem_field, parse_memory_bytes, errs);
+    let max = sizes::largest();
+    if let Some(cpu) = cpu {
+        if cpu < MIN_CONTAINER_CPU_MILLIS {
             errs.add(
-                format!("{path}.ports[{i}].containerPort"),
+                cpu_field,
                 format!(
-                    "{proto} port {} is already used by another container of the group",
-                    p.container_port
+                    "{} is below the minimum {}: the kernel's smallest CFS quota is 1 ms per \
+                     100 ms period",
+                    format_cpu(cpu),
+                    format_cpu(MIN_CONTAINER_CPU_MILLIS)
+                ),
+            );
+        } else if cpu > max.cpu_millis {
+            errs.add(
+                cpu_field,
+                format!(
+                    "{} vCPU is more than the largest offered size, {} vCPU",
+                    format_cpu(cpu),
+                    format_cpu(max.cpu_millis)
                 ),
             );
         }
     }
-    let res = c.resources.clone().unwrap_or_default();
-    let cpu = parse_opt(
-        &res.cpu,
-        &format!("{path}.resources.cpu"),
-        parse_cpu_millis,
-        errs,
-    );
-    let mem = parse_opt(
-        &res.memory,
-        &format!("{path}.resources.memory"),
-        parse_memory_bytes,
-        errs,
-    );
-    if mem.is_some_and(|m| m < 4 << 20) {
-        errs.add(format!("{path}.resources.memory"), "must be at least 4Mi");
-    }
-    let mut mount_paths = HashSet::new();
-    for (i, m) in c.volume_mounts.iter().enumerate() {
-        let mp = format!("{path}.volumeMounts[{i}]");
-        if !volumes.names.contains(&m.name) {
+    if let Some(mem) = mem {
+        if mem < MIN_CONTAINER_MEMORY {
             errs.add(
-                format!("{mp}.name"),
-                format!("{:?} is not a volume of the group", m.name),
+                mem_field,
+                format!("must be at least {}", format_memory(MIN_CONTAINER_MEMORY)),
             );
-        }
-        if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|s| s == "..") {
+        } else if mem > max.memory_bytes {
             errs.add(
-                format!("{mp}.mountPath"),
-                format!("{:?} must be an absolute path without '..'", m.mount_path),
-            );
-        } else if !mount_paths.insert(m.mount_path.trim_end_matches('/')) {
-            errs.add(
-                format!("{mp}.mountPath"),
-                format!("{:?} is mounted twice", m.mount_path),
-            );
-        }
-        if !m.sub_path.is_empty() && !is_relative_inside(&m.sub_path) {
-            errs.add(
-                format!("{mp}.subPath"),
-                format!("{:?} must be a relative path without '..'", m.sub_path),
+                mem_field,
+                format!(
+                    "{} is more than the largest offered size, {}",
+                    format_memory(mem),
+                    format_memory(max.memory_bytes)
+                ),
             );
         }
     }
+    let mounts = check_mounts(path, c, errs);
     let probes = [
         ("livenessProbe", &c.liveness_probe, true),
         ("readinessProbe", &c.readiness_probe, false),
@@ -232,62 +235,246 @@ pub(super) fn check(
             }
         }
     }
-    if let Some(sc) = &c.security_context {
-        if sc.privileged {
-            errs.add(
-                format!("{path}.securityContext.privileged"),
-                "is not supported: containers cannot be privileged",
-            );
-        }
-        for (field, v) in [
-            ("runAsUser", sc.run_as_user),
-            ("runAsGroup", sc.run_as_group),
-        ] {
-            if let Some(id) = v
-                && !(0..=i64::from(u32::MAX - 1)).contains(&id)
+    let sc = c.security_context.clone().unwrap_or_default();
+    let (add, drop) = check_security(path, &sc, errs);
+    (errs.0.len() == before).then(|| ContainerSpec {
+        name: c.name.clone(),
+        cpu: cpu.map(CpuMillis),
+        memory: mem.map(Bytes),
+        mounts,
+        add,
+        drop,
+        read_only_root: sc.read_only_root_filesystem,
+    })
+}
+
+/// The group's rules for its containers' ports and mounts: one port space for the app
+/// containers (init containers run alone), and mounts of the group's volumes only.
+pub(super) fn check_in_group(
+    path: &str,
+    c: &Container,
+    init: bool,
+    volumes: &VolumeSet,
+    ports: &mut HashSet<(i32, String)>,
+    errs: &mut Errors,
+) {
+    if !init {
+        for (i, p) in c.ports.iter().enumerate() {
+            let proto = if p.protocol.is_empty() {
+                "TCP"
+            } else {
+                p.protocol.as_str()
+            };
+            if (1..=65535).contains(&p.container_port)
+                && !ports.insert((p.container_port, proto.to_string()))
             {
                 errs.add(
-                    format!("{path}.securityContext.{field}"),
-                    format!("{id} is outside 0-4294967294"),
+                    format!("{path}.ports[{i}].containerPort"),
+                    format!(
+                        "{} port {} is already used by another container of the group",
+                        quote(proto),
+                        p.container_port
+                    ),
                 );
             }
         }
-        if let Some(caps) = &sc.capabilities {
-            for (list, names) in [("add", &caps.add), ("drop", &caps.drop)] {
-                for (i, n) in names.iter().enumerate() {
-                    let bare = n.strip_prefix("CAP_").unwrap_or(n);
-                    if !CAPABILITIES.contains(&bare) {
-                        errs.add(
-                            format!("{path}.securityContext.capabilities.{list}[{i}]"),
-                            format!("{n:?} is not a Linux capability"),
-                        );
-                    }
-                    if list == "add" && bare == "ALL" {
-                        errs.add(
-                            format!("{path}.securityContext.capabilities.add[{i}]"),
-                            "adding ALL capabilities is privileged mode, which is not supported",
-                        );
-                    } else if list == "add"
-                        && CAPABILITIES.contains(&bare)
-                        && !ADDABLE_CAPABILITIES.contains(&bare)
-                    {
-                        errs.add(
-                            format!("{path}.securityContext.capabilities.add[{i}]"),
-                            format!(
-                                "{n:?} cannot be added in a namespaced group: its power reaches \
-                                 beyond the group (addable: {})",
-                                ADDABLE_CAPABILITIES.join(", ")
-                            ),
-                        );
-                    }
-                }
+    }
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        if !volumes.names.contains(&m.name) {
+            errs.add(
+                format!("{path}.volumeMounts[{i}].name"),
+                format!("{} is not a volume of the group", quote(&m.name)),
+            );
+        }
+    }
+}
+
+/// `command`, `args` and `env`: entry counts, and each string and their total within
+/// what execve takes (see [`MAX_EXEC_BYTES`]), so an accepted container can start.
+fn check_exec(path: &str, c: &Container, errs: &mut Errors) {
+    // Each string costs its bytes, its NUL and its pointer in the new process's stack.
+    let cost = |len: usize| len + 1 + std::mem::size_of::<usize>();
+    let mut total = 0usize;
+    for (list, items) in [("command", &c.command), ("args", &c.args)] {
+        if items.len() > MAX_ARGS {
+            errs.add(
+                format!("{path}.{list}"),
+                format!("{} entries is over the limit of {MAX_ARGS}", items.len()),
+            );
+        }
+        for (i, a) in items.iter().enumerate() {
+            total = total.saturating_add(cost(a.len()));
+            if a.len() > MAX_ARG_STRING {
+                errs.add(
+                    format!("{path}.{list}[{i}]"),
+                    format!(
+                        "{} bytes is over the limit of {MAX_ARG_STRING} for one argument",
+                        a.len()
+                    ),
+                );
+            } else if a.contains('\0') {
+                errs.add(format!("{path}.{list}[{i}]"), "must not contain NUL");
             }
         }
     }
-    Some(Size {
-        cpu_millis: cpu.unwrap_or(0),
-        memory_bytes: mem.unwrap_or(0),
-    })
+    if c.env.len() > MAX_ENV {
+        errs.add(
+            format!("{path}.env"),
+            format!("{} entries is over the limit of {MAX_ENV}", c.env.len()),
+        );
+    }
+    for (i, e) in c.env.iter().enumerate() {
+        // As the process sees it: NAME=value.
+        let len = e.name.len() + 1 + e.value.len();
+        total = total.saturating_add(cost(len));
+        if e.name.is_empty() || e.name.contains(['=', '\0']) {
+            errs.add(
+                format!("{path}.env[{i}].name"),
+                "must be non-empty without '=' or NUL",
+            );
+        }
+        if len > MAX_ARG_STRING {
+            errs.add(
+                format!("{path}.env[{i}]"),
+                format!(
+                    "NAME=value is {len} bytes, over the limit of {MAX_ARG_STRING} for one variable"
+                ),
+            );
+        } else if e.value.contains('\0') {
+            errs.add(format!("{path}.env[{i}].value"), "must not contain NUL");
+        }
+    }
+    if total > MAX_EXEC_BYTES {
+        errs.add(
+            path,
+            format!(
+                "command, args and env take {total} bytes for execve, over the limit of \
+                 {MAX_EXEC_BYTES}"
+            ),
+        );
+    }
+}
+
+/// Volume mounts: paths are clean, and no two mounts share a destination however it is
+/// spelled.
+fn check_mounts(path: &str, c: &Container, errs: &mut Errors) -> Vec<Mount> {
+    if c.volume_mounts.len() > MAX_VOLUME_MOUNTS {
+        errs.add(
+            format!("{path}.volumeMounts"),
+            format!(
+                "{} mounts is over the limit of {MAX_VOLUME_MOUNTS}",
+                c.volume_mounts.len()
+            ),
+        );
+    }
+    let mut mount_paths = HashSet::new();
+    let mut mounts = Vec::with_capacity(c.volume_mounts.len());
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let mp = format!("{path}.volumeMounts[{i}]");
+        let destination = match paths::mount_path(&m.mount_path) {
+            Err(e) => {
+                errs.add(format!("{mp}.mountPath"), e.to_string());
+                None
+            }
+            Ok(n) if !mount_paths.insert(n.clone()) => {
+                errs.add(
+                    format!("{mp}.mountPath"),
+                    format!("{} is mounted twice", quote(&m.mount_path)),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+        };
+        let sub_path = if m.sub_path.is_empty() {
+            Some(None)
+        } else {
+            paths::relative(&m.sub_path)
+                .map_err(|e| errs.add(format!("{mp}.subPath"), e.to_string()))
+                .ok()
+                .map(Some)
+        };
+        if let (Some(destination), Some(sub_path)) = (destination, sub_path) {
+            mounts.push(Mount {
+                volume: m.name.clone(),
+                destination,
+                sub_path,
+                read_only: m.read_only,
+            });
+        }
+    }
+    mounts
+}
+
+/// Returns the capabilities to add and to drop.
+fn check_security(
+    path: &str,
+    sc: &SecurityContext,
+    errs: &mut Errors,
+) -> (Vec<Capability>, Vec<Capability>) {
+    if sc.privileged {
+        errs.add(
+            format!("{path}.securityContext.privileged"),
+            "is not supported: containers cannot be privileged",
+        );
+    }
+    for (field, v) in [
+        ("runAsUser", sc.run_as_user),
+        ("runAsGroup", sc.run_as_group),
+    ] {
+        if let Some(id) = v
+            && !(0..=i64::from(u32::MAX - 1)).contains(&id)
+        {
+            errs.add(
+                format!("{path}.securityContext.{field}"),
+                format!("{id} is outside 0-4294967294"),
+            );
+        }
+    }
+    let (mut add, mut drop) = (Vec::new(), Vec::new());
+    let Some(caps) = &sc.capabilities else {
+        return (add, drop);
+    };
+    for (list, names) in [("add", &caps.add), ("drop", &caps.drop)] {
+        if names.len() > MAX_CAPABILITIES {
+            errs.add(
+                format!("{path}.securityContext.capabilities.{list}"),
+                format!(
+                    "{} entries is over the limit of {MAX_CAPABILITIES}",
+                    names.len()
+                ),
+            );
+        }
+        for (i, n) in names.iter().enumerate() {
+            let field = format!("{path}.securityContext.capabilities.{list}[{i}]");
+            let bare = n.strip_prefix("CAP_").unwrap_or(n);
+            if !CAPABILITIES.contains(&bare) {
+                errs.add(field, format!("{} is not a Linux capability", quote(n)));
+            } else if list == "add" && bare == "ALL" {
+                errs.add(
+                    field,
+                    "adding ALL capabilities is privileged mode, which is not supported",
+                );
+            } else if list == "add" && !ADDABLE_CAPABILITIES.contains(&bare) {
+                errs.add(
+                    field,
+                    format!(
+                        "{} cannot be added in a namespaced group: its power reaches \
+                         beyond the group (addable: {})",
+                        quote(n),
+                        ADDABLE_CAPABILITIES.join(", ")
+                    ),
+                );
+            } else {
+                let cap = Capability(if bare == "ALL" {
+                    "ALL".to_string()
+                } else {
+                    format!("CAP_{bare}")
+                });
+                if list == "add" { &mut add } else { &mut drop }.push(cap);
+            }
+        }
+    }
+    (add, drop)
 }
 
 fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Errors) {
@@ -299,10 +486,8 @@ fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Erro
     if handlers.iter().filter(|h| **h).count() != 1 {
         errs.add(path, "set exactly one of exec, httpGet, tcpSocket");
     }
-    if let Some(e) = &p.exec
-        && e.command.is_empty()
-    {
-        errs.add(format!("{path}.exec.command"), "is required");
+    if let Some(e) = &p.exec {
+        check_exec_action(&format!("{path}.exec.command"), &e.command, errs);
     }
     if let Some(h) = &p.http_get {
         check_http(&format!("{path}.httpGet"), h, errs);
@@ -340,11 +525,7 @@ fn check_probe(path: &str, p: &Probe, success_must_be_one: bool, errs: &mut Erro
 
 fn check_handler(path: &str, h: &LifecycleHandler, errs: &mut Errors) {
     match (&h.exec, &h.http_get) {
-        (Some(e), None) => {
-            if e.command.is_empty() {
-                errs.add(format!("{path}.exec.command"), "is required");
-            }
-        }
+        (Some(e), None) => check_exec_action(&format!("{path}.exec.command"), &e.command, errs),
         (None, Some(g)) => check_http(&format!("{path}.httpGet"), g, errs),
         _ => errs.add(path, "set exactly one of exec, httpGet"),
     }
@@ -360,13 +541,32 @@ fn check_http(path: &str, h: &HttpGetAction, errs: &mut Errors) {
     if !h.path.is_empty() && !h.path.starts_with('/') {
         errs.add(
             format!("{path}.path"),
-            format!("{:?} must start with '/'", h.path),
+            format!("{} must start with '/'", quote(&h.path)),
         );
     }
     if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
         errs.add(
             format!("{path}.scheme"),
-            format!("{:?} is not one of HTTP, HTTPS", h.scheme),
+            format!("{} is not one of HTTP, HTTPS", quote(&h.scheme)),
+        );
+    }
+}
+
+/// A probe's or hook's command: required, and within the limits of a container's.
+fn check_exec_action(field: &str, command: &[String], errs: &mut Errors) {
+    if command.is_empty() {
+        errs.add(field, "is required");
+    } else if command.len() > MAX_ARGS {
+        errs.add(
+            field,
+            format!("{} entries is over the limit of {MAX_ARGS}", command.len()),
+        );
+    }
+    let total: usize = command.iter().map(|a| a.len() + 1).sum();
+    if total > MAX_EXEC_BYTES {
+        errs.add(
+            field,
+            format!("{total} bytes is over the limit of {MAX_EXEC_BYTES}"),
         );
     }
 }

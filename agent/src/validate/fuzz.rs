@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
 
-use super::{limits, validate};
+use super::{admit, limits, validate};
 
 fn base() -> Value {
     json!({
@@ -159,6 +159,13 @@ proptest! {
         let Ok(parsed) = serde_json::from_value::<eci_api::v1::GroupSpec>(spec) else {
             return Ok(());
         };
+        // Admission is stricter than the rules alone (kernel, unbuilt fields).
+        if admit(&parsed).is_ok() {
+            prop_assert!(validate(&parsed).is_ok());
+            for c in parsed.init_containers.iter().chain(&parsed.containers) {
+                prop_assert!(build_config(&parsed, c).is_ok(), "admitted but not buildable: {c:?}");
+            }
+        }
         if let Ok(valid) = validate(&parsed) {
             prop_assert!(parsed.containers.len() <= limits::MAX_CONTAINERS);
             prop_assert!(parsed.volumes.len() <= limits::MAX_VOLUMES);
@@ -187,4 +194,48 @@ proptest! {
 fn the_base_spec_is_valid() {
     let spec: eci_api::v1::GroupSpec = serde_json::from_value(base()).expect("parses");
     validate(&spec).expect("valid");
+}
+
+/// The OCI spec of an admitted container, as the supervisor builds it.
+fn build_config(
+    group: &eci_api::v1::GroupSpec,
+    container: &eci_api::v1::Container,
+) -> Result<oci_spec::runtime::Spec, crate::sandbox::spec::BuildError> {
+    let volumes = group
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone(),
+                std::path::PathBuf::from("/run/eci/v").join(&v.name),
+            )
+        })
+        .collect();
+    let process = crate::images::process::Process {
+        args: container
+            .command
+            .iter()
+            .chain(&container.args)
+            .cloned()
+            .collect(),
+        env: container
+            .env
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect(),
+        cwd: "/".into(),
+        user: "0".into(),
+        group: None,
+    };
+    crate::sandbox::spec::build(&crate::sandbox::spec::SpecInputs {
+        group_id: "id",
+        cgroup_parent: "eci",
+        group,
+        container,
+        process: &process,
+        shm_bytes: 64 << 20,
+        etc_dir: std::path::Path::new("/run/eci/etc"),
+        volumes: &volumes,
+        oom_score_adj: 0,
+    })
 }

@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use eci_api::v1::GroupSpec;
 
 use super::limits::*;
-use super::{Errors, ValidSpec, check_name, container, network, volume};
+use super::quote::quote;
+use super::{Errors, ValidSpec, check_name, container, network, sysctl, volume};
 use crate::quantity::{format_cpu, format_memory, parse_cpu_millis, parse_memory_bytes};
 use crate::sizes::{self, Size};
 
 pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
     if let Err(m) = check_name(&spec.name) {
-        errs.add("name", m);
+        errs.add("name", m.to_string());
     }
     check_labels(spec, errs);
     if !matches!(
@@ -21,15 +22,15 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
         errs.add(
             "restartPolicy",
             format!(
-                "{:?} is not one of Always, OnFailure, Never",
-                spec.restart_policy
+                "{} is not one of Always, OnFailure, Never",
+                quote(&spec.restart_policy)
             ),
         );
     }
     if !matches!(spec.sandbox.as_str(), "" | "namespaced" | "vm") {
         errs.add(
             "sandbox",
-            format!("{:?} is not one of namespaced, vm", spec.sandbox),
+            format!("{} is not one of namespaced, vm", quote(&spec.sandbox)),
         );
     }
     let grace = spec
@@ -50,7 +51,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
             errs.add("imageCache", "set either name or autoMatch, not both");
         }
         if let Err(m) = check_name(&cache.name) {
-            errs.add("imageCache.name", m);
+            errs.add("imageCache.name", m.to_string());
         }
     }
     if let Some(net) = &spec.network {
@@ -79,6 +80,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
 
     let mut names = HashSet::new();
     let mut ports = HashSet::new();
+    let mut containers_out = Vec::with_capacity(total.min(MAX_CONTAINERS));
     let lists = [
         ("initContainers", &spec.init_containers, true),
         ("containers", &spec.containers, false),
@@ -97,11 +99,15 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
                 errs.add(
                     format!("{path}.name"),
-                    format!("{:?} is used by another container", c.name),
+                    format!("{} is used by another container", quote(&c.name)),
                 );
             }
-            let res = container::check(&path, c, init, &volumes, &mut ports, errs);
-            if let Some(r) = res {
+            container::check_in_group(&path, c, init, &volumes, &mut ports, errs);
+            if let Some(spec) = container::check(&path, c, init, errs) {
+                let r = Size {
+                    cpu_millis: spec.cpu.map_or(0, |c| c.get()),
+                    memory_bytes: spec.memory.map_or(0, |m| m.get()),
+                };
                 if init {
                     init_max.cpu_millis = init_max.cpu_millis.max(r.cpu_millis);
                     init_max.memory_bytes = init_max.memory_bytes.max(r.memory_bytes);
@@ -109,6 +115,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
                     app_sum.cpu_millis = app_sum.cpu_millis.saturating_add(r.cpu_millis);
                     app_sum.memory_bytes = app_sum.memory_bytes.saturating_add(r.memory_bytes);
                 }
+                containers_out.push(spec);
             }
         }
     }
@@ -162,21 +169,47 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
     };
     let normalized = sizes::normalize(requested.cpu_millis, requested.memory_bytes);
     if normalized.is_none() {
+        // Named where the number came from: the group's own field, or the containers'
+        // sum (a single oversized container is already named under its own field).
         let max = sizes::largest();
-        errs.add(
-            if requested.cpu_millis > max.cpu_millis {
-                "cpu"
-            } else {
-                "memory"
-            },
-            format!(
-                "{} vCPU / {} is larger than the largest offered size {} vCPU / {}",
-                format_cpu(requested.cpu_millis),
-                format_memory(requested.memory_bytes),
-                format_cpu(max.cpu_millis),
-                format_memory(max.memory_bytes)
-            ),
-        );
+        if requested.cpu_millis > max.cpu_millis {
+            errs.add(
+                if group_cpu.is_some() {
+                    "cpu"
+                } else {
+                    "containers"
+                },
+                format!(
+                    "{} vCPU{} is more than the largest offered size, {} vCPU",
+                    format_cpu(requested.cpu_millis),
+                    if group_cpu.is_some() {
+                        ""
+                    } else {
+                        " (the containers' cpu)"
+                    },
+                    format_cpu(max.cpu_millis)
+                ),
+            );
+        }
+        if requested.memory_bytes > max.memory_bytes {
+            errs.add(
+                if group_mem.is_some() {
+                    "memory"
+                } else {
+                    "containers"
+                },
+                format!(
+                    "{}{} is more than the largest offered size, {}",
+                    format_memory(requested.memory_bytes),
+                    if group_mem.is_some() {
+                        ""
+                    } else {
+                        " (the containers' memory and in-memory volumes)"
+                    },
+                    format_memory(max.memory_bytes)
+                ),
+            );
+        }
     }
     if let Some(mem) = group_mem
         && memory_volumes > mem
@@ -232,6 +265,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
         grace_period_seconds: grace,
         shm_bytes: shm.unwrap_or(DEFAULT_SHM_BYTES),
         ephemeral_bytes: ephemeral.unwrap_or(DEFAULT_EPHEMERAL_BYTES),
+        containers: containers_out,
     })
 }
 
@@ -274,6 +308,7 @@ fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
         );
     }
     for (k, v) in &spec.labels {
+        let field = format!("labels[{}]", quote(k));
         let key_ok = !k.is_empty()
             && k.chars().count() <= MAX_LABEL_KEY
             && !k
@@ -281,7 +316,7 @@ fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
                 .any(|c| c.is_control() || c == ',' || c == '=' || c == '!');
         if !key_ok {
             errs.add(
-                format!("labels[{k:?}]"),
+                field.clone(),
                 format!(
                     "key must be 1-{MAX_LABEL_KEY} characters without control characters, ',', '=' or '!'"
                 ),
@@ -289,7 +324,7 @@ fn check_labels(spec: &GroupSpec, errs: &mut Errors) {
         }
         if v.chars().count() > MAX_LABEL_VALUE || v.chars().any(|c| c.is_control()) {
             errs.add(
-                format!("labels[{k:?}]"),
+                field,
                 format!("value must be 0-{MAX_LABEL_VALUE} characters without control characters"),
             );
         }
@@ -312,43 +347,50 @@ fn check_security_context(spec: &GroupSpec, errs: &mut Errors) {
             );
         }
     }
+    if sc.sysctls.len() > MAX_SYSCTLS {
+        errs.add(
+            "securityContext.sysctls",
+            format!(
+                "{} sysctls is over the limit of {MAX_SYSCTLS}",
+                sc.sysctls.len()
+            ),
+        );
+    }
     let mut seen = HashSet::new();
     for (i, s) in sc.sysctls.iter().enumerate() {
         let path = format!("securityContext.sysctls[{i}]");
-        if !sysctl_allowed(&s.name) {
+        if s.name.len() > MAX_SYSCTL_NAME {
+            errs.add(
+                format!("{path}.name"),
+                format!("{} is longer than {MAX_SYSCTL_NAME} bytes", quote(&s.name)),
+            );
+        } else if !sysctl::allowed(&s.name) {
             errs.add(
                 format!("{path}.name"),
                 format!(
-                    "{:?} is not allowed; allowed: kernel.shm*, kernel.msg*, kernel.sem, \
-                     fs.mqueue.*, net.* except net.core.rmem_max",
-                    s.name
+                    "{} is not allowed; allowed: kernel.shm*, kernel.msg*, kernel.sem, \
+                     fs.mqueue.*, net.* except net.core.rmem_max (dot-separated names)",
+                    quote(&s.name)
                 ),
             );
-        }
-        if !seen.insert(s.name.as_str()) {
-            errs.add(format!("{path}.name"), format!("{:?} is set twice", s.name));
+        } else if !seen.insert(s.name.as_str()) {
+            errs.add(
+                format!("{path}.name"),
+                format!("{} is set twice", quote(&s.name)),
+            );
         }
         if s.value.is_empty() || s.value.contains(['\n', '\0']) {
             errs.add(format!("{path}.value"), "must be a non-empty single line");
+        } else if s.value.len() > MAX_SYSCTL_VALUE {
+            errs.add(
+                format!("{path}.value"),
+                format!(
+                    "{} bytes is over the limit of {MAX_SYSCTL_VALUE}",
+                    s.value.len()
+                ),
+            );
         }
     }
-}
-
-/// The namespaced sysctls a group may set (seed 004): they only affect the group's own
-/// IPC and network namespaces.
-pub(crate) fn sysctl_allowed(name: &str) -> bool {
-    let valid_chars = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
-        && !name.contains("..")
-        && !name.contains('/');
-    valid_chars
-        && (name.starts_with("kernel.shm")
-            || name.starts_with("kernel.msg")
-            || name == "kernel.sem"
-            || name.starts_with("fs.mqueue.")
-            || (name.starts_with("net.") && name != "net.core.rmem_max"))
 }
 
 fn check_credentials(spec: &GroupSpec, errs: &mut Errors) {
@@ -364,7 +406,12 @@ fn check_credentials(spec: &GroupSpec, errs: &mut Errors) {
     let mut servers = HashSet::new();
     for (i, c) in spec.image_registry_credentials.iter().enumerate() {
         let path = format!("imageRegistryCredentials[{i}]");
-        if c.server.is_empty() || c.server.contains(['/', ' ']) {
+        if c.server.len() > MAX_SERVER {
+            errs.add(
+                format!("{path}.server"),
+                format!("{} is longer than {MAX_SERVER} bytes", quote(&c.server)),
+            );
+        } else if c.server.is_empty() || c.server.contains(['/', ' ']) {
             errs.add(
                 format!("{path}.server"),
                 "must be a registry host[:port] without scheme or path",
@@ -372,11 +419,19 @@ fn check_credentials(spec: &GroupSpec, errs: &mut Errors) {
         } else if !servers.insert(c.server.as_str()) {
             errs.add(
                 format!("{path}.server"),
-                format!("{:?} has credentials twice", c.server),
+                format!("{} has credentials twice", quote(&c.server)),
             );
         }
         if c.username.is_empty() {
             errs.add(format!("{path}.username"), "is required");
+        }
+        for (field, v) in [("username", &c.username), ("password", &c.password)] {
+            if v.len() > MAX_SECRET {
+                errs.add(
+                    format!("{path}.{field}"),
+                    format!("{} bytes is over the limit of {MAX_SECRET}", v.len()),
+                );
+            }
         }
     }
 }

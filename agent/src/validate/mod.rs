@@ -1,43 +1,41 @@
-//! Validation of a group spec against every rule of PRODUCT.md.
+//! Admission of a group spec: every rule of PRODUCT.md, the limits of every list and
+//! string, what this node's kernel can run, and the fields whose feature is not built.
 //!
 //! Every problem is reported with the JSON path of the field (`containers[1].resources.cpu`)
 //! and the limit it broke, all problems at once, so one round-trip fixes a spec. A spec
 //! that passes comes back with its parsed quantities and normalized size, so nothing
 //! downstream parses a string again.
+//!
+//! The rule when a spec has both kinds of problem: if anything is invalid the answer is
+//! `INVALID_ARGUMENT` listing every invalid field; only a spec that is otherwise valid gets
+//! `UNIMPLEMENTED`, listing every unbuilt field it sets. So a client never fixes an
+//! unbuilt field only to learn that the spec was wrong anyway.
 
 mod container;
+pub mod domain;
 mod group;
+pub mod limits;
 mod names;
 mod network;
+pub mod paths;
+pub mod quote;
+mod sysctl;
+mod unbuilt;
 mod volume;
 
 use std::fmt;
 
 use eci_api::v1::GroupSpec;
+use prost::Message;
 
 use crate::sizes::Size;
 
+pub use domain::{Bytes, Capability, ContainerSpec, CpuMillis, Mount};
 pub use group::group_gpus;
-pub use names::check_name;
+pub use names::{NameError, check_name};
 
-/// Limits from PRODUCT.md.
-pub mod limits {
-    pub const MAX_CONTAINERS: usize = 20;
-    pub const MAX_VOLUMES: usize = 20;
-    pub const MAX_LABELS: usize = 20;
-    pub const MAX_LABEL_KEY: usize = 63;
-    pub const MAX_LABEL_VALUE: usize = 63;
-    pub const MAX_NAME: usize = 63;
-    pub const MAX_GRACE_SECONDS: i64 = 3600;
-    pub const DEFAULT_GRACE_SECONDS: i64 = 30;
-    pub const MAX_EPHEMERAL_BYTES: u64 = 2 << 40;
-    pub const DEFAULT_EPHEMERAL_BYTES: u64 = 40 << 30;
-    pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
-    pub const MAX_CREDENTIALS: usize = 20;
-    pub const MAX_NAMESERVERS: usize = 3;
-    pub const MAX_SEARCHES: usize = 6;
-    pub const MAX_SG_RULES: usize = 100;
-}
+/// How many problems a refusal lists; the rest are counted.
+pub const MAX_LISTED: usize = 20;
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +51,42 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// Every problem found in a spec.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Every problem found in a spec. Displayed as the first [`MAX_LISTED`] and a count of
+/// the rest, so the message stays small whatever the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        write!(f, "invalid group spec: {}", parts.join("; "))
+        for (i, e) in self.0.iter().take(MAX_LISTED).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        if self.0.len() > MAX_LISTED {
+            write!(f, "; and {} more", self.0.len() - MAX_LISTED)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a spec is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// It breaks rules (`INVALID_ARGUMENT`).
+    #[error("invalid group spec: {0}")]
+    Invalid(ValidationErrors),
+    /// It is valid, but sets fields whose feature is not built (`UNIMPLEMENTED`).
+    #[error("group spec sets fields this agent does not implement yet: {0}")]
+    Unimplemented(ValidationErrors),
+}
+
+impl SpecError {
+    pub fn errors(&self) -> &[FieldError] {
+        match self {
+            SpecError::Invalid(e) | SpecError::Unimplemented(e) => &e.0,
+        }
     }
 }
 
@@ -76,6 +102,18 @@ pub struct ValidSpec {
     pub grace_period_seconds: i64,
     pub shm_bytes: u64,
     pub ephemeral_bytes: u64,
+    /// Init containers, then app containers, checked.
+    pub containers: Vec<ContainerSpec>,
+}
+
+impl TryFrom<&GroupSpec> for ValidSpec {
+    type Error = ValidationErrors;
+
+    /// [`validate`]: the rules and limits, without this node's kernel or the unbuilt
+    /// fields ([`admit`] adds those for a client's request).
+    fn try_from(spec: &GroupSpec) -> Result<Self, Self::Error> {
+        validate(spec)
+    }
 }
 
 /// Collects field errors while walking a spec.
@@ -91,7 +129,8 @@ impl Errors {
     }
 }
 
-/// Checks a whole spec. Pure: no I/O, no node state (admission is separate).
+/// Checks a whole spec against the rules and limits. Pure: no I/O, no node state. The
+/// supervisor runs it again on stored specs to get their sizes back.
 pub fn validate(spec: &GroupSpec) -> Result<ValidSpec, ValidationErrors> {
     let mut errs = Errors::default();
     let valid = group::check(spec, &mut errs);
@@ -101,7 +140,53 @@ pub fn validate(spec: &GroupSpec) -> Result<ValidSpec, ValidationErrors> {
     }
 }
 
+/// Admits a spec sent by a client (Create, Update): its encoded size first (cheap, and
+/// nothing else runs on an oversized spec), then [`validate`], then what this node's
+/// kernel takes (each sysctl set in a throwaway network and IPC namespace), then the
+/// unbuilt fields. See the module doc for the order.
+pub fn admit(spec: &GroupSpec) -> Result<ValidSpec, SpecError> {
+    let size = spec.encoded_len();
+    if size > limits::MAX_SPEC_BYTES {
+        return Err(SpecError::Invalid(ValidationErrors(vec![FieldError {
+            field: "spec".into(),
+            message: format!(
+                "{size} bytes encoded is over the limit of {} bytes (1.5 MiB)",
+                limits::MAX_SPEC_BYTES
+            ),
+        }])));
+    }
+    let mut errs = Errors::default();
+    let valid = group::check(spec, &mut errs);
+    // Only names and values that passed the rules go to the kernel.
+    let sysctls: Vec<(usize, &str, &str)> = spec
+        .security_context
+        .iter()
+        .flat_map(|s| s.sysctls.iter().enumerate())
+        .filter(|(_, s)| {
+            sysctl::allowed(&s.name)
+                && !s.value.is_empty()
+                && s.value.len() <= limits::MAX_SYSCTL_VALUE
+                && !s.value.contains(['\n', '\0'])
+        })
+        .map(|(i, s)| (i, s.name.as_str(), s.value.as_str()))
+        .collect();
+    sysctl::check_on_kernel(&sysctls, &mut errs);
+    match valid {
+        Some(v) if errs.0.is_empty() => {
+            unbuilt::check(spec, &mut errs);
+            if errs.0.is_empty() {
+                Ok(v)
+            } else {
+                Err(SpecError::Unimplemented(ValidationErrors(errs.0)))
+            }
+        }
+        _ => Err(SpecError::Invalid(ValidationErrors(errs.0))),
+    }
+}
+
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod matrix;
 #[cfg(test)]
 mod tests;

@@ -7,21 +7,31 @@ use eci_netns::{EniSelector, Rule};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Errors;
-use super::limits::{MAX_NAMESERVERS, MAX_SEARCHES, MAX_SG_RULES};
+use super::limits::*;
+use super::quote::quote;
+
+/// Any string of a selector or a rule: longer is never a valid MAC, link name, address,
+/// port range or word, and keeps the parsers' messages short.
+const MAX_WORD: usize = 64;
 
 pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
-    if let Some(eni) = &net.eni
-        && let Err(e) = EniSelector::parse(&eni.mac_address, &eni.link_name)
-    {
-        errs.add("network.eni", e.to_string());
+    if let Some(eni) = &net.eni {
+        if eni.mac_address.len() > MAX_WORD || eni.link_name.len() > MAX_WORD {
+            errs.add(
+                "network.eni",
+                format!("macAddress and linkName are at most {MAX_WORD} bytes"),
+            );
+        } else if let Err(e) = EniSelector::parse(&eni.mac_address, &eni.link_name) {
+            errs.add("network.eni", e.to_string());
+        }
     }
     let v4 = (!net.ipv4_address.is_empty()).then(|| net.ipv4_address.parse::<Ipv4Net>());
     match &v4 {
         Some(Err(_)) => errs.add(
             "network.ipv4Address",
             format!(
-                "{:?} is not an IPv4 address with prefix such as 10.0.3.17/24",
-                net.ipv4_address
+                "{} is not an IPv4 address with prefix such as 10.0.3.17/24",
+                quote(&net.ipv4_address)
             ),
         ),
         None if net.eni.is_some() => {
@@ -33,7 +43,7 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
         match net.ipv4_gateway.parse::<Ipv4Addr>() {
             Err(_) => errs.add(
                 "network.ipv4Gateway",
-                format!("{:?} is not an IPv4 address", net.ipv4_gateway),
+                format!("{} is not an IPv4 address", quote(&net.ipv4_gateway)),
             ),
             Ok(gw) => {
                 if let Some(Ok(addr)) = &v4
@@ -51,15 +61,15 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
         errs.add(
             "network.ipv6Address",
             format!(
-                "{:?} is not an IPv6 address with prefix such as fd00::5/64",
-                net.ipv6_address
+                "{} is not an IPv6 address with prefix such as fd00::5/64",
+                quote(&net.ipv6_address)
             ),
         );
     }
     if !net.ipv6_gateway.is_empty() && net.ipv6_gateway.parse::<Ipv6Addr>().is_err() {
         errs.add(
             "network.ipv6Gateway",
-            format!("{:?} is not an IPv6 address", net.ipv6_gateway),
+            format!("{} is not an IPv6 address", quote(&net.ipv6_gateway)),
         );
     }
     if net.mtu != 0 && !(68..=9216).contains(&net.mtu) {
@@ -79,7 +89,7 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
             if ns.parse::<IpAddr>().is_err() {
                 errs.add(
                     format!("network.dns.nameservers[{i}]"),
-                    format!("{ns:?} is not an IP address"),
+                    format!("{} is not an IP address", quote(ns)),
                 );
             }
         }
@@ -92,9 +102,29 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
                 ),
             );
         }
-        for (i, s) in dns.searches.iter().chain(&dns.options).enumerate() {
-            if s.is_empty() || s.chars().any(char::is_whitespace) {
-                errs.add("network.dns", format!("entry {i} {s:?} must be one word"));
+        if dns.options.len() > MAX_DNS_OPTIONS {
+            errs.add(
+                "network.dns.options",
+                format!(
+                    "{} options is over the limit of {MAX_DNS_OPTIONS}",
+                    dns.options.len()
+                ),
+            );
+        }
+        for (list, items, max) in [
+            ("searches", &dns.searches, MAX_SEARCH),
+            ("options", &dns.options, MAX_DNS_OPTION),
+        ] {
+            for (i, s) in items.iter().enumerate() {
+                if s.is_empty()
+                    || s.len() > max
+                    || s.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    errs.add(
+                        format!("network.dns.{list}[{i}]"),
+                        format!("{} must be one word of at most {max} bytes", quote(s)),
+                    );
+                }
             }
         }
     }
@@ -108,7 +138,15 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
         );
     }
     for (i, r) in net.security_group_rules.iter().enumerate() {
-        if let Err(e) = Rule::parse(
+        let long = [&r.direction, &r.protocol, &r.port_range, &r.cidr, &r.policy]
+            .iter()
+            .any(|f| f.len() > MAX_WORD);
+        if long {
+            errs.add(
+                format!("network.securityGroupRules[{i}]"),
+                format!("each field is at most {MAX_WORD} bytes"),
+            );
+        } else if let Err(e) = Rule::parse(
             &r.direction,
             &r.protocol,
             &r.port_range,

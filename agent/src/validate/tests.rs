@@ -112,23 +112,26 @@ fn names_each_bad_field() {
 }
 
 #[test]
-fn sysctl_allowlist() {
-    for ok in [
-        "kernel.shmmax",
-        "kernel.msgmax",
-        "kernel.sem",
-        "fs.mqueue.msg_max",
-        "net.ipv4.ip_forward",
-    ] {
-        assert!(group::sysctl_allowed(ok), "{ok}");
-    }
-    for no in [
-        "net.core.rmem_max",
-        "kernel.pid_max",
-        "vm.swappiness",
-        "fs.file-max",
-        "kernel.semx",
-    ] {
-        assert!(!group::sysctl_allowed(no), "{no}");
-    }
+fn mount_paths_are_compared_normalized() {
+    let mut s = spec();
+    s.volumes = vec![eci_api::v1::Volume {
+        name: "v".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }];
+    let mount = |p: &str| eci_api::v1::VolumeMount {
+        name: "v".into(),
+        mount_path: p.into(),
+        ..Default::default()
+    };
+    s.containers[0].volume_mounts = vec![mount("/data"), mount("/data/")];
+    assert_eq!(fields(&s), ["containers[0].volumeMounts[1].mountPath"]);
+    s.containers[0].volume_mounts = vec![mount("/data"), mount("/other/")];
+    let v = validate(&s).expect("valid");
+    let dests: Vec<&str> = v.containers[0]
+        .mounts
+        .iter()
+        .map(|m| m.destination.as_str())
+        .collect();
+    assert_eq!(dests, ["/data", "/other"]);
 }

@@ -1,12 +1,13 @@
 //! Volume rules: names, exactly one source, refused host paths, sizes, config files.
 
 use std::collections::HashSet;
-use std::path::{Component, Path};
 
 use eci_api::v1::Volume;
 
 use super::group::parse_opt;
-use super::{Errors, check_name};
+use super::limits::*;
+use super::quote::quote;
+use super::{Errors, check_name, paths};
 use crate::quantity::parse_memory_bytes;
 
 /// What the container checks need to know about the group's volumes.
@@ -22,11 +23,11 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
     for (i, v) in volumes.iter().enumerate() {
         let path = format!("volumes[{i}]");
         if let Err(m) = check_name(&v.name) {
-            errs.add(format!("{path}.name"), m);
+            errs.add(format!("{path}.name"), m.to_string());
         } else if !set.names.insert(v.name.clone()) {
             errs.add(
                 format!("{path}.name"),
-                format!("{:?} is used by another volume", v.name),
+                format!("{} is used by another volume", quote(&v.name)),
             );
         }
         let sources = [
@@ -66,7 +67,7 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                 },
                 other => errs.add(
                     format!("{path}.emptyDir.medium"),
-                    format!("{other:?} is not one of \"\" (disk), Memory"),
+                    format!("{} is not one of \"\" (disk), Memory", quote(other)),
                 ),
             }
         }
@@ -77,20 +78,34 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                     "at least one file is required",
                 );
             }
+            if cf.files.len() > MAX_CONFIG_FILES {
+                errs.add(
+                    format!("{path}.configFile.files"),
+                    format!(
+                        "{} files is over the limit of {MAX_CONFIG_FILES}",
+                        cf.files.len()
+                    ),
+                );
+            }
             let mut seen = HashSet::new();
+            let mut bytes = 0usize;
             for (j, f) in cf.files.iter().enumerate() {
                 let fpath = format!("{path}.configFile.files[{j}]");
-                if !is_relative_inside(&f.path) {
-                    errs.add(
-                        format!("{fpath}.path"),
-                        format!("{:?} must be a relative path without '..'", f.path),
-                    );
-                } else if !seen.insert(f.path.as_str()) {
-                    errs.add(
-                        format!("{fpath}.path"),
-                        format!("{:?} is given twice", f.path),
-                    );
+                match paths::relative(&f.path) {
+                    Err(e) => errs.add(format!("{fpath}.path"), e.to_string()),
+                    Ok(n) => {
+                        if !seen.insert(n) {
+                            errs.add(
+                                format!("{fpath}.path"),
+                                format!("{} is given twice", quote(&f.path)),
+                            );
+                        }
+                    }
                 }
+                // Decoded size: base64 holds 3 bytes in 4 characters.
+                bytes = bytes
+                    .saturating_add(f.content.len())
+                    .saturating_add(f.content_base64.len() / 4 * 3);
                 if !f.content.is_empty() && !f.content_base64.is_empty() {
                     errs.add(&fpath, "set content or contentBase64, not both");
                 }
@@ -104,9 +119,22 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                     );
                 }
             }
+            if bytes > MAX_CONFIG_BYTES {
+                errs.add(
+                    format!("{path}.configFile.files"),
+                    format!("the files hold {bytes} bytes, over the limit of {MAX_CONFIG_BYTES}"),
+                );
+            }
         }
         if let Some(d) = &v.disk {
-            if !d.device.starts_with("/dev/") && (d.device.is_empty() || d.device.contains('/')) {
+            if d.device.len() > MAX_PATH {
+                errs.add(
+                    format!("{path}.disk.device"),
+                    format!("{} is longer than {MAX_PATH} bytes", quote(&d.device)),
+                );
+            } else if !d.device.starts_with("/dev/")
+                && (d.device.is_empty() || d.device.contains('/'))
+            {
                 errs.add(
                     format!("{path}.disk.device"),
                     "must be a /dev path or a disk serial",
@@ -115,18 +143,18 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
             if !matches!(d.fs_type.as_str(), "" | "ext4" | "xfs") {
                 errs.add(
                     format!("{path}.disk.fsType"),
-                    format!("{:?} is not one of ext4, xfs", d.fs_type),
+                    format!("{} is not one of ext4, xfs", quote(&d.fs_type)),
                 );
             }
         }
         if let Some(n) = &v.nfs {
-            if n.server.is_empty() || n.server.contains(['/', ' ']) {
+            if n.server.is_empty() || n.server.len() > MAX_SERVER || n.server.contains(['/', ' ']) {
                 errs.add(
                     format!("{path}.nfs.server"),
-                    "must be a host name or address",
+                    "must be a host name or address of at most 253 bytes",
                 );
             }
-            if !n.path.starts_with('/') {
+            if paths::absolute(&n.path).is_err() {
                 errs.add(
                     format!("{path}.nfs.path"),
                     "must be an absolute export path",
@@ -135,15 +163,6 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
         }
     }
     set
-}
-
-/// True for a non-empty relative path that stays inside its base (no `..`, not absolute).
-pub(super) fn is_relative_inside(p: &str) -> bool {
-    !p.is_empty()
-        && !p.contains('\0')
-        && Path::new(p)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 fn is_base64(s: &str) -> bool {

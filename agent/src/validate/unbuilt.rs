@@ -1,0 +1,199 @@
+//! Fields whose feature this agent does not build yet. A spec that sets one is refused
+//! with `UNIMPLEMENTED` naming it: accepting it and ignoring it would tell the control
+//! plane something that is not so (a probe that never runs, an address never configured).
+//! When a feature lands, its field leaves this list in the same change.
+//!
+//! The wire messages are destructured here without `..`: a field added to the proto does
+//! not compile until someone decides whether it is enforced (bound to `_` with the rule
+//! that checks it) or refused here.
+
+use eci_api::v1::{Container, GroupSpec, NetworkSpec, Volume};
+
+use super::Errors;
+
+/// Collects every unbuilt field `spec` sets.
+pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
+    // Enforced or checked by `group.rs` and the container/volume/network checks.
+    let GroupSpec {
+        name: _,
+        labels: _,
+        restart_policy: _,
+        cpu: _,
+        memory: _,
+        termination_grace_period_seconds: _,
+        shm_size: _,
+        ephemeral_storage,
+        security_context: _,
+        image_registry_credentials,
+        image_cache,
+        network,
+        sandbox: _,
+        containers,
+        init_containers,
+        volumes,
+    } = spec;
+    if !ephemeral_storage.is_empty() {
+        errs.add(
+            "ephemeralStorage",
+            "a size for the writable layers is not enforced yet (no quota on the layer directory)",
+        );
+    }
+    if !image_registry_credentials.is_empty() {
+        errs.add(
+            "imageRegistryCredentials",
+            "registry pulls are not built yet (Images/Pull is UNIMPLEMENTED): import the image",
+        );
+    }
+    if let Some(c) = image_cache
+        && (!c.name.is_empty() || c.auto_match)
+    {
+        errs.add("imageCache", "image caches are not built yet");
+    }
+    if let Some(n) = network {
+        self::network(n, errs);
+    }
+    for (list, containers) in [
+        ("initContainers", init_containers),
+        ("containers", containers),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            container(&format!("{list}[{i}]"), c, errs);
+        }
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        volume(i, v, errs);
+    }
+}
+
+fn network(n: &NetworkSpec, errs: &mut Errors) {
+    // DNS is enforced (`/etc/resolv.conf`).
+    let NetworkSpec {
+        eni,
+        ipv4_address,
+        ipv4_gateway,
+        ipv6_address,
+        ipv6_gateway,
+        mtu,
+        dns: _,
+        security_group_rules,
+    } = n;
+    let net = "the group's network namespace has only lo until ENIs are built";
+    if eni.is_some() {
+        errs.add("network.eni", format!("ENIs are not built yet: {net}"));
+    }
+    for (set, field) in [
+        (!ipv4_address.is_empty(), "network.ipv4Address"),
+        (!ipv4_gateway.is_empty(), "network.ipv4Gateway"),
+        (!ipv6_address.is_empty(), "network.ipv6Address"),
+        (!ipv6_gateway.is_empty(), "network.ipv6Gateway"),
+        (*mtu != 0, "network.mtu"),
+    ] {
+        if set {
+            errs.add(field, format!("addresses are not configured yet: {net}"));
+        }
+    }
+    if !security_group_rules.is_empty() {
+        errs.add(
+            "network.securityGroupRules",
+            "security-group rules are not applied yet",
+        );
+    }
+}
+
+fn volume(i: usize, v: &Volume, errs: &mut Errors) {
+    // emptyDir and configFile are enforced; hostPath is refused by `volume.rs`.
+    let Volume {
+        name: _,
+        empty_dir,
+        config_file: _,
+        disk,
+        nfs,
+        host_path: _,
+    } = v;
+    if disk.is_some() {
+        errs.add(
+            format!("volumes[{i}].disk"),
+            "disk volumes are not built yet",
+        );
+    }
+    if nfs.is_some() {
+        errs.add(format!("volumes[{i}].nfs"), "nfs volumes are not built yet");
+    }
+    if let Some(e) = empty_dir
+        && e.medium.is_empty()
+        && !e.size_limit.is_empty()
+    {
+        errs.add(
+            format!("volumes[{i}].emptyDir.sizeLimit"),
+            "a size limit on a disk emptyDir is not enforced yet (medium Memory has one)",
+        );
+    }
+}
+
+fn container(path: &str, c: &Container, errs: &mut Errors) {
+    // The rest is enforced (see docs/api.md) and checked by `container.rs`.
+    let Container {
+        name: _,
+        image: _,
+        image_pull_policy: _,
+        command: _,
+        args: _,
+        working_dir: _,
+        env: _,
+        ports: _,
+        resources,
+        volume_mounts: _,
+        liveness_probe,
+        readiness_probe,
+        startup_probe,
+        lifecycle,
+        security_context: _,
+        stdin,
+        tty,
+    } = c;
+    for (set, field) in [
+        (liveness_probe.is_some(), "livenessProbe"),
+        (readiness_probe.is_some(), "readinessProbe"),
+        (startup_probe.is_some(), "startupProbe"),
+    ] {
+        if set {
+            errs.add(format!("{path}.{field}"), "probes are not run yet");
+        }
+    }
+    if let Some(l) = lifecycle {
+        let mut any = false;
+        for (set, field) in [
+            (l.post_start.is_some(), "postStart"),
+            (l.pre_stop.is_some(), "preStop"),
+        ] {
+            if set {
+                any = true;
+                errs.add(
+                    format!("{path}.lifecycle.{field}"),
+                    "lifecycle hooks are not run yet",
+                );
+            }
+        }
+        if !any {
+            errs.add(
+                format!("{path}.lifecycle"),
+                "lifecycle hooks are not run yet",
+            );
+        }
+    }
+    if resources.as_ref().is_some_and(|r| r.gpu > 0) {
+        errs.add(
+            format!("{path}.resources.gpu"),
+            "GPU devices are not given to containers yet",
+        );
+    }
+    for (set, field) in [(*stdin, "stdin"), (*tty, "tty")] {
+        if set {
+            errs.add(
+                format!("{path}.{field}"),
+                "a container's own stdin/tty is not built yet (Attach is UNIMPLEMENTED; \
+                 `ecictl exec -it` gives a terminal)",
+            );
+        }
+    }
+}
