@@ -94,7 +94,7 @@ impl Feed {
                 None => match self.live.recv().await {
                     Ok(ev) => ev,
                     Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(
+                        tracing::info!(
                             skipped = n,
                             after = self.last,
                             "watcher fell behind the live channel; catching up from the change log"
