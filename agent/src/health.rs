@@ -253,3 +253,47 @@ impl Health {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> (tempfile::TempDir, Arc<Health>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(&dir.path().join("state.redb")).expect("store"));
+        (dir, Health::new(store))
+    }
+
+    fn status(h: &Health, kind: &str) -> (String, String) {
+        let c = h
+            .conditions()
+            .into_iter()
+            .find(|c| c.r#type == kind)
+            .expect("condition");
+        (c.status, c.reason)
+    }
+
+    #[test]
+    fn a_stalled_loop_is_not_alive_and_says_which() {
+        let (_dir, h) = health();
+        assert!(h.alive());
+        assert_eq!(Health::summary(&h.conditions()), "healthy");
+        let Some(long_ago) = Instant::now().checked_sub(STALE * 2) else {
+            return; // The machine booted moments ago: nothing to test against.
+        };
+        *h.supervisor.0.lock().expect("lock") = long_ago;
+        assert!(!h.alive());
+        assert_eq!(
+            status(&h, SUPERVISOR_LOOP),
+            ("False".to_string(), "Stalled".to_string())
+        );
+        assert_eq!(status(&h, API_LOOP).0, "True");
+        assert!(Health::summary(&h.conditions()).contains("SupervisorLoop (Stalled)"));
+        h.supervisor.beat();
+        assert!(h.alive());
+        // A store probe that never returns (a hung disk) is as bad as a failed read.
+        *h.store_probe.0.lock().expect("lock") = long_ago;
+        assert!(!h.alive());
+        assert_eq!(status(&h, STORE_READABLE).1, "ProbeStalled");
+    }
+}

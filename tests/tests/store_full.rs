@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eci_api::v1::container_groups_client::ContainerGroupsClient;
+use eci_api::v1::metrics_client::MetricsClient;
 use eci_api::v1::node_client::NodeClient;
 use eci_api::v1::*;
 use eci_tests::scenario::{self, IMAGE};
@@ -178,6 +179,7 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
         }
     }
     let (name, err) = refused.expect("a create fails on a full filesystem");
+    eprintln!("{} creates fitted, then: {err}", fitted.len());
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     let msg = err.message();
     assert!(msg.contains(&db.display().to_string()), "{msg}");
@@ -193,7 +195,7 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     let again = create(&mut groups, &name).await.expect_err("still full");
     assert_eq!(again.code(), Code::ResourceExhausted, "{again}");
 
-    // Reads work: Get, List, Watch, Node.Info, the running group's logs.
+    // Reads work: Get, List, Watch, Exec, metrics, the running group's logs.
     let g = groups
         .get(GetGroupRequest {
             name: "ticker".into(),
@@ -219,6 +221,14 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
         .expect("open")
         .expect("ok");
     assert_eq!(first.r#type, "ADDED");
+    let exec = agent.ctl(&["exec", "ticker", "--", "echo", "exec-works"]);
+    assert!(text(&exec).contains("exec-works"), "{}", text(&exec));
+    MetricsClient::new(ch.clone())
+        .get_metrics(GetMetricsRequest {
+            group: "ticker".into(),
+        })
+        .await
+        .expect("metrics while full");
     let seen = last_tick(&scenario::logs(&agent, "ticker", "c"));
     scenario::wait_log(&agent, "ticker", "c", &format!("tick {}", seen + 3));
 
