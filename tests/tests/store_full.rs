@@ -137,7 +137,7 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     let state = root.join("var/lib/eci");
     // Declared before the agent: dropped after it, so the agent is gone first.
     let tmpfs = Tmpfs::mount(&state, &root, "48m");
-    let agent =
+    let mut agent =
         Agent::start_on(dir, "[node]\ncpu = \"2\"\nmemory = \"4Gi\"\n", &[]).expect("agent");
     let image = oci::Image {
         layers: vec![oci::busybox_layer().expect("busybox-static")],
@@ -250,6 +250,22 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     wait_health(&ch, "eci.v1.ContainerGroups", ServingStatus::NotServing).await;
     wait_health(&ch, "", ServingStatus::Serving).await;
     wait_health(&ch, "eci.v1.Node", ServingStatus::Serving).await;
+
+    // The agent also starts on the full filesystem (a crash or an upgrade meanwhile):
+    // it opens the store without writing, re-adopts the running group, and serves reads.
+    agent.kill9_and_restart().expect("restart while full");
+    let ch = channel(&agent.socket()).await.expect("channel");
+    let mut groups = ContainerGroupsClient::new(ch.clone());
+    let g = groups
+        .get(GetGroupRequest {
+            name: "ticker".into(),
+        })
+        .await
+        .expect("get after a restart while full")
+        .into_inner();
+    assert_eq!(g.status.expect("status").phase, "Running");
+    let again = create(&mut groups, &name).await.expect_err("still full");
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again}");
 
     // Space comes back: writes work again, without a restart.
     std::fs::remove_file(&filler).expect("free space");
