@@ -267,6 +267,31 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     let again = create(&mut groups, &name).await.expect_err("still full");
     assert_eq!(again.code(), Code::ResourceExhausted, "{again}");
 
+    // The ticker's container dies while the store cannot record it: the supervisor
+    // keeps the change and retries (it does not crash, drop it, or spin).
+    let id = scenario::group_id(&agent, "ticker");
+    let parent = agent.cgroup_parent();
+    let procs = [
+        format!("/sys/fs/cgroup/pids/{parent}/{id}/c/cgroup.procs"),
+        format!("/sys/fs/cgroup/{parent}/{id}/c/cgroup.procs"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok())
+    .expect("the container's cgroup");
+    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let retrying = eci_tests::wait_for(Duration::from_secs(10), || {
+        agent
+            .log()
+            .contains("the store cannot record the group's status; retrying")
+            .then_some(())
+    });
+    assert!(retrying.is_some(), "{}", agent.log());
+
     // Space comes back: writes work again, without a restart.
     std::fs::remove_file(&filler).expect("free space");
     create(&mut groups, "after")
@@ -279,6 +304,20 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
         .await
         .expect("get after");
     assert_eq!(condition(&ch, "StoreWritable").await.status, "True");
+    // The recorded exit was not lost: the container was restarted and runs again.
+    let restarted = eci_tests::wait_for(Duration::from_secs(40), || {
+        let g = agent.get_json("ticker").ok()?;
+        let c = &g["status"]["containerStatuses"][0];
+        (g["status"]["phase"] == "Running"
+            && c["state"] == "Running"
+            && c["restartCount"].as_u64().unwrap_or(0) >= 1)
+            .then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "{}",
+        text(&agent.ctl(&["describe", "ticker"]))
+    );
     wait_health(&ch, "eci.v1.ContainerGroups", ServingStatus::Serving).await;
     assert!(
         !agent.log().contains("panicked"),
