@@ -1,7 +1,7 @@
 //! Store tests: revisions, failures and recovery, exact change feeds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use eci_api::v1::GroupSpec;
 
@@ -65,6 +65,8 @@ fn survives_reopen_and_counts_revisions() {
 struct Filling {
     file: redb::backends::FileBackend,
     limit: Arc<AtomicU64>,
+    /// The errno of a refused write.
+    errno: Arc<AtomicI32>,
 }
 
 impl redb::StorageBackend for Filling {
@@ -82,7 +84,9 @@ impl redb::StorageBackend for Filling {
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
         if offset + data.len() as u64 > self.limit.load(Ordering::SeqCst) {
-            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+            return Err(std::io::Error::from_raw_os_error(
+                self.errno.load(Ordering::SeqCst),
+            ));
         }
         self.file.write(offset, data)
     }
@@ -91,9 +95,10 @@ impl redb::StorageBackend for Filling {
     }
 }
 
-fn filling_store(path: &Path) -> (Store, Arc<AtomicU64>) {
+fn filling_store(path: &Path, errno: i32) -> (Store, Arc<AtomicU64>) {
     let limit = Arc::new(AtomicU64::new(u64::MAX));
     let l = limit.clone();
+    let errno = Arc::new(AtomicI32::new(errno));
     let store = Store::open_with(
         path,
         Box::new(move |p| {
@@ -106,6 +111,7 @@ fn filling_store(path: &Path) -> (Store, Arc<AtomicU64>) {
             redb::Builder::new().create_with_backend(Filling {
                 file: redb::backends::FileBackend::new(file)?,
                 limit: l.clone(),
+                errno: errno.clone(),
             })
         }),
     )
@@ -125,7 +131,7 @@ fn big(name: &str) -> ContainerGroup {
 fn a_full_disk_fails_writes_keeps_reads_and_recovers_without_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
-    let (s, limit) = filling_store(&path);
+    let (s, limit) = filling_store(&path, nix::libc::ENOSPC);
     for i in 0..20 {
         s.write(|tx| tx.insert_group(&mut group(&format!("g{i}"))))
             .expect("insert");
@@ -165,6 +171,33 @@ fn a_full_disk_fails_writes_keeps_reads_and_recovers_without_restart() {
     drop(s);
     let s = Store::open(&path).expect("reopen");
     assert_eq!(s.list_groups().expect("list").0.len(), 21);
+}
+
+#[test]
+fn another_io_failure_is_unavailable_and_recovers_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let (s, limit) = filling_store(&path, nix::libc::EIO);
+    s.write(|tx| tx.insert_group(&mut group("a")))
+        .expect("insert");
+    limit.store(
+        std::fs::metadata(&path).expect("len").len(),
+        Ordering::SeqCst,
+    );
+    for _ in 0..2 {
+        let err = s
+            .write(|tx| tx.insert_group(&mut big("b")))
+            .expect_err("EIO");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(err.is_unwritable() && !err.is_full());
+        assert!(chain(&err).contains(&path.display().to_string()));
+        assert_eq!(s.health().borrow().write.reason, "StorageUnavailable");
+        assert!(s.get_group("a").expect("read").is_some());
+    }
+    limit.store(u64::MAX, Ordering::SeqCst);
+    s.write(|tx| tx.insert_group(&mut big("b")))
+        .expect("recovers");
+    assert!(s.health().borrow().write.ok);
 }
 
 #[test]
