@@ -121,7 +121,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     sup.reconcile().await.context("re-adopting groups")?;
     tracing::info!(socket = %cfg.socket_path().display(), tcp = %cfg.api.tcp_listen, "serving");
     let health = Health::new(groups.store().clone());
-    health.spawn().await;
+    health.spawn(cfg.socket_path()).await;
     spawn_supervisor_loop(sup.clone(), health.clone(), &cfg)?;
     notify::ready();
     notify::spawn_watchdog(health.clone());

@@ -1,8 +1,8 @@
 //! The agent's health: which part works, as `Node.Info` conditions, the standard gRPC
 //! health service and the systemd watchdog.
 //!
-//! Three loops beat: the API loop (a task on the runtime that serves the API, so workers
-//! that are all blocked stop it), the supervisor loop (its periodic housekeeping, which
+//! Three loops beat: the API loop (a health Check of the agent over its own socket every
+//! second, so a wedged runtime, accept loop or HTTP/2 server stops it), the supervisor loop (its periodic housekeeping, which
 //! takes the supervisor's locks) and the store probe (a read of the store, and while
 //! writes fail a write, on a blocking thread). A loop whose last beat is older than
 //! [`STALE`] is stalled.
@@ -17,11 +17,15 @@
 //!   space.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eci_api::v1::NodeCondition;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_health::server::HealthReporter;
 
 use crate::store::Store;
@@ -222,16 +226,29 @@ impl Health {
         }
     }
 
-    /// Starts the API beat, the store probe and the reporting loop.
-    pub async fn spawn(self: &Arc<Self>) {
+    /// Starts the API beat, the store probe and the reporting loop. The API beat is a
+    /// real call: a `grpc.health.v1` Check of this agent over its own socket, so it stops
+    /// when accepting, HTTP/2 or routing is wedged, not only when the runtime is.
+    pub async fn spawn(self: &Arc<Self>, socket: PathBuf) {
         self.report().await;
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(BEAT);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut client = None;
             loop {
                 tick.tick().await;
-                me.api.beat();
+                match tokio::time::timeout(BEAT * 3, self_check(&socket, &mut client)).await {
+                    Ok(Ok(())) => me.api.beat(),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "API self-check failed");
+                        client = None;
+                    }
+                    Err(_) => {
+                        tracing::debug!("API self-check timed out");
+                        client = None;
+                    }
+                }
                 me.report().await;
             }
         });
@@ -252,6 +269,39 @@ impl Health {
             }
         });
     }
+}
+
+/// One health Check of the agent through its Unix socket (connecting when `client` is
+/// None).
+async fn self_check(
+    socket: &Path,
+    client: &mut Option<HealthClient<Channel>>,
+) -> Result<(), tonic::Status> {
+    if client.is_none() {
+        let path = socket.to_path_buf();
+        // The URI is required by HTTP/2 but unused: the connector dials the socket.
+        let ch = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        *client = Some(HealthClient::new(ch));
+    }
+    let Some(c) = client.as_mut() else {
+        return Err(tonic::Status::unavailable("no connection"));
+    };
+    // "eci.v1.Node" is SERVING or NOT_SERVING; either answer shows the API serves.
+    c.check(HealthCheckRequest {
+        service: "eci.v1.Node".into(),
+    })
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
