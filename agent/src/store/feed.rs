@@ -57,12 +57,10 @@ impl Feed {
     pub async fn fill(&mut self) -> Result<(), StoreError> {
         let store = self.store.clone();
         let after = self.last;
-        let page = tokio::task::spawn_blocking(move || store.changes_page(after, PAGE))
+        let (page, more) = tokio::task::spawn_blocking(move || store.changes_page(after, PAGE))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        if page.len() < PAGE {
-            self.catching_up = false;
-        }
+        self.catching_up = more;
         self.backlog.extend(page);
         Ok(())
     }

@@ -65,6 +65,8 @@ pub const EVENTS_KEEP: u64 = 10_000;
 /// How many changes the live channel holds for a watcher that is busy; one that falls
 /// further behind catches up from the change log. Small, because each holds a whole group.
 pub const LIVE_CHANNEL: usize = 256;
+/// How many bytes of encoded changes one read of the change log holds at most.
+pub const PAGE_BYTES: usize = 4 << 20;
 /// How often [`Store::probe`] tries a write while writes fail.
 const PROBE_WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How many changes one read of the change log returns: a replay holds at most this many
@@ -639,9 +641,11 @@ impl Store {
         })
     }
 
-    /// At most `limit` changes after `after`, oldest first. Compacted when the log no
-    /// longer reaches back to `after + 1`.
-    pub fn changes_page(&self, after: u64, limit: usize) -> Result<Vec<WatchEvent>> {
+    /// At most `limit` changes after `after`, oldest first, and whether more follow. A
+    /// page also stops once it holds [`PAGE_BYTES`] (but has at least one change), so a
+    /// replay of huge groups stays small. Compacted when the log no longer reaches back to
+    /// `after + 1`.
+    pub fn changes_page(&self, after: u64, limit: usize) -> Result<(Vec<WatchEvent>, bool)> {
         self.read(|tx| {
             let t = tx.open_table(CHANGES).map_err(db_err)?;
             let oldest = t.first().map_err(db_err)?.map(|(k, _)| k.value());
@@ -653,11 +657,16 @@ impl Store {
                 });
             }
             let mut out = Vec::new();
-            for item in t.range(after + 1..).map_err(db_err)?.take(limit) {
+            let mut bytes = 0;
+            for item in t.range(after + 1..).map_err(db_err)? {
+                if out.len() >= limit || bytes >= PAGE_BYTES {
+                    return Ok((out, true));
+                }
                 let (k, v) = item.map_err(db_err)?;
+                bytes += v.value().len();
                 out.push(decode(k.value(), v.value())?);
             }
-            Ok(out)
+            Ok((out, false))
         })
     }
 }

@@ -49,7 +49,8 @@ fn survives_reopen_and_counts_revisions() {
     let events = s.events(Some("a")).expect("events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].count, 2);
-    let changes = s.changes_page(1, PAGE).expect("changes");
+    let (changes, more) = s.changes_page(1, PAGE).expect("changes");
+    assert!(!more);
     assert_eq!(
         changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
         [2, 3]
@@ -158,7 +159,7 @@ fn a_full_disk_fails_writes_keeps_reads_and_recovers_without_restart() {
         assert!(s.get_group("g3").expect("get").is_some());
         assert!(s.get_group("new").expect("get").is_none());
         assert_eq!(s.revision().expect("rev"), rev);
-        assert_eq!(s.changes_page(rev, PAGE).expect("changes").len(), 0);
+        assert_eq!(s.changes_page(rev, PAGE).expect("changes").0.len(), 0);
     }
     // Space comes back: the probe sees it, and the write goes through.
     limit.store(u64::MAX, Ordering::SeqCst);
@@ -198,6 +199,26 @@ fn another_io_failure_is_unavailable_and_recovers_too() {
     s.write(|tx| tx.insert_group(&mut big("b")))
         .expect("recovers");
     assert!(s.health().borrow().write.ok);
+}
+
+#[test]
+fn pages_of_the_change_log_are_bounded_in_count_and_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("state.redb")).expect("open");
+    for i in 0..6 {
+        // About 1 MiB each: four fill a page's byte budget.
+        let mut g = ContainerGroup {
+            id: "x".repeat(1 << 20),
+            ..group(&format!("g{i}"))
+        };
+        s.write(|tx| tx.insert_group(&mut g)).expect("insert");
+    }
+    let (page, more) = s.changes_page(0, PAGE).expect("page");
+    assert!(more && page.len() == 4, "{} {more}", page.len());
+    let (page, more) = s.changes_page(4, PAGE).expect("page");
+    assert!(!more && page.len() == 2, "{} {more}", page.len());
+    let (page, more) = s.changes_page(0, 3).expect("page");
+    assert!(more && page.len() == 3);
 }
 
 #[test]
