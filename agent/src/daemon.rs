@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::groups::Groups;
+use crate::health::{self, Health};
 use crate::images::ImageStore;
 use crate::node::Node;
 use crate::notify;
@@ -53,6 +54,34 @@ fn sealed_shim_path(cfg: &Config) -> std::path::PathBuf {
     cfg.run_dir.join("bin").join("eci-shim")
 }
 
+/// The supervisor loop: beats every [`health::BEAT`], forgets finished task handles, and
+/// removes finished groups after their retention period (in a task of its own, one at a
+/// time, so a slow removal does not look like a stalled loop).
+fn spawn_supervisor_loop(sup: Arc<Supervisor>, health: Arc<Health>, cfg: &Config) -> Result<()> {
+    let retention = humantime::parse_duration(&cfg.node.finished_group_retention)?;
+    let collect_every = Duration::from_secs(60).min(retention);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(health::BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_collect = tokio::time::Instant::now();
+        let mut collecting: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            tick.tick().await;
+            sup.tick();
+            health.supervisor.beat();
+            let idle = collecting.as_ref().is_none_or(|h| h.is_finished());
+            if !retention.is_zero() && idle && last_collect.elapsed() >= collect_every {
+                last_collect = tokio::time::Instant::now();
+                let sup = sup.clone();
+                collecting = Some(tokio::spawn(async move {
+                    sup.collect_finished(retention).await
+                }));
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.check()?;
@@ -91,20 +120,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Re-adopt running groups before answering: a Get right after start sees them.
     sup.reconcile().await.context("re-adopting groups")?;
     tracing::info!(socket = %cfg.socket_path().display(), tcp = %cfg.api.tcp_listen, "serving");
+    let health = Health::new(groups.store().clone());
+    health.spawn(cfg.socket_path()).await;
+    spawn_supervisor_loop(sup.clone(), health.clone(), &cfg)?;
     notify::ready();
-    notify::spawn_watchdog();
-
-    let retention = humantime::parse_duration(&cfg.node.finished_group_retention)?;
-    if !retention.is_zero() {
-        let sup = sup.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60).min(retention));
-            loop {
-                tick.tick().await;
-                sup.collect_finished(retention).await;
-            }
-        });
-    }
+    notify::spawn_watchdog(health.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate())?;
@@ -117,7 +137,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         notify::stopping();
         let _ = stop_tx.send(true);
     });
-    listeners.serve(sup, stop_rx).await?;
+    listeners.serve(sup, health, stop_rx).await?;
     let _ = std::fs::remove_file(cfg.socket_path());
     // Running shims keep the detached bind they were started from.
     eci_runtime::sealed_exe::release(&sealed_shim_path(&cfg));

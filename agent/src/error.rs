@@ -64,4 +64,16 @@ impl From<ImageError> for Error {
     }
 }
 
+impl Error {
+    /// Whether the store could not write (a full or failing disk): trying again later
+    /// may succeed.
+    pub fn is_store_unwritable(&self) -> bool {
+        match self {
+            Error::Store(s) => s.is_unwritable(),
+            Error::Image(ImageError::Store(s)) => s.is_unwritable(),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod groups;
+pub mod health;
 pub mod images;
 pub mod local_h2;
 pub mod logfiles;

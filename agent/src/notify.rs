@@ -1,7 +1,10 @@
-//! systemd integration: READY once the socket is bound, watchdog pings while the runtime
-//! is responsive. Does nothing when not started by systemd.
+//! systemd integration: READY once the socket is bound, watchdog pings while the agent
+//! is alive (see [`crate::health`]). Does nothing when not started by systemd.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::health::Health;
 
 /// Tells systemd the API is being served.
 pub fn ready() {
@@ -15,9 +18,12 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
-/// Pings the watchdog at half its period from a tokio task: a wedged runtime stops the
-/// pings and systemd restarts the agent (groups keep running in their shims).
-pub fn spawn_watchdog() {
+/// Pings the watchdog at half its period while [`Health::alive`]: the API loop and the
+/// supervisor loop beat and the store can be read. A wedged part stops the pings and
+/// systemd restarts the agent (groups keep running in their shims). A store that cannot
+/// write (full disk) is degraded, not dead: a restart would not free space, so the pings
+/// go on.
+pub fn spawn_watchdog(health: Arc<Health>) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -28,9 +34,21 @@ pub fn spawn_watchdog() {
     );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        let mut pinging = true;
         loop {
             tick.tick().await;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            let alive = health.alive();
+            if alive != pinging {
+                if alive {
+                    tracing::info!("healthy again: pinging the systemd watchdog");
+                } else {
+                    tracing::error!(health = %Health::summary(&health.conditions()), "not pinging the systemd watchdog");
+                }
+                pinging = alive;
+            }
+            if alive {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
         }
     });
 }

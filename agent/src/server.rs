@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use eci_api::v1::{
-    container_groups_server::ContainerGroupsServer, containers_server::ContainersServer,
-    image_caches_server::ImageCachesServer, images_server::ImagesServer,
-    metrics_server::MetricsServer, node_server::NodeServer,
+    containers_server::ContainersServer, image_caches_server::ImageCachesServer,
+    images_server::ImagesServer, metrics_server::MetricsServer, node_server::NodeServer,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -22,16 +21,17 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, CachesApi, ContainersApi, GroupsApi, ImagesApi, MetricsApi, NodeApi};
 use crate::config::Config;
+use crate::health::Health;
 use crate::local_h2::LocalStream;
 use crate::supervisor::Supervisor;
 
 /// Every service of the agent, once; both listeners serve clones of it.
-async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ContainerGroupsServer<GroupsApi>>()
-        .await;
-    health.set_serving::<NodeServer<NodeApi>>().await;
+/// `grpc.health.v1.Health` reports what [`Health`] says: `""` and `eci.v1.Node` while
+/// the agent is alive, `eci.v1.ContainerGroups` while it can also write.
+async fn routes(groups: Arc<Supervisor>, health: Arc<Health>) -> Result<Routes> {
+    let health_svc = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.reporter()),
+    );
     // Reflection in both versions: grpcurl and current clients ask v1, many tools still
     // ask only v1alpha.
     let reflection = || {
@@ -47,7 +47,7 @@ async fn routes(groups: Arc<Supervisor>) -> Result<Routes> {
         .context("building the reflection service (v1alpha)")?;
     let mut b = RoutesBuilder::default();
     b.add_service(GroupsApi::server(groups.clone()))
-        .add_service(NodeServer::new(NodeApi::new(groups.clone())))
+        .add_service(NodeServer::new(NodeApi::new(groups.clone(), health)))
         .add_service(ContainersServer::new(ContainersApi::new(groups.clone())))
         .add_service(MetricsServer::new(MetricsApi::new(groups.clone())))
         .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
@@ -137,8 +137,13 @@ impl Listeners {
     }
 
     /// Serves until `stop` turns true, then drains in-flight calls.
-    pub async fn serve(self, groups: Arc<Supervisor>, stop: watch::Receiver<bool>) -> Result<()> {
-        let routes = routes(groups).await?;
+    pub async fn serve(
+        self,
+        groups: Arc<Supervisor>,
+        health: Arc<Health>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let routes = routes(groups, health).await?;
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

@@ -59,6 +59,12 @@ impl Agent {
     /// As [`Agent::start`], with extra environment variables for the agent.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("eci-e2e-").tempdir()?;
+        Self::start_on(dir, config, env)
+    }
+
+    /// As [`Agent::start_with_env`], on a root the test prepared (say, with a small
+    /// filesystem mounted where the state directory goes: `<root>/var/lib/eci`).
+    pub fn start_on(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let cfg = dir.path().join("agent.toml");
         // Each agent gets its own cgroup subtree, so tests run in parallel and clean up
         // exactly what they made; restarts back off briefly so tests stay fast.

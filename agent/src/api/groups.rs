@@ -6,13 +6,14 @@ use std::pin::Pin;
 use eci_api::v1::container_groups_server::{ContainerGroups, ContainerGroupsServer};
 use eci_api::v1::*;
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, blocking, status::to_status};
 use crate::groups::parse_selector;
 use crate::selector::Selector;
+use crate::store::{Feed, StoreError};
 use crate::validate;
 
 pub struct GroupsApi {
@@ -116,6 +117,8 @@ impl ContainerGroups for GroupsApi {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
+    /// Every committed change after the start, once, in commit order (see
+    /// [`Feed`]); history is replayed from the change log a page at a time.
     async fn watch(
         &self,
         req: Request<WatchRequest>,
@@ -123,69 +126,83 @@ impl ContainerGroups for GroupsApi {
         let r = req.into_inner();
         let selector = parse_selector(&r.label_selector).map_err(to_status)?;
         let store = self.groups.groups().store().clone();
-        // Subscribe before reading history so nothing falls between the two.
-        let mut live = store.subscribe();
         let from = r.from_revision;
-        let (history, mut last, current) = blocking(move || {
-            let (groups, rev) = store.list_groups()?;
-            if from == 0 {
-                let added = groups
-                    .into_iter()
-                    .map(|g| WatchEvent {
-                        r#type: "ADDED".into(),
-                        revision: g.revision,
-                        group: Some(g),
-                        event: None,
-                    })
-                    .collect();
-                Ok((added, rev, Vec::new()))
-            } else {
-                Ok((store.changes_since(from)?, from, groups))
-            }
-        })
-        .await?;
+        let s = store.clone();
+        // The groups that exist now: the snapshot to start from (from 0), and which names
+        // the selector matches, for events (which carry only a group name).
+        let (current, rev) = blocking(move || Ok(s.list_groups()?)).await?;
         let mut filter = WatchFilter {
             selector,
             name: r.name,
             events: r.events,
             seen: HashSet::new(),
         };
-        // Events carry only a group name: learn which names match from the groups that
-        // exist now and from the group records in the replayed history.
-        for g in current
-            .iter()
-            .chain(history.iter().filter_map(|ev| ev.group.as_ref()))
-        {
-            filter.learn(g);
-        }
+        let (snapshot, after) = if from == 0 {
+            let added: Vec<WatchEvent> = current
+                .into_iter()
+                .map(|g| WatchEvent {
+                    r#type: "ADDED".into(),
+                    revision: g.revision,
+                    group: Some(g),
+                    event: None,
+                })
+                .collect();
+            (added, rev)
+        } else {
+            for g in &current {
+                filter.learn(g);
+            }
+            (Vec::new(), from)
+        };
+        let mut feed = Feed::new(store, after);
+        // The first page now, so a revision the change log no longer has is the call's
+        // OUT_OF_RANGE rather than an error in the stream.
+        feed.fill().await.map_err(|e| to_status(e.into()))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            for ev in history {
-                last = last.max(ev.revision);
+            for ev in snapshot {
                 if filter.pass(&ev) && tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
             }
             loop {
-                let ev = match live.recv().await {
-                    Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let msg = format!("watcher fell behind; watch again from revision {last}");
-                        let _ = tx.send(Err(Status::aborted(msg))).await;
+                let ev = tokio::select! {
+                    ev = feed.next() => ev,
+                    () = tx.closed() => return,
+                };
+                let ev = match ev {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let last = feed.last();
+                        tracing::info!(error = %e, last, "ending a watch");
+                        let _ = tx.send(Err(watch_ended(e, last))).await;
                         return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if ev.revision <= last {
-                    continue;
-                }
-                last = ev.revision;
                 if filter.pass(&ev) && tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Why a watch stream ended: the watcher resumes from `last` (what it received) or, when
+/// the change log no longer reaches back, lists again.
+fn watch_ended(e: StoreError, last: u64) -> Status {
+    match e {
+        StoreError::Compacted { oldest, .. } => Status::out_of_range(format!(
+            "watcher fell behind: revision {last} is older than the oldest kept change {oldest}; list again and watch from the list's revision"
+        )),
+        other => {
+            let status = to_status(other.into());
+            Status::new(
+                status.code(),
+                format!("{}; watch again from revision {last}", status.message()),
+            )
+        }
     }
 }
 

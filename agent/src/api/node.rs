@@ -1,27 +1,32 @@
 //! Node service.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use eci_api::phase;
 use eci_api::v1::node_server::Node as NodeService;
 use eci_api::v1::*;
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, blocking};
+use crate::health::Health;
 use crate::sizes::Size;
+use crate::store::Feed;
 
 pub struct NodeApi {
     groups: Shared,
+    health: Arc<Health>,
     started_at: String,
 }
 
 impl NodeApi {
-    pub fn new(groups: Shared) -> Self {
+    pub fn new(groups: Shared, health: Arc<Health>) -> Self {
         NodeApi {
             groups,
+            health,
             started_at: crate::clock::now(),
         }
     }
@@ -45,6 +50,7 @@ impl NodeService for NodeApi {
             .iter()
             .filter(|g| g.status.as_ref().is_some_and(|s| s.phase == phase::RUNNING))
             .count() as u32;
+        let conditions = self.health.conditions();
         Ok(Response::new(NodeInfo {
             hostname: node.hostname.clone(),
             capacity: Some(resources(node.capacity, node.gpus)),
@@ -61,7 +67,8 @@ impl NodeService for NodeApi {
                 .iter()
                 .map(|k| k.as_str().to_string())
                 .collect(),
-            health: "healthy".into(),
+            health: Health::summary(&conditions),
+            conditions,
             os: std::env::consts::OS.into(),
             architecture: node.facts.architecture.clone(),
             started_at: self.started_at.clone(),
@@ -76,16 +83,14 @@ impl NodeService for NodeApi {
     ) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
         let store = self.groups.groups().store().clone();
-        let mut live = store.subscribe();
+        let s = store.clone();
         let group = r.group.clone();
-        let past =
-            blocking(move || Ok(store.events((!group.is_empty()).then_some(group.as_str()))?))
+        let (past, rev) =
+            blocking(move || Ok(s.events_at((!group.is_empty()).then_some(group.as_str()))?))
                 .await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut last = 0;
             for e in past {
-                last = last.max(e.revision);
                 if tx.send(Ok(e)).await.is_err() {
                     return;
                 }
@@ -93,20 +98,29 @@ impl NodeService for NodeApi {
             if !r.follow {
                 return;
             }
+            // Every event after the ones sent, exactly once (see Feed).
+            let mut feed = Feed::new(store, rev);
             loop {
-                let ev = match live.recv().await {
-                    Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "event follower fell behind");
-                        continue;
+                let ev = tokio::select! {
+                    ev = feed.next() => ev,
+                    () = tx.closed() => return,
+                };
+                let ev = match ev {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let msg = format!(
+                            "event stream ended after revision {}: {e}; read the events again",
+                            feed.last()
+                        );
+                        let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                        return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 };
                 let Some(e) = ev.event else { continue };
-                if e.revision <= last || (!r.group.is_empty() && e.group != r.group) {
+                if !r.group.is_empty() && e.group != r.group {
                     continue;
                 }
-                last = e.revision;
                 if tx.send(Ok(e)).await.is_err() {
                     return;
                 }

@@ -41,6 +41,9 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::OutOfRange(_) => Code::OutOfRange,
         Error::Unimplemented(_) => Code::Unimplemented,
+        // A full disk or a failing one: the write changed nothing and may be retried.
+        Error::Store(s) if s.is_full() => Code::ResourceExhausted,
+        Error::Store(s) if s.is_unwritable() => Code::Unavailable,
         Error::Store(_) => Code::Internal,
     };
     // The chain says which entry, record or file; the caller needs it.

@@ -298,12 +298,23 @@ impl Supervisor {
         {
             tracing::warn!(dir = %logs.display(), error = %e, "removing group logs");
         }
-        let g = self.groups.clone();
-        let name = ctx.name.clone();
-        match tokio::task::spawn_blocking(move || g.finish_delete(&name)).await {
-            Ok(Ok(())) => tracing::info!(group = %ctx.name, "group deleted"),
-            Ok(Err(e)) => tracing::error!(group = %ctx.name, error = ?e, "forgetting group"),
-            Err(e) => tracing::error!(group = %ctx.name, error = %e, "forgetting group"),
+        let mut wait = STORE_RETRY_FIRST;
+        loop {
+            let g = self.groups.clone();
+            let name = ctx.name.clone();
+            match tokio::task::spawn_blocking(move || g.finish_delete(&name)).await {
+                Ok(Ok(())) => tracing::info!(group = %ctx.name, "group deleted"),
+                // Torn down but still recorded: forget it once the store writes again.
+                Ok(Err(e)) if e.is_store_unwritable() => {
+                    tracing::warn!(group = %ctx.name, error = %e, "the store cannot forget the deleted group; retrying");
+                    self.wait_writable(wait).await;
+                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                    continue;
+                }
+                Ok(Err(e)) => tracing::error!(group = %ctx.name, error = ?e, "forgetting group"),
+                Err(e) => tracing::error!(group = %ctx.name, error = %e, "forgetting group"),
+            }
+            break;
         }
     }
 
@@ -436,24 +447,60 @@ impl Supervisor {
         Shim::connect(&ctx.dir.shim_socket()).await.is_ok()
     }
 
-    /// [`Groups::mutate`] off the async workers.
+    /// [`Groups::mutate`] off the async workers. While the store cannot write (a full
+    /// disk), the change is not dropped: it is applied again to the group as stored then,
+    /// once the store writes again (waiting with back-off, not spinning), and meanwhile
+    /// the group's task waits here.
     pub(crate) async fn mutate(
         &self,
         name: &str,
-        f: impl FnOnce(&mut ContainerGroup) -> Vec<eci_api::v1::Event> + Send + 'static,
+        f: impl FnOnce(&mut ContainerGroup) -> Vec<eci_api::v1::Event> + Clone + Send + 'static,
     ) -> Option<ContainerGroup> {
-        let g = self.groups.clone();
-        let n = name.to_string();
-        match tokio::task::spawn_blocking(move || g.mutate(&n, f)).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
-                tracing::error!(group = %name, error = ?e, "updating group status");
-                None
+        let mut wait = STORE_RETRY_FIRST;
+        loop {
+            let g = self.groups.clone();
+            let n = name.to_string();
+            let f = f.clone();
+            match tokio::task::spawn_blocking(move || g.mutate(&n, f)).await {
+                Ok(Ok(g)) => return g,
+                Ok(Err(e)) if e.is_store_unwritable() => {
+                    tracing::warn!(group = %name, error = %e, retry_in_s = wait.as_secs(), "the store cannot record the group's status; retrying");
+                    self.wait_writable(wait).await;
+                    wait = (wait * 2).min(STORE_RETRY_MAX);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(group = %name, error = ?e, "updating group status");
+                    return None;
+                }
+                Err(_) => return None,
             }
-            Err(_) => None,
         }
     }
+
+    /// Waits until the store says it can write again, or `at_most`.
+    pub(crate) async fn wait_writable(&self, at_most: Duration) {
+        let mut health = self.groups.store().health();
+        let _ = tokio::time::timeout(at_most, health.wait_for(|h| h.write.ok)).await;
+        // The store reports writable after its own probe; give other writers a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// The supervisor loop's periodic work: forgets the handles of finished tasks. It
+    /// takes the supervisor's locks, so a deadlock in them stops the loop's heartbeat.
+    pub fn tick(&self) {
+        let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, list| {
+            list.retain(|h| !h.is_finished());
+            !list.is_empty()
+        });
+        drop(t);
+        drop(self.recovering.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 }
+
+/// First and longest wait before a status write the store refused is tried again.
+const STORE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub(crate) fn join_err(e: tokio::task::JoinError) -> Error {
     Error::FailedPrecondition(format!("internal task failed: {e}"))

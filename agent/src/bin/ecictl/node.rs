@@ -52,5 +52,19 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
     );
     println!();
     print!("{}", t.render());
+    if !info.conditions.is_empty() {
+        let mut c = Table::new(&["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"]);
+        for k in &info.conditions {
+            c.row(vec![
+                k.r#type.clone(),
+                k.status.clone(),
+                k.reason.clone(),
+                output::age(&k.last_transition_time),
+                k.message.clone(),
+            ]);
+        }
+        println!();
+        print!("{}", c.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
