@@ -12,6 +12,7 @@ pub mod groups;
 pub mod images;
 pub mod local_h2;
 pub mod logfiles;
+pub mod memory;
 pub mod node;
 pub mod notify;
 pub mod quantity;
