@@ -242,7 +242,7 @@ fn build_root(cfg: &InitConfig) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let root = mounts::open_root(Path::new("/")).map_err(m)?;
-    mounts::make_dir_in_root(&root, &cfg.process.cwd(), (ids.uid, ids.gid))
+    mounts::make_dir_in_root(&root, cfg.process.cwd(), (ids.uid, ids.gid))
         .map_err(|e| format!("working directory: {}", m(e)))?;
     drop(root);
     if *readonly_root {

@@ -635,14 +635,25 @@ mod tests {
         let made = make_dir_in_root(&fd, Path::new("/etc/app/data"), (1234, 2345)).expect("make");
         assert!(is_dir(&made));
         let etc = std::fs::metadata(root.join("etc")).expect("etc");
-        assert_eq!((etc.uid(), etc.gid()), (0, 0), "an existing directory kept its owner");
+        assert_eq!(
+            (etc.uid(), etc.gid()),
+            (0, 0),
+            "an existing directory kept its owner"
+        );
         for d in ["etc/app", "etc/app/data"] {
             let m = std::fs::metadata(root.join(d)).expect(d);
-            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 2345, 0o755), "{d}");
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (1234, 2345, 0o755),
+                "{d}"
+            );
         }
         // Existing: opened, owner untouched.
         make_dir_in_root(&fd, Path::new("/etc/app"), (1, 1)).expect("again");
-        assert_eq!(std::fs::metadata(root.join("etc/app")).expect("m").uid(), 1234);
+        assert_eq!(
+            std::fs::metadata(root.join("etc/app")).expect("m").uid(),
+            1234
+        );
 
         // Links the tenant planted toward the host: absolute, `..`-laden, and dangling
         // into a host path. What they name is made inside the root.
@@ -651,8 +662,8 @@ mod tests {
         std::os::unix::fs::symlink(host.join("new"), root.join("dangling")).expect("ln");
         for dest in ["/abs/w", "/up/w2", "/dangling/w3", "/up/../../abs/w4"] {
             let got = make_dir_in_root(&fd, Path::new(dest), (1234, 2345)).expect(dest);
-            let at = std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd()))
-                .expect("readlink");
+            let at =
+                std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd())).expect("readlink");
             assert!(at.starts_with(&root), "{dest} made at {}", at.display());
         }
         assert_eq!(

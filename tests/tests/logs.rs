@@ -247,7 +247,14 @@ fn follow_moves_on_to_the_next_run_and_ends_with_the_group() {
     }
     assert_eq!(
         got[..6],
-        ["run-start", "run-end", "run-start", "run-end", "run-start", "run-end"],
+        [
+            "run-start",
+            "run-end",
+            "run-start",
+            "run-end",
+            "run-start",
+            "run-end"
+        ],
         "three runs, each once, in order: {got:?}"
     );
     assert!(

@@ -52,7 +52,10 @@ containers:
     let l = wait_log(&agent, "paths", "ro", "done");
     assert!(l.contains("wd:/ro/wd") && l.contains("ro-ok"), "{l}");
     let l = wait_log(&agent, "paths", "sub", "done");
-    assert!(l.contains("sub:hi") && l.contains("wd:/vol/wd-in-volume"), "{l}");
+    assert!(
+        l.contains("sub:hi") && l.contains("wd:/vol/wd-in-volume"),
+        "{l}"
+    );
     assert!(
         agent
             .ctl(&["delete", "paths", "--grace-period", "0", "--wait"])

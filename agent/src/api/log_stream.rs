@@ -122,7 +122,9 @@ impl LogStream {
                 (f, out, r, run)
             })
             .await;
-            let Ok((back, lines, r, run)) = polled else { return };
+            let Ok((back, lines, r, run)) = polled else {
+                return;
+            };
             f = back;
             let any = match r {
                 Ok(any) => any,

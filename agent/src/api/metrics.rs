@@ -53,7 +53,11 @@ fn rates(samples: &Mutex<Samples>, key: &str, now: Instant, cpu: u64) -> (u64, f
     let mut all = samples.lock().unwrap_or_else(|p| p.into_inner());
     // Cgroups nobody sampled lately (deleted groups, finished streams) are forgotten:
     // the map holds what is being watched, not every group the node ever ran.
-    all.retain(|k, l| k == key || l.last().is_some_and(|(t, _)| now.duration_since(*t) <= KEEP));
+    all.retain(|k, l| {
+        k == key
+            || l.last()
+                .is_some_and(|(t, _)| now.duration_since(*t) <= KEEP)
+    });
     let list = all.entry(key.to_string()).or_default();
     list.retain(|(t, _)| now.duration_since(*t) <= KEEP);
     let rate = |from: &(Instant, u64)| {
@@ -344,12 +348,25 @@ mod sample_tests {
         let t0 = Instant::now();
         rates(&samples, "parent/gone", t0, 100);
         rates(&samples, "parent/live", t0, 100);
-        let (rate, _) = rates(&samples, "parent/live", t0 + Duration::from_secs(2), 2_000_000_100);
+        let (rate, _) = rates(
+            &samples,
+            "parent/live",
+            t0 + Duration::from_secs(2),
+            2_000_000_100,
+        );
         assert_eq!(rate, 1_000_000_000, "one core over two seconds");
         assert_eq!(samples.lock().expect("lock").len(), 2);
-        rates(&samples, "parent/live", t0 + KEEP + Duration::from_secs(1), 3_000_000_000);
+        rates(
+            &samples,
+            "parent/live",
+            t0 + KEEP + Duration::from_secs(1),
+            3_000_000_000,
+        );
         let all = samples.lock().expect("lock");
-        assert!(!all.contains_key("parent/gone"), "a deleted group's samples stay");
+        assert!(
+            !all.contains_key("parent/gone"),
+            "a deleted group's samples stay"
+        );
         assert!(all.contains_key("parent/live"));
     }
 }

@@ -221,7 +221,11 @@ mod tests {
             "PATH first, each name once at its first position with its last value"
         );
         let env = merge_env(["X=1".into()], ["PATH=/p".into()]);
-        assert_eq!(env, ["X=1", "PATH=/p"], "a PATH from the spec is kept as is");
+        assert_eq!(
+            env,
+            ["X=1", "PATH=/p"],
+            "a PATH from the spec is kept as is"
+        );
     }
 
     /// The merge is one hash lookup per entry. 100,000 entries (ten times the env limit

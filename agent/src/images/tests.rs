@@ -669,7 +669,8 @@ fn crash_leftovers_are_cleaned_on_open() {
 fn missing_truncated_or_undecodable_blobs_are_refused_naming_the_entry() {
     let missing = format!("sha256:{}", "ab".repeat(32));
     let entry = format!("blobs/sha256/{}", "ab".repeat(32));
-    let cases: [(&str, fn(oci::Doc, &mut serde_json::Value, &str)); 3] = [
+    type Edit = fn(oci::Doc, &mut serde_json::Value, &str);
+    let cases: [(&str, Edit); 3] = [
         ("manifest", |d, v, m| {
             if d == oci::Doc::Index {
                 v["manifests"][0]["digest"] = m.into();
@@ -692,7 +693,10 @@ fn missing_truncated_or_undecodable_blobs_are_refused_naming_the_entry() {
             oci::archive_edited(&hello_image(), Some("evil:1"), |d, v| edit(d, v, &missing));
         let err = n.images.import(&bytes[..], None).expect_err("refused");
         assert!(
-            matches!(err, ImageError::Document { .. } | ImageError::Invalid { .. }),
+            matches!(
+                err,
+                ImageError::Document { .. } | ImageError::Invalid { .. }
+            ),
             "{what}: {err:?}"
         );
         let msg = chain(&err);

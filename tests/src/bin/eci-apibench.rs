@@ -232,8 +232,8 @@ async fn open_streams(
                 ..Default::default()
             };
             // The request stream stays open (no more input) while the process runs.
-            let input = futures::stream::once(async move { start })
-                .chain(futures::stream::pending());
+            let input =
+                futures::stream::once(async move { start }).chain(futures::stream::pending());
             match exec.exec(input).await {
                 Ok(s) => {
                     let mut s = s.into_inner();
@@ -250,7 +250,6 @@ async fn open_streams(
     }
     (tasks, live)
 }
-
 
 /// Reads a Watch from revision 1 to its end (nothing more for 3 s); returns the number
 /// of changes and the highest RSS seen meanwhile.
@@ -503,7 +502,9 @@ async fn run(
     );
     println!(
         "{:<52} {:>9.1} MiB  (x{:.2} idle; {changes} changes read)",
-        "peak during a Watch from revision 1", peak, peak / idle
+        "peak during a Watch from revision 1",
+        peak,
+        peak / idle
     );
     println!(
         "{:<52} {:>9.1} MiB  (x{:.2} idle)",
