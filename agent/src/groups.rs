@@ -135,6 +135,8 @@ pub(crate) fn new_id() -> String {
 
 impl Groups {
     pub fn new(store: Arc<Store>, node: Node, images: ImageStore) -> Self {
+        // Starts the thread that gives freed memory back (see `memory`).
+        crate::memory::release_soon();
         Groups {
             store,
             node,
@@ -494,8 +496,11 @@ impl Groups {
             if tx.delete_group(name)?.is_some() {
                 tx.event(event(name, NORMAL, "Deleted", "group deleted"))?;
             }
-            Ok(())
-        })
+            Ok::<_, Error>(())
+        })?;
+        // Everything the group's tasks held is freed by now.
+        crate::memory::release_soon();
+        Ok(())
     }
 
     /// Brings the store in line after a start: deletes that were cut short are finished.
@@ -532,6 +537,9 @@ impl Groups {
                 })?;
                 removed.push(g.clone());
             }
+        }
+        if !removed.is_empty() {
+            crate::memory::release_soon();
         }
         Ok(removed)
     }

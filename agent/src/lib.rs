@@ -13,6 +13,7 @@ pub mod health;
 pub mod images;
 pub mod local_h2;
 pub mod logfiles;
+pub mod memory;
 pub mod node;
 pub mod notify;
 pub mod quantity;

@@ -142,7 +142,7 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
                 .map_err(|e| format!("unshare mount and pid namespaces: {e}"))?;
             match fork()? {
                 None => {
-                    build_root(&cfg.target)?;
+                    build_root(&cfg)?;
                     session(&cfg)?;
                     let confined = confine(&cfg, &programs)?;
                     wait_and_exec(confined, sync)
@@ -193,8 +193,10 @@ fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
         .map_err(|e| format!("joining {kind} namespace {}: {e}", path.display()))
 }
 
-/// The container's filesystem view, in its new mount namespace; ends with `pivot_root`.
-fn build_root(target: &Target) -> Result<(), String> {
+/// The container's filesystem view, in its new mount namespace: pivot_root, then its
+/// working directory (created when missing), then the read-only root.
+fn build_root(cfg: &InitConfig) -> Result<(), String> {
+    let target = &cfg.target;
     let Target::Container {
         rootfs,
         rootfs_mount,
@@ -229,6 +231,20 @@ fn build_root(target: &Target) -> Result<(), String> {
     }
     mounts::mask(masked_paths).map_err(m)?;
     mounts::read_only(readonly_paths).map_err(m)?;
+    // A workingDir the image lacks is created (Docker and Kubernetes do), owned by the
+    // container's user, inside the new root by fd: a link the tenant planted cannot
+    // send the mkdir elsewhere. Before the root turns read-only, as Docker does.
+    let ids = user::resolve(
+        &cfg.user,
+        cfg.group.as_deref(),
+        &read_account_file("/etc/passwd"),
+        &read_account_file("/etc/group"),
+    )
+    .map_err(|e| e.to_string())?;
+    let root = mounts::open_root(Path::new("/")).map_err(m)?;
+    mounts::make_dir_in_root(&root, cfg.process.cwd(), (ids.uid, ids.gid))
+        .map_err(|e| format!("working directory: {}", m(e)))?;
+    drop(root);
     if *readonly_root {
         mounts::root_read_only().map_err(m)?;
     }

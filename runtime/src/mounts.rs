@@ -105,7 +105,9 @@ pub fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, M
         if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
             return Ok(fd);
         }
-        match create_missing(root, &rel, dir).map_err(|e| step("creating mount point", dest)(e))? {
+        match create_missing(root, &rel, dir, None)
+            .map_err(|e| step("creating mount point", dest)(e))?
+        {
             Created::Done => {
                 return openat2(root, &rel, in_root(OFlag::O_PATH))
                     .map_err(step("opening mount point", dest));
@@ -124,10 +126,47 @@ enum Created {
     Redirect(PathBuf),
 }
 
+/// Opens directory `dest` inside `root`, creating each missing component as
+/// [`open_in_root`] does (never outside the root, whatever links the tenant planted),
+/// and giving each directory it creates to `owner` (uid, gid): a container's working
+/// directory that the image does not have is made for the user who runs there, as
+/// Docker does. Existing components keep their owner.
+pub fn make_dir_in_root(
+    root: &OwnedFd,
+    dest: &Path,
+    owner: (u32, u32),
+) -> Result<OwnedFd, MountError> {
+    let mut rel = relative(dest);
+    for _ in 0..MAX_LINKS {
+        if rel.as_os_str().is_empty() {
+            return openat2(root, ".", in_root(OFlag::O_PATH)).map_err(step("opening", dest));
+        }
+        if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
+            return Ok(fd);
+        }
+        match create_missing(root, &rel, true, Some(owner))
+            .map_err(|e| step("creating directory", dest)(e))?
+        {
+            Created::Done => {
+                return openat2(root, &rel, in_root(OFlag::O_PATH))
+                    .map_err(step("opening directory", dest));
+            }
+            Created::Redirect(next) => rel = next,
+        }
+    }
+    Err(step("creating directory", dest)(Errno::ELOOP))
+}
+
 /// Creates the missing components of `rel` one by one below `root`. Each parent is
 /// opened inside the root; names are created with `mkdirat`/`openat(O_EXCL|O_NOFOLLOW)`
-/// on that parent, which never follow a symlink.
-fn create_missing(root: &OwnedFd, rel: &Path, dir: bool) -> Result<Created, Errno> {
+/// on that parent, which never follow a symlink. Directories made here are chowned to
+/// `owner` when given (by name on the same parent, without following a link).
+fn create_missing(
+    root: &OwnedFd,
+    rel: &Path,
+    dir: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<Created, Errno> {
     let comps: Vec<_> = rel.components().collect();
     let mut so_far = PathBuf::new();
     for (i, c) in comps.iter().enumerate() {
@@ -172,7 +211,18 @@ fn create_missing(root: &OwnedFd, rel: &Path, dir: bool) -> Result<Created, Errn
             )?;
         } else {
             match nix::sys::stat::mkdirat(&parent, c.as_os_str(), Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
+                Ok(()) => {
+                    if let Some((uid, gid)) = owner {
+                        nix::unistd::fchownat(
+                            &parent,
+                            c.as_os_str(),
+                            Some(nix::unistd::Uid::from_raw(uid)),
+                            Some(nix::unistd::Gid::from_raw(gid)),
+                            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                }
+                Err(Errno::EEXIST) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -572,5 +622,58 @@ mod tests {
         );
         std::fs::create_dir(root.join("sys")).expect("sys");
         assert!(refuse_symlinks(&fd, Path::new("/sys")).is_ok());
+    }
+
+    /// Needs root (chown to another user).
+    #[test]
+    fn missing_directories_are_made_for_the_owner_inside_the_root() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (_d, root, host, fd) = scratch();
+        let made = make_dir_in_root(&fd, Path::new("/etc/app/data"), (1234, 2345)).expect("make");
+        assert!(is_dir(&made));
+        let etc = std::fs::metadata(root.join("etc")).expect("etc");
+        assert_eq!(
+            (etc.uid(), etc.gid()),
+            (0, 0),
+            "an existing directory kept its owner"
+        );
+        for d in ["etc/app", "etc/app/data"] {
+            let m = std::fs::metadata(root.join(d)).expect(d);
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (1234, 2345, 0o755),
+                "{d}"
+            );
+        }
+        // Existing: opened, owner untouched.
+        make_dir_in_root(&fd, Path::new("/etc/app"), (1, 1)).expect("again");
+        assert_eq!(
+            std::fs::metadata(root.join("etc/app")).expect("m").uid(),
+            1234
+        );
+
+        // Links the tenant planted toward the host: absolute, `..`-laden, and dangling
+        // into a host path. What they name is made inside the root.
+        std::os::unix::fs::symlink(&host, root.join("abs")).expect("ln");
+        std::os::unix::fs::symlink("../../../../../..", root.join("up")).expect("ln");
+        std::os::unix::fs::symlink(host.join("new"), root.join("dangling")).expect("ln");
+        for dest in ["/abs/w", "/up/w2", "/dangling/w3", "/up/../../abs/w4"] {
+            let got = make_dir_in_root(&fd, Path::new(dest), (1234, 2345)).expect(dest);
+            let at =
+                std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd())).expect("readlink");
+            assert!(at.starts_with(&root), "{dest} made at {}", at.display());
+        }
+        assert_eq!(
+            std::fs::read_dir(&host).expect("ls").count(),
+            0,
+            "something was created on the host"
+        );
+        // A file in the way is not a directory.
+        std::fs::write(root.join("etc/file"), b"").expect("file");
+        let got = make_dir_in_root(&fd, Path::new("/etc/file"), (0, 0)).expect("opens");
+        assert!(!is_dir(&got));
     }
 }

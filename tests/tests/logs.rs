@@ -208,3 +208,66 @@ fn follow_reads_across_rotations_every_line_once_in_order() {
     }
     assert_eq!(first + lines.len() as u64 - 2, total);
 }
+
+/// `logs -f` goes on into the container's next run after a restart (the follower looks
+/// for a new run about once a second) and ends when the group is deleted.
+#[test]
+fn follow_moves_on_to_the_next_run_and_ends_with_the_group() {
+    let agent = busybox_agent_with("");
+    // Each run logs two lines and fails: policy Always restarts it.
+    let script = "echo run-start; sleep 1; echo run-end; exit 1";
+    let spec = group("next", "Always", &[("app", script)], "");
+    assert!(agent.apply("next", &spec).status.success());
+    let mut child = Command::new(eci_tests::bin("ecictl"))
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["logs", "-f", "next"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ecictl logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("<eof>".into());
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while Instant::now() < deadline && got.iter().filter(|l| *l == "run-end").count() < 3 {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push(l);
+        }
+    }
+    assert_eq!(
+        got[..6],
+        [
+            "run-start",
+            "run-end",
+            "run-start",
+            "run-end",
+            "run-start",
+            "run-end"
+        ],
+        "three runs, each once, in order: {got:?}"
+    );
+    assert!(
+        agent
+            .ctl(&["delete", "next", "--grace-period", "0", "--wait"])
+            .status
+            .success()
+    );
+    let ended = (0..100).any(|_| {
+        rx.recv_timeout(Duration::from_millis(100))
+            .is_ok_and(|l| l == "<eof>")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ended, "logs -f still open after the group was deleted");
+}

@@ -45,11 +45,21 @@ fn has_history(samples: &Mutex<Samples>, key: &str) -> bool {
         .is_some_and(|(t, _)| t.elapsed() >= Duration::from_millis(100))
 }
 
+/// How long CPU samples are kept (the load average needs 10 s).
+const KEEP: Duration = Duration::from_secs(20);
+
 /// Records a CPU sample; returns (nano-cores over the last interval, cores over ~10 s).
 fn rates(samples: &Mutex<Samples>, key: &str, now: Instant, cpu: u64) -> (u64, f64) {
     let mut all = samples.lock().unwrap_or_else(|p| p.into_inner());
+    // Cgroups nobody sampled lately (deleted groups, finished streams) are forgotten:
+    // the map holds what is being watched, not every group the node ever ran.
+    all.retain(|k, l| {
+        k == key
+            || l.last()
+                .is_some_and(|(t, _)| now.duration_since(*t) <= KEEP)
+    });
     let list = all.entry(key.to_string()).or_default();
-    list.retain(|(t, _)| now.duration_since(*t) <= Duration::from_secs(20));
+    list.retain(|(t, _)| now.duration_since(*t) <= KEEP);
     let rate = |from: &(Instant, u64)| {
         let dt = now.duration_since(from.0).as_secs_f64();
         if dt <= 0.0 {
@@ -325,5 +335,38 @@ mod du_tests {
         .expect("open");
         let used = du(fd);
         assert!((1500..1500 + 64 * 1024).contains(&used), "{used}");
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn samples_of_cgroups_no_longer_sampled_are_forgotten() {
+        let samples = Mutex::new(Samples::new());
+        let t0 = Instant::now();
+        rates(&samples, "parent/gone", t0, 100);
+        rates(&samples, "parent/live", t0, 100);
+        let (rate, _) = rates(
+            &samples,
+            "parent/live",
+            t0 + Duration::from_secs(2),
+            2_000_000_100,
+        );
+        assert_eq!(rate, 1_000_000_000, "one core over two seconds");
+        assert_eq!(samples.lock().expect("lock").len(), 2);
+        rates(
+            &samples,
+            "parent/live",
+            t0 + KEEP + Duration::from_secs(1),
+            3_000_000_000,
+        );
+        let all = samples.lock().expect("lock");
+        assert!(
+            !all.contains_key("parent/gone"),
+            "a deleted group's samples stay"
+        );
+        assert!(all.contains_key("parent/live"));
     }
 }

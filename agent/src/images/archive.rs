@@ -47,7 +47,21 @@ pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<Vec<u8>, Ima
                 let digest = Digest::from_parts(algorithm, hex)
                     .map_err(|_| bad(format!("blob name {} is not a digest", path.display())))?;
                 let size = entry.header().size().ok();
-                content.ingest(entry, &digest, size)?;
+                let name = entry_name(&digest);
+                let mut entry = TrackedRead {
+                    inner: entry,
+                    failed: None,
+                };
+                match content.ingest(&mut entry, &digest, size) {
+                    Ok(_) => {}
+                    // The archive (tenant input) ended or broke inside the blob: say
+                    // which entry, never the content store path it was being copied to.
+                    Err(_) if entry.failed.is_some() => {
+                        let why = entry.failed.take().unwrap_or_default();
+                        return Err(bad(format!("entry {name}: reading the blob: {why}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             _ => {}
         }
@@ -62,6 +76,26 @@ pub fn ingest(archive: impl Read, content: &ContentStore) -> Result<Vec<u8>, Ima
         )));
     }
     index.ok_or_else(|| bad("no index.json".into()))
+}
+
+/// The archive entry that holds a blob: `blobs/<algorithm>/<hex>`.
+pub fn entry_name(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.algorithm().name(), d.hex())
+}
+
+/// A reader that remembers its own failure, so a failed copy can be blamed on the
+/// archive (bad input) rather than on the disk it was written to (a host fault).
+struct TrackedRead<R> {
+    inner: R,
+    failed: Option<String>,
+}
+
+impl<R: Read> Read for TrackedRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.failed.get_or_insert_with(|| e.to_string());
+        })
+    }
 }
 
 /// Reads a metadata file, refusing one too large to be metadata.

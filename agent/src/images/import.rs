@@ -6,6 +6,7 @@ use std::io::Read;
 use std::sync::PoisonError;
 
 use super::documents::{self, Descriptor, DocumentError};
+use super::unpack::UnpackError;
 use super::{ImageError, ImageRecord, ImageStore, LayerRecord, MAX_LAYERS, Reference, archive};
 
 /// The annotations that name an image in an index.
@@ -65,7 +66,11 @@ impl ImageStore {
 
     /// Reads a metadata blob the archive must hold, bounded in size.
     fn document(&self, d: &Descriptor, what: &str) -> Result<Vec<u8>, DocumentError> {
-        let document = format!("{what} {}", d.digest);
+        let document = format!(
+            "{what} {} (archive entry {})",
+            d.digest,
+            archive::entry_name(&d.digest)
+        );
         if !self.content.has(&d.digest) {
             return Err(DocumentError::Missing { document });
         }
@@ -150,8 +155,9 @@ impl ImageStore {
         for (i, (l, diff_id)) in manifest.layers.iter().zip(config.diff_ids).enumerate() {
             if !self.content.has(&l.digest) {
                 return Err(invalid(format!(
-                    "manifest layers[{i}]: layer {} is not in the archive",
-                    l.digest
+                    "manifest layers[{i}]: layer {} is not in the archive (no entry {})",
+                    l.digest,
+                    archive::entry_name(&l.digest)
                 )));
             }
             self.check_size(l, &format!("manifest layers[{i}]"))
@@ -164,8 +170,21 @@ impl ImageStore {
             });
         }
         // Everything is parsed and present: now unpack.
-        for l in &layers {
-            self.ensure_layer(l)?;
+        for (i, l) in layers.iter().enumerate() {
+            self.ensure_layer(l).map_err(|e| match e {
+                // The blob is the archive's: one that does not decode (a corrupt or
+                // mislabelled stream) is bad input, named by field and entry.
+                ImageError::Unpack {
+                    source: UnpackError::Read(why),
+                    ..
+                } => invalid(format!(
+                    "manifest layers[{i}]: layer {} (archive entry {}) does not decode as {}: {why}",
+                    l.digest,
+                    archive::entry_name(&l.digest),
+                    l.media_type
+                )),
+                other => other,
+            })?;
         }
         let mut record = ImageRecord {
             digest: desc.digest.clone(),

@@ -661,3 +661,92 @@ fn crash_leftovers_are_cleaned_on_open() {
     let _again = ImageStore::open(&n.state, store).expect("reopen");
     assert!(!left.exists());
 }
+
+/// An archive that names a blob it does not hold, holds one cut short, or holds a layer
+/// that does not decode is bad input: refused as the API's INVALID_ARGUMENT kinds, naming
+/// the digest and the archive entry, never a host path; nothing is recorded.
+#[test]
+fn missing_truncated_or_undecodable_blobs_are_refused_naming_the_entry() {
+    let missing = format!("sha256:{}", "ab".repeat(32));
+    let entry = format!("blobs/sha256/{}", "ab".repeat(32));
+    type Edit = fn(oci::Doc, &mut serde_json::Value, &str);
+    let cases: [(&str, Edit); 3] = [
+        ("manifest", |d, v, m| {
+            if d == oci::Doc::Index {
+                v["manifests"][0]["digest"] = m.into();
+            }
+        }),
+        ("config", |d, v, m| {
+            if d == oci::Doc::Manifest {
+                v["config"]["digest"] = m.into();
+            }
+        }),
+        ("layers[1]", |d, v, m| {
+            if d == oci::Doc::Manifest {
+                v["layers"][1]["digest"] = m.into();
+            }
+        }),
+    ];
+    for (what, edit) in cases {
+        let n = node();
+        let bytes =
+            oci::archive_edited(&hello_image(), Some("evil:1"), |d, v| edit(d, v, &missing));
+        let err = n.images.import(&bytes[..], None).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                ImageError::Document { .. } | ImageError::Invalid { .. }
+            ),
+            "{what}: {err:?}"
+        );
+        let msg = chain(&err);
+        assert!(
+            msg.contains(what) && msg.contains(&missing) && msg.contains(&entry),
+            "{what}: {msg}"
+        );
+        let root = n.dir.path().display().to_string();
+        assert!(!msg.contains(&root), "{what}: a host path in {msg}");
+        n.untouched();
+    }
+
+    // A blob entry the archive ends inside.
+    let n = node();
+    let bytes = oci::archive(&hello_image(), Some("evil:1"));
+    let config_at = bytes
+        .windows(13)
+        .position(|w| w == b"\"architecture")
+        .expect("config blob");
+    let err = n
+        .images
+        .import(&bytes[..config_at + 10], None)
+        .expect_err("cut short");
+    assert!(
+        matches!(
+            err,
+            ImageError::Archive(_)
+                | ImageError::Content(
+                    content::ContentError::Mismatch { .. } | content::ContentError::Size { .. }
+                )
+        ),
+        "{err:?}"
+    );
+    let msg = chain(&err);
+    assert!(!msg.contains(&n.dir.path().display().to_string()), "{msg}");
+    n.untouched();
+
+    // A layer labelled gzip that is a plain tar.
+    let n = node();
+    let bytes = oci::archive_edited(&hello_image(), Some("evil:1"), |d, v| {
+        if d == oci::Doc::Manifest {
+            v["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+zstd".into();
+        }
+    });
+    let err = n.images.import(&bytes[..], None).expect_err("undecodable");
+    assert!(matches!(err, ImageError::Invalid { .. }), "{err:?}");
+    let msg = chain(&err);
+    assert!(
+        msg.contains("manifest layers[0]") && msg.contains("does not decode as"),
+        "{msg}"
+    );
+    n.untouched();
+}
