@@ -312,7 +312,14 @@ impl TaskService {
             .await?;
         let copying = match log {
             Some((path, or, er)) => Some(
-                crate::logs::start(or, er, path, self.group.log_rotation).map_err(|e| {
+                crate::logs::start(
+                    or,
+                    er,
+                    path,
+                    self.group.log_rotation,
+                    Some(Path::new(&proc_.bundle).join(crate::logs::copier::STATS_FILE)),
+                )
+                .map_err(|e| {
                     err(
                         Code::INTERNAL,
                         format!("{e}: {:?}", std::error::Error::source(&e)),

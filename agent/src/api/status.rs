@@ -31,6 +31,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Unavailable(_) => Code::Unavailable,
         Error::OutOfRange(_) => Code::OutOfRange,
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Store(_) => Code::Internal,

@@ -7,7 +7,7 @@ use tokio::net::unix::pipe;
 
 use super::{GroupCtx, Supervisor};
 use crate::error::{Error, Result};
-use crate::sandbox::{ExecIo, Shim};
+use crate::sandbox::{ExecIo, Shim, ShimError};
 
 /// A started exec: its output pipes, its input (when asked for), and its end.
 pub struct ExecSession {
@@ -49,6 +49,16 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     Error::FailedPrecondition(format!("{what}: {e}"))
 }
 
+/// A failed shim call of an exec into `group`: UNAVAILABLE when the shim does not
+/// answer (the caller may retry later), FAILED_PRECONDITION when it refused.
+fn shim_failed(group: &str, what: &str, e: ShimError) -> Error {
+    if e.is_unavailable() {
+        Error::Unavailable(format!("group {group:?}: {what}: {}", e.message()))
+    } else {
+        failed(what, e.message())
+    }
+}
+
 fn mkfifo(path: &std::path::Path) -> Result<()> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| failed(&format!("creating {}", path.display()), e))
@@ -72,7 +82,7 @@ impl Supervisor {
             .status
             .iter()
             .flat_map(|s| &s.container_statuses)
-            .any(|s| s.name == container && s.state == "Running");
+            .any(|s| s.name == container && s.state == super::transitions::RUNNING);
         if !running {
             return Err(Error::FailedPrecondition(format!(
                 "container {container:?} of group {group:?} is not running"
@@ -128,7 +138,14 @@ impl Supervisor {
         };
         let shim = Shim::connect(&ctx.dir.shim_socket())
             .await
-            .map_err(|e| failed("the group's shim", e.message()))?;
+            .map_err(|e| shim_failed(group, "the group's shim", e));
+        let shim = match shim {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let json = serde_json::to_vec(&process).map_err(|e| failed("encoding the process", e))?;
         let stdin_path = if stdin {
             inp.display().to_string()
@@ -145,13 +162,14 @@ impl Supervisor {
             },
             terminal: tty,
         };
-        shim.exec(container, &exec_id, json, &io)
-            .await
-            .map_err(|e| failed("exec", e.message()))?;
+        if let Err(e) = shim.exec(container, &exec_id, json, &io).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(shim_failed(group, "exec", e));
+        }
         if let Err(e) = shim.start(container, &exec_id).await {
             let _ = shim.delete(container, &exec_id).await;
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(failed("exec", e.message()));
+            return Err(shim_failed(group, "exec", e));
         }
         let resize = tty.then(|| ExecResize {
             shim: shim.clone(),

@@ -10,7 +10,9 @@
 mod containers;
 mod exec;
 mod janitor;
+pub mod monitor;
 mod teardown;
+mod transitions;
 
 pub use exec::{ExecExit, ExecResize, ExecSession};
 
@@ -92,6 +94,11 @@ impl Supervisor {
     /// Where a group's writable layers live (`<state>/groups/<id>`).
     pub fn writable_dir(&self, group_id: &str) -> std::path::PathBuf {
         self.cfg.state_dir.join("groups").join(group_id)
+    }
+
+    /// What the shim counted of a container's output it could not log (current run).
+    pub fn log_stats(&self, group_id: &str, container: &str) -> monitor::LogStats {
+        monitor::log_stats(&GroupDir::new(&self.cfg.run_dir, group_id).bundle(container))
     }
 
     pub fn groups(&self) -> &Arc<Groups> {
@@ -390,19 +397,22 @@ impl Supervisor {
         // The group's other tasks wait on the dead shim: stop them.
         self.stop_tasks(&ctx.name);
         self.teardown(ctx, Duration::ZERO).await;
-        let restart = ctx.spec.restart_policy != "Never";
+        // The shim's death is a failure of every container it ran.
+        let restart = transitions::wants_restart(&ctx.spec.restart_policy, 137);
         let name = ctx.name.clone();
         let updated = self
             .mutate(&ctx.name, move |g| {
                 let st = g.status.get_or_insert_with(Default::default);
                 let now = crate::clock::now();
+                let lost = transitions::Ended {
+                    code: 137,
+                    message: "the group's shim died".into(),
+                    finished_at: now.clone(),
+                    ..Default::default()
+                };
                 for c in &mut st.container_statuses {
-                    if c.state == "Running" {
-                        c.state = "Terminated".into();
-                        c.reason = "Error".into();
-                        c.message = "the group's shim died".into();
-                        c.exit_code = 137;
-                        c.finished_at = now.clone();
+                    if c.state == transitions::RUNNING {
+                        transitions::to_terminated(c, &lost);
                     }
                 }
                 st.reason = "SandboxLost".into();
@@ -431,9 +441,13 @@ impl Supervisor {
         }
     }
 
-    /// Whether the group's shim still answers.
+    /// Whether the group's shim still lives: it answers, or it is there but does not
+    /// answer in time (stopped, hung) — that is a condition, not a death.
     pub(crate) async fn shim_alive(&self, ctx: &GroupCtx) -> bool {
-        Shim::connect(&ctx.dir.shim_socket()).await.is_ok()
+        match Shim::connect(&ctx.dir.shim_socket()).await {
+            Ok(_) | Err(crate::sandbox::ShimError::Unresponsive { .. }) => true,
+            Err(_) => false,
+        }
     }
 
     /// [`Groups::mutate`] off the async workers.
