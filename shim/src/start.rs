@@ -140,8 +140,13 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
     // never the shim: Rust's runtime ignores SIGPIPE already; this says so here.
     // SAFETY: installing SIG_IGN replaces no handler of ours and runs before any thread
     // that could be affected is started.
-    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }
-        .context("ignoring SIGPIPE")?;
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .context("ignoring SIGPIPE")?;
     if !eci_runtime::sealed_exe::is_read_only(std::path::Path::new("/proc/self/exe")) {
         tracing::warn!(
             "this shim runs from a writable binary: start it through eci-agent, which \

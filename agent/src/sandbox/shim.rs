@@ -211,19 +211,16 @@ impl Shim {
     /// (a stopped shim's socket still accepts connections: the kernel does that).
     pub async fn connect(socket: &Path) -> Result<Self, ShimError> {
         let addr = format!("unix://{}", socket.display());
-        let c = tokio::time::timeout(
-            deadline::QUICK,
-            ttrpc::asynchronous::Client::connect(&addr),
-        )
-        .await
-        .map_err(|_| ShimError::Unresponsive {
-            call: "connect",
-            after: deadline::QUICK,
-        })?
-        .map_err(|source| ShimError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
+        let c = tokio::time::timeout(deadline::QUICK, ttrpc::asynchronous::Client::connect(&addr))
+            .await
+            .map_err(|_| ShimError::Unresponsive {
+                call: "connect",
+                after: deadline::QUICK,
+            })?
+            .map_err(|source| ShimError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
         let client = TaskClient::new(c);
         // A socket file can outlive its shim: make one call to be sure.
         let shim = Shim { client };

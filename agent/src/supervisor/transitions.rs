@@ -161,19 +161,14 @@ pub(crate) fn set_condition(
 /// The shim stopped answering: running containers' states are unknown from now on, so
 /// they are shown as not ready with why, never as a current fact.
 pub(crate) fn shim_unresponsive(st: &mut GroupStatus, message: &str, now: &str) -> bool {
-    let changed = set_condition(
-        st,
-        SHIM_RESPONSIVE,
-        false,
-        SHIM_UNRESPONSIVE,
-        message,
-        now,
-    );
+    let changed = set_condition(st, SHIM_RESPONSIVE, false, SHIM_UNRESPONSIVE, message, now);
     for s in st.container_statuses.iter_mut() {
         if s.state == RUNNING {
             s.ready = false;
             s.reason = SHIM_UNRESPONSIVE.into();
-            s.message = format!("state unknown since {now}: the group's shim does not answer; last seen Running");
+            s.message = format!(
+                "state unknown since {now}: the group's shim does not answer; last seen Running"
+            );
         }
     }
     changed
