@@ -107,7 +107,7 @@ pub fn create(
             // a v1 hierarchy waits for an RCU grace period, about as long as the rest of
             // the setup. It cannot exec before the start byte, which comes after this.
             if let Err(e) = eci_runtime::cgroup::join(cgroup, pid as u32) {
-                kill(pid);
+                crate::kill::sigkill(pid);
                 // A process that failed its setup may be gone before it could be
                 // joined: its own report says why, not the join.
                 if let Ok(Some(Sync::Error(why))) = read(&mut sync) {
@@ -121,7 +121,7 @@ pub fn create(
         }
         Placement::Itself { pid_ns } => {
             if let Err(why) = verify_exec_pid(pid, child.id() as i32, pid_ns) {
-                kill(child.id() as i32);
+                crate::kill::sigkill(child.id() as i32);
                 return Err(SpawnError::Io(why));
             }
         }
@@ -135,13 +135,6 @@ pub fn create(
         Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
         _ => Err(SpawnError::Vanished),
     }
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }
 
 /// Checks that `pid`, reported by an exec helper, is its child inside the container:

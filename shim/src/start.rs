@@ -213,19 +213,8 @@ fn teardown(dir: &GroupDir, cgroup: &str) {
     if let Err(e) = namespaces::remove(&dir.namespaces()) {
         tracing::warn!(error = %e, "removing group namespaces");
     }
-    if cgroup::exists(cgroup) {
-        for p in cgroup::procs(cgroup) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for _ in 0..50 {
-            if cgroup::destroy(cgroup).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    if let Err(e) = crate::kill::kill_cgroup_and_remove(cgroup) {
+        tracing::warn!(error = %e, "removing the group cgroup");
     }
     let _ = std::fs::remove_file(dir.shim_socket());
     let _ = std::fs::remove_file(dir.shim_pid());
