@@ -201,3 +201,43 @@ fn a_stopped_shim_affects_only_its_own_group() {
     assert!(out.status.success(), "{}", text(&out));
     drop(guard);
 }
+
+#[test]
+fn an_agent_restart_waits_for_a_stopped_shim_instead_of_replacing_it() {
+    let mut agent = busybox_agent_with("[node]\ncpu = \"16\"\nmemory = \"64Gi\"\n");
+    let name = format!("paused-{}", std::process::id());
+    let out = agent.apply(&name, &spec(&name));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, &name, "Running");
+    let pid = shim_pid(&agent, &name);
+    let guard = Continue(vec![pid]);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP the shim");
+    agent.kill9_and_restart().expect("agent restart");
+    let shown = wait_for(Duration::from_secs(30), || {
+        (condition(&agent, &name, "ShimResponsive") == "False").then_some(())
+    });
+    assert!(
+        shown.is_some(),
+        "no ShimResponsive=False after the restart: {}",
+        text(&agent.ctl(&["describe", &name]))
+    );
+    // Not mistaken for a dead shim: the same shim, and no second one.
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(shim_pid(&agent, &name), pid, "the shim was replaced");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT the shim");
+    let back = wait_for(Duration::from_secs(30), || {
+        (condition(&agent, &name, "ShimResponsive") == "True").then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "never recovered: {}",
+        text(&agent.ctl(&["describe", &name]))
+    );
+    wait_phase(&agent, &name, "Running");
+    let out = agent.ctl(&["exec", &name, "-c", "app", "--", "echo", "adopted"]);
+    assert!(out.status.success(), "exec after SIGCONT: {}", text(&out));
+    assert_eq!(shim_pid(&agent, &name), pid, "the shim was replaced");
+    let out = agent.ctl(&["delete", &name, "--wait", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(guard);
+}

@@ -13,7 +13,7 @@ use super::{GroupCtx, Supervisor};
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
-use crate::sandbox::{Shim, files, spec, volumes};
+use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
 /// `<bundle>/exit.json` as the shim writes it.
 #[derive(serde::Deserialize)]
@@ -131,6 +131,8 @@ impl Supervisor {
         volumes::prepare(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id))?;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
+            // There, but silent: never start a second shim for the group; wait for it.
+            Err(ShimError::Unresponsive { .. }) => self.shim_answering(ctx).await,
             Err(_) => Shim::launch(
                 &self.cfg.shim,
                 &ctx.id,

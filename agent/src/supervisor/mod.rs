@@ -193,7 +193,14 @@ impl Supervisor {
         let name = ctx.name.clone();
         let me = self.clone();
         let task = tokio::spawn(async move {
-            if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
+            let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
+                Ok(s) => Some(s),
+                Err(crate::sandbox::ShimError::Unresponsive { .. }) => {
+                    Some(me.shim_answering(&ctx).await)
+                }
+                Err(_) => None,
+            };
+            if let Some(shim) = shim {
                 me.stop_containers(&ctx, &shim, grace).await;
             }
             me.run(ctx).await;
@@ -346,7 +353,13 @@ impl Supervisor {
             })
             .await;
         }
-        for group in groups {
+        // Every shim at once: a silent one costs its deadline once, not once per group.
+        let conns = futures::future::join_all(groups.iter().map(|g| {
+            let socket = GroupDir::new(&self.cfg.run_dir, &g.id).shim_socket();
+            async move { Shim::connect(&socket).await }
+        }))
+        .await;
+        for (group, conn) in groups.into_iter().zip(conns) {
             let ctx = self.ctx(&group);
             let phase = group
                 .status
@@ -361,7 +374,7 @@ impl Supervisor {
             if phase::is_final(&phase) {
                 continue;
             }
-            match Shim::connect(&ctx.dir.shim_socket()).await {
+            match conn {
                 Ok(_) if phase == phase::RESTARTING || phase == phase::UPDATING => {
                     tracing::info!(group = %ctx.name, %phase, "resuming the interrupted {phase}");
                     self.spawn_recreate(ctx);
@@ -371,6 +384,17 @@ impl Supervisor {
                     let me = self.clone();
                     let name = ctx.name.clone();
                     let task = tokio::spawn(async move { me.adopt(ctx, shim, group).await });
+                    self.track(&name, task);
+                }
+                Err(crate::sandbox::ShimError::Unresponsive { .. }) => {
+                    // A stopped or hung shim is alive: wait for it, then re-adopt.
+                    tracing::warn!(group = %ctx.name, "the group's shim does not answer; waiting for it");
+                    let me = self.clone();
+                    let name = ctx.name.clone();
+                    let task = tokio::spawn(async move {
+                        let shim = me.shim_answering(&ctx).await;
+                        me.adopt(ctx, shim, group).await
+                    });
                     self.track(&name, task);
                 }
                 Err(_) if ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() => {

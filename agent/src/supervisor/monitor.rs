@@ -94,6 +94,29 @@ impl Supervisor {
         }
     }
 
+    /// Waits until the group's silent shim answers again (SIGCONT), with the group
+    /// shown `ShimResponsive=False` meanwhile; a delete stops the wait with the task.
+    pub(crate) async fn shim_answering(&self, ctx: &GroupCtx) -> Shim {
+        let mut shown = false;
+        loop {
+            match Shim::connect(&ctx.dir.shim_socket()).await {
+                Ok(s) => {
+                    if shown {
+                        self.shim_answers(ctx).await;
+                    }
+                    return s;
+                }
+                Err(e) => {
+                    if !shown {
+                        shown = true;
+                        self.shim_silent(ctx, &e).await;
+                    }
+                }
+            }
+            tokio::time::sleep(PERIOD).await;
+        }
+    }
+
     async fn shim_silent(&self, ctx: &GroupCtx, e: &ShimError) {
         tracing::warn!(group = %ctx.name, error = %e, "the group's shim does not answer");
         let (name, msg) = (ctx.name.clone(), e.to_string());
