@@ -96,10 +96,17 @@ pub fn create(
     drop(cmd);
     drop((start_r, sync_w));
     let mut sync = BufReader::new(File::from(sync_r));
-    let pid = match read(&mut sync)? {
-        Some(Sync::Pid(p)) => p,
-        Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
-        _ => return Err(SpawnError::Vanished),
+    // The helper reports the pid after its fork returns; the child reports Ready when
+    // set up. An exec's child has little to set up and may well be first: both orders
+    // are fine, each message once.
+    let mut ready = false;
+    let pid = loop {
+        match read(&mut sync)? {
+            Some(Sync::Pid(p)) => break p,
+            Some(Sync::Ready) if !ready => ready = true,
+            Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
+            _ => return Err(SpawnError::Vanished),
+        }
     };
     match placement {
         Placement::ByShim(cgroup) => {
@@ -126,15 +133,18 @@ pub fn create(
             }
         }
     }
-    match read(&mut sync)? {
-        Some(Sync::Ready) => Ok(Created {
-            pid,
-            start: File::from(start_w),
-            sync,
-        }),
-        Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
-        _ => Err(SpawnError::Vanished),
+    if !ready {
+        match read(&mut sync)? {
+            Some(Sync::Ready) => {}
+            Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
+            _ => return Err(SpawnError::Vanished),
+        }
     }
+    Ok(Created {
+        pid,
+        start: File::from(start_w),
+        sync,
+    })
 }
 
 /// Checks that `pid`, reported by an exec helper, is its child inside the container:

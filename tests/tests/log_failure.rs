@@ -49,6 +49,7 @@ fn counter(agent: &Agent, name: &str) -> u64 {
     let mut last = String::new();
     for _ in 0..10 {
         let out = agent.ctl(&["exec", name, "-c", "app", "--", "cat", "/tmp/count"]);
+        assert!(out.status.success(), "exec: {}", text(&out));
         if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse() {
             return n;
         }
