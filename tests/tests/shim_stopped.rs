@@ -52,6 +52,18 @@ fn condition(agent: &Agent, name: &str, kind: &str) -> String {
         .to_string()
 }
 
+/// Waits up to `secs` for the group's `ShimResponsive` condition to be `want`.
+fn wait_shim_responsive(agent: &Agent, name: &str, want: &str, secs: u64) {
+    let got = wait_for(Duration::from_secs(secs), || {
+        (condition(agent, name, "ShimResponsive") == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "ShimResponsive never became {want}: {}",
+        text(&agent.ctl(&["describe", name]))
+    );
+}
+
 fn spec(name: &str) -> String {
     group(
         name,
@@ -120,14 +132,7 @@ fn a_stopped_shim_affects_only_its_own_group() {
     );
 
     // The condition, and the event.
-    let shown = wait_for(Duration::from_secs(20), || {
-        (condition(&agent, &stuck, "ShimResponsive") == "False").then_some(())
-    });
-    assert!(
-        shown.is_some(),
-        "no ShimResponsive=False: {}",
-        text(&agent.ctl(&["describe", &stuck]))
-    );
+    wait_shim_responsive(&agent, &stuck, "False", 20);
     let g = agent.get_json(&stuck).expect("get");
     let c = &g["status"]["containerStatuses"][0];
     assert_eq!(c["reason"], "ShimUnresponsive", "{c}");
@@ -140,14 +145,7 @@ fn a_stopped_shim_affects_only_its_own_group() {
 
     // SIGCONT: the group recovers and exec works again.
     kill(pid, Signal::SIGCONT).expect("SIGCONT the shim");
-    let back = wait_for(Duration::from_secs(20), || {
-        (condition(&agent, &stuck, "ShimResponsive") == "True").then_some(())
-    });
-    assert!(
-        back.is_some(),
-        "never recovered: {}",
-        text(&agent.ctl(&["describe", &stuck]))
-    );
+    wait_shim_responsive(&agent, &stuck, "True", 20);
     wait_phase(&agent, &stuck, "Running");
     let out = agent.ctl(&["exec", &stuck, "-c", "app", "--", "echo", "back"]);
     assert!(out.status.success(), "exec after SIGCONT: {}", text(&out));
@@ -213,26 +211,12 @@ fn an_agent_restart_waits_for_a_stopped_shim_instead_of_replacing_it() {
     let guard = Continue(vec![pid]);
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP the shim");
     agent.kill9_and_restart().expect("agent restart");
-    let shown = wait_for(Duration::from_secs(30), || {
-        (condition(&agent, &name, "ShimResponsive") == "False").then_some(())
-    });
-    assert!(
-        shown.is_some(),
-        "no ShimResponsive=False after the restart: {}",
-        text(&agent.ctl(&["describe", &name]))
-    );
+    wait_shim_responsive(&agent, &name, "False", 30);
     // Not mistaken for a dead shim: the same shim, and no second one.
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert_eq!(shim_pid(&agent, &name), pid, "the shim was replaced");
     kill(pid, Signal::SIGCONT).expect("SIGCONT the shim");
-    let back = wait_for(Duration::from_secs(30), || {
-        (condition(&agent, &name, "ShimResponsive") == "True").then_some(())
-    });
-    assert!(
-        back.is_some(),
-        "never recovered: {}",
-        text(&agent.ctl(&["describe", &name]))
-    );
+    wait_shim_responsive(&agent, &name, "True", 30);
     wait_phase(&agent, &name, "Running");
     let out = agent.ctl(&["exec", &name, "-c", "app", "--", "echo", "adopted"]);
     assert!(out.status.success(), "exec after SIGCONT: {}", text(&out));

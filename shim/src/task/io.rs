@@ -21,6 +21,16 @@ enum Output {
     Null,
 }
 
+/// Opens a FIFO (or file) the client named for a process's stdio.
+fn open_stdio(uri: &str, write: bool) -> ttrpc::Result<std::fs::File> {
+    let what = if write { "output" } else { "input" };
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open(uri)
+        .map_err(|e| err(Code::INVALID_ARGUMENT, format!("opening {what} {uri}: {e}")))
+}
+
 fn output(uri: &str) -> ttrpc::Result<Output> {
     if let Some(p) = uri.strip_prefix("file://") {
         return Ok(Output::Log(PathBuf::from(p)));
@@ -28,22 +38,14 @@ fn output(uri: &str) -> ttrpc::Result<Output> {
     if uri.is_empty() {
         return Ok(Output::Null);
     }
-    OpenOptions::new()
-        .write(true)
-        .open(uri)
-        .map(Output::Fifo)
-        .map_err(|e| err(Code::INVALID_ARGUMENT, format!("opening output {uri}: {e}")))
+    open_stdio(uri, true).map(Output::Fifo)
 }
 
 fn input(uri: &str) -> ttrpc::Result<Stdio> {
     if uri.is_empty() {
         return Ok(Stdio::null());
     }
-    OpenOptions::new()
-        .read(true)
-        .open(uri)
-        .map(Stdio::from)
-        .map_err(|e| err(Code::INVALID_ARGUMENT, format!("opening input {uri}: {e}")))
+    open_stdio(uri, false).map(Stdio::from)
 }
 
 impl TaskService {
@@ -146,27 +148,9 @@ impl TaskService {
         let stdin = if proc_.stdin.is_empty() {
             None
         } else {
-            Some(
-                OpenOptions::new()
-                    .read(true)
-                    .open(&proc_.stdin)
-                    .map_err(|e| {
-                        err(
-                            Code::INVALID_ARGUMENT,
-                            format!("opening input {}: {e}", proc_.stdin),
-                        )
-                    })?,
-            )
+            Some(open_stdio(&proc_.stdin, false)?)
         };
-        let stdout = OpenOptions::new()
-            .write(true)
-            .open(&proc_.stdout)
-            .map_err(|e| {
-                err(
-                    Code::INVALID_ARGUMENT,
-                    format!("opening output {}: {e}", proc_.stdout),
-                )
-            })?;
+        let stdout = open_stdio(&proc_.stdout, true)?;
         let created = self
             .create_process(
                 config,
