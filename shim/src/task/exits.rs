@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use containerd_shim_protos::api::Status;
 use eci_runtime::cgroup;
 use serde::{Deserialize, Serialize};
 
@@ -74,9 +73,7 @@ impl TaskService {
                 // Written before anyone is told, so an agent that restarts finds it.
                 let _ = write_durably(&path, &json);
             }
-            if let Ok(mut s) = proc_.state.lock() {
-                s.status = Status::STOPPED;
-            }
+            proc_.mark_stopped();
             tracing::info!(
                 pid,
                 code = rec.exit_code,

@@ -73,6 +73,30 @@ impl Proc {
     }
 }
 
+/// The process states, changed only here: CREATED (set up, waiting for its start
+/// byte) → RUNNING (started) → STOPPED (exited and recorded).
+impl Proc {
+    /// CREATED → RUNNING; records when.
+    pub(super) fn mark_running(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.status = Status::RUNNING;
+        s.started_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    }
+
+    /// → STOPPED, once its exit is recorded.
+    pub(super) fn mark_stopped(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).status = Status::STOPPED;
+    }
+
+    /// The state the Task API reports: STOPPED as soon as the exit is known.
+    pub(super) fn status(&self) -> Status {
+        if self.exited.borrow().is_some() {
+            return Status::STOPPED;
+        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).status
+    }
+}
+
 impl TaskService {
     pub(super) fn get(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Proc>> {
         let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api;
@@ -215,10 +214,7 @@ impl Task for TaskService {
             kill::sigkill(pid);
             return Err(err(Code::FAILED_PRECONDITION, e.to_string()));
         }
-        if let Ok(mut s) = proc_.state.lock() {
-            s.status = Status::RUNNING;
-            s.started_at = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-        }
+        proc_.mark_running();
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -231,21 +227,14 @@ impl Task for TaskService {
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
-        let (pid, status) = {
-            let s = proc_.state.lock().unwrap_or_else(|p| p.into_inner());
-            (s.pid, s.status)
-        };
+        let pid = proc_.state.lock().unwrap_or_else(|p| p.into_inner()).pid;
         let exit = proc_.exited.borrow().clone();
         let mut resp = api::StateResponse {
             id: req.id,
             exec_id: req.exec_id,
             bundle: proc_.bundle.clone(),
             pid: pid as u32,
-            status: EnumOrUnknown::new(if exit.is_some() {
-                Status::STOPPED
-            } else {
-                status
-            }),
+            status: EnumOrUnknown::new(proc_.status()),
             stdin: proc_.stdin.clone(),
             stdout: proc_.stdout.clone(),
             stderr: proc_.stderr.clone(),
@@ -384,12 +373,7 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             return Err(err(Code::INVALID_ARGUMENT, "exec_id: required"));
         }
-        if container
-            .state
-            .lock()
-            .map(|s| s.status != Status::RUNNING)
-            .unwrap_or(true)
-        {
+        if container.status() != Status::RUNNING {
             return Err(err(
                 Code::FAILED_PRECONDITION,
                 format!("container {} is not running", req.id),
