@@ -164,3 +164,41 @@ fn a_full_log_filesystem_never_stops_the_container() {
     assert!(out.status.success(), "{}", text(&out));
     drop(logs);
 }
+
+/// Whether SIGPIPE is ignored in a `/proc/<pid>/status` text.
+fn sigpipe_ignored(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc_sigpipe() - 1)) != 0)
+}
+
+fn libc_sigpipe() -> u32 {
+    nix::sys::signal::Signal::SIGPIPE as u32
+}
+
+#[test]
+fn containers_and_execs_get_the_default_sigpipe() {
+    // As under runc: a container is not shielded from SIGPIPE by its runtime; what
+    // protects it from its log is that the shim never closes the pipe's read end.
+    let agent = busybox_agent_with("");
+    let name = format!("sigpipe-{}", std::process::id());
+    let out = agent.apply(
+        &name,
+        &group(&name, "Never", &[("app", "exec sleep 3600")], ""),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, &name, "Running");
+    for who in ["/proc/1/status", "/proc/self/status"] {
+        let out = agent.ctl(&["exec", &name, "-c", "app", "--", "cat", who]);
+        assert!(out.status.success(), "{}", text(&out));
+        let status = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !sigpipe_ignored(&status),
+            "{who}: SIGPIPE is ignored:\n{status}"
+        );
+    }
+    let out = agent.ctl(&["delete", &name, "--force", "--wait", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
