@@ -147,12 +147,16 @@ struct Copier {
     stats: LogStats,
     dropping: Option<Dropping>,
     stats_written: Option<Instant>,
+    /// The stats file is behind the count (its updates are spaced out).
+    stats_dirty: bool,
 }
 
-/// A log error with its cause, for the stats and the "dropped" record.
+/// A log error for the stats and the "dropped" record: its cause only (e.g. "No space
+/// left on device"), since the record lands in the tenant's log and the host path of
+/// the file is none of its business.
 fn error_text(e: &dyn std::error::Error) -> String {
     match e.source() {
-        Some(s) => format!("{e}: {s}"),
+        Some(s) => s.to_string(),
         None => e.to_string(),
     }
 }
@@ -216,6 +220,7 @@ impl Copier {
             stats: LogStats::default(),
             dropping,
             stats_written: None,
+            stats_dirty: false,
         }
     }
 
@@ -236,10 +241,20 @@ impl Copier {
         let mut drained = Some(drained);
         while self.inputs.iter().any(|i| i.fd.is_some()) {
             let partial = self.inputs.iter().any(|i| i.split.has_partial());
-            let (ready, notified) = self.poll(if partial { IDLE_FLUSH_MS } else { -1 });
+            let timeout = if partial {
+                IDLE_FLUSH_MS
+            } else if self.stats_dirty {
+                RETRY.as_millis() as i32
+            } else {
+                -1
+            };
+            let (ready, notified) = self.poll(timeout);
             if ready == [false, false] && !notified {
-                // Idle with a part of a line held: write it now.
+                // Idle with a part of a line held: write it now; and the final count.
                 self.flush_partials();
+                if self.stats_dirty {
+                    self.write_stats(true);
+                }
             }
             for (k, r) in ready.into_iter().enumerate() {
                 if r {
@@ -427,9 +442,11 @@ impl Copier {
             return;
         };
         if !now && self.stats_written.is_some_and(|t| t.elapsed() < RETRY) {
+            self.stats_dirty = true;
             return;
         }
         self.stats_written = Some(Instant::now());
+        self.stats_dirty = false;
         let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec(&self.stats)
             .map_err(std::io::Error::other)
@@ -438,5 +455,90 @@ impl Copier {
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "writing log stats");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn stats(path: &std::path::Path) -> LogStats {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// A log that fails (a link to /dev/full: every write is ENOSPC) is drained and
+    /// counted, never closed on the writer; once writable again, the "dropped" record
+    /// comes first, then the new output.
+    #[test]
+    fn a_failing_log_drops_counts_and_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("0.log");
+        let stats_path = dir.path().join(STATS_FILE);
+        std::os::unix::fs::symlink("/dev/full", &log).expect("link to /dev/full");
+        let (or, ow) = nix::unistd::pipe().expect("pipe");
+        let (er, _ew) = nix::unistd::pipe().expect("pipe");
+        let copying = start(
+            or,
+            er,
+            log.clone(),
+            Rotation::default(),
+            Some(stats_path.clone()),
+        )
+        .expect("start");
+        let mut out = std::fs::File::from(ow);
+        // Far more than the pipe holds: only a reader that keeps draining takes it all.
+        for i in 0..20_000 {
+            writeln!(out, "lost line {i} {}", "x".repeat(100)).expect("never EPIPE, never blocked");
+        }
+        assert!(
+            wait_until(|| stats(&stats_path).dropped_bytes > 2_000_000),
+            "{:?}",
+            stats(&stats_path)
+        );
+        let s = stats(&stats_path);
+        assert!(s.failing, "{s:?}");
+        assert!(s.error.contains("No space left"), "{s:?}");
+        assert!(
+            !s.error.contains(dir.path().to_str().expect("utf-8")),
+            "{s:?}"
+        );
+
+        // Writable again.
+        std::fs::remove_file(&log).expect("unlink");
+        let found = wait_until(|| {
+            writeln!(out, "kept line").expect("write");
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("kept line"))
+        });
+        assert!(found, "logging never resumed");
+        let text = std::fs::read_to_string(&log).expect("log");
+        let first = text.lines().next().expect("a line");
+        assert!(
+            first.contains("bytes of output were dropped here") && first.contains("No space left"),
+            "{first}"
+        );
+        assert!(!text.contains("lost line"), "dropped output was written");
+        assert!(wait_until(|| !stats(&stats_path).failing));
+        drop(out);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(copying.process_exited());
     }
 }

@@ -328,6 +328,26 @@ fn append_marker(log: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn resume_after_a_torn_write_starts_the_next_record_on_its_own_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(&path, Rotation::default()).expect("open");
+        log.write(&rec(1)).expect("write");
+        // A write that stopped inside a record (the filesystem filled up).
+        append(&path)
+            .expect("append")
+            .write_all(b"2024-01-01T00:00:00Z std")
+            .expect("torn");
+        log.resume().expect("resume");
+        log.write(&rec(2)).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[2].ends_with("line 00002"), "{text}");
+        assert_eq!(log.size, text.len() as u64);
+    }
+
     fn rec(i: usize) -> Vec<u8> {
         format!("2024-01-01T00:00:00.000000000Z stdout F line {i:05}\n").into_bytes()
     }
