@@ -406,3 +406,43 @@ impl Shim {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_deadline_is_unresponsive_and_an_answer_is_not() {
+        let client_side = ttrpc::Error::Others("Request deadline elapsed".into());
+        let e = classify("state", deadline::QUICK, client_side);
+        assert!(
+            matches!(e, ShimError::Unresponsive { call: "state", .. }),
+            "{e}"
+        );
+        assert!(e.is_unavailable());
+        let server_side =
+            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::DEADLINE_EXCEEDED, "timeout"));
+        let e = classify("wait", deadline::WAIT_ROUND, server_side);
+        assert!(
+            matches!(e, ShimError::Unresponsive { call: "wait", .. }),
+            "{e}"
+        );
+        let refused = ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::NOT_FOUND, "no"));
+        let e = classify("state", deadline::QUICK, refused);
+        assert!(!e.is_unavailable(), "an answer is not an outage: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_answers_fails_within_the_deadline() {
+        // A listener that accepts (the kernel does, for a stopped process) and never
+        // reads: what a SIGSTOPped shim looks like.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("shim.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let t0 = std::time::Instant::now();
+        let e = Shim::connect(&sock).await.err().expect("no answer");
+        assert!(matches!(e, ShimError::Unresponsive { .. }), "{e}");
+        let bound = deadline::QUICK * deadline::ATTEMPTS + Duration::from_secs(2);
+        assert!(t0.elapsed() < bound, "{:?}", t0.elapsed());
+    }
+}

@@ -40,6 +40,7 @@ impl ExecResize {
 /// Waits for an exec and cleans up after it.
 pub struct ExecExit {
     shim: Shim,
+    group: String,
     container: String,
     exec_id: String,
     dir: PathBuf,
@@ -178,6 +179,7 @@ impl Supervisor {
         });
         let exit = ExecExit {
             shim,
+            group: group.into(),
             container: container.into(),
             exec_id,
             dir,
@@ -199,7 +201,7 @@ impl ExecExit {
             .shim
             .wait(&self.container, &self.exec_id)
             .await
-            .map_err(|e| failed("waiting for the exec", e.message()))?
+            .map_err(|e| shim_failed(&self.group, "waiting for the exec", e))?
             .code as i32;
         let _ = self.shim.delete(&self.container, &self.exec_id).await;
         let _ = std::fs::remove_dir_all(&self.dir);
