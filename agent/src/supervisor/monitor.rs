@@ -61,10 +61,28 @@ impl Supervisor {
         let mut seen: HashMap<String, LogStats> = HashMap::new();
         loop {
             tokio::time::sleep(PERIOD).await;
-            let phase = match self.groups.get(&ctx.name) {
-                Ok(g) => g.status.map(|s| s.phase).unwrap_or_default(),
-                Err(_) => return,
+            // The store read and the stats files, off the async workers.
+            let (groups, ctx2) = (self.groups.clone(), ctx.clone());
+            let Ok((phase, stats)) = tokio::task::spawn_blocking(move || {
+                let phase = groups
+                    .get(&ctx2.name)
+                    .ok()
+                    .map(|g| g.status.map(|s| s.phase).unwrap_or_default());
+                let stats: Vec<(String, LogStats)> = ctx2
+                    .container_names()
+                    .into_iter()
+                    .map(|c| {
+                        let s = log_stats(&ctx2.dir.bundle(&c));
+                        (c, s)
+                    })
+                    .collect();
+                (phase, stats)
+            })
+            .await
+            else {
+                return;
             };
+            let Some(phase) = phase else { return };
             if eci_api::phase::is_final(&phase) || phase == eci_api::phase::TERMINATING {
                 return;
             }
@@ -90,7 +108,7 @@ impl Supervisor {
                 // recover the group; a new connection is made next time.
                 Err(_) => shim = None,
             }
-            self.check_logs(&ctx, &mut seen).await;
+            self.check_logs(&ctx, stats, &mut seen).await;
         }
     }
 
@@ -165,11 +183,15 @@ impl Supervisor {
     }
 
     /// Turns changes of each container's log stats into events.
-    async fn check_logs(&self, ctx: &GroupCtx, seen: &mut HashMap<String, LogStats>) {
+    async fn check_logs(
+        &self,
+        ctx: &GroupCtx,
+        stats: Vec<(String, LogStats)>,
+        seen: &mut HashMap<String, LogStats>,
+    ) {
         let mut events = Vec::new();
-        for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
-            let now = log_stats(&ctx.dir.bundle(&c.name));
-            let before = seen.get(&c.name).cloned().unwrap_or_default();
+        for (name, now) in stats {
+            let before = seen.get(&name).cloned().unwrap_or_default();
             if now.dropped_bytes > before.dropped_bytes {
                 events.push(container_event(
                     &ctx.name,
@@ -177,9 +199,9 @@ impl Supervisor {
                     "LogWriteFailed",
                     format!(
                         "{} bytes of container {}'s output could not be logged so far ({}); the container keeps running",
-                        now.dropped_bytes, c.name, now.error
+                        now.dropped_bytes, name, now.error
                     ),
-                    c.name.clone(),
+                    name.clone(),
                 ));
             }
             if before.failing && !now.failing && now.dropped_bytes > 0 {
@@ -189,12 +211,12 @@ impl Supervisor {
                     "LogWriteResumed",
                     format!(
                         "container {}'s output is logged again; {} bytes were dropped",
-                        c.name, now.dropped_bytes
+                        name, now.dropped_bytes
                     ),
-                    c.name.clone(),
+                    name.clone(),
                 ));
             }
-            seen.insert(c.name.clone(), now);
+            seen.insert(name, now);
         }
         if events.is_empty() {
             return;
