@@ -140,6 +140,11 @@ fn a_stopped_shim_affects_only_its_own_group() {
         c["ready"], true,
         "a silent shim's container is not shown ready: {c}"
     );
+    let described = text(&agent.ctl(&["describe", &stuck]));
+    assert!(
+        described.contains("ShimResponsive") && described.contains("ShimUnresponsive"),
+        "{described}"
+    );
     let events = text(&agent.ctl(&["events", "--group", &stuck]));
     assert!(events.contains("ShimUnresponsive"), "{events}");
 
