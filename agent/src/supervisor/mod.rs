@@ -375,7 +375,10 @@ impl Supervisor {
                 continue;
             }
             match conn {
-                Ok(_) if phase == phase::RESTARTING || phase == phase::UPDATING => {
+                // (A silent shim is waited for there.)
+                Ok(_) | Err(crate::sandbox::ShimError::Unresponsive { .. })
+                    if phase == phase::RESTARTING || phase == phase::UPDATING =>
+                {
                     tracing::info!(group = %ctx.name, %phase, "resuming the interrupted {phase}");
                     self.spawn_recreate(ctx);
                 }
