@@ -269,12 +269,17 @@ impl Supervisor {
                     .await
                 {
                     Ok(_) => self.wait_container(&ctx, &shim, &c).await,
-                    Err(msg) => Ended {
-                        code: 128,
-                        message: msg,
-                        finished_at: clock::now(),
-                        ..Default::default()
-                    },
+                    Err(msg) => {
+                        // Recorded on the container too; logged so that a container
+                        // that never starts is visible in the agent's log.
+                        tracing::warn!(group = %ctx.name, container = %c.name, error = %msg, "container start failed");
+                        Ended {
+                            code: 128,
+                            message: msg,
+                            finished_at: clock::now(),
+                            ..Default::default()
+                        }
+                    }
                 }
             };
             if !ended.message.is_empty() && !self.shim_alive(&ctx).await {
