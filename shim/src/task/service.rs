@@ -207,14 +207,24 @@ impl Task for TaskService {
             (None, None) => return Err(err(Code::FAILED_PRECONDITION, "nothing to start")),
         };
         let pid = created.pid;
-        let started = tokio::task::spawn_blocking(move || created.start())
-            .await
-            .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        // From the start byte to RUNNING in one piece that runs to its end: the request
+        // may be dropped meanwhile (its deadline passed, the agent died), and a process
+        // that runs while the table still says CREATED could never be adopted or
+        // deleted (a CREATED process is one that waits for its start byte).
+        let p = proc_.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            let started = created.start();
+            match &started {
+                Ok(()) => p.mark_running(),
+                Err(_) => kill::sigkill(pid),
+            }
+            started
+        })
+        .await
+        .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         if let Err(e) = started {
-            kill::sigkill(pid);
             return Err(err(Code::FAILED_PRECONDITION, e.to_string()));
         }
-        proc_.mark_running();
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -298,11 +308,11 @@ impl Task for TaskService {
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
         let proc_ = self.get(&req.id, &req.exec_id)?;
-        let (pid, created) = {
+        let (pid, created, status) = {
             let mut s = proc_.state.lock().unwrap_or_else(|p| p.into_inner());
-            (s.pid, s.created.take())
+            (s.pid, s.created.take(), s.status)
         };
-        if created.is_some() {
+        if created.is_some() || (status == Status::CREATED && proc_.exited.borrow().is_none()) {
             // Created but never started: it waits on the start pipe; end it.
             kill::sigkill(pid);
             drop(created);
