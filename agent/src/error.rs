@@ -25,6 +25,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A part the operation needs does not answer now (a group's stopped shim); the
+    /// caller may retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     OutOfRange(String),
     /// A method whose behaviour a later part of the agent builds.

@@ -96,10 +96,17 @@ pub fn create(
     drop(cmd);
     drop((start_r, sync_w));
     let mut sync = BufReader::new(File::from(sync_r));
-    let pid = match read(&mut sync)? {
-        Some(Sync::Pid(p)) => p,
-        Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
-        _ => return Err(SpawnError::Vanished),
+    // The helper reports the pid after its fork returns; the child reports Ready when
+    // set up. An exec's child has little to set up and may well be first: both orders
+    // are fine, each message once.
+    let mut ready = false;
+    let pid = loop {
+        match read(&mut sync)? {
+            Some(Sync::Pid(p)) => break p,
+            Some(Sync::Ready) if !ready => ready = true,
+            Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
+            _ => return Err(SpawnError::Vanished),
+        }
     };
     match placement {
         Placement::ByShim(cgroup) => {
@@ -107,7 +114,7 @@ pub fn create(
             // a v1 hierarchy waits for an RCU grace period, about as long as the rest of
             // the setup. It cannot exec before the start byte, which comes after this.
             if let Err(e) = eci_runtime::cgroup::join(cgroup, pid as u32) {
-                kill(pid);
+                crate::kill::sigkill(pid);
                 // A process that failed its setup may be gone before it could be
                 // joined: its own report says why, not the join.
                 if let Ok(Some(Sync::Error(why))) = read(&mut sync) {
@@ -121,27 +128,23 @@ pub fn create(
         }
         Placement::Itself { pid_ns } => {
             if let Err(why) = verify_exec_pid(pid, child.id() as i32, pid_ns) {
-                kill(child.id() as i32);
+                crate::kill::sigkill(child.id() as i32);
                 return Err(SpawnError::Io(why));
             }
         }
     }
-    match read(&mut sync)? {
-        Some(Sync::Ready) => Ok(Created {
-            pid,
-            start: File::from(start_w),
-            sync,
-        }),
-        Some(Sync::Error(e)) => Err(SpawnError::Init(e)),
-        _ => Err(SpawnError::Vanished),
+    if !ready {
+        match read(&mut sync)? {
+            Some(Sync::Ready) => {}
+            Some(Sync::Error(e)) => return Err(SpawnError::Init(e)),
+            _ => return Err(SpawnError::Vanished),
+        }
     }
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    Ok(Created {
+        pid,
+        start: File::from(start_w),
+        sync,
+    })
 }
 
 /// Checks that `pid`, reported by an exec helper, is its child inside the container:

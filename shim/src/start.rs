@@ -136,6 +136,17 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         .with_writer(std::io::stderr)
         .init();
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+    // A reader that went away (an exec's client, the agent) must cost a failed write,
+    // never the shim: Rust's runtime ignores SIGPIPE already; this says so here.
+    // SAFETY: installing SIG_IGN replaces no handler of ours and runs before any thread
+    // that could be affected is started.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .context("ignoring SIGPIPE")?;
     if !eci_runtime::sealed_exe::is_read_only(std::path::Path::new("/proc/self/exe")) {
         tracing::warn!(
             "this shim runs from a writable binary: start it through eci-agent, which \
@@ -202,19 +213,8 @@ fn teardown(dir: &GroupDir, cgroup: &str) {
     if let Err(e) = namespaces::remove(&dir.namespaces()) {
         tracing::warn!(error = %e, "removing group namespaces");
     }
-    if cgroup::exists(cgroup) {
-        for p in cgroup::procs(cgroup) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for _ in 0..50 {
-            if cgroup::destroy(cgroup).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    if let Err(e) = crate::kill::kill_cgroup_and_remove(cgroup) {
+        tracing::warn!(error = %e, "removing the group cgroup");
     }
     let _ = std::fs::remove_file(dir.shim_socket());
     let _ = std::fs::remove_file(dir.shim_pid());

@@ -235,6 +235,7 @@ impl MetricsApi {
         let layers = self.sup.writable_dir(&group.id);
         let samples = self.samples.clone();
         let id = group.id.clone();
+        let sup = self.sup.clone();
         let out = tokio::task::spawn_blocking(move || {
             let rel = format!("{parent}/{id}");
             let had_history = has_history(&samples, &rel);
@@ -262,6 +263,7 @@ impl MetricsApi {
                     cpu: Some(cpu_metrics(&samples, &crel, &cu, cpu_limit)),
                     memory: Some(memory_metrics(&cu, mem_limit)),
                     disk: filesystem(&layers.join(&c.name), "/").into_iter().collect(),
+                    log_dropped_bytes: sup.log_stats(&id, &c.name).dropped_bytes,
                 });
             }
             (m, had_history)

@@ -39,6 +39,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Unavailable(_) => Code::Unavailable,
         Error::OutOfRange(_) => Code::OutOfRange,
         Error::Unimplemented(_) => Code::Unimplemented,
         // A full disk or a failing one: the write changed nothing and may be retried.

@@ -26,9 +26,22 @@ pub enum ShimError {
         #[source]
         source: ttrpc::Error,
     },
+    /// The shim took longer than the call's deadline: stopped, hung or overloaded.
+    #[error("the group's shim did not answer {call} within {after:?}")]
+    Unresponsive { call: &'static str, after: Duration },
 }
 
 impl ShimError {
+    /// Whether the shim itself failed (no answer, connection gone) rather than the call
+    /// (an error status the shim sent back).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ShimError::Unresponsive { .. } | ShimError::Connect { .. } => true,
+            ShimError::Call { source, .. } => !matches!(source, ttrpc::Error::RpcStatus(_)),
+            ShimError::Start(_) => false,
+        }
+    }
+
     /// The shim's own message for a failed call (e.g. a container setup error).
     pub fn message(&self) -> String {
         match self {
@@ -78,13 +91,68 @@ pub struct Shim {
     client: TaskClient,
 }
 
-/// Wraps a failed call with the call's name.
-fn call(name: &'static str) -> impl FnOnce(ttrpc::Error) -> ShimError {
-    move |source| ShimError::Call { call: name, source }
+/// Deadlines of agent→shim calls. Every call has one: a stopped or hung shim must cost
+/// its caller a bounded wait, never a task, a lock or an API request of another group.
+/// The ttrpc server drops a handler whose deadline passed, so nothing piles up there.
+pub mod deadline {
+    use std::time::Duration;
+
+    /// Connect, State, Pids, Stats, Kill, ResizePty: answered from memory by the shim.
+    pub const QUICK: Duration = Duration::from_secs(3);
+    /// Delete: the shim waits up to 5 s for the process and removes its cgroup.
+    pub const DELETE: Duration = Duration::from_secs(10);
+    /// Exec (registers a process), Shutdown.
+    pub const EXEC: Duration = Duration::from_secs(5);
+    /// Create: mounts, cgroup, the container's init up to its start barrier.
+    pub const CREATE: Duration = Duration::from_secs(60);
+    /// Start: the process's last setup steps and exec.
+    pub const START: Duration = Duration::from_secs(30);
+    /// One round of the Wait long-poll; between rounds the shim is probed (see
+    /// [`super::Shim::wait`]).
+    pub const WAIT_ROUND: Duration = Duration::from_secs(30);
+    /// Attempts of an idempotent call (State, Pids, Stats, Connect, Kill) before the
+    /// shim is called unresponsive: one slow answer on a loaded host is not a verdict.
+    pub const ATTEMPTS: u32 = 2;
 }
 
-fn ctx() -> context::Context {
-    context::with_timeout(0)
+fn ctx(timeout: Duration) -> context::Context {
+    context::with_duration(timeout)
+}
+
+/// Turns a ttrpc failure into a [`ShimError`], telling a missed deadline (the client's
+/// own, or the server's `DEADLINE_EXCEEDED`) from other failures.
+fn classify(call: &'static str, after: Duration, source: ttrpc::Error) -> ShimError {
+    let timed_out = match &source {
+        ttrpc::Error::Others(m) => m.contains("deadline elapsed"),
+        ttrpc::Error::RpcStatus(s) => {
+            s.code.enum_value_or_default() == ttrpc::Code::DEADLINE_EXCEEDED
+        }
+        _ => false,
+    };
+    if timed_out {
+        ShimError::Unresponsive { call, after }
+    } else {
+        ShimError::Call { call, source }
+    }
+}
+
+/// Runs an idempotent call up to [`deadline::ATTEMPTS`] times while the shim itself
+/// fails (no answer, broken connection); an error status from the shim is final.
+async fn retried<T, F, Fut>(call: &'static str, after: Duration, mut f: F) -> Result<T, ShimError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ttrpc::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match f().await.map_err(|e| classify(call, after, e)) {
+            Err(e) if e.is_unavailable() && attempt < deadline::ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How a process ended (the Task API's view; OOM comes from the exit record).
@@ -139,33 +207,35 @@ impl Shim {
         Self::connect(&GroupDir::new(&l.run_dir, id).shim_socket()).await
     }
 
-    /// Connects to a running shim's socket.
+    /// Connects to a running shim's socket, and checks with one call that it answers
+    /// (a stopped shim's socket still accepts connections: the kernel does that).
     pub async fn connect(socket: &Path) -> Result<Self, ShimError> {
         let addr = format!("unix://{}", socket.display());
-        let c = tokio::time::timeout(
-            Duration::from_secs(5),
-            ttrpc::asynchronous::Client::connect(&addr),
-        )
-        .await
-        .map_err(|_| ShimError::Connect {
-            path: socket.display().to_string(),
-            source: ttrpc::Error::Others("timed out".into()),
-        })?
-        .map_err(|source| ShimError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
-        let client = TaskClient::new(c);
-        // A socket file can outlive its shim: make one call to be sure.
-        let shim = Shim { client };
-        shim.client
-            .connect(ctx(), &api::ConnectRequest::default())
+        let c = tokio::time::timeout(deadline::QUICK, ttrpc::asynchronous::Client::connect(&addr))
             .await
+            .map_err(|_| ShimError::Unresponsive {
+                call: "connect",
+                after: deadline::QUICK,
+            })?
             .map_err(|source| ShimError::Connect {
                 path: socket.display().to_string(),
                 source,
             })?;
+        let client = TaskClient::new(c);
+        // A socket file can outlive its shim: make one call to be sure.
+        let shim = Shim { client };
+        shim.ping().await?;
         Ok(shim)
+    }
+
+    /// One Connect call: whether the shim answers at all.
+    pub async fn ping(&self) -> Result<(), ShimError> {
+        let req = api::ConnectRequest::default();
+        retried("connect", deadline::QUICK, || {
+            self.client.connect(ctx(deadline::QUICK), &req)
+        })
+        .await?;
+        Ok(())
     }
 
     pub async fn create(
@@ -185,9 +255,9 @@ impl Shim {
         };
         let r = self
             .client
-            .create(ctx(), &req)
+            .create(ctx(deadline::CREATE), &req)
             .await
-            .map_err(call("create"))?;
+            .map_err(|e| classify("create", deadline::CREATE, e))?;
         Ok(r.pid)
     }
 
@@ -199,22 +269,38 @@ impl Shim {
         };
         let r = self
             .client
-            .start(ctx(), &req)
+            .start(ctx(deadline::START), &req)
             .await
-            .map_err(call("start"))?;
+            .map_err(|e| classify("start", deadline::START, e))?;
         Ok(r.pid)
     }
 
+    /// Waits for a process to exit: a long-poll in rounds of [`deadline::WAIT_ROUND`].
+    /// A round that ends without an exit is followed by a Connect probe: a shim that
+    /// answers is waited on again; one that does not ends the wait with
+    /// [`ShimError::Unresponsive`], so no caller waits on a stopped shim forever.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exited, ShimError> {
         let req = api::WaitRequest {
             id: id.into(),
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        let r = self.client.wait(ctx(), &req).await.map_err(call("wait"))?;
-        Ok(Exited {
-            code: r.exit_status,
-        })
+        loop {
+            match self
+                .client
+                .wait(ctx(deadline::WAIT_ROUND), &req)
+                .await
+                .map_err(|e| classify("wait", deadline::WAIT_ROUND, e))
+            {
+                Ok(r) => {
+                    return Ok(Exited {
+                        code: r.exit_status,
+                    });
+                }
+                Err(ShimError::Unresponsive { .. }) => self.ping().await?,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The process state: (pid, running).
@@ -223,11 +309,10 @@ impl Shim {
             id: id.into(),
             ..Default::default()
         };
-        let r = self
-            .client
-            .state(ctx(), &req)
-            .await
-            .map_err(call("state"))?;
+        let r = retried("state", deadline::QUICK, || {
+            self.client.state(ctx(deadline::QUICK), &req)
+        })
+        .await?;
         Ok((
             r.pid,
             r.status.enum_value_or_default() == api::Status::RUNNING,
@@ -241,7 +326,11 @@ impl Shim {
             all,
             ..Default::default()
         };
-        self.client.kill(ctx(), &req).await.map_err(call("kill"))?;
+        // Repeating a signal is harmless: retried.
+        retried("kill", deadline::QUICK, || {
+            self.client.kill(ctx(deadline::QUICK), &req)
+        })
+        .await?;
         Ok(())
     }
 
@@ -252,9 +341,9 @@ impl Shim {
             ..Default::default()
         };
         self.client
-            .delete(ctx(), &req)
+            .delete(ctx(deadline::DELETE), &req)
             .await
-            .map_err(call("delete"))?;
+            .map_err(|e| classify("delete", deadline::DELETE, e))?;
         Ok(())
     }
 
@@ -280,7 +369,10 @@ impl Shim {
             spec: MessageField::some(any),
             ..Default::default()
         };
-        self.client.exec(ctx(), &req).await.map_err(call("exec"))?;
+        self.client
+            .exec(ctx(deadline::EXEC), &req)
+            .await
+            .map_err(|e| classify("exec", deadline::EXEC, e))?;
         Ok(())
     }
 
@@ -299,18 +391,58 @@ impl Shim {
             ..Default::default()
         };
         self.client
-            .resize_pty(ctx(), &req)
+            .resize_pty(ctx(deadline::QUICK), &req)
             .await
-            .map_err(call("resize_pty"))?;
+            .map_err(|e| classify("resize_pty", deadline::QUICK, e))?;
         Ok(())
     }
 
     pub async fn shutdown(&self) -> Result<(), ShimError> {
         let req = api::ShutdownRequest::default();
         self.client
-            .shutdown(ctx(), &req)
+            .shutdown(ctx(deadline::EXEC), &req)
             .await
-            .map_err(call("shutdown"))?;
+            .map_err(|e| classify("shutdown", deadline::EXEC, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_deadline_is_unresponsive_and_an_answer_is_not() {
+        let client_side = ttrpc::Error::Others("Request deadline elapsed".into());
+        let e = classify("state", deadline::QUICK, client_side);
+        assert!(
+            matches!(e, ShimError::Unresponsive { call: "state", .. }),
+            "{e}"
+        );
+        assert!(e.is_unavailable());
+        let server_side =
+            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::DEADLINE_EXCEEDED, "timeout"));
+        let e = classify("wait", deadline::WAIT_ROUND, server_side);
+        assert!(
+            matches!(e, ShimError::Unresponsive { call: "wait", .. }),
+            "{e}"
+        );
+        let refused = ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::NOT_FOUND, "no"));
+        let e = classify("state", deadline::QUICK, refused);
+        assert!(!e.is_unavailable(), "an answer is not an outage: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_answers_fails_within_the_deadline() {
+        // A listener that accepts (the kernel does, for a stopped process) and never
+        // reads: what a SIGSTOPped shim looks like.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("shim.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let t0 = std::time::Instant::now();
+        let e = Shim::connect(&sock).await.err().expect("no answer");
+        assert!(matches!(e, ShimError::Unresponsive { .. }), "{e}");
+        let bound = deadline::QUICK * deadline::ATTEMPTS + Duration::from_secs(2);
+        assert!(t0.elapsed() < bound, "{:?}", t0.elapsed());
     }
 }

@@ -6,23 +6,14 @@ use std::time::Duration;
 
 use containerd_shim_protos::api;
 use eci_api::phase;
-use eci_api::v1::{Container, ContainerGroup, ContainerStatus};
+use eci_api::v1::{Container, ContainerGroup};
 
+use super::transitions::{self, Ended, status_of, wants_restart};
 use super::{GroupCtx, Supervisor};
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
-use crate::sandbox::{Shim, files, spec, volumes};
-
-/// How a container run ended.
-#[derive(Debug, Clone, Default)]
-struct Ended {
-    code: i32,
-    oom: bool,
-    started_at: String,
-    finished_at: String,
-    message: String,
-}
+use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
 /// `<bundle>/exit.json` as the shim writes it.
 #[derive(serde::Deserialize)]
@@ -43,14 +34,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     msg
-}
-
-fn status_of<'a>(g: &'a mut ContainerGroup, name: &str) -> Option<&'a mut ContainerStatus> {
-    let st = g.status.get_or_insert_with(Default::default);
-    st.container_statuses
-        .iter_mut()
-        .chain(st.init_container_statuses.iter_mut())
-        .find(|c| c.name == name)
 }
 
 impl Supervisor {
@@ -107,9 +90,7 @@ impl Supervisor {
                     let (name, cname) = (ctx.name.clone(), c.name.clone());
                     self.mutate(&ctx.name, move |g| {
                         if let Some(s) = status_of(g, &cname) {
-                            s.state = "Waiting".into();
-                            s.reason = reason.into();
-                            s.message = msg.clone();
+                            transitions::to_waiting(s, reason, &msg);
                         }
                         let st = g.status.get_or_insert_with(Default::default);
                         st.phase = phase::PENDING.into();
@@ -150,6 +131,8 @@ impl Supervisor {
         volumes::prepare(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id))?;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
+            // There, but silent: never start a second shim for the group; wait for it.
+            Err(ShimError::Unresponsive { .. }) => self.shim_answering(ctx).await,
             Err(_) => Shim::launch(
                 &self.cfg.shim,
                 &ctx.id,
@@ -182,7 +165,7 @@ impl Supervisor {
                 if ended.code == 0 {
                     break;
                 }
-                if ctx.spec.restart_policy == "Never" {
+                if !wants_restart(&ctx.spec.restart_policy, ended.code) {
                     self.finish_group(ctx, &shim, false).await;
                     return Ok(());
                 }
@@ -213,6 +196,7 @@ impl Supervisor {
             });
             self.track(&ctx.name, task);
         }
+        self.spawn_monitor(ctx);
         Ok(())
     }
 
@@ -241,18 +225,15 @@ impl Supervisor {
                 .cloned()
                 .unwrap_or_default();
             let known = shim.state(&c.name).await.is_ok();
-            let wants_restart = match ctx.spec.restart_policy.as_str() {
-                "Never" => false,
-                "OnFailure" => st.exit_code != 0,
-                _ => true,
-            };
-            if st.state == "Terminated" && !wants_restart {
+            if st.state == transitions::TERMINATED
+                && !wants_restart(&ctx.spec.restart_policy, st.exit_code)
+            {
                 continue;
             }
             let me = self.clone();
             let (ctx2, shim2) = (ctx.clone(), shim.clone());
             let restarts = st.restart_count;
-            let attach = known && st.state == "Running";
+            let attach = known && st.state == transitions::RUNNING;
             let shm = valid.shm_bytes;
             let task = tokio::spawn(async move {
                 me.container_loop(ctx2, shim2, c, image, restarts, attach, shm)
@@ -260,6 +241,7 @@ impl Supervisor {
             });
             self.track(&ctx.name, task);
         }
+        self.spawn_monitor(&ctx);
         // Exits that happened while the agent was away may have finished the group.
         self.check_group_done(&ctx, &shim).await;
     }
@@ -287,12 +269,17 @@ impl Supervisor {
                     .await
                 {
                     Ok(_) => self.wait_container(&ctx, &shim, &c).await,
-                    Err(msg) => Ended {
-                        code: 128,
-                        message: msg,
-                        finished_at: clock::now(),
-                        ..Default::default()
-                    },
+                    Err(msg) => {
+                        // Recorded on the container too; logged so that a container
+                        // that never starts is visible in the agent's log.
+                        tracing::warn!(group = %ctx.name, container = %c.name, error = %msg, "container start failed");
+                        Ended {
+                            code: 128,
+                            message: msg,
+                            finished_at: clock::now(),
+                            ..Default::default()
+                        }
+                    }
                 }
             };
             if !ended.message.is_empty() && !self.shim_alive(&ctx).await {
@@ -305,12 +292,7 @@ impl Supervisor {
                 return;
             }
             self.record_exit(&ctx, &c, &ended).await;
-            let restart = match ctx.spec.restart_policy.as_str() {
-                "Never" => false,
-                "OnFailure" => ended.code != 0,
-                _ => true,
-            };
-            if !restart {
+            if !wants_restart(&ctx.spec.restart_policy, ended.code) {
                 self.check_group_done(&ctx, &shim).await;
                 return;
             }
@@ -435,26 +417,10 @@ impl Supervisor {
         self.mutate(&ctx.name, move |g| {
             let now = clock::now();
             if let Some(s) = status_of(g, &cname) {
-                s.state = "Running".into();
-                // Without a readiness probe a running container is ready (Kubernetes).
-                s.ready = ready_without_probe;
-                s.reason.clear();
-                s.message.clear();
-                s.exit_code = 0;
-                s.restart_count = restarts;
-                s.started_at = now.clone();
-                s.finished_at.clear();
-                s.container_id = format!("{id}/{cname}");
+                let cid = format!("{id}/{cname}");
+                transitions::to_running(s, &now, restarts, ready_without_probe, cid);
             }
-            let st = g.status.get_or_insert_with(Default::default);
-            if st.container_statuses.iter().all(|s| s.state == "Running") {
-                st.phase = phase::RUNNING.into();
-                st.reason = "Started".into();
-                st.message = "all containers are running".into();
-                if st.started_at.is_empty() {
-                    st.started_at = now;
-                }
-            }
+            transitions::maybe_running(g.status.get_or_insert_with(Default::default), &now);
             let created = container_event(
                 &gname,
                 NORMAL,
@@ -486,15 +452,24 @@ impl Supervisor {
 
     /// Waits for a container to exit and reads how (the shim's exit record).
     async fn wait_container(&self, ctx: &GroupCtx, shim: &Shim, c: &Container) -> Ended {
-        let code = match shim.wait(&c.name, "").await {
-            Ok(e) => e.code as i32,
-            Err(e) => {
-                return Ended {
-                    code: 255,
-                    message: e.message(),
-                    finished_at: clock::now(),
-                    ..Default::default()
-                };
+        let code = loop {
+            match shim.wait(&c.name, "").await {
+                Ok(e) => break e.code as i32,
+                // A stopped shim: its container may well be running. The group monitor
+                // shows the condition; this task keeps waiting for the shim to answer
+                // (a delete stops it). A dead shim fails differently (the connection
+                // closes), and that goes on to recovery below.
+                Err(crate::sandbox::ShimError::Unresponsive { .. }) => {
+                    tokio::time::sleep(super::monitor::PERIOD).await;
+                }
+                Err(e) => {
+                    return Ended {
+                        code: 255,
+                        message: e.message(),
+                        finished_at: clock::now(),
+                        ..Default::default()
+                    };
+                }
             }
         };
         let rec = std::fs::read(ctx.dir.bundle(&c.name).join("exit.json"))
@@ -519,23 +494,8 @@ impl Supervisor {
     async fn record_exit(&self, ctx: &GroupCtx, c: &Container, ended: &Ended) {
         let (name, cname, ended) = (ctx.name.clone(), c.name.clone(), ended.clone());
         self.mutate(&ctx.name, move |g| {
-            let reason = if ended.oom {
-                "OOMKilled"
-            } else if ended.code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
             if let Some(s) = status_of(g, &cname) {
-                s.state = "Terminated".into();
-                s.reason = reason.into();
-                s.message = ended.message.clone();
-                s.exit_code = ended.code;
-                s.ready = false;
-                if !ended.started_at.is_empty() {
-                    s.started_at = ended.started_at.clone();
-                }
-                s.finished_at = ended.finished_at.clone();
+                transitions::to_terminated(s, &ended);
             }
             let mut events = Vec::new();
             if ended.oom {
@@ -569,24 +529,10 @@ impl Supervisor {
             return;
         };
         let st = g.status.unwrap_or_default();
-        if phase::is_final(&st.phase)
-            || st
-                .container_statuses
-                .iter()
-                .any(|s| s.state != "Terminated")
-        {
+        if phase::is_final(&st.phase) {
             return;
         }
-        let ok = st.container_statuses.iter().all(|s| s.exit_code == 0);
-        let restarting =
-            st.container_statuses
-                .iter()
-                .any(|s| match ctx.spec.restart_policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => s.exit_code != 0,
-                    _ => true,
-                });
-        if !restarting {
+        if let Some(ok) = transitions::group_outcome(&st, &ctx.spec.restart_policy) {
             self.finish_group(ctx, shim, ok).await;
         }
     }

@@ -7,7 +7,7 @@ use tokio::net::unix::pipe;
 
 use super::{GroupCtx, Supervisor};
 use crate::error::{Error, Result};
-use crate::sandbox::{ExecIo, Shim};
+use crate::sandbox::{ExecIo, Shim, ShimError};
 
 /// A started exec: its output pipes, its input (when asked for), and its end.
 pub struct ExecSession {
@@ -40,6 +40,7 @@ impl ExecResize {
 /// Waits for an exec and cleans up after it.
 pub struct ExecExit {
     shim: Shim,
+    group: String,
     container: String,
     exec_id: String,
     dir: PathBuf,
@@ -47,6 +48,16 @@ pub struct ExecExit {
 
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     Error::FailedPrecondition(format!("{what}: {e}"))
+}
+
+/// A failed shim call of an exec into `group`: UNAVAILABLE when the shim does not
+/// answer (the caller may retry later), FAILED_PRECONDITION when it refused.
+fn shim_failed(group: &str, what: &str, e: ShimError) -> Error {
+    if e.is_unavailable() {
+        Error::Unavailable(format!("group {group:?}: {what}: {}", e.message()))
+    } else {
+        failed(what, e.message())
+    }
 }
 
 fn mkfifo(path: &std::path::Path) -> Result<()> {
@@ -72,7 +83,7 @@ impl Supervisor {
             .status
             .iter()
             .flat_map(|s| &s.container_statuses)
-            .any(|s| s.name == container && s.state == "Running");
+            .any(|s| s.name == container && s.state == super::transitions::RUNNING);
         if !running {
             return Err(Error::FailedPrecondition(format!(
                 "container {container:?} of group {group:?} is not running"
@@ -128,7 +139,14 @@ impl Supervisor {
         };
         let shim = Shim::connect(&ctx.dir.shim_socket())
             .await
-            .map_err(|e| failed("the group's shim", e.message()))?;
+            .map_err(|e| shim_failed(group, "the group's shim", e));
+        let shim = match shim {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let json = serde_json::to_vec(&process).map_err(|e| failed("encoding the process", e))?;
         let stdin_path = if stdin {
             inp.display().to_string()
@@ -145,13 +163,14 @@ impl Supervisor {
             },
             terminal: tty,
         };
-        shim.exec(container, &exec_id, json, &io)
-            .await
-            .map_err(|e| failed("exec", e.message()))?;
+        if let Err(e) = shim.exec(container, &exec_id, json, &io).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(shim_failed(group, "exec", e));
+        }
         if let Err(e) = shim.start(container, &exec_id).await {
             let _ = shim.delete(container, &exec_id).await;
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(failed("exec", e.message()));
+            return Err(shim_failed(group, "exec", e));
         }
         let resize = tty.then(|| ExecResize {
             shim: shim.clone(),
@@ -160,6 +179,7 @@ impl Supervisor {
         });
         let exit = ExecExit {
             shim,
+            group: group.into(),
             container: container.into(),
             exec_id,
             dir,
@@ -181,7 +201,7 @@ impl ExecExit {
             .shim
             .wait(&self.container, &self.exec_id)
             .await
-            .map_err(|e| failed("waiting for the exec", e.message()))?
+            .map_err(|e| shim_failed(&self.group, "waiting for the exec", e))?
             .code as i32;
         let _ = self.shim.delete(&self.container, &self.exec_id).await;
         let _ = std::fs::remove_dir_all(&self.dir);

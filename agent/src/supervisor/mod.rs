@@ -10,7 +10,9 @@
 mod containers;
 mod exec;
 mod janitor;
+pub mod monitor;
 mod teardown;
+mod transitions;
 
 pub use exec::{ExecExit, ExecResize, ExecSession};
 
@@ -92,6 +94,11 @@ impl Supervisor {
     /// Where a group's writable layers live (`<state>/groups/<id>`).
     pub fn writable_dir(&self, group_id: &str) -> std::path::PathBuf {
         self.cfg.state_dir.join("groups").join(group_id)
+    }
+
+    /// What the shim counted of a container's output it could not log (current run).
+    pub fn log_stats(&self, group_id: &str, container: &str) -> monitor::LogStats {
+        monitor::log_stats(&GroupDir::new(&self.cfg.run_dir, group_id).bundle(container))
     }
 
     pub fn groups(&self) -> &Arc<Groups> {
@@ -186,7 +193,14 @@ impl Supervisor {
         let name = ctx.name.clone();
         let me = self.clone();
         let task = tokio::spawn(async move {
-            if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
+            let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
+                Ok(s) => Some(s),
+                Err(crate::sandbox::ShimError::Unresponsive { .. }) => {
+                    Some(me.shim_answering(&ctx).await)
+                }
+                Err(_) => None,
+            };
+            if let Some(shim) = shim {
                 me.stop_containers(&ctx, &shim, grace).await;
             }
             me.run(ctx).await;
@@ -350,7 +364,13 @@ impl Supervisor {
             })
             .await;
         }
-        for group in groups {
+        // Every shim at once: a silent one costs its deadline once, not once per group.
+        let conns = futures::future::join_all(groups.iter().map(|g| {
+            let socket = GroupDir::new(&self.cfg.run_dir, &g.id).shim_socket();
+            async move { Shim::connect(&socket).await }
+        }))
+        .await;
+        for (group, conn) in groups.into_iter().zip(conns) {
             let ctx = self.ctx(&group);
             let phase = group
                 .status
@@ -365,8 +385,11 @@ impl Supervisor {
             if phase::is_final(&phase) {
                 continue;
             }
-            match Shim::connect(&ctx.dir.shim_socket()).await {
-                Ok(_) if phase == phase::RESTARTING || phase == phase::UPDATING => {
+            match conn {
+                // (A silent shim is waited for there.)
+                Ok(_) | Err(crate::sandbox::ShimError::Unresponsive { .. })
+                    if phase == phase::RESTARTING || phase == phase::UPDATING =>
+                {
                     tracing::info!(group = %ctx.name, %phase, "resuming the interrupted {phase}");
                     self.spawn_recreate(ctx);
                 }
@@ -375,6 +398,17 @@ impl Supervisor {
                     let me = self.clone();
                     let name = ctx.name.clone();
                     let task = tokio::spawn(async move { me.adopt(ctx, shim, group).await });
+                    self.track(&name, task);
+                }
+                Err(crate::sandbox::ShimError::Unresponsive { .. }) => {
+                    // A stopped or hung shim is alive: wait for it, then re-adopt.
+                    tracing::warn!(group = %ctx.name, "the group's shim does not answer; waiting for it");
+                    let me = self.clone();
+                    let name = ctx.name.clone();
+                    let task = tokio::spawn(async move {
+                        let shim = me.shim_answering(&ctx).await;
+                        me.adopt(ctx, shim, group).await
+                    });
                     self.track(&name, task);
                 }
                 Err(_) if ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() => {
@@ -401,19 +435,22 @@ impl Supervisor {
         // The group's other tasks wait on the dead shim: stop them.
         self.stop_tasks(&ctx.name);
         self.teardown(ctx, Duration::ZERO).await;
-        let restart = ctx.spec.restart_policy != "Never";
+        // The shim's death is a failure of every container it ran.
+        let restart = transitions::wants_restart(&ctx.spec.restart_policy, 137);
         let name = ctx.name.clone();
         let updated = self
             .mutate(&ctx.name, move |g| {
                 let st = g.status.get_or_insert_with(Default::default);
                 let now = crate::clock::now();
+                let lost = transitions::Ended {
+                    code: 137,
+                    message: "the group's shim died".into(),
+                    finished_at: now.clone(),
+                    ..Default::default()
+                };
                 for c in &mut st.container_statuses {
-                    if c.state == "Running" {
-                        c.state = "Terminated".into();
-                        c.reason = "Error".into();
-                        c.message = "the group's shim died".into();
-                        c.exit_code = 137;
-                        c.finished_at = now.clone();
+                    if c.state == transitions::RUNNING {
+                        transitions::to_terminated(c, &lost);
                     }
                 }
                 st.reason = "SandboxLost".into();
@@ -442,9 +479,13 @@ impl Supervisor {
         }
     }
 
-    /// Whether the group's shim still answers.
+    /// Whether the group's shim still lives: it answers, or it is there but does not
+    /// answer in time (stopped, hung) — that is a condition, not a death.
     pub(crate) async fn shim_alive(&self, ctx: &GroupCtx) -> bool {
-        Shim::connect(&ctx.dir.shim_socket()).await.is_ok()
+        match Shim::connect(&ctx.dir.shim_socket()).await {
+            Ok(_) | Err(crate::sandbox::ShimError::Unresponsive { .. }) => true,
+            Err(_) => false,
+        }
     }
 
     /// [`Groups::mutate`] off the async workers. While the store cannot write (a full

@@ -12,15 +12,22 @@
 //! record), and only then reports "drained" — the exit is reported after that. A daemon
 //! the container left running may keep a pipe open: its later output is still copied,
 //! after the exit has been reported, until EOF.
+//!
+//! The container never pays for the log: a read end is closed only at EOF (a closed
+//! read end would SIGPIPE the container), a panic in the copy falls back to reading and
+//! dropping, and when the log cannot be written (full or failing filesystem) the thread
+//! keeps reading, counts what it drops (in `<bundle>/log-stats.json`, which the agent
+//! turns into an event and a metric), tries the log again every [`RETRY`], and when a
+//! write succeeds again first writes a record saying how many bytes were dropped.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::sync::oneshot;
 
-use super::file::{LogFile, Rotation};
+use super::file::{LogFile, Rotation, dropped_record};
 use super::records::{Splitter, Stream};
 
 /// Largest single read from a pipe.
@@ -32,6 +39,32 @@ const PIPE_SIZE: i32 = 1 << 20;
 
 /// How long a carried partial line waits for its end before it is written as `P`.
 const IDLE_FLUSH_MS: i32 = 100;
+
+/// Time between attempts to write a log that failed, and between updates of the
+/// stats file while output is being dropped.
+pub const RETRY: Duration = Duration::from_millis(500);
+
+/// File name of a run's log stats in its bundle (read by the agent).
+pub const STATS_FILE: &str = "log-stats.json";
+
+/// What the agent reads in [`STATS_FILE`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogStats {
+    /// Bytes of output dropped in this run so far.
+    pub dropped_bytes: u64,
+    /// Whether the log is failing now.
+    pub failing: bool,
+    /// The last write error.
+    pub error: String,
+}
+
+/// Output being dropped because the log cannot be written.
+struct Dropping {
+    /// Since the last record written: goes into the "dropped" record.
+    bytes: u64,
+    error: String,
+    last_try: Instant,
+}
 
 /// Errors starting a copy.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +100,7 @@ pub fn start(
     stderr: OwnedFd,
     path: PathBuf,
     rotation: Rotation,
+    stats: Option<PathBuf>,
 ) -> Result<Copying, CopyError> {
     let (notify_r, notify_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(CopyError::Pipe)?;
@@ -79,8 +113,13 @@ pub fn start(
     std::thread::Builder::new()
         .name("log-copy".into())
         .spawn(move || {
-            let mut c = Copier::new(stdout, stderr, notify_r, path, rotation);
-            c.run(tx);
+            let mut c = Copier::new(stdout, stderr, notify_r, path, rotation, stats);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run(tx)));
+            if run.is_err() {
+                // Never leave the container a closed pipe: read and drop to EOF.
+                tracing::error!("the log copy failed; the container's output is dropped");
+                c.discard();
+            }
         })
         .map_err(CopyError::Thread)?;
     Ok(Copying {
@@ -101,8 +140,25 @@ struct Copier {
     notify: Option<OwnedFd>,
     log: Option<LogFile>,
     path: PathBuf,
+    rotation: Rotation,
     buf: Vec<u8>,
     out: Vec<u8>,
+    stats_path: Option<PathBuf>,
+    stats: LogStats,
+    dropping: Option<Dropping>,
+    stats_written: Option<Instant>,
+    /// The stats file is behind the count (its updates are spaced out).
+    stats_dirty: bool,
+}
+
+/// A log error for the stats and the "dropped" record: its cause only (e.g. "No space
+/// left on device"), since the record lands in the tenant's log and the host path of
+/// the file is none of its business.
+fn error_text(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(s) => s.to_string(),
+        None => e.to_string(),
+    }
 }
 
 fn now() -> String {
@@ -123,13 +179,24 @@ impl Copier {
         notify: OwnedFd,
         path: PathBuf,
         rotation: Rotation,
+        stats_path: Option<PathBuf>,
     ) -> Self {
+        if let Some(p) = &stats_path {
+            // Stats are per run.
+            let _ = std::fs::remove_file(p);
+        }
+        let mut dropping = None;
         let log = match LogFile::open(&path, rotation) {
             Ok(l) => Some(l),
             Err(e) => {
-                // The pipes are still read (and the output dropped): a container must
-                // not block on a log it cannot have.
+                // The pipes are still read (and the output dropped until the log can
+                // be opened): a container must not block on a log it cannot have.
                 tracing::error!(error = %e, "container output is not logged");
+                dropping = Some(Dropping {
+                    bytes: 0,
+                    error: error_text(&e),
+                    last_try: Instant::now(),
+                });
                 None
             }
         };
@@ -146,8 +213,27 @@ impl Copier {
             notify: Some(notify),
             log,
             path,
+            rotation,
             buf: vec![0u8; READ_SIZE],
             out: Vec::with_capacity(2 * READ_SIZE),
+            stats_path,
+            stats: LogStats::default(),
+            dropping,
+            stats_written: None,
+            stats_dirty: false,
+        }
+    }
+
+    /// After a panic: reads every pipe to EOF, dropping what it reads.
+    fn discard(&mut self) {
+        while self.inputs.iter().any(|i| i.fd.is_some()) {
+            let (ready, _) = self.poll(-1);
+            for (k, r) in ready.into_iter().enumerate() {
+                if r {
+                    self.read_once(k);
+                }
+            }
+            self.out.clear();
         }
     }
 
@@ -155,10 +241,20 @@ impl Copier {
         let mut drained = Some(drained);
         while self.inputs.iter().any(|i| i.fd.is_some()) {
             let partial = self.inputs.iter().any(|i| i.split.has_partial());
-            let (ready, notified) = self.poll(if partial { IDLE_FLUSH_MS } else { -1 });
+            let timeout = if partial {
+                IDLE_FLUSH_MS
+            } else if self.stats_dirty {
+                RETRY.as_millis() as i32
+            } else {
+                -1
+            };
+            let (ready, notified) = self.poll(timeout);
             if ready == [false, false] && !notified {
-                // Idle with a part of a line held: write it now.
+                // Idle with a part of a line held: write it now; and the final count.
                 self.flush_partials();
+                if self.stats_dirty {
+                    self.write_stats(true);
+                }
             }
             for (k, r) in ready.into_iter().enumerate() {
                 if r {
@@ -226,8 +322,14 @@ impl Copier {
                 Read::Data(n)
             }
             Err(nix::Error::EAGAIN) => Read::Empty,
-            // EOF, or an error that ends this pipe for good.
-            Ok(_) | Err(_) => {
+            // A read error on a pipe is not expected; closing it would SIGPIPE the
+            // writer, so it stays open (and the next poll tries again, a little later).
+            Err(e) => {
+                tracing::warn!(error = %e, "reading container output");
+                std::thread::sleep(Duration::from_millis(10));
+                Read::Empty
+            }
+            Ok(_) => {
                 let ts = now();
                 self.inputs[k].split.flush(&ts, &mut self.out);
                 self.inputs[k].fd = None;
@@ -263,16 +365,180 @@ impl Copier {
     }
 
     /// Writes the records gathered so far in one write (rotation may cut it in two).
+    /// While the log is failing, drops them (counted), trying the log again every
+    /// [`RETRY`]; the first write that succeeds is preceded by the "dropped" record.
     fn write_out(&mut self) {
         if self.out.is_empty() {
             return;
         }
-        if let Some(log) = self.log.as_mut()
-            && let Err(e) = log.write(&self.out)
-        {
-            tracing::error!(path = %self.path.display(), error = %e, "container output is no longer logged");
-            self.log = None;
+        let result = match &self.dropping {
+            Some(d) if d.last_try.elapsed() < RETRY => Err(None),
+            Some(d) => self.try_resume(d.bytes, d.error.clone()).map_err(Some),
+            None => match self.log.as_mut() {
+                Some(log) => log.write(&self.out).map_err(|e| Some(error_text(&e))),
+                None => Err(Some("the log file is not open".into())),
+            },
+        };
+        match result {
+            Ok(()) => {
+                if self.dropping.take().is_some() {
+                    tracing::info!(path = %self.path.display(), "container output is logged again");
+                    self.stats.failing = false;
+                    self.write_stats(true);
+                }
+            }
+            Err(error) => self.dropped(self.out.len() as u64, error),
         }
         self.out.clear();
+    }
+
+    /// Reopens the log if needed, writes the "dropped" record, then the records held.
+    fn try_resume(&mut self, bytes: u64, error: String) -> Result<(), String> {
+        if let Some(d) = self.dropping.as_mut() {
+            d.last_try = Instant::now();
+        }
+        let log = match self.log.as_mut() {
+            Some(log) => {
+                log.resume().map_err(|e| error_text(&e))?;
+                log
+            }
+            None => self
+                .log
+                .insert(LogFile::open(&self.path, self.rotation).map_err(|e| error_text(&e))?),
+        };
+        log.write(&dropped_record(bytes, &error))
+            .map_err(|e| error_text(&e))?;
+        if let Some(d) = self.dropping.as_mut() {
+            // Told: a later drop starts its own count.
+            d.bytes = 0;
+        }
+        log.write(&self.out).map_err(|e| error_text(&e))
+    }
+
+    /// Counts `n` bytes as dropped; `error` is the failure of a write just tried.
+    fn dropped(&mut self, n: u64, error: Option<String>) {
+        self.stats.dropped_bytes += n;
+        self.stats.failing = true;
+        let first = self.dropping.is_none();
+        let d = self.dropping.get_or_insert_with(|| Dropping {
+            bytes: 0,
+            error: String::new(),
+            last_try: Instant::now(),
+        });
+        d.bytes += n;
+        if let Some(e) = error {
+            d.error = e.clone();
+            self.stats.error = e;
+        }
+        if first {
+            tracing::error!(path = %self.path.display(), error = %d.error, "container output is dropped until the log can be written");
+        }
+        self.write_stats(first);
+    }
+
+    /// Writes the stats file: now when `now`, else at most once per [`RETRY`].
+    fn write_stats(&mut self, now: bool) {
+        let Some(path) = &self.stats_path else {
+            return;
+        };
+        if !now && self.stats_written.is_some_and(|t| t.elapsed() < RETRY) {
+            self.stats_dirty = true;
+            return;
+        }
+        self.stats_written = Some(Instant::now());
+        self.stats_dirty = false;
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&self.stats)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "writing log stats");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn stats(path: &std::path::Path) -> LogStats {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// A log that fails (a link to /dev/full: every write is ENOSPC) is drained and
+    /// counted, never closed on the writer; once writable again, the "dropped" record
+    /// comes first, then the new output.
+    #[test]
+    fn a_failing_log_drops_counts_and_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("0.log");
+        let stats_path = dir.path().join(STATS_FILE);
+        std::os::unix::fs::symlink("/dev/full", &log).expect("link to /dev/full");
+        let (or, ow) = nix::unistd::pipe().expect("pipe");
+        let (er, _ew) = nix::unistd::pipe().expect("pipe");
+        let copying = start(
+            or,
+            er,
+            log.clone(),
+            Rotation::default(),
+            Some(stats_path.clone()),
+        )
+        .expect("start");
+        let mut out = std::fs::File::from(ow);
+        // Far more than the pipe holds: only a reader that keeps draining takes it all.
+        for i in 0..20_000 {
+            writeln!(out, "lost line {i} {}", "x".repeat(100)).expect("never EPIPE, never blocked");
+        }
+        assert!(
+            wait_until(|| stats(&stats_path).dropped_bytes > 2_000_000),
+            "{:?}",
+            stats(&stats_path)
+        );
+        let s = stats(&stats_path);
+        assert!(s.failing, "{s:?}");
+        assert!(s.error.contains("No space left"), "{s:?}");
+        assert!(
+            !s.error.contains(dir.path().to_str().expect("utf-8")),
+            "{s:?}"
+        );
+
+        // Writable again.
+        std::fs::remove_file(&log).expect("unlink");
+        let found = wait_until(|| {
+            writeln!(out, "kept line").expect("write");
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("kept line"))
+        });
+        assert!(found, "logging never resumed");
+        let text = std::fs::read_to_string(&log).expect("log");
+        let first = text.lines().next().expect("a line");
+        assert!(
+            first.contains("bytes of output were dropped here") && first.contains("No space left"),
+            "{first}"
+        );
+        assert!(!text.contains("lost line"), "dropped output was written");
+        assert!(wait_until(|| !stats(&stats_path).failing));
+        drop(out);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(copying.process_exited());
     }
 }

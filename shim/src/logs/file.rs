@@ -98,6 +98,16 @@ pub fn marker_record() -> Vec<u8> {
     .into_bytes()
 }
 
+/// The record written where output was dropped because the log could not be written.
+pub fn dropped_record(bytes: u64, error: &str) -> Vec<u8> {
+    let ts = humantime::format_rfc3339_nanos(SystemTime::now());
+    format!(
+        "{ts} stderr F [eci-shim: {bytes} bytes of output were dropped here: writing the log \
+         failed: {error}]\n"
+    )
+    .into_bytes()
+}
+
 /// The log file of one run.
 pub struct LogFile {
     path: PathBuf,
@@ -172,6 +182,30 @@ impl LogFile {
                     path: self.path.clone(),
                     source,
                 })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed write (full or failing filesystem): reopens the file (a failed
+    /// rotation may have left the handle on a renamed file), takes its real size (a
+    /// write may have stopped inside a record), and ends a torn record with a newline,
+    /// so that the next record starts on a line of its own.
+    pub fn resume(&mut self) -> Result<(), FileError> {
+        let io = |source| FileError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        self.file = append(&self.path).map_err(io)?;
+        self.size = self.file.metadata().map_err(io)?.len();
+        if self.size > 0 {
+            let mut last = [0u8; 1];
+            let mut r = File::open(&self.path).map_err(io)?;
+            r.seek(SeekFrom::Start(self.size - 1)).map_err(io)?;
+            r.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                self.file.write_all(b"\n").map_err(io)?;
+                self.size += 1;
             }
         }
         Ok(())
@@ -293,6 +327,26 @@ fn append_marker(log: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_after_a_torn_write_starts_the_next_record_on_its_own_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(&path, Rotation::default()).expect("open");
+        log.write(&rec(1)).expect("write");
+        // A write that stopped inside a record (the filesystem filled up).
+        append(&path)
+            .expect("append")
+            .write_all(b"2024-01-01T00:00:00Z std")
+            .expect("torn");
+        log.resume().expect("resume");
+        log.write(&rec(2)).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[2].ends_with("line 00002"), "{text}");
+        assert_eq!(log.size, text.len() as u64);
+    }
 
     fn rec(i: usize) -> Vec<u8> {
         format!("2024-01-01T00:00:00.000000000Z stdout F line {i:05}\n").into_bytes()

@@ -271,6 +271,15 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
         "Generation:      {} (observed {})",
         g.generation, st.observed_generation
     );
+    if !st.conditions.is_empty() {
+        println!("Conditions:");
+        for c in &st.conditions {
+            println!(
+                "  {:<16} {:<6} {:<18} {}",
+                c.r#type, c.status, c.reason, c.message
+            );
+        }
+    }
     for (title, list, statuses) in [
         (
             "Init containers",
