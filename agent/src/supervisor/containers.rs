@@ -108,7 +108,7 @@ impl Supervisor {
     }
 
     async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), String> {
-        let valid = crate::validate::validate(&ctx.spec).map_err(|e| e.to_string())?;
+        let valid = stored_spec(ctx).map_err(|e| e.to_string())?;
         let Some(images) = self.resolve_images(ctx).await else {
             return Ok(());
         };
@@ -202,10 +202,10 @@ impl Supervisor {
 
     /// Re-attaches to a running group after an agent restart.
     pub(crate) async fn adopt(self: Arc<Self>, ctx: GroupCtx, shim: Shim, group: ContainerGroup) {
-        let valid = match crate::validate::validate(&ctx.spec) {
+        let valid = match stored_spec(&ctx) {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(group = %ctx.name, error = %e, "stored spec no longer validates");
+                tracing::error!(group = %ctx.name, error = %e, "stored spec does not read back");
                 return;
             }
         };
@@ -587,3 +587,19 @@ impl Supervisor {
 
 /// Shortest wait between checks of a shim that is going away.
 pub(crate) const SHIM_POLL: Duration = Duration::from_millis(20);
+
+/// The checked form of a group's stored spec. Rules added since it was admitted are
+/// logged, not enforced: a running group survives an agent upgrade.
+fn stored_spec(
+    ctx: &GroupCtx,
+) -> Result<crate::validate::ValidSpec, crate::validate::ValidationErrors> {
+    let (valid, newer_rules) = crate::validate::stored(&ctx.spec)?;
+    if !newer_rules.is_empty() {
+        tracing::warn!(
+            group = %ctx.name,
+            problems = %crate::validate::ValidationErrors(newer_rules),
+            "stored spec breaks rules added since it was admitted; running it as admitted"
+        );
+    }
+    Ok(valid)
+}

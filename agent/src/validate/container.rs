@@ -97,7 +97,6 @@ pub(super) fn check(
     init: bool,
     errs: &mut Errors,
 ) -> Option<ContainerSpec> {
-    let before = errs.0.len();
     if let Err(m) = check_name(&c.name) {
         errs.add(format!("{path}.name"), m.to_string());
     }
@@ -237,7 +236,9 @@ pub(super) fn check(
     }
     let sc = c.security_context.clone().unwrap_or_default();
     let (add, drop) = check_security(path, &sc, errs);
-    (errs.0.len() == before).then(|| ContainerSpec {
+    // Built even when this container broke a rule: `validate` refuses the spec then, and
+    // `stored` needs the parts that did parse (see there).
+    Some(ContainerSpec {
         name: c.name.clone(),
         cpu: cpu.map(CpuMillis),
         memory: mem.map(Bytes),

@@ -140,6 +140,31 @@ pub fn validate(spec: &GroupSpec) -> Result<ValidSpec, ValidationErrors> {
     }
 }
 
+/// Reads back a spec this agent (or an earlier version of it) already admitted, for the
+/// supervisor. A rule or limit added since then must not orphan a group that is running:
+/// the violations are returned beside the spec for the caller to log, and only a spec that
+/// cannot be read at all (a quantity that does not parse) is an error.
+pub fn stored(spec: &GroupSpec) -> Result<(ValidSpec, Vec<FieldError>), ValidationErrors> {
+    let mut errs = Errors::default();
+    let Some(v) = group::check(spec, &mut errs) else {
+        return Err(ValidationErrors(errs.0));
+    };
+    // Running with a part left out (a mount, a limit) would be worse than not running.
+    let wire = spec.init_containers.iter().chain(&spec.containers);
+    let complete = v.containers.len() == spec.init_containers.len() + spec.containers.len()
+        && v.containers.iter().zip(wire).all(|(c, w)| {
+            let r = w.resources.clone().unwrap_or_default();
+            c.mounts.len() == w.volume_mounts.len()
+                && c.cpu.is_some() == !r.cpu.is_empty()
+                && c.memory.is_some() == !r.memory.is_empty()
+        });
+    if complete {
+        Ok((v, errs.0))
+    } else {
+        Err(ValidationErrors(errs.0))
+    }
+}
+
 /// Admits a spec sent by a client (Create, Update): its encoded size first (cheap, and
 /// nothing else runs on an oversized spec), then [`validate`], then what this node's
 /// kernel takes (each sysctl set in a throwaway network and IPC namespace), then the

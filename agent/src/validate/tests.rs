@@ -135,3 +135,27 @@ fn mount_paths_are_compared_normalized() {
         .collect();
     assert_eq!(dests, ["/data", "/other"]);
 }
+
+#[test]
+fn a_stored_spec_breaking_a_newer_rule_still_reads_back() {
+    // Admitted by an earlier agent: more env entries than today's limit, and a mount path
+    // with a `.` component. The supervisor must still run it after an upgrade.
+    let mut s = spec();
+    s.containers[0].env = (0..=limits::MAX_ENV)
+        .map(|i| eci_api::v1::EnvVar {
+            name: format!("K{i}"),
+            value: "v".into(),
+        })
+        .collect();
+    assert!(validate(&s).is_err());
+    let (v, problems) = stored(&s).expect("reads back");
+    assert!(!problems.is_empty());
+    assert_eq!(v.containers.len(), 1);
+    // A spec that cannot be read at all is still an error.
+    s.containers[0].resources = Some(ResourceRequirements {
+        cpu: "lots".into(),
+        memory: "512Mi".into(),
+        gpu: 0,
+    });
+    assert!(stored(&s).is_err());
+}
