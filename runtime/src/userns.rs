@@ -129,16 +129,19 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
     let (ack_r, ack_w) = pipe()?;
     let flags_bits = flags.bits();
     let (go_r_raw, ack_w_raw) = (go_r.as_raw_fd(), ack_w.as_raw_fd());
+    let mut pidfd: libc::c_int = -1;
     // SAFETY: a raw clone without CLONE_VM and with a null stack behaves as fork: the
     // child gets a copy of the address space and continues here on its copy of the
     // stack. The child branch below only calls async-signal-safe syscalls (read,
-    // unshare, write, _exit) on descriptors it owns and never returns.
+    // unshare, write, _exit) on descriptors it owns and never returns. With
+    // CLONE_PIDFD the kernel writes the child's pidfd to `pidfd` (x86-64 argument
+    // order: flags, stack, parent_tid, child_tid, tls), a live local.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            (libc::CLONE_NEWUSER | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
             std::ptr::null_mut::<libc::c_void>(),
-            std::ptr::null_mut::<libc::c_void>(),
+            &mut pidfd as *mut libc::c_int,
             std::ptr::null_mut::<libc::c_void>(),
             0 as libc::c_ulong,
         )
@@ -155,7 +158,8 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
         });
     }
     let pid = pid as i32;
-    let child = Child(pid);
+    // SAFETY: the clone succeeded, so `pidfd` is a fresh descriptor owned by nothing else.
+    let child = Child(unsafe { OwnedFd::from_raw_fd(pidfd) });
     drop(go_r);
     drop(ack_w);
     let proc = format!("/proc/{pid}");
@@ -188,7 +192,9 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
         .iter()
         .map(|(k, _)| open_ns(&proc, k).map(|fd| (*k, fd)))
         .collect::<Result<Vec<_>, _>>()?;
-    // EOF on the go pipe lets the child exit; `child` reaps it.
+    // Still the same process (by pidfd, immune to pid reuse) after the last open: the
+    // files opened are its namespaces. Then EOF on the go pipe lets it exit.
+    child.alive(pid)?;
     drop(go);
     drop(child);
     Ok(Namespaces { user, owned })
@@ -219,22 +225,52 @@ unsafe fn holder(go: i32, ack: i32, flags: i32) -> ! {
     }
 }
 
-/// Kills (if still running) and reaps the holder child when dropped, so no error path
-/// leaves a process behind.
-struct Child(i32);
+/// The holder child by pidfd: killed (if still running) and reaped when dropped, so
+/// no path leaves a process behind. A pidfd, not a pid: the shim is a subreaper whose
+/// reaping loop may collect the child first, and then a pid could name another process.
+struct Child(OwnedFd);
+
+impl Child {
+    fn signal(&self, sig: i32) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal with a null siginfo only reads the descriptor.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn alive(&self, pid: i32) -> Result<(), UsernsError> {
+        self.signal(0).map_err(|e| UsernsError::Step {
+            step: "checking the namespace holder is still running",
+            path: format!("/proc/{pid}"),
+            source: e,
+        })
+    }
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0);
-        // On the success path the child is exiting on its own: wait first, then kill
-        // only if the wait says it is still there (it never is, unless something
-        // failed between clone and the last open).
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-            }
-            _ => {}
+        // Its namespaces are open by now (or setup failed): it has nothing left to do.
+        let _ = self.signal(libc::SIGKILL);
+        // SAFETY: waitid writes into a zeroed siginfo_t that lives across the call.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                self.0.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
         }
     }
 }
@@ -298,4 +334,27 @@ pub fn owner(ns: &OwnedFd) -> Result<OwnedFd, UsernsError> {
     }
     // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_before_anything_is_created() {
+        assert!(matches!(
+            create(IdRange { base: 5, len: 0 }),
+            Err(UsernsError::EmptyRange)
+        ));
+        for base in [u32::MAX - 65_535, u32::MAX - 65_536, u32::MAX] {
+            assert!(matches!(
+                create(IdRange::group(base)),
+                Err(UsernsError::Range { .. })
+            ));
+        }
+        assert!(IdRange::group(u32::MAX - 65_537).check().is_ok());
+        assert_eq!(IdRange::group(100_000).host_id(1000), Some(101_000));
+        assert_eq!(IdRange::group(100_000).host_id(65_536), None);
+        assert_eq!(IdRange::group(7).map_line(), "0 7 65536\n");
+    }
 }
