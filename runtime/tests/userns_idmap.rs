@@ -199,6 +199,22 @@ fn two_groups_get_disjoint_ranges_and_namespaces_they_own() {
         })
         .is_err()
     );
+    // Host root configures the userns-owned namespaces from a thread, as the shim will:
+    // lo up in the netns, the hostname in the uts ns.
+    let net = a.owned[0].1.try_clone().expect("dup");
+    let uts = a.owned[2].1.try_clone().expect("dup");
+    let (host_hostname, group_hostname) = std::thread::spawn(move || {
+        let before = nix::unistd::gethostname().expect("hostname");
+        nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).expect("setns net");
+        nix::sched::setns(&uts, CloneFlags::CLONE_NEWUTS).expect("setns uts");
+        eci_netns::loopback::up().expect("lo up");
+        nix::unistd::sethostname("group-a").expect("sethostname");
+        (before, nix::unistd::gethostname().expect("hostname"))
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(group_hostname, "group-a");
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_hostname);
     assert!(userns::create(IdRange { base: 5, len: 0 }).is_err());
 }
 
@@ -676,5 +692,89 @@ fn container_mounts_sysctls_and_ports_work_inside_the_userns() {
             let want = if *lab == "mknod" { libc::EPERM } else { 0 };
             assert_eq!(e, want, "{lab}: {}", std::io::Error::from_raw_os_error(e));
         }
+    });
+}
+
+/// The order proposed for `eci-shim init` (docs/userns.md): new mount namespace and
+/// `pivot_root` into the overlay as host root, then enter the group userns last. Root
+/// inside writes as the group's root and cannot mount or unmount anything.
+#[test]
+fn the_proposed_init_order_works() {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path().to_path_buf();
+    in_private_mounts(move || {
+        let l = layer(&d);
+        let ns = userns::create(IdRange::group(BASE_A)).expect("userns");
+        let tree = idmap::idmapped_tree(&l, ns.as_fd(), true).expect("tree");
+        let (up, work, m) = upper_work(&d, "a", BASE_A);
+        idmap::overlay_from_fds(&[tree], &up, &work, &m).expect("overlay");
+        let merged = cstr(&m);
+        let userns_fd = ns.as_raw_fd();
+        // SAFETY: the child only makes raw syscalls on data prepared before the fork.
+        let code = match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => unsafe {
+                let step = |ok: bool, code: i32| {
+                    if !ok {
+                        libc::_exit(code)
+                    }
+                };
+                step(libc::unshare(libc::CLONE_NEWNS) == 0, 1);
+                step(
+                    libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0,
+                    2,
+                );
+                step(libc::chdir(merged.as_ptr()) == 0, 3);
+                step(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0,
+                    4,
+                );
+                step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0, 5);
+                step(libc::chdir(c"/".as_ptr()) == 0, 6);
+                step(libc::setns(userns_fd, libc::CLONE_NEWUSER) == 0, 7);
+                step(
+                    libc::setresgid(0, 0, 0) == 0 && libc::setresuid(0, 0, 0) == 0,
+                    8,
+                );
+                let fd = libc::open(
+                    c"/written-inside".as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o600,
+                );
+                step(fd >= 0, 9);
+                libc::close(fd);
+                // The mount namespace belongs to the initial userns: no mounts for root inside.
+                step(libc::umount2(c"/".as_ptr(), libc::MNT_DETACH) != 0, 10);
+                step(
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        c"/etc".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) != 0,
+                    11,
+                );
+                step(libc::unshare(libc::CLONE_NEWNS) == 0, 12); // its own, owned by the userns: allowed
+                libc::_exit(0)
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("child ended with {other:?}"),
+                }
+            }
+        };
+        assert_eq!(code, 0, "failed at step {code}");
+        assert_eq!(owner(&m.join("written-inside")), (BASE_A, BASE_A));
+        assert_eq!(owner(&m.join("etc/os-release")), (BASE_A, BASE_A));
     });
 }
