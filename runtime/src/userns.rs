@@ -319,6 +319,35 @@ fn open_ns(proc: &str, kind: &str) -> Result<OwnedFd, UsernsError> {
         })
 }
 
+/// Pins the namespace `ns` at `path` (created as an empty file when missing) by
+/// bind-mounting its nsfs file there, as `namespaces` pins a group's namespaces: it then
+/// outlives every descriptor and process, and a restarted shim finds it by path.
+/// Unpin with `umount2(path, MNT_DETACH)` (`namespaces::remove` does it by kind).
+pub fn pin(ns: &OwnedFd, path: &std::path::Path) -> Result<(), UsernsError> {
+    let step = |step: &'static str| {
+        move |e: std::io::Error| UsernsError::Step {
+            step,
+            path: path.display().to_string(),
+            source: e,
+        }
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(step("creating"))?;
+    let src = format!("/proc/self/fd/{}", ns.as_raw_fd());
+    nix::mount::mount(
+        Some(src.as_str()),
+        path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| step("pinning a namespace at")(e.into()))
+}
+
 /// The user namespace that owns the namespace `ns` (`NS_GET_USERNS`).
 pub fn owner(ns: &OwnedFd) -> Result<OwnedFd, UsernsError> {
     // NS_GET_USERNS = _IO(0xb7, 0x1).
