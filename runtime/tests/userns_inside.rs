@@ -398,3 +398,155 @@ fn container_mounts_sysctls_and_ports_work_inside_the_userns() {
         }
     });
 }
+
+/// Runs Debian's `ping` (CAP_NET_RAW in its `security.capability`) as uid 1000 inside
+/// the group userns, rooted (`pivot_root`) in an overlay over the idmapped rootfs, in a
+/// netns owned by the userns; returns (exit code, output). With `no_new_privs` the file
+/// capability is not granted, which shows it is what makes ping work.
+fn ping_inside(rootfs: &Path, d: &Path, no_new_privs: bool) -> (i32, String) {
+    let ns = userns::create_with(IdRange::group(BASE_A), CloneFlags::CLONE_NEWNET).expect("userns");
+    let net = ns.owned[0].1.try_clone().expect("dup");
+    std::thread::spawn(move || {
+        nix::sched::setns(&net, CloneFlags::CLONE_NEWNET).expect("setns net");
+        eci_netns::loopback::up().expect("lo up");
+    })
+    .join()
+    .expect("thread");
+    let tree = idmap::idmapped_tree(rootfs, ns.user.as_fd(), true).expect("tree");
+    let name = if no_new_privs { "nnp" } else { "caps" };
+    let (up, work, m) = upper_work(d, name, BASE_A);
+    idmap::overlay_from_fds(&[tree], &up, &work, &m).expect("overlay");
+    let out = d.join(format!("{name}.out"));
+    let file = std::fs::File::create(&out).expect("out");
+    let (fd, netfd, userfd) = (
+        file.as_raw_fd(),
+        ns.owned[0].1.as_raw_fd(),
+        ns.user.as_raw_fd(),
+    );
+    let merged = cstr(&m);
+    let argv = [
+        c"ping".as_ptr(),
+        c"-c1".as_ptr(),
+        c"-W2".as_ptr(),
+        c"127.0.0.1".as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [c"PATH=/usr/bin:/bin".as_ptr(), std::ptr::null()];
+    // SAFETY: the child only makes raw syscalls on data prepared before the fork.
+    let code = match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => unsafe {
+            let step = |ok: bool, code: i32| {
+                if !ok {
+                    libc::_exit(code)
+                }
+            };
+            step(libc::unshare(libc::CLONE_NEWNS) == 0, 101);
+            step(libc::setns(netfd, libc::CLONE_NEWNET) == 0, 102);
+            step(libc::chdir(merged.as_ptr()) == 0, 103);
+            step(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0,
+                104,
+            );
+            step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0, 105);
+            step(libc::chdir(c"/".as_ptr()) == 0, 106);
+            step(libc::setns(userfd, libc::CLONE_NEWUSER) == 0, 107);
+            step(
+                libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(0, 0, 0) == 0
+                    && libc::setresuid(0, 0, 0) == 0
+                    && libc::setresgid(1000, 1000, 1000) == 0
+                    && libc::setresuid(1000, 1000, 1000) == 0,
+                108,
+            );
+            if no_new_privs {
+                step(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, 109);
+            }
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            libc::execve(c"/bin/ping".as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(110)
+        },
+        nix::unistd::ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                other => panic!("child ended with {other:?}"),
+            }
+        }
+    };
+    (code, std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+/// A real Debian rootfs (unpacked with xattrs, e.g. `mmdebstrap --variant=minbase
+/// --include=iputils-ping bookworm x.tar` then `tar --xattrs --xattrs-include='*' -xpf`)
+/// named by `ECI_TEST_DEBIAN_ROOTFS`; skipped without it. The rootfs is only read.
+#[test]
+fn debian_ping_with_file_caps_works_inside_the_userns() {
+    if !root() {
+        return;
+    }
+    let Some(rootfs) = std::env::var_os("ECI_TEST_DEBIAN_ROOTFS") else {
+        eprintln!("skipped: set ECI_TEST_DEBIAN_ROOTFS to an unpacked Debian rootfs");
+        return;
+    };
+    let rootfs = std::path::PathBuf::from(rootfs);
+    let dir = scratch();
+    let d = dir.path().to_path_buf();
+    in_private_mounts(move || {
+        let (code, out) = ping_inside(&rootfs, &d, false);
+        assert_eq!(code, 0, "ping with its file capability: {out}");
+        assert!(out.contains("1 received"), "{out}");
+        let (code, out) = ping_inside(&rootfs, &d, true);
+        assert_ne!(code, 0, "ping without its file capability worked: {out}");
+    });
+}
+
+/// CapEff of a child that joins `ns` and sets uid 1000, going through uid 0 or not.
+fn cap_eff_after_setuid(ns: &OwnedFd, via_root: bool, out: &Path) -> String {
+    let file = std::fs::File::create(out).expect("out");
+    let (fd, nsfd) = (file.as_raw_fd(), ns.as_raw_fd());
+    // SAFETY: the child only makes raw syscalls on data prepared before the fork.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => unsafe {
+            let ok = libc::setns(nsfd, libc::CLONE_NEWUSER) == 0
+                && (!via_root || libc::setresgid(0, 0, 0) == 0 && libc::setresuid(0, 0, 0) == 0)
+                && libc::setresgid(1000, 1000, 1000) == 0
+                && libc::setresuid(1000, 1000, 1000) == 0;
+            if !ok {
+                libc::_exit(1);
+            }
+            let mut buf = [0u8; 4096];
+            let st = libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY);
+            let n = libc::read(st, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                libc::_exit(2);
+            }
+            libc::write(fd, buf.as_ptr().cast(), n as usize);
+            libc::_exit(0)
+        },
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).expect("waitpid");
+            assert!(
+                matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                "{st:?}"
+            );
+        }
+    }
+    field(&std::fs::read_to_string(out).expect("read"), "CapEff:")
+}
+
+/// A pitfall for `confine` after `setns(userns)`: the process still has host root's
+/// ids (unmapped: 65534 inside), and the kernel drops capabilities on a uid change only
+/// when the old ids include the *userns'* root. So `setresuid(1000)` straight from host
+/// root keeps every capability of the userns, and even a `no_new_privs` exec keeps
+/// them as far as a file's capabilities reach. Going through uid 0 first drops them.
+#[test]
+fn a_uid_change_straight_from_host_root_keeps_userns_caps() {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    let ns = userns::create(IdRange::group(BASE_A)).expect("userns");
+    let out = dir.path().join("status");
+    assert_eq!(cap_eff_after_setuid(&ns, false, &out), "000001ffffffffff");
+    assert_eq!(cap_eff_after_setuid(&ns, true, &out), "0000000000000000");
+}

@@ -99,6 +99,8 @@ pub fn owner(p: &Path) -> (u32, u32) {
 
 /// Forks a child that joins `userns` as `uid`/`gid` (ids inside) and runs `f`, whose
 /// return value is the exit code. `f` must be async-signal-safe (prepare paths before).
+/// The ids go through the userns' root first: only a change *from* its root drops the
+/// capabilities (see `a_uid_change_straight_from_host_root_keeps_userns_caps`).
 pub fn in_userns(userns: &OwnedFd, uid: u32, gid: u32, f: impl FnOnce() -> i32) -> i32 {
     let ns = userns.as_raw_fd();
     // SAFETY: the child only makes syscalls (setns, setres[ug]id, setgroups, what `f`
@@ -111,6 +113,8 @@ pub fn in_userns(userns: &OwnedFd, uid: u32, gid: u32, f: impl FnOnce() -> i32) 
                     libc::_exit(101);
                 }
                 if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(0, 0, 0) != 0
+                    || libc::setresuid(0, 0, 0) != 0
                     || libc::setresgid(gid, gid, gid) != 0
                     || libc::setresuid(uid, uid, uid) != 0
                 {
