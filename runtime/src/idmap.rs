@@ -24,6 +24,24 @@ pub enum IdmapError {
     },
     #[error("path {0} contains a NUL byte")]
     Nul(String),
+    #[error("creating a user namespace to probe idmapped mounts of {path}")]
+    Userns {
+        path: String,
+        #[source]
+        source: crate::userns::UsernsError,
+    },
+}
+
+/// Whether this kernel and the filesystem of `dir` can do what user namespaces for
+/// groups need: a user namespace with `range`, and an idmapped, read-only copy of
+/// `dir` (the layers directory). Nothing is attached or left behind. The agent calls
+/// this at start and reports a failure instead of silently running without.
+pub fn probe(dir: &Path, range: crate::userns::IdRange) -> Result<(), IdmapError> {
+    let ns = crate::userns::create(range).map_err(|source| IdmapError::Userns {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    idmapped_tree(dir, std::os::fd::AsFd::as_fd(&ns), true).map(drop)
 }
 
 fn cpath(p: &Path) -> Result<CString, IdmapError> {

@@ -289,3 +289,55 @@ fn the_proposed_init_order_works() {
         assert_eq!(owner(&m.join("etc/os-release")), (BASE_A, BASE_A));
     });
 }
+
+#[test]
+fn the_probe_accepts_ext4_and_refuses_what_cannot_idmap() {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    idmap::probe(dir.path(), IdRange::group(BASE_A)).expect("ext4 idmaps");
+    // procfs does not support idmapped mounts.
+    let err = idmap::probe(std::path::Path::new("/proc/self"), IdRange::group(BASE_A))
+        .expect_err("procfs cannot idmap");
+    assert!(err.to_string().contains("/proc/self"), "{err}");
+    assert!(idmap::probe(dir.path(), IdRange { base: 1, len: 0 }).is_err());
+}
+
+/// Start-latency cost, printed (`--ignored --nocapture`): a group userns with its
+/// net/ipc/uts versus today's unshare on a thread, and one idmapped layer copy.
+#[test]
+#[ignore]
+fn timing() {
+    if !root() {
+        return;
+    }
+    let n = 50;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let owned = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        userns::create_with(IdRange::group(BASE_A + i * IdRange::GROUP_LEN), owned).expect("ns");
+    }
+    let userns_each = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::thread::spawn(|| {
+            let owned =
+                CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+            nix::sched::unshare(owned).expect("unshare");
+        })
+        .join()
+        .expect("thread");
+    }
+    let thread_each = t.elapsed() / n;
+    let dir = scratch();
+    let ns = userns::create(IdRange::group(BASE_A)).expect("ns");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        idmap::idmapped_tree(dir.path(), ns.as_fd(), true).expect("tree");
+    }
+    let tree_each = t.elapsed() / n;
+    eprintln!(
+        "userns+net/ipc/uts by clone: {userns_each:?}; net/ipc/uts on a thread: {thread_each:?}; idmapped layer copy: {tree_each:?}"
+    );
+}
