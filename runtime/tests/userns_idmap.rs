@@ -341,3 +341,160 @@ fn timing() {
         "userns+net/ipc/uts by clone: {userns_each:?}; net/ipc/uts on a thread: {thread_each:?}; idmapped layer copy: {tree_each:?}"
     );
 }
+
+/// The container mounts of the proposed order, made as host root in a mount and pid
+/// namespace of the initial userns, for a group whose net/ipc/uts are owned by its
+/// userns: proc, sysfs (of the group netns), a `/dev` tmpfs and devpts whose id options
+/// are host ids of the range, a device node made by `mknod` — then the process enters
+/// the userns and sees them owned by its own root (and `tty` for a pty of its devpts).
+#[test]
+fn the_proposed_init_order_mounts_proc_sys_and_dev_as_host_root() {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path().to_path_buf();
+    in_private_mounts(move || {
+        let l = layer(&d);
+        for sub in ["proc", "sys", "dev"] {
+            std::fs::create_dir(l.join(sub)).expect("mkdir");
+        }
+        let owned = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        let ns = userns::create_with(IdRange::group(BASE_A), owned).expect("userns");
+        let tree = idmap::idmapped_tree(&l, ns.user.as_fd(), true).expect("tree");
+        let (up, work, m) = upper_work(&d, "a", BASE_A);
+        idmap::overlay_from_fds(&[tree], &up, &work, &m).expect("overlay");
+        let c = |s: &str| std::ffi::CString::new(s).expect("c");
+        let (proc_, sys, dev, pts, null) = (
+            cstr(&m.join("proc")),
+            cstr(&m.join("sys")),
+            cstr(&m.join("dev")),
+            cstr(&m.join("dev/pts")),
+            cstr(&m.join("dev/null")),
+        );
+        let dev_opts = c(&format!("mode=755,uid={BASE_A},gid={BASE_A}"));
+        let pts_opts = c(&format!(
+            "newinstance,ptmxmode=0666,mode=620,gid={}",
+            BASE_A + 5
+        ));
+        let merged = cstr(&m);
+        let out = d.join("out");
+        let file = std::fs::File::create(&out).expect("out");
+        let (fd, userfd) = (file.as_raw_fd(), ns.user.as_raw_fd());
+        let joins: Vec<(i32, i32)> = ns
+            .owned
+            .iter()
+            .zip([libc::CLONE_NEWNET, libc::CLONE_NEWIPC, libc::CLONE_NEWUTS])
+            .map(|((_, f), k)| (f.as_raw_fd(), k))
+            .collect();
+        // SAFETY: the children only make raw syscalls on data prepared before the fork.
+        let code = match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => unsafe {
+                let step = |ok: bool, code: i32| {
+                    if !ok {
+                        libc::_exit(code)
+                    }
+                };
+                for (f, k) in &joins {
+                    step(libc::setns(*f, *k) == 0, 1);
+                }
+                step(
+                    libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) == 0,
+                    2,
+                );
+                let pid = libc::fork();
+                if pid > 0 {
+                    let mut st = 0;
+                    libc::waitpid(pid, &mut st, 0);
+                    libc::_exit(if libc::WIFEXITED(st) {
+                        libc::WEXITSTATUS(st)
+                    } else {
+                        3
+                    });
+                }
+                let mnt = |src: &std::ffi::CStr,
+                           t: &std::ffi::CString,
+                           ty: &std::ffi::CStr,
+                           data: *const libc::c_char| {
+                    libc::mount(
+                        src.as_ptr(),
+                        t.as_ptr(),
+                        ty.as_ptr(),
+                        libc::MS_NOSUID,
+                        data.cast(),
+                    ) == 0
+                };
+                step(mnt(c"proc", &proc_, c"proc", std::ptr::null()), 10);
+                step(mnt(c"sysfs", &sys, c"sysfs", std::ptr::null()), 11);
+                step(mnt(c"tmpfs", &dev, c"tmpfs", dev_opts.as_ptr()), 12);
+                step(
+                    libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) == 0,
+                    13,
+                );
+                // mknod applies the umask: 0666 again (owned by host root, so the
+                // container's root gets no more than "other" on it).
+                step(libc::chmod(null.as_ptr(), 0o666) == 0, 13);
+                step(libc::mkdir(pts.as_ptr(), 0o755) == 0, 14);
+                step(mnt(c"devpts", &pts, c"devpts", pts_opts.as_ptr()), 15);
+                step(libc::chdir(merged.as_ptr()) == 0, 16);
+                step(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0,
+                    17,
+                );
+                step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0, 18);
+                step(libc::chdir(c"/".as_ptr()) == 0, 19);
+                step(libc::setns(userfd, libc::CLONE_NEWUSER) == 0, 20);
+                step(
+                    libc::setresgid(0, 0, 0) == 0 && libc::setresuid(0, 0, 0) == 0,
+                    21,
+                );
+                // What the container sees: ids inside, and its own kernel interfaces.
+                let mut st: libc::stat = std::mem::zeroed();
+                step(
+                    libc::stat(c"/dev".as_ptr(), &mut st) == 0 && st.st_uid == 0 && st.st_gid == 0,
+                    30,
+                );
+                let n = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                step(n >= 0 && libc::write(n, b"x".as_ptr().cast(), 1) == 1, 33);
+                step(
+                    libc::access(c"/sys/class/net/lo".as_ptr(), libc::F_OK) == 0,
+                    34,
+                );
+                step(libc::getpid() == 1, 35);
+                let m = libc::open(c"/proc/self/uid_map".as_ptr(), libc::O_RDONLY);
+                let mut buf = [0u8; 128];
+                let r = libc::read(m, buf.as_mut_ptr().cast(), buf.len());
+                step(r > 0, 36);
+                libc::write(fd, buf.as_ptr().cast(), r as usize);
+                // A pty from the container's own devpts instance: its slave has the
+                // `tty` group inside (the mount's host gid base+5).
+                let ptm = libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                step(ptm >= 0 && libc::unlockpt(ptm) == 0, 37);
+                let mut num: libc::c_uint = 99;
+                step(
+                    libc::ioctl(ptm, libc::TIOCGPTN, &mut num) == 0 && num == 0,
+                    38,
+                );
+                step(
+                    libc::stat(c"/dev/pts/0".as_ptr(), &mut st) == 0
+                        && st.st_gid == 5
+                        && st.st_uid == 0,
+                    39,
+                );
+                libc::_exit(0)
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("child ended with {other:?}"),
+                }
+            }
+        };
+        assert_eq!(code, 0, "failed at step {code}");
+        let map = std::fs::read_to_string(&out).expect("read");
+        assert_eq!(
+            map.split_whitespace().collect::<Vec<_>>(),
+            ["0", &BASE_A.to_string(), "65536"]
+        );
+    });
+}
