@@ -128,21 +128,35 @@ fn one_idmapped_layer_serves_two_groups_with_their_own_ids() {
         idmap::bind(&l, &lower_a, ua.as_fd(), true).expect("idmapped bind a");
         let (ua_up, ua_work, ma) = upper_work(&d, "a", BASE_A);
         overlay(&lower_a, &ua_up, &ua_work, &ma);
-        // Group B: idmapped layer kept detached, given to overlayfs by descriptor.
-        let tree_b = idmap::idmapped_tree(&l, ub.as_fd(), true).expect("idmapped tree b");
+        // Group B: idmapped layers kept detached, given to overlayfs by descriptor, top
+        // first: a second layer on top replaces one file and adds one owned by 33.
+        let top = d.join("top-layer");
+        std::fs::create_dir(&top).expect("top");
+        std::fs::write(top.join("user-file"), "top\n").expect("file");
+        std::fs::write(top.join("www"), "w\n").expect("file");
+        std::os::unix::fs::chown(top.join("www"), Some(33), Some(33)).expect("chown");
+        let trees_b = [
+            idmap::idmapped_tree(&top, ub.as_fd(), true).expect("idmapped tree b top"),
+            idmap::idmapped_tree(&l, ub.as_fd(), true).expect("idmapped tree b"),
+        ];
         let (ub_up, ub_work, mb) = upper_work(&d, "b", BASE_B);
-        idmap::overlay_from_fds(&[tree_b], &ub_up, &ub_work, &mb).expect("overlay from fds");
+        idmap::overlay_from_fds(&trees_b, &ub_up, &ub_work, &mb).expect("overlay from fds");
+        assert_eq!(
+            std::fs::read_to_string(mb.join("user-file")).expect("read"),
+            "top\n"
+        );
+        assert_eq!(owner(&mb.join("user-file")), (BASE_B, BASE_B));
+        assert_eq!(owner(&mb.join("www")), (BASE_B + 33, BASE_B + 33));
+        assert_eq!(owner(&mb.join("etc/os-release")), (BASE_B, BASE_B));
 
         assert_eq!(owner(&lower_a.join("etc/os-release")), (BASE_A, BASE_A));
-        for (m, base) in [(&ma, BASE_A), (&mb, BASE_B)] {
-            assert_eq!(owner(&m.join("etc")), (base, base), "{}", m.display());
-            assert_eq!(owner(&m.join("etc/os-release")), (base, base));
-            assert_eq!(owner(&m.join("user-file")), (base + 1000, base + 1000));
-            assert_eq!(
-                std::fs::read_to_string(m.join("user-file")).expect("read"),
-                "mine\n"
-            );
-        }
+        assert_eq!(owner(&ma.join("etc")), (BASE_A, BASE_A));
+        assert_eq!(owner(&ma.join("etc/os-release")), (BASE_A, BASE_A));
+        assert_eq!(owner(&ma.join("user-file")), (BASE_A + 1000, BASE_A + 1000));
+        assert_eq!(
+            std::fs::read_to_string(ma.join("user-file")).expect("read"),
+            "mine\n"
+        );
         // The layer itself is untouched on disk.
         assert_eq!(owner(&l.join("etc/os-release")), (0, 0));
         assert_eq!(owner(&l.join("user-file")), (1000, 1000));
