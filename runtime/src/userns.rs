@@ -128,7 +128,11 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
     let (go_r, go_w) = pipe()?;
     let (ack_r, ack_w) = pipe()?;
     let flags_bits = flags.bits();
-    let (go_r_raw, ack_w_raw) = (go_r.as_raw_fd(), ack_w.as_raw_fd());
+    let child_fds = HolderFds {
+        go: go_r.as_raw_fd(),
+        ack: ack_w.as_raw_fd(),
+        close: [go_w.as_raw_fd(), ack_r.as_raw_fd()],
+    };
     let mut pidfd: libc::c_int = -1;
     // SAFETY: a raw clone without CLONE_VM and with a null stack behaves as fork: the
     // child gets a copy of the address space and continues here on its copy of the
@@ -148,7 +152,7 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
     };
     if pid == 0 {
         // SAFETY: see above; the child ends in _exit and never returns.
-        unsafe { holder(go_r_raw, ack_w_raw, flags_bits) }
+        unsafe { holder(&child_fds, flags_bits) }
     }
     if pid < 0 {
         return Err(UsernsError::Step {
@@ -200,16 +204,30 @@ pub fn create_with(range: IdRange, owned: CloneFlags) -> Result<Namespaces, User
     Ok(Namespaces { user, owned })
 }
 
+/// Descriptors of the holder child: the pipe ends it uses, and its copies of the
+/// parent's ends, which it closes so that the parent closing its `go` end (or dying)
+/// is an EOF the child sees.
+struct HolderFds {
+    go: i32,
+    ack: i32,
+    close: [i32; 2],
+}
+
 /// The cloned child: waits for its maps, unshares `flags`, reports, waits for EOF.
 ///
 /// # Safety
 /// Only to be called in the child of the raw clone in [`create_with`].
-unsafe fn holder(go: i32, ack: i32, flags: i32) -> ! {
+unsafe fn holder(fds: &HolderFds, flags: i32) -> ! {
     let mut byte = 0u8;
-    // SAFETY: `go` and `ack` are this child's copies of the pipe ends; the buffers are
+    // SAFETY: the descriptors are this child's copies of the pipe ends; the buffers are
     // live locals. Only async-signal-safe calls follow.
     unsafe {
-        if libc::read(go, (&mut byte as *mut u8).cast(), 1) != 1 {
+        for fd in fds.close {
+            libc::close(fd);
+        }
+        // Gone with the thread that cloned it, whatever happens to the pipes.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::read(fds.go, (&mut byte as *mut u8).cast(), 1) != 1 {
             libc::_exit(1);
         }
         let err: i32 = if flags != 0 && libc::unshare(flags) != 0 {
@@ -218,9 +236,9 @@ unsafe fn holder(go: i32, ack: i32, flags: i32) -> ! {
             0
         };
         let bytes = err.to_ne_bytes();
-        libc::write(ack, bytes.as_ptr().cast(), bytes.len());
+        libc::write(fds.ack, bytes.as_ptr().cast(), bytes.len());
         // Blocks until the parent has opened our namespaces and closed its end.
-        while libc::read(go, (&mut byte as *mut u8).cast(), 1) > 0 {}
+        while libc::read(fds.go, (&mut byte as *mut u8).cast(), 1) > 0 {}
         libc::_exit(0)
     }
 }
