@@ -512,3 +512,172 @@ fn the_proposed_init_order_mounts_proc_sys_and_dev_as_host_root() {
         );
     });
 }
+
+/// The exec path of the proposed design: into a running container (PID 1 of its pid
+/// namespace, rooted in an idmapped overlay, inside the group userns), a helper opens
+/// all of the container's namespace files first, joins ipc/uts/net/pid/mnt as host
+/// root, the userns last, and forks; the forked process is in the container's pid
+/// namespace and writes as the group's root.
+#[test]
+fn exec_joins_the_userns_last() {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path().to_path_buf();
+    in_private_mounts(move || {
+        let l = layer(&d);
+        let owned = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        let ns = userns::create_with(IdRange::group(BASE_A), owned).expect("userns");
+        let tree = idmap::idmapped_tree(&l, ns.user.as_fd(), true).expect("tree");
+        let (up, work, m) = upper_work(&d, "a", BASE_A);
+        idmap::overlay_from_fds(&[tree], &up, &work, &m).expect("overlay");
+        let merged = cstr(&m);
+        let (pid_r, pid_w) = nix::unistd::pipe().expect("pipe");
+        let (hold_r, hold_w) = nix::unistd::pipe().expect("pipe");
+        let (pid_w_raw, hold_r_raw, hold_w_raw) =
+            (pid_w.as_raw_fd(), hold_r.as_raw_fd(), hold_w.as_raw_fd());
+        let userfd = ns.user.as_raw_fd();
+        let joins: Vec<(i32, i32)> = ns
+            .owned
+            .iter()
+            .zip([libc::CLONE_NEWNET, libc::CLONE_NEWIPC, libc::CLONE_NEWUTS])
+            .map(|((_, f), k)| (f.as_raw_fd(), k))
+            .collect();
+        // The container: A makes the namespaces, B is its PID 1.
+        // SAFETY: the children only make raw syscalls on data prepared before the fork.
+        let a = match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => unsafe {
+                let step = |ok: bool, code: i32| {
+                    if !ok {
+                        libc::_exit(code)
+                    }
+                };
+                libc::close(hold_w_raw);
+                for (f, k) in &joins {
+                    step(libc::setns(*f, *k) == 0, 1);
+                }
+                step(
+                    libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) == 0,
+                    2,
+                );
+                let b = libc::fork();
+                if b > 0 {
+                    libc::write(pid_w_raw, (&b as *const i32).cast(), 4);
+                    let mut st = 0;
+                    libc::waitpid(b, &mut st, 0);
+                    libc::_exit(0);
+                }
+                step(libc::chdir(merged.as_ptr()) == 0, 3);
+                step(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0,
+                    4,
+                );
+                step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0, 5);
+                step(libc::chdir(c"/".as_ptr()) == 0, 6);
+                step(libc::setns(userfd, libc::CLONE_NEWUSER) == 0, 7);
+                step(
+                    libc::setresgid(0, 0, 0) == 0 && libc::setresuid(0, 0, 0) == 0,
+                    8,
+                );
+                // Runs until the test closes the hold pipe (or dies).
+                let mut byte = 0u8;
+                while libc::read(hold_r_raw, (&mut byte as *mut u8).cast(), 1) > 0 {}
+                libc::_exit(0)
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        drop((pid_w, hold_r));
+        let mut buf = [0u8; 4];
+        nix::unistd::read(&pid_r, &mut buf).expect("container pid");
+        let b = i32::from_ne_bytes(buf);
+        // Wait until B is in the userns (its uid_map is the group's from our view too,
+        // but its user ns link changes only after setns).
+        let init_user = std::fs::read_link("/proc/self/ns/user").expect("readlink");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{b}/ns/user")).ok() == Some(init_user.clone()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container never entered the userns"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The exec helper: every namespace file opened before joining any.
+        let kinds = [
+            ("ipc", libc::CLONE_NEWIPC),
+            ("uts", libc::CLONE_NEWUTS),
+            ("net", libc::CLONE_NEWNET),
+            ("pid", libc::CLONE_NEWPID),
+            ("mnt", libc::CLONE_NEWNS),
+            ("user", libc::CLONE_NEWUSER),
+        ];
+        let files: Vec<(std::fs::File, i32)> = kinds
+            .iter()
+            .map(|(k, f)| {
+                (
+                    std::fs::File::open(format!("/proc/{b}/ns/{k}")).expect(k),
+                    *f,
+                )
+            })
+            .collect();
+        let nsfds: Vec<(i32, i32)> = files.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
+        let out = d.join("out");
+        let outf = std::fs::File::create(&out).expect("out");
+        let outfd = outf.as_raw_fd();
+        // SAFETY: as above.
+        let code = match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => unsafe {
+                let step = |ok: bool, code: i32| {
+                    if !ok {
+                        libc::_exit(code)
+                    }
+                };
+                for (i, (f, k)) in nsfds.iter().enumerate() {
+                    step(libc::setns(*f, *k) == 0, 20 + i as i32);
+                }
+                step(
+                    libc::setresgid(0, 0, 0) == 0 && libc::setresuid(0, 0, 0) == 0,
+                    30,
+                );
+                let f = libc::fork();
+                if f > 0 {
+                    let mut st = 0;
+                    libc::waitpid(f, &mut st, 0);
+                    libc::_exit(if libc::WIFEXITED(st) {
+                        libc::WEXITSTATUS(st)
+                    } else {
+                        31
+                    });
+                }
+                let fd = libc::open(
+                    c"/exec-file".as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o644,
+                );
+                step(fd >= 0, 32);
+                let me = libc::getpid();
+                libc::write(outfd, (&me as *const i32).cast(), 4);
+                libc::_exit(0)
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("exec helper ended with {other:?}"),
+                }
+            }
+        };
+        drop(hold_w);
+        nix::sys::wait::waitpid(a, None).expect("reap container");
+        assert_eq!(code, 0, "exec helper failed at step {code}");
+        assert_eq!(owner(&m.join("exec-file")), (BASE_A, BASE_A));
+        let inner = i32::from_ne_bytes(
+            std::fs::read(&out).expect("read")[..4]
+                .try_into()
+                .expect("4"),
+        );
+        assert!(
+            inner > 1 && inner < 100,
+            "pid {inner} is not in the container's pid ns"
+        );
+    });
+}
