@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod device_filter;
 pub mod devices;
 pub mod host;
+pub mod idmap;
 pub mod init;
 pub mod layout;
 pub mod mounts;
@@ -17,5 +18,6 @@ pub mod namespaces;
 pub mod sealed_exe;
 pub mod seccomp;
 pub mod user;
+pub mod userns;
 
 pub use host::{CgroupMode, HostFacts, SandboxKind};
