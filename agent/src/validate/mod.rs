@@ -155,8 +155,8 @@ pub fn stored(spec: &GroupSpec) -> Result<(ValidSpec, Vec<FieldError>), Validati
         && v.containers.iter().zip(wire).all(|(c, w)| {
             let r = w.resources.clone().unwrap_or_default();
             c.mounts.len() == w.volume_mounts.len()
-                && c.cpu.is_some() == !r.cpu.is_empty()
-                && c.memory.is_some() == !r.memory.is_empty()
+                && c.cpu.is_some() != r.cpu.is_empty()
+                && c.memory.is_some() != r.memory.is_empty()
         });
     if complete {
         Ok((v, errs.0))
