@@ -561,17 +561,6 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
         image: c.image.clone(),
         ..Default::default()
     };
-    let ip_addresses = spec
-        .network
-        .as_ref()
-        .map(|n| {
-            [&n.ipv4_address, &n.ipv6_address]
-                .into_iter()
-                .filter(|a| !a.is_empty())
-                .map(|a| a.split('/').next().unwrap_or(a).to_string())
-                .collect()
-        })
-        .unwrap_or_default();
     GroupStatus {
         normalized_resources: Some(NormalizedResources {
             cpu: format_cpu(valid.normalized.cpu_millis),
@@ -579,7 +568,8 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
         }),
         container_statuses: spec.containers.iter().map(waiting).collect(),
         init_container_statuses: spec.init_containers.iter().map(waiting).collect(),
-        ip_addresses,
+        // Read from the group's network namespace once it exists, never from the spec.
+        ip_addresses: Vec::new(),
         observed_generation: 1,
         ..Default::default()
     }

@@ -126,9 +126,15 @@ impl Supervisor {
             store.write_lazy(|tx| pulled.into_iter().try_for_each(|e| tx.event(e)))
         })
         .await;
-        files::write(&ctx.dir.etc(), &ctx.spec)
-            .map_err(|e| format!("writing {}: {e}", ctx.dir.etc().display()))?;
-        volumes::prepare(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id))?;
+        // File and directory work, off the async workers.
+        let (c2, writable) = (ctx.clone(), self.writable_dir(&ctx.id));
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            files::write(&c2.dir.etc(), &c2.spec)
+                .map_err(|e| format!("writing {}: {e}", c2.dir.etc().display()))?;
+            volumes::prepare(&c2.spec, c2.dir.root(), &writable)
+        })
+        .await
+        .map_err(|e| format!("preparing the group's files: {e}"))??;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
             // There, but silent: never start a second shim for the group; wait for it.
@@ -143,6 +149,7 @@ impl Supervisor {
             .await
             .map_err(|e| e.message())?,
         };
+        self.observe_addresses(ctx).await;
         let shm = valid.shm_bytes;
         // Init containers: one at a time, each to success.
         let n_init = ctx.spec.init_containers.len();
@@ -602,4 +609,30 @@ fn stored_spec(
         );
     }
     Ok(valid)
+}
+
+impl Supervisor {
+    /// Records the addresses the group's network namespace really holds: the status
+    /// reports what the kernel has, never what the spec asked for.
+    async fn observe_addresses(&self, ctx: &GroupCtx) {
+        let netns = ctx.dir.namespaces().join("net");
+        let seen = tokio::task::spawn_blocking(move || eci_netns::observe::addresses(&netns))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("{:#}", anyhow::Error::new(e))));
+        let addresses: Vec<String> = match seen {
+            Ok(list) => list.into_iter().map(|a| a.address.to_string()).collect(),
+            Err(e) => {
+                tracing::warn!(group = %ctx.name, error = %e, "reading the group's addresses");
+                return;
+            }
+        };
+        self.mutate(&ctx.name, move |g| {
+            if let Some(st) = g.status.as_mut() {
+                st.ip_addresses = addresses.clone();
+            }
+            Vec::new()
+        })
+        .await;
+    }
 }
