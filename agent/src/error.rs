@@ -80,4 +80,17 @@ impl Error {
     }
 }
 
+/// An error and its sources as one line (`outer: inner: root cause`), for status
+/// messages, health conditions and logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -48,13 +48,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::Store(_) => Code::Internal,
     };
     // The chain says which entry, record or file; the caller needs it.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
+    let msg = crate::error::chain(&e);
     if code == Code::Internal {
         // A bug on the agent's side: the chain names host paths and internals, which
         // the caller has no use for and should not see. The log has it under an id.

@@ -476,17 +476,7 @@ impl Node {
     }
 }
 
-/// The error and its sources, as the API reports them.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub(crate) use crate::error::chain;
 
 /// Imports `hello_image()` as `evil:1` after `edit`, expecting a refusal.
 fn import_edited(n: &Node, edit: impl FnMut(oci::Doc, &mut serde_json::Value)) -> String {

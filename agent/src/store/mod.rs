@@ -38,6 +38,7 @@ use redb::{
 };
 use tokio::sync::{broadcast, watch};
 
+use crate::error::chain;
 use crate::images::ImageRecord;
 use crate::images::digest::Digest;
 use crate::images::layers::UnpackedLayer;
@@ -764,18 +765,6 @@ fn free_space(path: &Path) -> String {
         }
         Err(e) => format!("free space of {} unknown: {e}", dir.display()),
     }
-}
-
-/// An error with its sources, for health messages and logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

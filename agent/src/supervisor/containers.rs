@@ -24,18 +24,6 @@ struct ExitRecord {
     started_at: String,
 }
 
-/// An error and its sources, as one line for a container's status message.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
 impl Supervisor {
     /// Runs a group from admission to all containers started.
     pub(crate) async fn run(self: Arc<Self>, ctx: GroupCtx) {
@@ -391,7 +379,7 @@ impl Supervisor {
             tokio::task::spawn_blocking(move || groups.images().lower_dirs(&record))
                 .await
                 .map_err(|e| format!("preparing the image layers: {e}"))?
-                .map_err(|e| error_chain(&e))?
+                .map_err(|e| crate::error::chain(&e))?
                 .iter()
                 .rev()
                 .map(|d| d.display().to_string())
@@ -619,7 +607,7 @@ impl Supervisor {
         let seen = tokio::task::spawn_blocking(move || eci_netns::observe::addresses(&netns))
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("{:#}", anyhow::Error::new(e))));
+            .and_then(|r| r.map_err(|e| crate::error::chain(&e)));
         let addresses: Vec<String> = match seen {
             Ok(list) => list.into_iter().map(|a| a.address.to_string()).collect(),
             Err(e) => {
