@@ -339,8 +339,6 @@ impl Supervisor {
             return Ok(pid);
         }
         let bundle = ctx.dir.bundle(&c.name);
-        std::fs::create_dir_all(&bundle)
-            .map_err(|e| format!("creating {}: {e}", bundle.display()))?;
         // A fresh writable layer per run, as Kubernetes gives a restarted container.
         let rw = self
             .cfg
@@ -348,30 +346,22 @@ impl Supervisor {
             .join("groups")
             .join(&ctx.id)
             .join(&c.name);
-        let _ = std::fs::remove_dir_all(&rw);
         let (upper, work) = (rw.join("upper"), rw.join("work"));
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-        }
-        let process =
-            crate::images::process::merge(&image.defaults, c).map_err(|e| e.to_string())?;
-        let etc = ctx.dir.etc();
-        let vols = volumes::paths(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id));
-        let config = spec::build(&spec::SpecInputs {
-            group_id: &ctx.id,
-            cgroup_parent: &self.cfg.cgroup_parent,
-            group: &ctx.spec,
-            container: c,
-            process: &process,
-            shm_bytes: shm,
-            etc_dir: &etc,
-            volumes: &vols,
+        let job = BundleJob {
+            ctx: ctx.clone(),
+            container: c.clone(),
+            defaults: image.defaults.clone(),
+            bundle: bundle.clone(),
+            rw,
+            volumes: volumes::paths(&ctx.spec, ctx.dir.root(), &self.writable_dir(&ctx.id)),
+            cgroup_parent: self.cfg.cgroup_parent.clone(),
+            shm,
             oom_score_adj: self.cfg.oom_score_adj,
-        })
-        .map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-        std::fs::write(bundle.join("config.json"), json)
-            .map_err(|e| format!("writing config.json: {e}"))?;
+        };
+        // Directory and file work (a writable layer can be large): off the async workers.
+        tokio::task::spawn_blocking(move || job.write())
+            .await
+            .map_err(|e| format!("writing the bundle: {e}"))??;
         // Only directories the image store recorded as unpacked and verified (it
         // unpacks again any that are not, which can take a while: off the runtime).
         let (groups, record) = (self.groups.clone(), image.clone());
@@ -560,23 +550,22 @@ impl Supervisor {
                 let _ = shim.delete(&c.name, "").await;
             }
             let _ = shim.shutdown().await;
-            self.remove_dirs(ctx);
+            self.remove_dirs(ctx).await;
         }
     }
 
-    /// Removes a group's run directory and writable layers.
-    pub(crate) fn remove_dirs(&self, ctx: &GroupCtx) {
-        volumes::unmount_all(ctx.dir.root());
-        for d in [
-            ctx.dir.root().to_path_buf(),
-            self.cfg.state_dir.join("groups").join(&ctx.id),
-        ] {
-            if let Err(e) = std::fs::remove_dir_all(&d)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %d.display(), error = %e, "removing group directory");
+    /// Removes a group's run directory and writable layers (on the blocking pool: a
+    /// writable layer can hold many files).
+    pub(crate) async fn remove_dirs(&self, ctx: &GroupCtx) {
+        let run = ctx.dir.root().to_path_buf();
+        let state = self.cfg.state_dir.join("groups").join(&ctx.id);
+        let _ = tokio::task::spawn_blocking(move || {
+            volumes::unmount_all(&run);
+            for d in [run, state] {
+                remove_tree(&d);
             }
-        }
+        })
+        .await;
     }
 }
 
@@ -622,5 +611,59 @@ impl Supervisor {
             Vec::new()
         })
         .await;
+    }
+}
+
+/// What one container's bundle is written from, owned so the work can run on the
+/// blocking pool.
+struct BundleJob {
+    ctx: GroupCtx,
+    container: Container,
+    defaults: crate::images::ImageDefaults,
+    bundle: PathBuf,
+    rw: PathBuf,
+    volumes: std::collections::HashMap<String, PathBuf>,
+    cgroup_parent: String,
+    shm: u64,
+    oom_score_adj: i32,
+}
+
+impl BundleJob {
+    /// A fresh writable layer and `config.json`.
+    fn write(self) -> Result<(), String> {
+        let bundle = &self.bundle;
+        std::fs::create_dir_all(bundle)
+            .map_err(|e| format!("creating {}: {e}", bundle.display()))?;
+        let _ = std::fs::remove_dir_all(&self.rw);
+        for d in [self.rw.join("upper"), self.rw.join("work")] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let process = crate::images::process::merge(&self.defaults, &self.container)
+            .map_err(|e| e.to_string())?;
+        let etc = self.ctx.dir.etc();
+        let config = spec::build(&spec::SpecInputs {
+            group_id: &self.ctx.id,
+            cgroup_parent: &self.cgroup_parent,
+            group: &self.ctx.spec,
+            container: &self.container,
+            process: &process,
+            shm_bytes: self.shm,
+            etc_dir: &etc,
+            volumes: &self.volumes,
+            oom_score_adj: self.oom_score_adj,
+        })
+        .map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+        std::fs::write(bundle.join("config.json"), json)
+            .map_err(|e| format!("writing config.json: {e}"))
+    }
+}
+
+/// Removes a directory tree; a missing one is fine, any other failure is logged.
+pub(crate) fn remove_tree(d: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(d)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %d.display(), error = %e, "removing a group directory");
     }
 }

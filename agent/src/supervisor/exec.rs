@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use oci_spec::runtime::{BoxBuilder, Spec};
 use tokio::net::unix::pipe;
 
 use super::{GroupCtx, Supervisor};
@@ -90,24 +91,42 @@ impl Supervisor {
             )));
         }
         let bundle = ctx.dir.bundle(container);
-        let spec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(bundle.join("config.json"))
-                .map_err(|e| failed("reading the container spec", e))?,
-        )
-        .map_err(|e| failed("parsing the container spec", e))?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(command);
-        process["terminal"] = tty.into();
-        if let (true, Some((rows, cols))) = (tty, size) {
-            process["consoleSize"] = serde_json::json!({ "height": rows, "width": cols });
-        }
-        // The container's user by name, resolved inside it as for the container itself.
-        if let Some(user) = spec["annotations"]["io.eci.user"].as_str() {
-            process["user"]["username"] = user.into();
-        }
         let exec_id = format!("exec-{}", crate::groups::new_id());
         let dir = ctx.dir.root().join("exec").join(&exec_id);
-        std::fs::create_dir_all(&dir).map_err(|e| failed("creating the exec directory", e))?;
+        // File work off the async workers.
+        let d2 = dir.clone();
+        let spec = tokio::task::spawn_blocking(move || -> Result<Spec> {
+            let spec = Spec::load(bundle.join("config.json"))
+                .map_err(|e| failed("reading the container spec", e))?;
+            std::fs::create_dir_all(&d2).map_err(|e| failed("creating the exec directory", e))?;
+            Ok(spec)
+        })
+        .await
+        .map_err(super::join_err)??;
+        // The container's own process (env, cwd, ids, capabilities, rlimits), running
+        // `command` instead.
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| failed("reading the container spec", "it has no process"))?;
+        process.set_args(Some(command));
+        process.set_terminal(Some(tty));
+        if let (true, Some((rows, cols))) = (tty, size) {
+            let console = BoxBuilder::default()
+                .height(rows as u64)
+                .width(cols as u64)
+                .build()
+                .map_err(|e| failed("the terminal size", e))?;
+            process.set_console_size(Some(console));
+        }
+        // The container's user by name, resolved inside it as for the container itself.
+        if let Some(user) = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("io.eci.user"))
+        {
+            process.user_mut().set_username(Some(user.clone()));
+        }
         let (out, err, inp) = (dir.join("stdout"), dir.join("stderr"), dir.join("stdin"));
         mkfifo(&out)?;
         // Readers first, so the shim's opens for writing do not block. (A FIFO that

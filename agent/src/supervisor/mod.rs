@@ -260,9 +260,10 @@ impl Supervisor {
             Ok(Ok(removed)) => {
                 for group in &removed {
                     let ctx = self.ctx(group);
-                    self.remove_dirs(&ctx);
+                    self.remove_dirs(&ctx).await;
+                    let logs = self.cfg.log_dir.join("groups").join(&group.id);
                     let _ =
-                        std::fs::remove_dir_all(self.cfg.log_dir.join("groups").join(&group.id));
+                        tokio::task::spawn_blocking(move || containers::remove_tree(&logs)).await;
                     tracing::info!(group = %ctx.name, "finished group removed after its retention period");
                 }
             }
@@ -307,11 +308,7 @@ impl Supervisor {
         self.teardown(&ctx, grace).await;
         // A deleted group's logs go with it (a finished group keeps them until deleted).
         let logs = self.cfg.log_dir.join("groups").join(&ctx.id);
-        if let Err(e) = std::fs::remove_dir_all(&logs)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %logs.display(), error = %e, "removing group logs");
-        }
+        let _ = tokio::task::spawn_blocking(move || containers::remove_tree(&logs)).await;
         let mut wait = STORE_RETRY_FIRST;
         loop {
             let g = self.groups.clone();
