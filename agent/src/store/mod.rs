@@ -228,10 +228,18 @@ struct Snapshot<'a> {
     _slot: std::sync::RwLockReadGuard<'a, Slot>,
 }
 
+/// redb's page cache. Its default (1 GiB) would let the agent's memory grow with the
+/// file after a burst of large specs and stay there; the hot set (groups, the recent
+/// change log) is far smaller.
+const CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Box::new(|p| Database::create(p)))
+        Self::open_with(
+            path,
+            Box::new(|p| redb::Builder::new().set_cache_size(CACHE_BYTES).create(p)),
+        )
     }
 
     fn open_with(path: &Path, opener: Opener) -> Result<Self> {
