@@ -11,6 +11,41 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::quantity::parse_memory_bytes;
 
+/// Errors preparing a group's volumes. Each names the volume (and file) the spec gave.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {volume}: {step}")]
+    Io {
+        volume: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {volume}: sizeLimit")]
+    Size {
+        volume: String,
+        #[source]
+        source: crate::quantity::QuantityError,
+    },
+    #[error("volume {volume} file {file}: content is not base64")]
+    Base64 {
+        volume: String,
+        file: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("volume {volume} file {file}: {step}")]
+    File {
+        volume: String,
+        file: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {0}: only emptyDir and configFile volumes are available in this agent build")]
+    Unbuilt(String),
+}
+
 /// The host directory of each volume by name. `run_root` and `state_root` are the
 /// group's run and state directories: in-memory and config volumes live in the first,
 /// disk volumes in the second.
@@ -30,15 +65,22 @@ pub fn paths(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> HashMap<St
 }
 
 /// Creates every volume of `spec` at its [`paths`] entry.
-pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(), String> {
+pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(), VolumeError> {
     let dirs = paths(spec, run_root, state_root);
     for v in &spec.volumes {
         let dir = dirs.get(&v.name).cloned().unwrap_or_default();
         if let Some(e) = &v.empty_dir {
             if e.medium == "Memory" {
-                std::fs::create_dir_all(&dir).map_err(|e| format!("volume {}: {e}", v.name))?;
-                let size = parse_memory_bytes(&e.size_limit)
-                    .map_err(|e| format!("volume {}: {e}", v.name))?;
+                std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Io {
+                    volume: v.name.clone(),
+                    step: "creating its directory",
+                    source,
+                })?;
+                let size =
+                    parse_memory_bytes(&e.size_limit).map_err(|source| VolumeError::Size {
+                        volume: v.name.clone(),
+                        source,
+                    })?;
                 let data = format!("size={size},mode=1777");
                 let already = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
                     m.lines()
@@ -52,42 +94,72 @@ pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(
                         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                         Some(data.as_str()),
                     )
-                    .map_err(|e| format!("volume {}: mounting its tmpfs: {e}", v.name))?;
+                    .map_err(|e| VolumeError::Io {
+                        volume: v.name.clone(),
+                        step: "mounting its tmpfs",
+                        source: e.into(),
+                    })?;
                 }
             } else {
-                std::fs::create_dir_all(&dir).map_err(|e| format!("volume {}: {e}", v.name))?;
+                std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Io {
+                    volume: v.name.clone(),
+                    step: "creating its directory",
+                    source,
+                })?;
                 // Writable by any container user, as Kubernetes makes emptyDir.
                 std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-                    .map_err(|e| format!("volume {}: {e}", v.name))?;
+                    .map_err(|source| VolumeError::Io {
+                        volume: v.name.clone(),
+                        step: "setting its mode",
+                        source,
+                    })?;
             }
         } else if let Some(cf) = &v.config_file {
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("volume {}: {e}", v.name))?;
+            std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Io {
+                volume: v.name.clone(),
+                step: "creating its directory",
+                source,
+            })?;
             for f in &cf.files {
                 let bytes = if f.content_base64.is_empty() {
                     f.content.clone().into_bytes()
                 } else {
                     base64::engine::general_purpose::STANDARD
                         .decode(&f.content_base64)
-                        .map_err(|e| format!("volume {} file {}: {e}", v.name, f.path))?
+                        .map_err(|source| VolumeError::Base64 {
+                            volume: v.name.clone(),
+                            file: f.path.clone(),
+                            source,
+                        })?
                 };
                 // Validation made the path relative and free of '..'.
                 let path = dir.join(&f.path);
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("volume {}: {e}", v.name))?;
+                    std::fs::create_dir_all(parent).map_err(|source| VolumeError::File {
+                        volume: v.name.clone(),
+                        file: f.path.clone(),
+                        step: "creating its directory",
+                        source,
+                    })?;
                 }
-                std::fs::write(&path, bytes)
-                    .map_err(|e| format!("volume {} file {}: {e}", v.name, f.path))?;
+                std::fs::write(&path, bytes).map_err(|source| VolumeError::File {
+                    volume: v.name.clone(),
+                    file: f.path.clone(),
+                    step: "writing it",
+                    source,
+                })?;
                 let mode = if f.mode == 0 { 0o644 } else { f.mode };
                 std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                    .map_err(|e| format!("volume {} file {}: {e}", v.name, f.path))?;
+                    .map_err(|source| VolumeError::File {
+                        volume: v.name.clone(),
+                        file: f.path.clone(),
+                        step: "setting its mode",
+                        source,
+                    })?;
             }
         } else {
-            return Err(format!(
-                "volume {}: only emptyDir and configFile volumes are available in this agent build",
-                v.name
-            ));
+            return Err(VolumeError::Unbuilt(v.name.clone()));
         }
     }
     Ok(())

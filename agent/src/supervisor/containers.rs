@@ -8,6 +8,7 @@ use containerd_shim_protos::api;
 use eci_api::phase;
 use eci_api::v1::{Container, ContainerGroup};
 
+use super::start_error::StartError;
 use super::transitions::{self, Ended, status_of, wants_restart};
 use super::{GroupCtx, Supervisor};
 use crate::clock;
@@ -27,7 +28,8 @@ struct ExitRecord {
 impl Supervisor {
     /// Runs a group from admission to all containers started.
     pub(crate) async fn run(self: Arc<Self>, ctx: GroupCtx) {
-        if let Err(msg) = self.run_inner(&ctx).await {
+        if let Err(e) = self.run_inner(&ctx).await {
+            let msg = e.message();
             tracing::warn!(group = %ctx.name, error = %msg, "group start failed");
             let name = ctx.name.clone();
             self.mutate(&ctx.name, move |g| {
@@ -95,8 +97,8 @@ impl Supervisor {
         Some(out)
     }
 
-    async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), String> {
-        let valid = stored_spec(ctx).map_err(|e| e.to_string())?;
+    async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), StartError> {
+        let valid = stored_spec(ctx).map_err(StartError::Spec)?;
         let Some(images) = self.resolve_images(ctx).await else {
             return Ok(());
         };
@@ -116,26 +118,30 @@ impl Supervisor {
         .await;
         // File and directory work, off the async workers.
         let (c2, writable) = (ctx.clone(), self.writable_dir(&ctx.id));
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            files::write(&c2.dir.etc(), &c2.spec)
-                .map_err(|e| format!("writing {}: {e}", c2.dir.etc().display()))?;
-            volumes::prepare(&c2.spec, c2.dir.root(), &writable)
+        tokio::task::spawn_blocking(move || -> Result<(), StartError> {
+            files::write(&c2.dir.etc(), &c2.spec).map_err(|source| StartError::Io {
+                step: "writing",
+                path: c2.dir.etc(),
+                source,
+            })?;
+            Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable)?)
         })
         .await
-        .map_err(|e| format!("preparing the group's files: {e}"))??;
+        .map_err(|e| StartError::Join("preparing the group's files", e))??;
         let shim = match Shim::connect(&ctx.dir.shim_socket()).await {
             Ok(s) => s,
             // There, but silent: never start a second shim for the group; wait for it.
             Err(ShimError::Unresponsive { .. }) => self.shim_answering(ctx).await,
-            Err(_) => Shim::launch(
-                &self.cfg.shim,
-                &ctx.id,
-                &ctx.spec.name,
-                valid.normalized.cpu_millis,
-                valid.normalized.memory_bytes,
-            )
-            .await
-            .map_err(|e| e.message())?,
+            Err(_) => {
+                Shim::launch(
+                    &self.cfg.shim,
+                    &ctx.id,
+                    &ctx.spec.name,
+                    valid.normalized.cpu_millis,
+                    valid.normalized.memory_bytes,
+                )
+                .await?
+            }
         };
         self.observe_addresses(ctx).await;
         let shm = valid.shm_bytes;
@@ -149,9 +155,9 @@ impl Supervisor {
                     .await
                 {
                     Ok(_) => self.wait_container(ctx, &shim, c).await,
-                    Err(msg) => Ended {
+                    Err(e) => Ended {
                         code: 128,
-                        message: msg,
+                        message: e.message(),
                         ..Default::default()
                     },
                 };
@@ -264,7 +270,8 @@ impl Supervisor {
                     .await
                 {
                     Ok(_) => self.wait_container(&ctx, &shim, &c).await,
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.message();
                         // Recorded on the container too; logged so that a container
                         // that never starts is visible in the agent's log.
                         tracing::warn!(group = %ctx.name, container = %c.name, error = %msg, "container start failed");
@@ -329,7 +336,7 @@ impl Supervisor {
         image: &ImageRecord,
         restarts: u32,
         shm: u64,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, StartError> {
         // Create = ensure. After an agent crash between the shim's Start and the record
         // of it, the shim already runs this container: adopt it, never start a copy
         // (and never touch the writable layer it runs on).
@@ -361,15 +368,15 @@ impl Supervisor {
         // Directory and file work (a writable layer can be large): off the async workers.
         tokio::task::spawn_blocking(move || job.write())
             .await
-            .map_err(|e| format!("writing the bundle: {e}"))??;
+            .map_err(|e| StartError::Join("writing the bundle", e))??;
         // Only directories the image store recorded as unpacked and verified (it
         // unpacks again any that are not, which can take a while: off the runtime).
         let (groups, record) = (self.groups.clone(), image.clone());
         let lower: Vec<String> =
             tokio::task::spawn_blocking(move || groups.images().lower_dirs(&record))
                 .await
-                .map_err(|e| format!("preparing the image layers: {e}"))?
-                .map_err(|e| crate::error::chain(&e))?
+                .map_err(|e| StartError::Join("preparing the image layers", e))?
+                .map_err(StartError::Layers)?
                 .iter()
                 .rev()
                 .map(|d| d.display().to_string())
@@ -386,10 +393,8 @@ impl Supervisor {
         };
         let log = self.log_file(&ctx.id, &c.name, restarts);
         let _ = shim.delete(&c.name, "").await;
-        shim.create(&c.name, &bundle, rootfs, &log)
-            .await
-            .map_err(|e| e.message())?;
-        let pid = shim.start(&c.name, "").await.map_err(|e| e.message())?;
+        shim.create(&c.name, &bundle, rootfs, &log).await?;
+        let pid = shim.start(&c.name, "").await?;
         self.record_started(ctx, c, restarts).await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
         Ok(pid)
@@ -630,16 +635,17 @@ struct BundleJob {
 
 impl BundleJob {
     /// A fresh writable layer and `config.json`.
-    fn write(self) -> Result<(), String> {
+    fn write(self) -> Result<(), StartError> {
         let bundle = &self.bundle;
-        std::fs::create_dir_all(bundle)
-            .map_err(|e| format!("creating {}: {e}", bundle.display()))?;
         let _ = std::fs::remove_dir_all(&self.rw);
-        for d in [self.rw.join("upper"), self.rw.join("work")] {
-            std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        for d in [bundle.clone(), self.rw.join("upper"), self.rw.join("work")] {
+            std::fs::create_dir_all(&d).map_err(|source| StartError::Io {
+                step: "creating",
+                path: d,
+                source,
+            })?;
         }
-        let process = crate::images::process::merge(&self.defaults, &self.container)
-            .map_err(|e| e.to_string())?;
+        let process = crate::images::process::merge(&self.defaults, &self.container)?;
         let etc = self.ctx.dir.etc();
         let config = spec::build(&spec::SpecInputs {
             group_id: &self.ctx.id,
@@ -651,11 +657,14 @@ impl BundleJob {
             etc_dir: &etc,
             volumes: &self.volumes,
             oom_score_adj: self.oom_score_adj,
+        })?;
+        let json = serde_json::to_vec_pretty(&config).map_err(StartError::Encode)?;
+        let path = bundle.join("config.json");
+        std::fs::write(&path, json).map_err(|source| StartError::Io {
+            step: "writing",
+            path,
+            source,
         })
-        .map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-        std::fs::write(bundle.join("config.json"), json)
-            .map_err(|e| format!("writing config.json: {e}"))
     }
 }
 

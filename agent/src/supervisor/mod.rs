@@ -11,6 +11,7 @@ mod containers;
 mod exec;
 mod janitor;
 pub mod monitor;
+mod start_error;
 mod teardown;
 mod transitions;
 
