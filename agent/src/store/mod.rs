@@ -448,7 +448,7 @@ impl Store {
             return Err(self.after_failure(e, seen).into());
         }
         drop(slot);
-        self.set_health(Some(PartHealth::ok("Writable")), None);
+        self.writes_work();
         // Still holding the writer lock: watchers get changes in commit order.
         for c in changes {
             // No receiver is fine: nobody is watching.
@@ -510,6 +510,21 @@ impl Store {
             None,
         );
         e
+    }
+
+    /// A write went through. After a full disk, that alone says little: a small write
+    /// fits in pages redb freed inside its file while a Create still fails, and the
+    /// condition would flap. `StorageFull` is cleared once the filesystem has
+    /// [`FULL_HEADROOM`] free again (or its free space cannot be read).
+    fn writes_work(&self) {
+        let full = {
+            let h = self.health.borrow();
+            !h.write.ok && h.write.reason == "StorageFull"
+        };
+        if full && free_bytes(&self.path).is_some_and(|b| b < FULL_HEADROOM) {
+            return;
+        }
+        self.set_health(Some(PartHealth::ok("Writable")), None);
     }
 
     /// Checks that the store can be read and, while writes fail, whether they work again
@@ -759,6 +774,16 @@ fn is_enospc(e: &std::io::Error) -> bool {
 
 /// "N free of M" for the filesystem holding `path`, from statvfs (what an unprivileged
 /// writer may use).
+/// Free space a filesystem needs before a store that ran out is called writable again:
+/// room for a few groups at the largest spec (1.5 MiB, stored twice with its change).
+const FULL_HEADROOM: u64 = 16 << 20;
+
+/// Bytes available to the agent on the filesystem of the database file.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path.parent().unwrap_or(path)).ok()?;
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
 fn free_space(path: &Path) -> String {
     let dir = path.parent().unwrap_or(path);
     match nix::sys::statvfs::statvfs(dir) {
