@@ -345,7 +345,7 @@ impl Config {
     fn check_user_namespaces(&self) -> Result<(), ConfigError> {
         let u = &self.user_namespaces;
         let range = UserNamespacesConfig::RANGE;
-        if u.first_host_id == 0 || u.first_host_id % range != 0 {
+        if u.first_host_id == 0 || !u.first_host_id.is_multiple_of(range) {
             return Err(ConfigError::Invalid {
                 key: "user_namespaces.first_host_id",
                 message: format!(
