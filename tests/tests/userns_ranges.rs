@@ -33,7 +33,13 @@ fn base(agent: &Agent, name: &str) -> u64 {
 }
 
 fn sleeper(name: &str) -> String {
-    group(name, "Always", &[("app", "sleep 3600")], "")
+    // Stops at once on SIGTERM, so a restart does not wait out the grace period.
+    group(
+        name,
+        "Always",
+        &[("app", "trap 'exit 0' TERM; while :; do sleep 0.2; done")],
+        "",
+    )
 }
 
 fn delete(agent: &Agent, name: &str) {
@@ -90,6 +96,17 @@ fn groups_hold_disjoint_ranges_across_restarts_until_deleted() {
     agent.kill9_and_restart().expect("kill -9 and restart");
     assert_eq!((base(&agent, "userns-a"), base(&agent, "userns-b")), (a, b));
     assert_eq!(ranges_free(&agent), 1022);
+
+    // Restart and Update keep the range.
+    let out = agent.ctl(&["restart", "userns-b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, "userns-b", "Running");
+    assert_eq!(base(&agent, "userns-b"), b, "restart keeps the range");
+    let updated = sleeper("userns-b").replace("sleep 0.2", "sleep 0.3");
+    let out = agent.apply("userns-b", &updated);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(agent.get_json("userns-b").expect("get")["generation"], "2");
+    assert_eq!(base(&agent, "userns-b"), b, "update keeps the range");
 
     // A delete gives the range back, and only then may another group take it.
     delete(&agent, "userns-a");
