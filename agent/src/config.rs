@@ -40,7 +40,43 @@ pub struct Config {
     pub api: ApiConfig,
     pub node: NodeConfig,
     pub runtime: RuntimeConfig,
+    pub user_namespaces: UserNamespacesConfig,
     pub log: LogConfig,
+}
+
+/// User namespaces for groups (issue 14): each group gets its own range of
+/// [`UserNamespacesConfig::RANGE`] host uids and gids from a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserNamespacesConfig {
+    /// Give every group an id range. Off for kernels or filesystems that cannot idmap
+    /// (the agent also detects that at start and reports `unsupported`).
+    pub enabled: bool,
+    /// The first host id of the pool. Greater than 0, so no group's root is host root,
+    /// and a multiple of 65536, so every range is aligned the way `/etc/subuid` ranges
+    /// and container ids (uid >> 16 names the range) usually are. Must not overlap the
+    /// host's own users or `/etc/subuid`: the default (16 × 65536) is above both on
+    /// common distributions.
+    pub first_host_id: u32,
+    /// Ranges in the pool, at least 1: at most this many groups hold one at a time. The
+    /// last id, `first_host_id + ranges * 65536 - 1`, must stay below 2^32 - 1 (uid
+    /// `4294967295` is `(uid_t)-1`, which means "no change" to the kernel).
+    pub ranges: u32,
+}
+
+impl UserNamespacesConfig {
+    /// Ids in one group's range: the 16-bit id space images are built for.
+    pub const RANGE: u32 = eci_runtime::userns::IdRange::GROUP_LEN;
+}
+
+impl Default for UserNamespacesConfig {
+    fn default() -> Self {
+        UserNamespacesConfig {
+            enabled: true,
+            first_host_id: 1_048_576,
+            ranges: 1024,
+        }
+    }
 }
 
 /// How groups are run.
@@ -144,6 +180,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             node: NodeConfig::default(),
             runtime: RuntimeConfig::default(),
+            user_namespaces: UserNamespacesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -283,6 +320,7 @@ impl Config {
                 message: format!("{} is outside -1000..=1000", self.runtime.oom_score_adj),
             });
         }
+        self.check_user_namespaces()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -299,6 +337,41 @@ impl Config {
                 key: "api.tcp_listen",
                 message: "TCP needs api.tls_cert, api.tls_key and api.tls_client_ca (mutual TLS)"
                     .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_user_namespaces(&self) -> Result<(), ConfigError> {
+        let u = &self.user_namespaces;
+        let range = UserNamespacesConfig::RANGE;
+        if u.first_host_id == 0 || !u.first_host_id.is_multiple_of(range) {
+            return Err(ConfigError::Invalid {
+                key: "user_namespaces.first_host_id",
+                message: format!(
+                    "{} must be greater than 0 and a multiple of {range}",
+                    u.first_host_id
+                ),
+            });
+        }
+        if u.ranges == 0 {
+            return Err(ConfigError::Invalid {
+                key: "user_namespaces.ranges",
+                message: "0 is below the minimum of 1".into(),
+            });
+        }
+        // The last id of the pool must be below u32::MAX ((uid_t)-1 means "no change").
+        let end = u64::from(u.first_host_id) + u64::from(u.ranges) * u64::from(range);
+        if end > u64::from(u32::MAX) {
+            return Err(ConfigError::Invalid {
+                key: "user_namespaces.ranges",
+                message: format!(
+                    "{} ranges of {range} ids from {} end at id {}, beyond the largest usable id {}",
+                    u.ranges,
+                    u.first_host_id,
+                    end - 1,
+                    u32::MAX - 1
+                ),
             });
         }
         Ok(())
@@ -343,6 +416,24 @@ mod tests {
         assert!(c.check().is_err());
         let c: Config = toml::from_str("[api]\ntcp_listen = \"0.0.0.0:1\"").expect("parses");
         assert!(c.check().is_err(), "TCP without TLS files");
+        for (toml_text, key) in [
+            ("first_host_id = 0", "user_namespaces.first_host_id"),
+            ("first_host_id = 65537", "user_namespaces.first_host_id"),
+            ("ranges = 0", "user_namespaces.ranges"),
+            (
+                "first_host_id = 65536\nranges = 65535",
+                "user_namespaces.ranges",
+            ),
+        ] {
+            let c: Config =
+                toml::from_str(&format!("[user_namespaces]\n{toml_text}")).expect("parses");
+            let err = c.check().expect_err(toml_text).to_string();
+            assert!(err.contains(key), "{toml_text}: {err}");
+        }
+        // The largest pool that fits: its last id is u32::MAX - 65536.
+        let c: Config = toml::from_str("[user_namespaces]\nfirst_host_id = 65536\nranges = 65534")
+            .expect("parses");
+        c.check().expect("largest pool");
         let c: Config = toml::from_str("[runtime]\nlog_max_files = 1").expect("parses");
         assert!(
             c.check().is_err(),

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::groups::Groups;
 use crate::health::{self, Health};
+use crate::id_ranges::UserNamespaces;
 use crate::images::ImageStore;
 use crate::node::Node;
 use crate::notify;
@@ -106,7 +107,29 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let images =
         ImageStore::open(&cfg.state_dir, store.clone()).context("opening the image store")?;
-    let groups = Arc::new(Groups::new(store, node, images));
+    let userns_cfg = cfg.user_namespaces.clone();
+    let layers = cfg.state_dir.join("layers");
+    let userns = tokio::task::spawn_blocking(move || UserNamespaces::probe(&userns_cfg, &layers))
+        .await
+        .context("probing user namespaces")?;
+    tracing::info!(
+        mode = userns.mode.as_str(),
+        ranges = userns.config.ranges,
+        first_host_id = userns.config.first_host_id,
+        "user namespaces"
+    );
+    let groups = Arc::new(Groups::new(store, node, images).with_user_namespaces(userns));
+    let g = groups.clone();
+    // A failure (a full filesystem, say) is not fatal: the agent still serves, and the
+    // next start tries again.
+    match tokio::task::spawn_blocking(move || g.reconcile_id_ranges()).await {
+        Ok(Ok(r)) if r == Default::default() => {}
+        Ok(Ok(r)) => {
+            tracing::info!(freed = ?r.freed, assigned = ?r.assigned, pool_full_for = ?r.left_without, "id ranges reconciled")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "reconciling id ranges"),
+        Err(e) => tracing::warn!(error = %e, "reconciling id ranges"),
+    }
     let sup = Supervisor::new(groups.clone(), supervisor_config(&cfg)?);
     let (total, _) = groups.store().list_groups()?;
     tracing::info!(

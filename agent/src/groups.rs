@@ -15,6 +15,7 @@ use eci_api::v1::{
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::id_ranges::UserNamespaces;
 use crate::images::{ImageRecord, ImageStore, Reference};
 use crate::node::Node;
 use crate::quantity::{
@@ -53,6 +54,8 @@ pub struct Groups {
     store: Arc<Store>,
     node: Node,
     images: ImageStore,
+    /// Id ranges for groups (off unless [`Groups::with_user_namespaces`] says otherwise).
+    userns: UserNamespaces,
 }
 
 /// Event type names.
@@ -141,7 +144,18 @@ impl Groups {
             store,
             node,
             images,
+            userns: UserNamespaces::default(),
         }
+    }
+
+    /// Sets the id-range pool and the mode the start probe found.
+    pub fn with_user_namespaces(mut self, userns: UserNamespaces) -> Self {
+        self.userns = userns;
+        self
+    }
+
+    pub fn user_namespaces(&self) -> &UserNamespaces {
+        &self.userns
     }
 
     pub fn images(&self) -> &ImageStore {
@@ -264,6 +278,14 @@ impl Groups {
                     events.push(event(&name, WARNING, "FailedScheduling", why));
                 }
                 None => {
+                    // The group's id range, in the transaction that stores it: a full
+                    // pool refuses the Create and nothing is written.
+                    if let Some(pool) = self.userns.pool() {
+                        let slot = tx
+                            .allocate_range(&name, pool)?
+                            .ok_or_else(|| Error::ResourceExhausted(self.userns.pool_full()))?;
+                        status.user_namespace = self.userns.range(slot);
+                    }
                     status.phase = phase::PENDING.into();
                     status.reason = "Scheduled".into();
                     status.message = ADMITTED.into();
@@ -402,6 +424,8 @@ impl Groups {
             status.reason = prev.reason;
             status.message = prev.message;
             status.ip_addresses = prev.ip_addresses;
+            // The id range stays with the group for its whole life.
+            status.user_namespace = prev.user_namespace;
             status.observed_generation = group.generation;
             group.status = Some(status);
             group.spec = Some(spec);

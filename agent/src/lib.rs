@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod groups;
 pub mod health;
+pub mod id_ranges;
 pub mod images;
 pub mod local_h2;
 pub mod logfiles;

@@ -44,7 +44,11 @@ fn resources(s: Size, gpus: u32) -> Resources {
 impl NodeService for NodeApi {
     async fn info(&self, _: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
         let g = self.groups.groups().clone();
-        let (groups, usage) = blocking(move || g.usage_now()).await?;
+        let (groups, usage, held) = blocking(move || {
+            let (groups, usage) = g.usage_now()?;
+            Ok((groups, usage, g.store().ranges()?))
+        })
+        .await?;
         let node = self.groups.groups().node();
         let running = groups
             .iter()
@@ -72,6 +76,7 @@ impl NodeService for NodeApi {
             os: std::env::consts::OS.into(),
             architecture: node.facts.architecture.clone(),
             started_at: self.started_at.clone(),
+            user_namespaces: Some(self.groups.groups().user_namespaces().report(&held)),
         }))
     }
 

@@ -23,6 +23,7 @@
 //! ([`Feed`]).
 
 mod feed;
+mod ranges;
 mod tx;
 
 pub use feed::Feed;
@@ -712,6 +713,7 @@ fn create_tables(db: &Database) -> Result<()> {
         IMAGES.name(),
         LAYERS.name(),
         REFS.name(),
+        ranges::ID_RANGES.name(),
     ];
     if wanted.iter().all(|w| names.iter().any(|n| n == w)) && names.iter().any(|n| n == "meta") {
         return Ok(());
@@ -724,6 +726,7 @@ fn create_tables(db: &Database) -> Result<()> {
     tx.open_table(IMAGES).map_err(db_err)?;
     tx.open_table(REFS).map_err(db_err)?;
     tx.open_table(LAYERS).map_err(db_err)?;
+    tx.open_table(ranges::ID_RANGES).map_err(db_err)?;
     tx.commit().map_err(db_err)
 }
 

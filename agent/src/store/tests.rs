@@ -318,3 +318,59 @@ async fn a_feed_past_the_change_log_is_compacted() {
     }
     assert_eq!(n, CHANGE_LOG_KEEP);
 }
+
+#[test]
+fn id_ranges_take_the_lowest_free_slot_and_a_full_pool_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("state.redb")).expect("open");
+    let take = |name: &str, pool: u32| {
+        s.write(|tx| {
+            let slot = tx.allocate_range(name, pool)?;
+            if slot.is_some() {
+                tx.insert_group(&mut group(name))?;
+            }
+            Ok::<_, StoreError>(slot)
+        })
+        .expect("write")
+    };
+    assert_eq!(take("a", 3), Some(0));
+    assert_eq!(take("b", 3), Some(1));
+    assert_eq!(take("c", 3), Some(2));
+    let rev = s.revision().expect("rev");
+    assert_eq!(take("d", 3), None, "pool of 3 is full");
+    assert_eq!(s.revision().expect("rev"), rev, "nothing written");
+    assert_eq!(s.ranges().expect("ranges").len(), 3);
+    // A group that holds a slot keeps it.
+    assert_eq!(
+        s.write(|tx| tx.allocate_range("b", 3)).expect("again"),
+        Some(1)
+    );
+    // Removing the group record gives the slot back; the lowest free one is reused.
+    s.write(|tx| tx.delete_group("b")).expect("delete");
+    assert_eq!(
+        s.ranges().expect("ranges"),
+        [(0, "a".to_string()), (2, "c".to_string())]
+    );
+    assert_eq!(take("d", 3), Some(1));
+    assert_eq!(take("e", 3), None);
+}
+
+#[test]
+fn an_aborted_write_takes_no_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("state.redb")).expect("open");
+    s.write(|tx| {
+        tx.allocate_range("a", 4)?;
+        tx.insert_group(&mut group("a"))
+    })
+    .expect("a");
+    // The name is taken: the whole transaction, the slot included, is dropped.
+    let err = s
+        .write(|tx| {
+            tx.allocate_range("x", 4)?;
+            tx.insert_group(&mut group("a"))
+        })
+        .expect_err("dup");
+    assert!(matches!(err, StoreError::Exists(_)), "{err}");
+    assert_eq!(s.ranges().expect("ranges"), [(0, "a".to_string())]);
+}

@@ -267,6 +267,13 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
         }
     );
     println!("IP:              {}", st.ip_addresses.join(", "));
+    if let Some(u) = &st.user_namespace {
+        println!(
+            "Host id range:   {}-{} (not enforced yet)",
+            u.host_id_base,
+            u64::from(u.host_id_base) + u64::from(u.size) - 1
+        );
+    }
     println!(
         "Generation:      {} (observed {})",
         g.generation, st.observed_generation

@@ -41,6 +41,19 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
     );
     println!("Cgroup mode:    {}", info.cgroup_mode);
     println!("Sandbox kinds:  {}", info.sandbox_kinds.join(", "));
+    if let Some(u) = &info.user_namespaces {
+        let mut line = format!(
+            "{} ({} of {} id ranges free from host id {})",
+            u.mode, u.ranges_free, u.ranges_total, u.first_host_id
+        );
+        if !u.reason.is_empty() {
+            line.push_str(&format!(": {}", u.reason));
+        }
+        println!("User namespaces: {line}");
+        if !u.enforced {
+            println!("                 not enforced: {}", u.enforced_reason);
+        }
+    }
     println!(
         "Groups:         {} ({} running)",
         info.groups_total, info.groups_running
