@@ -87,6 +87,27 @@ async fn create(c: &mut ContainerGroupsClient<Channel>, name: &str) -> Result<()
     .map(|_| ())
 }
 
+/// Creates groups until one is refused: redb reuses pages it freed inside its file, so a
+/// few writes may still fit on a full filesystem. Returns the names that fitted, then the
+/// refused name and its error.
+async fn exhaust(
+    groups: &mut ContainerGroupsClient<Channel>,
+    prefix: &str,
+) -> (Vec<String>, String, tonic::Status) {
+    let mut fitted = Vec::new();
+    for i in 0..500 {
+        let name = format!("{prefix}-{i}");
+        match create(groups, &name).await {
+            Ok(()) => fitted.push(name),
+            Err(e) => {
+                eprintln!("{i} creates fitted, then: {e}");
+                return (fitted, name, e);
+            }
+        }
+    }
+    panic!("500 creates fitted on a full filesystem");
+}
+
 async fn condition(ch: &Channel, kind: &str) -> NodeCondition {
     let info = NodeClient::new(ch.clone())
         .info(NodeInfoRequest {})
@@ -137,17 +158,8 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     let state = root.join("var/lib/eci");
     // Declared before the agent: dropped after it, so the agent is gone first.
     let tmpfs = Tmpfs::mount(&state, &root, "48m");
-    // Whether the store's small probe write still fits in pages redb freed inside its
-    // file (and so flips StoreWritable back to True while the filesystem is full) depends
-    // on what was written before the fill; the ticker's id-range row is enough to tip it.
-    // This test is about the store, so it runs without id ranges. (A sturdier test
-    // would use up redb's free pages before asserting StorageFull.)
-    let mut agent = Agent::start_on(
-        dir,
-        "[user_namespaces]\nenabled = false\n[node]\ncpu = \"2\"\nmemory = \"4Gi\"\n",
-        &[],
-    )
-    .expect("agent");
+    let mut agent =
+        Agent::start_on(dir, "[node]\ncpu = \"2\"\nmemory = \"4Gi\"\n", &[]).expect("agent");
     let image = oci::Image {
         layers: vec![oci::busybox_layer().expect("busybox-static")],
         cmd: vec!["sh".into()],
@@ -174,21 +186,7 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
     let filler = tmpfs.at.join("filler");
     fill(&filler);
 
-    // redb reuses pages it freed, so a few writes may still fit; then they fail.
-    let mut refused = None;
-    let mut fitted = Vec::new();
-    for i in 0..500 {
-        let name = format!("full-{i}");
-        match create(&mut groups, &name).await {
-            Ok(()) => fitted.push(name),
-            Err(e) => {
-                refused = Some((name, e));
-                break;
-            }
-        }
-    }
-    let (name, err) = refused.expect("a create fails on a full filesystem");
-    eprintln!("{} creates fitted, then: {err}", fitted.len());
+    let (mut fitted, name, err) = exhaust(&mut groups, "full").await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     let msg = err.message();
     assert!(msg.contains(&db.display().to_string()), "{msg}");
@@ -273,7 +271,9 @@ async fn a_full_state_filesystem_degrades_and_recovers_without_restart() {
         .expect("get after a restart while full")
         .into_inner();
     assert_eq!(g.status.expect("status").phase, "Running");
-    let again = create(&mut groups, &name).await.expect_err("still full");
+    // Reopening lets redb reuse pages freed before the crash: a few creates may fit.
+    let (more, _, again) = exhaust(&mut groups, "after-restart").await;
+    fitted.extend(more);
     assert_eq!(again.code(), Code::ResourceExhausted, "{again}");
 
     // The ticker's container dies while the store cannot record it: the supervisor
