@@ -26,6 +26,11 @@ pub fn root() -> bool {
 
 /// Runs `f` on a thread with its own private mount namespace; panics propagate.
 pub fn in_private_mounts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    // One at a time: these tests fork from a multi-threaded harness and exec binaries
+    // whose file capabilities they check; under a loaded CI machine, tests of the same
+    // binary running side by side made one read back an empty status once.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::spawn(move || {
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
         mount(
