@@ -97,6 +97,24 @@ const MAX_LINKS: usize = 40;
 /// `/etc/resolv.conf` pointing into an empty `/run`). Returns an `O_PATH` descriptor to
 /// mount on.
 pub fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, MountError> {
+    ensure_in_root(
+        root,
+        dest,
+        dir,
+        None,
+        ("creating mount point", "opening mount point"),
+    )
+}
+
+/// The resolve-or-create loop of [`open_in_root`] and [`make_dir_in_root`]; `steps`
+/// name the create and open steps in errors.
+fn ensure_in_root(
+    root: &OwnedFd,
+    dest: &Path,
+    dir: bool,
+    owner: Option<(u32, u32)>,
+    (creating, opening): (&'static str, &'static str),
+) -> Result<OwnedFd, MountError> {
     let mut rel = relative(dest);
     for _ in 0..MAX_LINKS {
         if rel.as_os_str().is_empty() {
@@ -105,17 +123,14 @@ pub fn open_in_root(root: &OwnedFd, dest: &Path, dir: bool) -> Result<OwnedFd, M
         if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
             return Ok(fd);
         }
-        match create_missing(root, &rel, dir, None)
-            .map_err(|e| step("creating mount point", dest)(e))?
-        {
+        match create_missing(root, &rel, dir, owner).map_err(|e| step(creating, dest)(e))? {
             Created::Done => {
-                return openat2(root, &rel, in_root(OFlag::O_PATH))
-                    .map_err(step("opening mount point", dest));
+                return openat2(root, &rel, in_root(OFlag::O_PATH)).map_err(step(opening, dest));
             }
             Created::Redirect(next) => rel = next,
         }
     }
-    Err(step("creating mount point", dest)(Errno::ELOOP))
+    Err(step(creating, dest)(Errno::ELOOP))
 }
 
 /// What [`create_missing`] did.
@@ -136,25 +151,13 @@ pub fn make_dir_in_root(
     dest: &Path,
     owner: (u32, u32),
 ) -> Result<OwnedFd, MountError> {
-    let mut rel = relative(dest);
-    for _ in 0..MAX_LINKS {
-        if rel.as_os_str().is_empty() {
-            return openat2(root, ".", in_root(OFlag::O_PATH)).map_err(step("opening", dest));
-        }
-        if let Ok(fd) = openat2(root, &rel, in_root(OFlag::O_PATH)) {
-            return Ok(fd);
-        }
-        match create_missing(root, &rel, true, Some(owner))
-            .map_err(|e| step("creating directory", dest)(e))?
-        {
-            Created::Done => {
-                return openat2(root, &rel, in_root(OFlag::O_PATH))
-                    .map_err(step("opening directory", dest));
-            }
-            Created::Redirect(next) => rel = next,
-        }
-    }
-    Err(step("creating directory", dest)(Errno::ELOOP))
+    ensure_in_root(
+        root,
+        dest,
+        true,
+        Some(owner),
+        ("creating directory", "opening directory"),
+    )
 }
 
 /// Creates the missing components of `rel` one by one below `root`. Each parent is
