@@ -146,25 +146,7 @@ fn follow_reads_across_rotations_every_line_once_in_order() {
     let spec = group("rot", "Always", &[("app", &script)], "");
     assert!(agent.apply("rot", &spec).status.success());
     wait_phase(&agent, "rot", "Running");
-    let mut child = Command::new(eci_tests::bin("ecictl"))
-        .arg("--socket")
-        .arg(agent.socket())
-        .args(["logs", "-f", "rot"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ecictl logs -f");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut child, rx) = follow(&agent, "rot");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut got = Vec::new();
     while Instant::now() < deadline {
@@ -218,26 +200,7 @@ fn follow_moves_on_to_the_next_run_and_ends_with_the_group() {
     let script = "echo run-start; sleep 1; echo run-end; exit 1";
     let spec = group("next", "Always", &[("app", script)], "");
     assert!(agent.apply("next", &spec).status.success());
-    let mut child = Command::new(eci_tests::bin("ecictl"))
-        .arg("--socket")
-        .arg(agent.socket())
-        .args(["logs", "-f", "next"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ecictl logs -f");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-        let _ = tx.send("<eof>".into());
-    });
+    let (mut child, rx) = follow(&agent, "next");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut got = Vec::new();
     while Instant::now() < deadline && got.iter().filter(|l| *l == "run-end").count() < 3 {
@@ -270,4 +233,29 @@ fn follow_moves_on_to_the_next_run_and_ends_with_the_group() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(ended, "logs -f still open after the group was deleted");
+}
+
+/// `ecictl logs -f <name>` with its lines on a channel, then `<eof>` when it ends.
+fn follow(agent: &Agent, name: &str) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(eci_tests::bin("ecictl"))
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["logs", "-f", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ecictl logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("<eof>".into());
+    });
+    (child, rx)
 }
