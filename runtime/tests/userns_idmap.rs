@@ -113,21 +113,12 @@ fn two_groups_get_disjoint_ranges_and_namespaces_they_own() {
 
 #[test]
 fn one_idmapped_layer_serves_two_groups_with_their_own_ids() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let ua = userns::create(IdRange::group(BASE_A)).expect("userns a");
         let ub = userns::create(IdRange::group(BASE_B)).expect("userns b");
         // Group A: idmapped layer attached at a path, classic lowerdir= overlay.
-        let lower_a = d.join("a-lower");
-        std::fs::create_dir(&lower_a).expect("mkdir");
-        idmap::bind(&l, &lower_a, ua.as_fd(), true).expect("idmapped bind a");
-        let (ua_up, ua_work, ma) = upper_work(&d, "a", BASE_A);
-        overlay(&lower_a, &ua_up, &ua_work, &ma);
+        let (lower_a, ma) = idmapped_root(&d, &l, &ua, "a", BASE_A);
         // Group B: idmapped layers kept detached, given to overlayfs by descriptor, top
         // first: a second layer on top replaces one file and adds one owned by 33.
         let top = d.join("top-layer");
@@ -167,19 +158,11 @@ fn one_idmapped_layer_serves_two_groups_with_their_own_ids() {
 
 #[test]
 fn a_process_in_the_userns_writes_as_the_groups_root() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let ns = userns::create(IdRange::group(BASE_A)).expect("userns");
-        let lower = d.join("lower");
-        std::fs::create_dir(&lower).expect("mkdir");
-        idmap::bind(&l, &lower, ns.as_fd(), true).expect("idmapped bind");
-        let (up, work, m) = upper_work(&d, "a", BASE_A);
-        overlay(&lower, &up, &work, &m);
+        let (_lower, m) = idmapped_root(&d, &l, &ns, "a", BASE_A);
+        let up = d.join("a-upper");
         let new = cstr(&m.join("new-file"));
         let lower_file = cstr(&m.join("etc/os-release"));
         let user_file = cstr(&m.join("user-file"));
@@ -225,12 +208,7 @@ fn a_process_in_the_userns_writes_as_the_groups_root() {
 /// inside writes as the group's root and cannot mount or unmount anything.
 #[test]
 fn the_proposed_init_order_works() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let ns = userns::create(IdRange::group(BASE_A)).expect("userns");
         let tree = idmap::idmapped_tree(&l, ns.as_fd(), true).expect("tree");
@@ -363,12 +341,7 @@ fn timing() {
 /// the userns and sees them owned by its own root (and `tty` for a pty of its devpts).
 #[test]
 fn the_proposed_init_order_mounts_proc_sys_and_dev_as_host_root() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         for sub in ["proc", "sys", "dev"] {
             std::fs::create_dir(l.join(sub)).expect("mkdir");
@@ -520,12 +493,7 @@ fn the_proposed_init_order_mounts_proc_sys_and_dev_as_host_root() {
 /// namespace and writes as the group's root.
 #[test]
 fn exec_joins_the_userns_last() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let owned = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
         let ns = userns::create_with(IdRange::group(BASE_A), owned).expect("userns");

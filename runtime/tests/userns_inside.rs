@@ -99,12 +99,7 @@ fn field(status: &str, name: &str) -> String {
 
 #[test]
 fn layer_setuid_and_file_caps_work_for_mapped_users() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let cat = Path::new("/usr/bin/cat");
         for (name, x) in [
@@ -126,11 +121,7 @@ fn layer_setuid_and_file_caps_work_for_mapped_users() {
         assert_eq!(xattr_len(&l.join("capcat3")), 20);
         assert_eq!(xattr_len(&l.join("capcat3b")), 24);
         let ns = userns::create(IdRange::group(BASE_A)).expect("userns");
-        let lower = d.join("lower");
-        std::fs::create_dir(&lower).expect("mkdir");
-        idmap::bind(&l, &lower, ns.as_fd(), true).expect("idmapped bind");
-        let (up, work, m) = upper_work(&d, "a", BASE_A);
-        overlay(&lower, &up, &work, &m);
+        let (lower, m) = idmapped_root(&d, &l, &ns, "a", BASE_A);
         for (where_, base) in [("lower", &lower), ("merged", &m)] {
             let run = |name: &str| status_of(&ns, 1000, &base.join(name), &d.join("out"));
             // v2 (and v3 with rootid 0, which the kernel stores as v2) written by host
@@ -175,12 +166,7 @@ fn layer_setuid_and_file_caps_work_for_mapped_users() {
 
 #[test]
 fn container_mounts_sysctls_and_ports_work_inside_the_userns() {
-    if !root() {
-        return;
-    }
-    let dir = scratch();
-    let d = dir.path().to_path_buf();
-    in_private_mounts(move || {
+    in_scratch_mounts(move |d| {
         let l = layer(&d);
         let ns = userns::create_with(
             IdRange::group(BASE_A),

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,34 @@ pub fn in_private_mounts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     })
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs a privileged test body (skipped unless root) on a scratch dir, in private mounts
+/// (see [`in_private_mounts`]); the dir is removed afterwards from the test's namespace.
+pub fn in_scratch_mounts(f: impl FnOnce(PathBuf) + Send + 'static) {
+    if !root() {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path().to_path_buf();
+    in_private_mounts(move || f(d));
+}
+
+/// A group's root: `layer` bound idmapped to `userns` at `<dir>/<name>-lower`, under an
+/// overlay whose upper dir belongs to `base`. Returns (lower, merged).
+pub fn idmapped_root(
+    dir: &Path,
+    layer: &Path,
+    userns: &OwnedFd,
+    name: &str,
+    base: u32,
+) -> (PathBuf, PathBuf) {
+    let lower = dir.join(format!("{name}-lower"));
+    std::fs::create_dir(&lower).expect("mkdir lower");
+    eci_runtime::idmap::bind(layer, &lower, userns.as_fd(), true).expect("idmapped bind");
+    let (up, work, merged) = upper_work(dir, name, base);
+    overlay(&lower, &up, &work, &merged);
+    (lower, merged)
 }
 
 /// A temp dir others may traverse (ids of a user namespace must reach the mounts).
