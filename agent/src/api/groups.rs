@@ -165,25 +165,12 @@ impl ContainerGroups for GroupsApi {
                     return;
                 }
             }
-            loop {
-                let ev = tokio::select! {
-                    ev = feed.next() => ev,
-                    () = tx.closed() => return,
-                };
-                let ev = match ev {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let last = feed.last();
-                        tracing::info!(error = %e, last, "ending a watch");
-                        let _ = tx.send(Err(watch_ended(e, last))).await;
-                        return;
-                    }
-                };
-                if filter.pass(&ev) && tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
+            let pick = |ev: WatchEvent| filter.pass(&ev).then_some(ev);
+            super::forward_feed(feed, &tx, pick, |e, last| {
+                tracing::info!(error = %e, last, "ending a watch");
+                watch_ended(e, last)
+            })
+            .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -34,3 +34,35 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// What every handler shares.
 pub(crate) type Shared = Arc<crate::supervisor::Supervisor>;
+
+/// Sends every change of `feed` that `pick` maps to a message down `tx`, until the
+/// client goes away or the feed ends; a feed error ends the stream with `ended(error,
+/// last revision sent)`. The one pump behind Watch and Node.Events(follow).
+pub(crate) async fn forward_feed<T>(
+    mut feed: crate::store::Feed,
+    tx: &tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    mut pick: impl FnMut(eci_api::v1::WatchEvent) -> Option<T>,
+    ended: impl FnOnce(crate::store::StoreError, u64) -> tonic::Status,
+) {
+    loop {
+        let ev = tokio::select! {
+            ev = feed.next() => ev,
+            () = tx.closed() => return,
+        };
+        match ev {
+            Ok(Some(ev)) => {
+                if let Some(msg) = pick(ev)
+                    && tx.send(Ok(msg)).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let last = feed.last();
+                let _ = tx.send(Err(ended(e, last))).await;
+                return;
+            }
+        }
+    }
+}

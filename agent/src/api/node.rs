@@ -104,32 +104,16 @@ impl NodeService for NodeApi {
                 return;
             }
             // Every event after the ones sent, exactly once (see Feed).
-            let mut feed = Feed::new(store, rev);
-            loop {
-                let ev = tokio::select! {
-                    ev = feed.next() => ev,
-                    () = tx.closed() => return,
-                };
-                let ev = match ev {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let msg = format!(
-                            "event stream ended after revision {}: {e}; read the events again",
-                            feed.last()
-                        );
-                        let _ = tx.send(Err(Status::out_of_range(msg))).await;
-                        return;
-                    }
-                };
-                let Some(e) = ev.event else { continue };
-                if !r.group.is_empty() && e.group != r.group {
-                    continue;
-                }
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
-            }
+            let pick = |ev: WatchEvent| {
+                ev.event
+                    .filter(|e| r.group.is_empty() || e.group == r.group)
+            };
+            super::forward_feed(Feed::new(store, rev), &tx, pick, |e, last| {
+                Status::out_of_range(format!(
+                    "event stream ended after revision {last}: {e}; read the events again"
+                ))
+            })
+            .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -775,31 +775,35 @@ fn is_enospc(e: &std::io::Error) -> bool {
     )
 }
 
-/// "N free of M" for the filesystem holding `path`, from statvfs (what an unprivileged
-/// writer may use).
 /// Free space a filesystem needs before a store that ran out is called writable again:
 /// room for a few groups at the largest spec (1.5 MiB, stored twice with its change).
 const FULL_HEADROOM: u64 = 16 << 20;
 
-/// Bytes available to the agent on the filesystem of the database file.
-fn free_bytes(path: &Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(path.parent().unwrap_or(path)).ok()?;
-    Some(s.blocks_available().saturating_mul(s.fragment_size()))
+/// (available, total) bytes of the filesystem holding `path`, from statvfs: what an
+/// unprivileged writer may use.
+fn space(path: &Path) -> nix::Result<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path.parent().unwrap_or(path))?;
+    let unit = s.fragment_size();
+    Ok((
+        s.blocks_available().saturating_mul(unit),
+        s.blocks().saturating_mul(unit),
+    ))
 }
 
+fn free_bytes(path: &Path) -> Option<u64> {
+    space(path).ok().map(|(free, _)| free)
+}
+
+/// "N free of M on DIR", for error messages.
 fn free_space(path: &Path) -> String {
-    let dir = path.parent().unwrap_or(path);
-    match nix::sys::statvfs::statvfs(dir) {
-        Ok(s) => {
-            let unit = s.fragment_size();
-            format!(
-                "{} free of {} on {}",
-                crate::quantity::human_memory(s.blocks_available().saturating_mul(unit)),
-                crate::quantity::human_memory(s.blocks().saturating_mul(unit)),
-                dir.display()
-            )
-        }
-        Err(e) => format!("free space of {} unknown: {e}", dir.display()),
+    let dir = path.parent().unwrap_or(path).display();
+    match space(path) {
+        Ok((free, total)) => format!(
+            "{} free of {} on {dir}",
+            crate::quantity::human_memory(free),
+            crate::quantity::human_memory(total),
+        ),
+        Err(e) => format!("free space of {dir} unknown: {e}"),
     }
 }
 
