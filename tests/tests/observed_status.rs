@@ -76,3 +76,66 @@ fn ip_addresses_are_read_from_the_group_netns() {
     let out = agent.ctl(&["delete", &name, "--force"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `ecictl events -w --group G` prints the group's events as they happen, and only its
+/// own: a Restart of the group shows up while it runs; another group's does not.
+#[test]
+fn events_follow_shows_new_events_of_one_group() {
+    use std::io::BufRead;
+    let agent = busybox_agent();
+    let spec = |n: &str| {
+        group(
+            n,
+            "Always",
+            &[("app", "sleep 3600")],
+            "terminationGracePeriodSeconds: 1\n",
+        )
+    };
+    for n in ["evw", "other"] {
+        assert!(agent.apply(n, &spec(n)).status.success());
+        wait_phase(&agent, n, "Running");
+    }
+    let mut child = Command::new(eci_tests::bin("ecictl"))
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["events", "-w", "--group", "evw"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ecictl events -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The history first; then restarts of both groups.
+    std::thread::sleep(Duration::from_millis(500));
+    while rx.try_recv().is_ok() {}
+    for n in ["other", "evw"] {
+        let out = agent.ctl(&["restart", n]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut lines = Vec::new();
+    let seen = (0..100).any(|_| match rx.recv_timeout(Duration::from_millis(100)) {
+        Ok(l) => {
+            let hit = l.contains("evw") && l.contains("Killing");
+            lines.push(l);
+            hit
+        }
+        Err(_) => false,
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "no new event of evw was followed: {lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("other")),
+        "another group's event was followed: {lines:?}"
+    );
+}
