@@ -18,8 +18,7 @@ use crate::error::{Error, Result};
 use crate::groups::Groups;
 
 /// Why `enforced` is false when the mode is not `on`.
-pub const NOT_ENFORCED: &str =
-    "new groups run without a user namespace: container root is host root, held back by capabilities, seccomp and mounts";
+pub const NOT_ENFORCED: &str = "new groups run without a user namespace: container root is host root, held back by capabilities, seccomp and mounts";
 
 /// Whether groups get id ranges on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,17 +423,18 @@ mod tests {
     }
 
     #[test]
-    fn report_counts_only_slots_of_the_pool_and_never_claims_enforcement() {
+    fn report_counts_only_slots_of_the_pool_and_claims_enforcement_only_when_on() {
         let u = on(1 << 20, 2);
         let r = u.report(&[(0, "a".into()), (5, "old".into())]);
         assert_eq!(
             (r.mode.as_str(), r.ranges_total, r.ranges_free),
             ("on", 2, 1)
         );
-        assert!(!r.enforced);
-        assert_eq!(r.enforced_reason, NOT_ENFORCED);
+        assert!(r.enforced && r.enforced_reason.is_empty());
         let off = UserNamespaces::default().report(&[]);
         assert_eq!(off.mode, "off");
+        assert!(!off.enforced);
+        assert_eq!(off.enforced_reason, NOT_ENFORCED);
         assert!(
             off.reason.contains("user_namespaces.enabled"),
             "{}",

@@ -272,8 +272,7 @@ fn build_root(
     };
     mounts::make_private().map_err(m)?;
     match userns {
-        Some((fd, _)) => mounts::mount_overlay_idmapped(rootfs, rootfs_mount, fd)
-            .map_err(|e| format!("{}", chain(e)))?,
+        Some((fd, _)) => mounts::mount_overlay_idmapped(rootfs, rootfs_mount, fd).map_err(chain)?,
         None => mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?,
     }
     let root = mounts::open_root(rootfs_mount).map_err(m)?;
@@ -288,8 +287,7 @@ fn build_root(
     drop(root);
     mounts::pivot_root(rootfs_mount).map_err(m)?;
     for (k, v) in sysctls {
-        let p = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| format!("sysctl {k}: {e}"))?;
+        write_sysctl(k, v, userns.map(|(_, r)| r))?;
     }
     mounts::mask(masked_paths).map_err(m)?;
     mounts::read_only(readonly_paths).map_err(m)?;
@@ -305,8 +303,12 @@ fn build_root(
     .map_err(|e| e.to_string())?;
     let owner = match userns {
         Some((_, range)) => (
-            range.host_id(ids.uid).ok_or_else(|| outside(range, "uid", ids.uid))?,
-            range.host_id(ids.gid).ok_or_else(|| outside(range, "gid", ids.gid))?,
+            range
+                .host_id(ids.uid)
+                .ok_or_else(|| outside(range, "uid", ids.uid))?,
+            range
+                .host_id(ids.gid)
+                .ok_or_else(|| outside(range, "gid", ids.gid))?,
         ),
         None => (ids.uid, ids.gid),
     };
@@ -318,6 +320,27 @@ fn build_root(
         mounts::root_read_only().map_err(m)?;
     }
     Ok(())
+}
+
+/// Writes one sysctl of the container's namespaces through its `/proc`.
+///
+/// The kernel lets only the owner of an IPC namespace, by uid (its user namespace's
+/// root), write the IPC and mqueue sysctls; `net.*` wants `CAP_NET_ADMIN` over the
+/// network namespace, which host root has. So with a user namespace every sysctl but
+/// `net.*` is written with that root as the effective uid, then root again (the
+/// permitted set is kept, so the effective one returns).
+fn write_sysctl(key: &str, value: &str, userns: Option<IdRange>) -> Result<(), String> {
+    let p = format!("/proc/sys/{}", key.replace('.', "/"));
+    let owner = userns.filter(|_| !key.starts_with("net.")).map(|r| r.base);
+    if let Some(uid) = owner {
+        nix::unistd::seteuid(Uid::from_raw(uid))
+            .map_err(|e| format!("seteuid {uid} for sysctl {key}: {e}"))?;
+    }
+    let written = std::fs::write(&p, value).map_err(|e| format!("sysctl {key}: {e}"));
+    if owner.is_some() {
+        nix::unistd::seteuid(Uid::from_raw(0)).map_err(|e| format!("seteuid 0: {e}"))?;
+    }
+    written
 }
 
 fn outside(range: IdRange, what: &str, id: u32) -> String {

@@ -102,7 +102,9 @@ const ID_OPTION_TYPES: &[&str] = &["tmpfs", "devpts"];
 pub fn host_ids(m: &Mount, range: crate::userns::IdRange) -> Mount {
     let typ = m.typ().clone().unwrap_or_default();
     let options = m.options().clone().unwrap_or_default();
-    if !ID_OPTION_TYPES.contains(&typ.as_str()) || options.iter().any(|o| o == "bind" || o == "rbind") {
+    if !ID_OPTION_TYPES.contains(&typ.as_str())
+        || options.iter().any(|o| o == "bind" || o == "rbind")
+    {
         return m.clone();
     }
     let mut out: Vec<String> = Vec::with_capacity(options.len() + 2);

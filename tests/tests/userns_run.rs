@@ -8,7 +8,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use eci_tests::scenario::{busybox_agent, busybox_agent_with, group, group_id, wait_log, wait_phase};
+use eci_tests::scenario::{
+    busybox_agent, busybox_agent_with, group, group_id, wait_log, wait_phase,
+};
 use eci_tests::{Agent, text};
 
 const RANGE: u32 = 65_536;
@@ -167,7 +169,11 @@ fn containers_run_in_their_groups_id_range() {
     assert!(o.contains(&format!("exec=0 _0_{b}_{RANGE}")), "{o}");
     let out = agent.ctl(&["exec", "-t", "uns-run", "-c", "root", "--", "id", "-u"]);
     assert!(out.status.success(), "exec with a terminal: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains('0'), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('0'),
+        "{}",
+        text(&out)
+    );
 
     // Survives an agent crash: the same range, the same processes.
     agent.kill9_and_restart().expect("restart");
@@ -183,7 +189,11 @@ fn containers_run_in_their_groups_id_range() {
     let out = agent.ctl(&["delete", "uns-run", "--force", "--wait", "--timeout", "60s"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(group_processes(&id).is_empty());
-    let ns = agent.root().join("run/eci/groups").join(&id).join("ns/user");
+    let ns = agent
+        .root()
+        .join("run/eci/groups")
+        .join(&id)
+        .join("ns/user");
     assert!(!ns.exists(), "user namespace pin left: {}", ns.display());
 }
 
@@ -211,12 +221,19 @@ fn the_switch_off_is_reported_and_containers_run_as_before() {
     assert_eq!(u["mode"], "off", "{node}");
     assert_eq!(u["enforced"], false, "{node}");
     assert!(
-        u["reason"].as_str().is_some_and(|r| r.contains("enabled = false")),
+        u["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("enabled = false")),
         "{node}"
     );
     let out = agent.apply(
         "uns-off",
-        &group("uns-off", "Always", &[("app", "echo ready; exec sleep 3600")], ""),
+        &group(
+            "uns-off",
+            "Always",
+            &[("app", "echo ready; exec sleep 3600")],
+            "",
+        ),
     );
     assert!(out.status.success(), "{}", text(&out));
     wait_phase(&agent, "uns-off", "Running");

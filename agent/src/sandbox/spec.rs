@@ -11,10 +11,10 @@ use eci_api::v1::{Container, GroupSpec};
 use eci_runtime::capabilities::CapsError;
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxIdMappingBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::images::process::Process;

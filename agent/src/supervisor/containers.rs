@@ -664,13 +664,13 @@ impl BundleJob {
         // takes the upper directory's owner, and new files land with mapped ids.
         if let Some(r) = self.userns {
             for d in [self.rw.join("upper"), self.rw.join("work")] {
-                std::os::unix::fs::lchown(&d, Some(r.base), Some(r.base)).map_err(
-                    |source| StartError::Io {
+                std::os::unix::fs::lchown(&d, Some(r.base), Some(r.base)).map_err(|source| {
+                    StartError::Io {
                         step: "giving the writable layer to the group's user namespace",
                         path: d,
                         source,
-                    },
-                )?;
+                    }
+                })?;
             }
         }
         let process = crate::images::process::merge(&self.defaults, &self.container)?;

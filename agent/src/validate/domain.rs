@@ -83,9 +83,7 @@ impl ContainerSpec {
     /// allowed, which by default it is only inside a user namespace, where a setuid
     /// binary or a file capability gains nothing outside the group's own ids.
     pub fn no_new_privileges(&self, in_user_namespace: bool) -> bool {
-        !self
-            .allow_privilege_escalation
-            .unwrap_or(in_user_namespace)
+        !self.allow_privilege_escalation.unwrap_or(in_user_namespace)
     }
 }
 
