@@ -365,12 +365,22 @@ const NO_SYMLINK_TYPES: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
 /// Opens a bind mount's source: the source itself (a path the agent owns), or, with a
 /// sub-path, that path resolved inside the source as root (created as a directory when
 /// missing, as Kubernetes does for `subPath`).
-fn open_bind_source(source: &Path, sub_path: Option<&Path>) -> Result<OwnedFd, MountError> {
+fn open_bind_source(
+    source: &Path,
+    sub_path: Option<&Path>,
+    owner: Option<(u32, u32)>,
+) -> Result<OwnedFd, MountError> {
     let fd = nix::fcntl::open(source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(step("opening mount source", source))?;
     match sub_path {
         None => Ok(fd),
-        Some(sub) => open_in_root(&fd, sub, true),
+        Some(sub) => ensure_in_root(
+            &fd,
+            sub,
+            true,
+            owner,
+            ("creating mount point", "opening mount point"),
+        ),
     }
 }
 
@@ -386,8 +396,15 @@ fn is_dir(fd: &OwnedFd) -> bool {
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) == SFlag::S_IFDIR)
 }
 
-/// Applies one OCI mount inside the rootfs whose fd is `root`.
-pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
+/// Applies one OCI mount inside the rootfs whose fd is `root`. Directories it creates
+/// (missing mount points, a volume's missing `subPath`) are given to `owner` when set:
+/// root of the group's user namespace, so container root owns them as it would
+/// without one.
+pub fn apply_mount(
+    root: &OwnedFd,
+    m: &Mount,
+    owner: Option<(u32, u32)>,
+) -> Result<(), MountError> {
     let typ = m.typ().clone().unwrap_or_default();
     let opts = parse_options(&m.options().clone().unwrap_or_default());
     let flags = opts.flags;
@@ -398,12 +415,18 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
         refuse_symlinks(root, dest)?;
     }
     let src = if is_bind {
-        Some(open_bind_source(&source, opts.sub_path.as_deref())?)
+        Some(open_bind_source(&source, opts.sub_path.as_deref(), owner)?)
     } else {
         None
     };
     let dir = src.as_ref().is_none_or(is_dir);
-    let target = open_in_root(root, dest, dir)?;
+    let target = ensure_in_root(
+        root,
+        dest,
+        dir,
+        owner,
+        ("creating mount point", "opening mount point"),
+    )?;
     let at = fd_path(&target);
     match &src {
         Some(src) => mount(
