@@ -400,11 +400,7 @@ fn is_dir(fd: &OwnedFd) -> bool {
 /// (missing mount points, a volume's missing `subPath`) are given to `owner` when set:
 /// root of the group's user namespace, so container root owns them as it would
 /// without one.
-pub fn apply_mount(
-    root: &OwnedFd,
-    m: &Mount,
-    owner: Option<(u32, u32)>,
-) -> Result<(), MountError> {
+pub fn apply_mount(root: &OwnedFd, m: &Mount, owner: Option<(u32, u32)>) -> Result<(), MountError> {
     let typ = m.typ().clone().unwrap_or_default();
     let opts = parse_options(&m.options().clone().unwrap_or_default());
     let flags = opts.flags;
