@@ -125,7 +125,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     match tokio::task::spawn_blocking(move || g.reconcile_id_ranges()).await {
         Ok(Ok(r)) if r == Default::default() => {}
         Ok(Ok(r)) => {
-            tracing::info!(freed = ?r.freed, assigned = ?r.assigned, pool_full_for = ?r.left_without, "id ranges reconciled")
+            tracing::info!(freed = ?r.freed, "id ranges reconciled")
         }
         Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "reconciling id ranges"),
         Err(e) => tracing::warn!(error = %e, "reconciling id ranges"),
