@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use eci_api::phase;
 use eci_api::v1::{ContainerGroup, GroupUserNamespace, NodeUserNamespaces};
 use eci_runtime::userns::IdRange;
 
@@ -326,7 +325,7 @@ mod tests {
         // Expiry of a finished group frees its range too.
         g.mutate("b", |grp| {
             let st = grp.status.get_or_insert_with(Default::default);
-            st.phase = phase::FAILED.into();
+            st.phase = eci_api::phase::FAILED.into();
             st.finished_at = crate::clock::now();
             vec![]
         })
