@@ -645,6 +645,43 @@ mod tests {
     }
 
     #[test]
+    fn mount_options_name_host_ids_of_the_range() {
+        let range = crate::userns::IdRange::group(1 << 20);
+        let m = |typ: &str, opts: &[&str]| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/x")
+                .typ(typ)
+                .source(typ)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .expect("mount")
+        };
+        let opts = |mnt: Mount| mnt.options().clone().unwrap_or_default().join(",");
+        assert_eq!(
+            opts(host_ids(
+                &m("devpts", &["newinstance", "gid=5", "mode=0620"]),
+                range
+            )),
+            format!("newinstance,gid={},mode=0620", (1 << 20) + 5)
+        );
+        assert_eq!(
+            opts(host_ids(&m("tmpfs", &["mode=1777", "size=64k"]), range)),
+            format!("mode=1777,size=64k,uid={0},gid={0}", 1 << 20)
+        );
+        // Outside the range: left out (the kernel's default, host root: `nobody` inside),
+        // never the host id of another range.
+        assert_eq!(
+            opts(host_ids(&m("tmpfs", &["uid=70000", "gid=0"]), range)),
+            format!("gid={}", 1 << 20)
+        );
+        // Binds and other types are untouched.
+        let bind = m("bind", &["rbind", "uid=1"]);
+        assert_eq!(host_ids(&bind, range), bind);
+        let proc_ = m("proc", &["nosuid"]);
+        assert_eq!(host_ids(&proc_, range), proc_);
+    }
+
+    #[test]
     fn dangling_links_are_created_inside_the_root() {
         let (_d, root, host, fd) = scratch();
         // Absolute, `..`-laden and chained links to the host's directory.
