@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use eci_api::v1::images_server::Images;
 use eci_api::v1::*;
@@ -9,15 +10,18 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Shared, blocking};
+use crate::caches::{ImageCaches, holder};
 use crate::images::ImageRecord;
 
 pub struct ImagesApi {
     groups: Shared,
+    /// Garbage collection runs after each import.
+    caches: Arc<ImageCaches>,
 }
 
 impl ImagesApi {
-    pub fn new(groups: Shared) -> Self {
-        ImagesApi { groups }
+    pub fn new(groups: Shared, caches: Arc<ImageCaches>) -> Self {
+        ImagesApi { groups, caches }
     }
 }
 
@@ -72,12 +76,7 @@ impl Images for ImagesApi {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = req.into_inner().image;
         let g = self.groups.groups().clone();
-        blocking(move || {
-            let image = g.images().get(&name)?;
-            let user = g.image_user(&image)?;
-            Ok(g.images().remove(&name, |_| user.clone())?)
-        })
-        .await?;
+        blocking(move || Ok(g.images().remove(&name, holder)?)).await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
@@ -116,6 +115,7 @@ impl Images for ImagesApi {
                 .import(std::io::BufReader::new(file), reference.as_deref())?)
         })
         .await?;
+        self.caches.collect_soon();
         Ok(Response::new(ImportImageResponse {
             images: images.into_iter().map(to_wire).collect(),
         }))
