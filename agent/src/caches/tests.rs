@@ -253,8 +253,8 @@ async fn caches_pin_their_images_until_deleted_and_gc_spares_what_is_held() {
     // GC with a zero watermark removes only what nothing holds.
     let removed = caches.collect_images().await.expect("gc");
     assert_eq!(
-        removed.iter().map(|i| i.digest.clone()).collect::<Vec<_>>(),
-        [unused.digest.clone()]
+        removed.iter().map(|i| &i.digest).collect::<Vec<_>>(),
+        [&unused.digest]
     );
     let left: Vec<_> = g
         .images()

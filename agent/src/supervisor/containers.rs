@@ -17,6 +17,9 @@ use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
+/// Each container (init first) with the image it runs.
+type Resolved = Vec<(Container, ImageRecord)>;
+
 /// `<bundle>/exit.json` as the shim writes it.
 #[derive(serde::Deserialize)]
 struct ExitRecord {
@@ -77,7 +80,7 @@ impl Supervisor {
     fn resolve_from_cache(
         &self,
         ctx: &GroupCtx,
-    ) -> Result<Option<(String, Vec<(Container, ImageRecord)>)>, (&'static str, String)> {
+    ) -> Result<Option<(String, Resolved)>, (&'static str, String)> {
         let Some(sel) = ctx.spec.image_cache.as_ref() else {
             return Ok(None);
         };
@@ -152,7 +155,7 @@ impl Supervisor {
         &self,
         ctx: &GroupCtx,
         adopting: bool,
-    ) -> Option<(Vec<(Container, ImageRecord)>, Option<String>)> {
+    ) -> Option<(Resolved, Option<String>)> {
         let first = ctx
             .spec
             .init_containers
