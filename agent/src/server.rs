@@ -55,10 +55,7 @@ async fn routes(
         .add_service(NodeServer::new(NodeApi::new(groups.clone(), health)))
         .add_service(ContainersServer::new(ContainersApi::new(groups.clone())))
         .add_service(MetricsServer::new(MetricsApi::new(groups.clone())))
-        .add_service(ImagesServer::new(ImagesApi::new(
-            groups.clone(),
-            caches.clone(),
-        )))
+        .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
         .add_service(ImageCachesServer::new(CachesApi::new(caches)))
         .add_service(health_svc)
         .add_service(reflection_v1)

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use eci_api::v1::images_server::Images;
 use eci_api::v1::*;
@@ -10,18 +9,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Shared, blocking};
-use crate::caches::{ImageCaches, holder};
+use crate::caches::holder;
 use crate::images::ImageRecord;
 
 pub struct ImagesApi {
     groups: Shared,
-    /// Garbage collection runs after each import.
-    caches: Arc<ImageCaches>,
 }
 
 impl ImagesApi {
-    pub fn new(groups: Shared, caches: Arc<ImageCaches>) -> Self {
-        ImagesApi { groups, caches }
+    pub fn new(groups: Shared) -> Self {
+        ImagesApi { groups }
     }
 }
 
@@ -115,7 +112,6 @@ impl Images for ImagesApi {
                 .import(std::io::BufReader::new(file), reference.as_deref())?)
         })
         .await?;
-        self.caches.collect_soon();
         Ok(Response::new(ImportImageResponse {
             images: images.into_iter().map(to_wire).collect(),
         }))

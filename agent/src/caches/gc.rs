@@ -27,13 +27,23 @@ pub struct ImagesPolicy {
 }
 
 /// Whether `group` (unfinished) names `image` in any container, by a reference the
-/// image has or by its digest.
+/// image has or by its digest, or runs it (`imageId`, set when the group starts: the
+/// image stays even when its reference has moved to another image since).
 fn group_uses(group: &ContainerGroup, image: &ImageRecord) -> bool {
     let phase = group.status.as_ref().map_or("", |s| s.phase.as_str());
     if phase::is_final(phase) {
         return false;
     }
-    group
+    let runs = group
+        .status
+        .iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .chain(&s.container_statuses)
+        })
+        .any(|s| s.image_id == image.digest.as_str());
+    runs || group
         .spec
         .iter()
         .flat_map(|s| s.containers.iter().chain(&s.init_containers))
@@ -110,27 +120,20 @@ impl ImageCaches {
         out
     }
 
-    /// Starts a collection in the background (after an import or pull); failures are
-    /// logged.
-    pub fn collect_soon(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.collect_images().await {
-                tracing::warn!(error = %crate::error::chain(&e), "image garbage collection");
-            }
-        });
-    }
-
     /// The periodic task: expires caches, then collects images, every
-    /// [`ImagesPolicy::interval`] (the first round at once).
+    /// [`ImagesPolicy::interval`] (the first round at once); and collects images as soon
+    /// as one was added (`ImageStore::image_added`: imports, pulls).
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.policy.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                if let Err(e) = me.expire().await {
+                let periodic = tokio::select! {
+                    _ = tick.tick() => true,
+                    () = me.groups.images().added().notified() => false,
+                };
+                if periodic && let Err(e) = me.expire().await {
                     tracing::warn!(error = %crate::error::chain(&e), "expiring image caches");
                 }
                 if let Err(e) = me.collect_images().await {

@@ -364,3 +364,30 @@ async fn expired_caches_are_removed_with_an_event() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_group_holds_the_image_it_runs_after_its_reference_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = groups(dir.path());
+    let old = import(&g, "demo/app:1", "old");
+    g.create(group_spec("web", "demo/app:1")).expect("group");
+    // The group started from `old` (as the supervisor records it) ...
+    g.store()
+        .write(|tx| {
+            let mut group = tx.get_group("web")?.expect("web");
+            let st = group.status.as_mut().expect("status");
+            st.container_statuses[0].image_id = old.digest.to_string();
+            tx.update_group(&mut group)
+        })
+        .expect("status");
+    // ... then the reference moved to another image.
+    let new = import(&g, "demo/app:1", "new");
+    assert_ne!(old.digest, new.digest);
+    let by = g
+        .store()
+        .write(|tx| holder(tx, &g.images().get(old.digest.as_str()).expect("old")))
+        .expect("holder");
+    assert_eq!(by.as_deref(), Some("used by group \"web\""));
+    let by = g.store().write(|tx| holder(tx, &new)).expect("holder");
+    assert_eq!(by.as_deref(), Some("used by group \"web\""), "by reference");
+}

@@ -137,6 +137,9 @@ pub struct ImageStore {
     gc: RwLock<()>,
     /// One unpack per diff id at a time.
     layer_locks: LayerLocks,
+    /// Signalled when an image was added (import, pull): the watermark garbage
+    /// collection (`caches::ImageCaches::spawn_maintenance`) then runs at once.
+    added: tokio::sync::Notify,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -175,10 +178,22 @@ impl ImageStore {
             store,
             gc: RwLock::new(()),
             layer_locks: LayerLocks::default(),
+            added: tokio::sync::Notify::new(),
         };
         // Nothing unpacks yet: any unpack directory is left from a crash.
         images.remove_stale_unpacks()?;
         Ok(images)
+    }
+
+    /// Says that an image was added, so the watermark garbage collection runs soon. A
+    /// puller calls it after it records an image; imports do.
+    pub fn image_added(&self) {
+        self.added.notify_one();
+    }
+
+    /// Woken after [`ImageStore::image_added`].
+    pub fn added(&self) -> &tokio::sync::Notify {
+        &self.added
     }
 
     /// A temp file on the same filesystem as the store, deleted when dropped, for

@@ -191,7 +191,7 @@ impl Supervisor {
         let Some((images, cache)) = self.resolve_images(ctx, false).await else {
             return Ok(());
         };
-        // One transaction for all containers' events: each commit is an fsync.
+        // One transaction for all containers' events.
         let mut pulled: Vec<_> = cache
             .iter()
             .map(|name| {
@@ -208,18 +208,40 @@ impl Supervisor {
             container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
         }));
         // When each image was last used, for garbage collection (least recently used
-        // goes first).
-        let used: Vec<_> = images.iter().map(|(_, i)| i.digest.clone()).collect();
+        // goes first), and which image each container runs (`imageId`), which keeps that
+        // image from garbage collection even if its reference moves to another image.
+        let used: Vec<_> = images
+            .iter()
+            .map(|(c, i)| (c.name.clone(), i.digest.clone()))
+            .collect();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let store = self.groups.store().clone();
-        // Informational: made durable by the next status write.
+        let (store, name) = (self.groups.store().clone(), ctx.name.clone());
+        // Made durable by the next status write; a crash before it starts the group
+        // again, which writes them again.
         let _ = tokio::task::spawn_blocking(move || {
             store.write_lazy(|tx| {
-                for d in &used {
+                for (_, d) in &used {
                     tx.touch_image(d, now)?;
+                }
+                if let Some(mut g) = tx.get_group(&name)?
+                    && g.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase != phase::TERMINATING)
+                {
+                    let st = g.status.get_or_insert_with(Default::default);
+                    for s in st
+                        .init_container_statuses
+                        .iter_mut()
+                        .chain(st.container_statuses.iter_mut())
+                    {
+                        if let Some((_, d)) = used.iter().find(|(c, _)| *c == s.name) {
+                            s.image_id = d.to_string();
+                        }
+                    }
+                    tx.update_group(&mut g)?;
                 }
                 pulled.into_iter().try_for_each(|e| tx.event(e))
             })
