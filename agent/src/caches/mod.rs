@@ -160,8 +160,10 @@ pub struct ImageCaches {
     groups: Arc<Groups>,
     source: Arc<dyn ImageSource>,
     policy: ImagesPolicy,
-    /// Caches a task is filling now, so a resume never starts a second one.
-    filling: Mutex<HashSet<String>>,
+    /// Caches a task is filling now (name, creation time), so a resume never starts a
+    /// second one. The time tells a cache from one deleted and created again under the
+    /// same name while the first task still runs: each task works only on its own.
+    filling: Mutex<HashSet<(String, String)>>,
     /// Set while a garbage collection runs; a request meanwhile is folded into it.
     collecting: std::sync::atomic::AtomicBool,
 }
@@ -281,7 +283,7 @@ impl ImageCaches {
         })
         .await?;
         tracing::info!(cache = %record.name, images = record.images.len(), "image cache created");
-        self.spawn_fill(record.name.clone(), req.credentials);
+        self.spawn_fill(&record, req.credentials);
         Ok(record)
     }
 
@@ -327,50 +329,54 @@ impl ImageCaches {
             if c.had_credentials {
                 self.finish(
                     &c.name,
+                    &c.created_at,
                     Err("the agent restarted while creating this cache, and registry credentials are never stored; delete it and create it again".into()),
                 )
                 .await;
                 continue;
             }
             tracing::info!(cache = %c.name, pinned = c.pinned.len(), "resuming image cache creation");
-            self.spawn_fill(c.name.clone(), Vec::new());
+            self.spawn_fill(&c, Vec::new());
             resumed.push(c.name);
         }
         Ok(resumed)
     }
 
-    fn spawn_fill(self: &Arc<Self>, name: String, credentials: Vec<RegistryCredential>) {
+    fn spawn_fill(self: &Arc<Self>, cache: &CacheRecord, credentials: Vec<RegistryCredential>) {
+        let key = (cache.name.clone(), cache.created_at.clone());
         {
             let mut f = self.filling.lock().unwrap_or_else(PoisonError::into_inner);
-            if !f.insert(name.clone()) {
+            if !f.insert(key.clone()) {
                 return;
             }
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let outcome = me.fill(&name, &credentials).await;
+            let (name, created) = (&key.0, &key.1);
+            let outcome = me.fill(name, created, &credentials).await;
             if let Some(outcome) = outcome {
-                me.finish(&name, outcome).await;
+                me.finish(name, created, outcome).await;
             }
             me.filling
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&name);
+                .remove(&key);
         });
     }
 
-    /// Obtains and pins each image not pinned yet. None when the cache was deleted
-    /// meanwhile; else Ok or the failure message.
+    /// Obtains and pins each image not pinned yet. None when the cache (created at
+    /// `created`) was deleted meanwhile; else Ok or the failure message.
     async fn fill(
         &self,
         name: &str,
+        created: &str,
         credentials: &[RegistryCredential],
     ) -> Option<Result<(), String>> {
         let store = self.groups.store().clone();
         let n = name.to_string();
         let record = match blocking(move || Ok(store.get_cache(&n)?)).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return None,
+            Ok(Some(r)) if r.created_at == created => r,
+            Ok(_) => return None,
             Err(e) => return Some(Err(crate::error::chain(&e))),
         };
         for (i, reference) in record.images.iter().enumerate() {
@@ -387,10 +393,10 @@ impl ImageCaches {
                 }
             };
             let store = self.groups.store().clone();
-            let (n, r) = (name.to_string(), reference.clone());
+            let (n, r, created) = (name.to_string(), reference.clone(), created.to_string());
             let pinned = blocking(move || {
                 store.write(|tx| {
-                    let Some(mut c) = tx.get_cache(&n)? else {
+                    let Some(mut c) = tx.get_cache(&n)?.filter(|c| c.created_at == created) else {
                         return Ok(false);
                     };
                     // The image may have gone between obtaining and pinning it.
@@ -421,14 +427,17 @@ impl ImageCaches {
         Some(Ok(()))
     }
 
-    /// Ends a `Creating` cache as `Ready` or `Failed` (unpinning what it held), with an
-    /// event. A cache deleted meanwhile stays deleted.
-    async fn finish(&self, name: &str, outcome: Result<(), String>) {
+    /// Ends a `Creating` cache (created at `created`) as `Ready` or `Failed` (unpinning
+    /// what it held), with an event. A cache deleted meanwhile stays deleted.
+    async fn finish(&self, name: &str, created: &str, outcome: Result<(), String>) {
         let store = self.groups.store().clone();
-        let n = name.to_string();
+        let (n, created) = (name.to_string(), created.to_string());
         let done = blocking(move || {
             store.write(|tx| {
-                let Some(mut c) = tx.get_cache(&n)? else {
+                let Some(mut c) = tx
+                    .get_cache(&n)?
+                    .filter(|c| c.created_at == created && c.status == CREATING)
+                else {
                     return Ok(());
                 };
                 let e = match &outcome {

@@ -391,3 +391,62 @@ fn a_group_holds_the_image_it_runs_after_its_reference_moved() {
     let by = g.store().write(|tx| holder(tx, &new)).expect("holder");
     assert_eq!(by.as_deref(), Some("used by group \"web\""), "by reference");
 }
+
+/// A source that waits for the test before answering from the store: a slow pull.
+struct Gated {
+    inner: PresentImages,
+    open: tokio::sync::Semaphore,
+}
+
+impl ImageSource for Gated {
+    fn obtain<'a>(
+        &'a self,
+        reference: &'a str,
+        credentials: &'a [RegistryCredential],
+    ) -> BoxFuture<'a, Result<ImageRecord, SourceError>> {
+        Box::pin(async move {
+            let _pass = self
+                .open
+                .acquire()
+                .await
+                .map_err(|e| Box::new(e) as SourceError)?;
+            self.inner.obtain(reference, credentials).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_deleted_and_created_again_while_filling_ends_ready_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = groups(dir.path());
+    import(&g, "demo/a:1", "a");
+    let gated = Arc::new(Gated {
+        inner: PresentImages::new(g.clone()),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let caches = ImageCaches::new(g.clone(), gated.clone(), policy(100, 100));
+    caches
+        .create(request("x", &["demo/a:1"]))
+        .await
+        .expect("first");
+    caches.delete("x").await.expect("delete");
+    // Distinct creation times.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = caches
+        .create(request("x", &["demo/a:1"]))
+        .await
+        .expect("second");
+    assert_eq!(caches.get("x").await.expect("get").status, CREATING);
+    gated.open.add_permits(10);
+    let r = wait_status(&caches, "x", READY).await;
+    assert_eq!(r.created_at, second.created_at);
+    assert_eq!(r.pinned.len(), 1, "pinned once: {r:?}");
+    let readies = g
+        .store()
+        .events(Some(""))
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.reason == "ImageCacheReady")
+        .count();
+    assert_eq!(readies, 1);
+}
