@@ -21,7 +21,7 @@ pub enum ImagesCmd {
     Pull { image: String },
     /// List images.
     Ls,
-    /// Remove an image no group uses.
+    /// Remove an image no group uses and no cache pins.
     Rm { image: String },
     /// Import an OCI image layout archive (tar).
     Import {
@@ -34,7 +34,7 @@ pub enum ImagesCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCmd {
-    /// Pre-pull a named set of images.
+    /// Create a named set of pinned images (answers Creating; see `cache get`).
     Create {
         name: String,
         #[arg(long = "image", required = true)]
