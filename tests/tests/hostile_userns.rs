@@ -1,0 +1,416 @@
+//! Hostile tenant against user namespaces (issue 14): container root is host uid
+//! `base`, never 0. Setuid files it writes or copies up belong to its range on the host
+//! disk (a host user executing one gets `base`, not root); the image's layers stay
+//! root's and unchanged; container root with every capability it may add can neither
+//! mount nor leave its namespaces nor write host-wide sysctls, and its group sysctls
+//! land in its own namespaces only; two groups have disjoint ranges and cannot signal
+//! each other; a tenant racing the agent's rewrite of a configFile volume cannot send
+//! the agent's writes through a link to a host file. Needs root (CI is root).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use eci_tests::scenario::{group, group_id, import, wait_log, wait_phase};
+use eci_tests::{Agent, oci, text, wait_for};
+
+const IMAGE: &str = "127.0.0.1:5000/demo/uns-attack:1";
+const RANGE: u32 = 65_536;
+
+/// An agent with [`IMAGE`]: busybox, `/eci-attack` and its libraries, and
+/// `/suid-image`, a copy of the tool that the image ships setuid root.
+fn agent() -> Agent {
+    let agent = Agent::start("").expect("agent");
+    let tool = eci_tests::bin("eci-attack");
+    let bytes = std::fs::read(&tool).expect("eci-attack");
+    let suid = oci::tar(&[oci::TarEntry::File {
+        path: "suid-image",
+        data: &bytes,
+        mode: 0o4755,
+    }]);
+    let image = oci::Image {
+        layers: vec![
+            oci::busybox_layer().expect("busybox-static"),
+            oci::host_binary_layer(&tool, "eci-attack").expect("eci-attack layer"),
+            suid,
+        ],
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    import(&agent, &image, IMAGE);
+    agent
+}
+
+fn spec(name: &str, containers: &[(&str, &str)], extra: &str) -> String {
+    group(name, "Always", containers, extra).replace(eci_tests::scenario::IMAGE, IMAGE)
+}
+
+fn base(agent: &Agent, name: &str) -> u32 {
+    let g = agent.get_json(name).expect("get");
+    g["status"]["userNamespace"]["hostIdBase"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no userNamespace in status: {g}")) as u32
+}
+
+/// Host pids of the processes in the group's cgroups, with their host uid.
+fn group_processes(id: &str) -> Vec<(i32, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cg.lines().any(|l| l.contains(&format!("/{id}/"))) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX);
+        out.push((pid, uid));
+    }
+    out.sort_unstable();
+    out
+}
+
+fn delete(agent: &Agent, name: &str) {
+    let out = agent.ctl(&["delete", name, "--force", "--wait", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Executes `file` on the host as `nobody` (by descriptor: the agent's directories are
+/// closed to other users) and returns what `eci-attack whoami` printed.
+fn run_as_nobody(file: &Path) -> String {
+    let f = std::fs::File::open(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    // A descriptor that survives exec: the child executes it through /proc/self/fd.
+    let fd = nix::unistd::dup(&f).expect("dup");
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg0("eci-attack").arg("whoami");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("exec as nobody");
+    drop(fd);
+    text(&out)
+}
+
+fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.ends_with(suffix) && p.is_file() {
+            return Some(p);
+        }
+        if e.file_type().ok()?.is_dir()
+            && let Some(f) = find_file(&p, suffix)
+        {
+            return Some(f);
+        }
+    }
+    None
+}
+
+/// Container root makes setuid-root copies of a binary in its writable layer, an
+/// emptyDir and a configFile volume, and copies up the image's own setuid-root file
+/// (and `/etc/passwd`, through `/proc/self/root` too). On the host disk every one of
+/// them belongs to `base`: a host user executing one gets euid `base`, never 0. The
+/// layers on disk keep their files unchanged and owned by root.
+#[test]
+fn setuid_files_of_a_tenant_belong_to_its_range_on_the_host() {
+    let agent = agent();
+    let layers = agent.root().join("var/lib/eci/layers");
+    let image_suid = find_file(&layers, "suid-image").expect("suid-image in a layer");
+    let image_passwd = find_file(&layers, "etc/passwd").expect("passwd in a layer");
+    let (suid_before, passwd_before) = (
+        std::fs::read(&image_suid).expect("read"),
+        std::fs::read(&image_passwd).expect("read"),
+    );
+    let script = "cp /eci-attack /suid-upper && chmod 4755 /suid-upper && chown 0:0 /suid-upper; \
+                  cp /eci-attack /data/suid-empty && chmod 4755 /data/suid-empty; \
+                  cp /eci-attack /conf/suid-conf && chmod 4755 /conf/suid-conf; \
+                  chmod 4755 /suid-image && touch /suid-image; \
+                  echo 'evil:x:0:0::/:/bin/sh' >> /etc/passwd; \
+                  echo 'evil:x:0:' >> /proc/self/root/etc/group; \
+                  echo inside=$(/suid-upper whoami); \
+                  echo ready; exec sleep 3600";
+    let volumes = "volumes:\n- name: scratch\n  emptyDir: {}\n\
+                   - name: conf\n  configFile:\n    files:\n    - {path: a.conf, content: \"k=v\"}\n";
+    let s = spec("uns-suid", &[("app", script)], volumes).replace(
+        "  command:",
+        "  volumeMounts: [{name: scratch, mountPath: /data}, {name: conf, mountPath: /conf}]\n  command:",
+    );
+    let out = agent.apply("uns-suid", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "uns-suid", "app", "ready");
+    let b = base(&agent, "uns-suid");
+    assert!(b > 0);
+    let id = group_id(&agent, "uns-suid");
+    let state = agent.root().join("var/lib/eci/groups").join(&id);
+    let upper = state.join("app/upper");
+    let files = [
+        upper.join("suid-upper"),
+        upper.join("suid-image"),
+        state.join(".volumes/scratch/suid-empty"),
+        agent
+            .root()
+            .join("run/eci/groups")
+            .join(&id)
+            .join("volumes/conf/suid-conf"),
+    ];
+    for f in &files {
+        let m = std::fs::metadata(f).unwrap_or_else(|e| panic!("{}: {e}\n{l}", f.display()));
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (b, b),
+            "{} on the host disk: {l}",
+            f.display()
+        );
+        assert_ne!(m.mode() & 0o4000, 0, "{} kept its setuid bit", f.display());
+        let who = run_as_nobody(f);
+        assert!(
+            who.contains(&format!("ruid=65534 euid={b}")),
+            "{} executed by nobody on the host: {who}",
+            f.display()
+        );
+    }
+    for f in ["etc/passwd", "etc/group"] {
+        let m = std::fs::metadata(upper.join(f)).expect(f);
+        assert_eq!((m.uid(), m.gid()), (b, b), "copied-up {f}");
+    }
+    // The shared layers: unchanged, still root's.
+    for (f, before, mode) in [
+        (&image_suid, &suid_before, 0o4755),
+        (&image_passwd, &passwd_before, 0o644),
+    ] {
+        let m = std::fs::metadata(f).expect("layer file");
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{}", f.display());
+        assert_eq!(m.mode() & 0o7777, mode, "{}", f.display());
+        assert_eq!(&std::fs::read(f).expect("read"), before, "{}", f.display());
+    }
+    delete(&agent, "uns-suid");
+}
+
+/// The user namespace a namespace file belongs to, as (dev, ino).
+fn owner_of(ns: &Path) -> (u64, u64) {
+    let f = std::fs::File::open(ns).expect("ns");
+    // NS_GET_USERNS = _IO(0xb7, 0x1)
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::ioctl(f.as_raw_fd(), 0xb701) };
+    assert!(fd >= 0, "NS_GET_USERNS {}", ns.display());
+    // SAFETY: the kernel just returned this descriptor to us, it is ours to own.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let m = std::fs::File::from(owned).metadata().expect("fstat");
+    (m.dev(), m.ino())
+}
+
+fn ns_id(p: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(p).expect("ns");
+    (m.dev(), m.ino())
+}
+
+/// Container root with every capability a container may add tries to mount, unmount,
+/// `pivot_root`, make a user namespace of its own (and mount in it), join namespaces,
+/// write host-wide sysctls and use ids outside its range: all refused. From the host:
+/// its mount and pid namespaces belong to the initial user namespace (container root
+/// has no power over them), its network namespace to the group's. A group sysctl is
+/// seen inside and not on the host.
+#[test]
+fn container_root_with_every_capability_stays_in_its_namespaces() {
+    let agent = agent();
+    let host_msgmax = std::fs::read_to_string("/proc/sys/kernel/msgmax").expect("msgmax");
+    let host_core = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core");
+    let want_msgmax = if host_msgmax.trim() == "12345" {
+        "12346"
+    } else {
+        "12345"
+    };
+    let script = "/eci-attack userns; echo msgmax=$(cat /proc/sys/kernel/msgmax); \
+                  echo ready; exec sleep 3600";
+    let extra = format!(
+        "securityContext:\n  sysctls: [{{name: kernel.msgmax, value: \"{want_msgmax}\"}}]\n"
+    );
+    let s = spec("uns-caps", &[("app", script)], &extra).replace(
+        "  command:",
+        "  securityContext: {capabilities: {add: [IPC_LOCK, SYS_PTRACE]}}\n  command:",
+    );
+    let out = agent.apply("uns-caps", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "uns-caps", "app", "ready");
+    assert!(l.contains("userns-done"), "{l}");
+    for attempt in [
+        "mount_tmpfs",
+        "remount_root_rw",
+        "umount_proc",
+        "pivot_root",
+        "unshare_user",
+        "unshare_mount",
+        "userns_then_mount",
+        "sysctl_core_pattern",
+        "sysctl_drop_caches",
+        "sysctl_file_max",
+        "setns_mnt",
+        "setns_pid",
+        "setns_user",
+        "chown_to_unmapped",
+        "setuid_unmapped",
+    ] {
+        let line = l
+            .lines()
+            .find(|x| x.contains(&format!("{attempt}: ")))
+            .unwrap_or_else(|| panic!("{attempt} not tried: {l}"));
+        assert!(!line.ends_with(": ok"), "{line}\n{l}");
+    }
+    assert!(l.contains(&format!("msgmax={want_msgmax}")), "{l}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax").expect("msgmax"),
+        host_msgmax,
+        "the group's sysctl reached the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core"),
+        host_core
+    );
+    let b = base(&agent, "uns-caps");
+    let id = group_id(&agent, "uns-caps");
+    let procs = group_processes(&id);
+    assert!(!procs.is_empty());
+    let initial = ns_id(Path::new("/proc/self/ns/user"));
+    for (pid, uid) in &procs {
+        assert!(*uid >= b && *uid < b + RANGE, "{pid} runs as {uid}");
+        let p = PathBuf::from(format!("/proc/{pid}/ns"));
+        let own_user = ns_id(&p.join("user"));
+        assert_ne!(own_user, initial, "{pid} is in the initial user namespace");
+        assert_eq!(owner_of(&p.join("mnt")), initial, "mount ns of {pid}");
+        assert_eq!(owner_of(&p.join("pid")), initial, "pid ns of {pid}");
+        assert_eq!(owner_of(&p.join("net")), own_user, "net ns of {pid}");
+    }
+    delete(&agent, "uns-caps");
+}
+
+/// Two groups, both root inside with `KILL` and `SYS_PTRACE`: disjoint host ranges, and
+/// root of one killing every process it can reach (`kill -9 -1`) leaves the other
+/// group's processes alone.
+#[test]
+fn two_groups_have_disjoint_ranges_and_cannot_signal_each_other() {
+    let agent = agent();
+    let caps = "  securityContext: {capabilities: {add: [SYS_PTRACE]}}\n  command:";
+    let b_spec =
+        spec("uns-b", &[("app", "echo ready; exec sleep 3600")], "").replace("  command:", caps);
+    let out = agent.apply("uns-b", &b_spec);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "uns-b", "app", "ready");
+    let b_id = group_id(&agent, "uns-b");
+    let before = group_processes(&b_id);
+    assert!(!before.is_empty());
+    let a_script = "sleep 100 & echo seen=$(ls /proc | grep -c '^[0-9]'); kill -9 -1; \
+                    echo killed; exec sleep 3600";
+    let a_spec = spec("uns-a", &[("app", a_script)], "").replace("  command:", caps);
+    let out = agent.apply("uns-a", &a_spec);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "uns-a", "app", "killed");
+    let (a, b) = (base(&agent, "uns-a"), base(&agent, "uns-b"));
+    assert!(a.abs_diff(b) >= RANGE, "ranges overlap: {a} and {b}");
+    for (pid, uid) in group_processes(&group_id(&agent, "uns-a")) {
+        assert!(uid >= a && uid < a + RANGE, "{pid} of uns-a runs as {uid}");
+    }
+    // It saw only its own processes (sh, sleep, ls and grep at most).
+    let seen: u32 = l
+        .lines()
+        .find_map(|x| x.split("seen=").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u32::MAX);
+    assert!(seen <= 4, "{l}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(group_processes(&b_id), before, "uns-b was touched");
+    wait_phase(&agent, "uns-b", "Running");
+    delete(&agent, "uns-a");
+    delete(&agent, "uns-b");
+}
+
+/// A tenant keeps its configFile volume (mounted read-write) full of fresh entries and
+/// keeps `app.conf` a link to a host file while the agent rewrites the volume: an
+/// Update that renames the container (the old one is not stopped first) makes the
+/// agent remove and rewrite the volume under the running racer. The removal failed
+/// with `ENOTEMPTY`, which was ignored, so the write and chmod of `app.conf` went
+/// through the tenant's link to the host. The host file stays as it was.
+#[test]
+fn a_tenant_racing_the_agent_cannot_send_config_file_writes_to_the_host() {
+    let agent = agent();
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("victim");
+    std::fs::write(&victim, "original\n").expect("victim");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let script = format!("exec /eci-attack race /conf app.conf {}", victim.display());
+    let volumes = "volumes:\n- name: conf\n  configFile:\n    files:\n    - {path: app.conf, content: \"PWNED\"}\n";
+    let spec_round = |k: u32| {
+        spec("uns-race", &[(&format!("racer{k}"), &script)], volumes).replace(
+            "  command:",
+            "  volumeMounts: [{name: conf, mountPath: /conf}]\n  command:",
+        )
+    };
+    let out = agent.apply("uns-race", &spec_round(0));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "uns-race", "racer0", "racing");
+    let id = group_id(&agent, "uns-race");
+    for round in 1..=4 {
+        let out = agent.apply("uns-race", &spec_round(round));
+        assert!(out.status.success(), "{}", text(&out));
+        // The Update rewrote the volume, or refused to (the group then says why).
+        let _ = wait_for(Duration::from_secs(20), || {
+            let l = eci_tests::scenario::logs(&agent, "uns-race", &format!("racer{round}"));
+            (l.contains("racing") || eci_tests::scenario::phase(&agent, "uns-race") == "Failed")
+                .then_some(())
+        });
+        let conf = agent
+            .root()
+            .join("run/eci/groups")
+            .join(&id)
+            .join("volumes/conf");
+        eprintln!(
+            "DEBUG round {round} procs {:?} entries {:?} phase {}",
+            group_processes(&id),
+            std::fs::read_dir(&conf).map(|d| d.count()).ok(),
+            eci_tests::scenario::phase(&agent, "uns-race")
+        );
+        for (pid, _) in group_processes(&id) {
+            let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+            eprintln!(
+                "DEBUG {pid} {:?} {:?}",
+                mi.lines()
+                    .filter(|l| l.contains(" /conf "))
+                    .collect::<Vec<_>>(),
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+            );
+        }
+        eprintln!(
+            "DEBUG ls {:?}",
+            std::fs::read_dir(&conf)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+        let m = std::fs::metadata(&victim).expect("victim");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "original\n",
+            "round {round}: the agent wrote a tenant's configFile through its link"
+        );
+        assert_eq!(m.mode() & 0o7777, 0o600, "round {round}: mode changed");
+        assert_eq!((m.uid(), m.gid()), (0, 0), "round {round}: owner changed");
+    }
+    delete(&agent, "uns-race");
+    assert!(
+        group_processes(&id).is_empty(),
+        "processes of the deleted group remain: {:?}",
+        group_processes(&id)
+    );
+}
