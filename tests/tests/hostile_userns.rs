@@ -339,48 +339,101 @@ fn two_groups_have_disjoint_ranges_and_cannot_signal_each_other() {
 }
 
 /// A tenant keeps its configFile volume (mounted read-write) full of fresh entries and
-/// keeps `app.conf` a link to a host file while the agent rewrites the volume: an
-/// Update that renames the container (the old one is not stopped first) makes the
-/// agent remove and rewrite the volume under the running racer. The removal failed
-/// with `ENOTEMPTY`, which was ignored, so the write and chmod of `app.conf` went
-/// through the tenant's link to the host. The host file stays as it was.
+/// keeps `app.conf` a link to a host file while the agent rewrites the volume: an agent
+/// that restarts while an init container runs starts the group over (and so rewrites
+/// its configFile volumes) under that running init container. The removal of the old
+/// directory then failed with `ENOTEMPTY`, which was ignored, and the write and chmod
+/// of `app.conf` went through the tenant's link to the host (checked: round 1 or 2).
+/// The host file stays as it was.
 #[test]
 fn a_tenant_racing_the_agent_cannot_send_config_file_writes_to_the_host() {
-    let agent = agent();
+    let mut agent = agent();
     let victim_dir = tempfile::tempdir().expect("tempdir");
     let victim = victim_dir.path().join("victim");
     std::fs::write(&victim, "original\n").expect("victim");
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let script = format!("exec /eci-attack race /conf app.conf {}", victim.display());
     let volumes = "volumes:\n- name: conf\n  configFile:\n    files:\n    - {path: app.conf, content: \"PWNED\"}\n";
-    let spec_round = |k: u32| {
-        spec("uns-race", &[(&format!("racer{k}"), &script)], volumes).replace(
-            "  command:",
-            "  volumeMounts: [{name: conf, mountPath: /conf}]\n  command:",
+    // Two racing groups (all the node's CPUs): two tries at each agent restart.
+    let names = ["uns-race1", "uns-race2"];
+    let mut confs = Vec::new();
+    for name in names {
+        let s = spec(name, &[("app", "sleep 3600")], volumes)
+            .replace(
+            "containers:\n",
+            &format!(
+                "initContainers:\n- name: racer\n  image: {IMAGE}\n  imagePullPolicy: IfNotPresent\n  \
+                 volumeMounts: [{{name: conf, mountPath: /conf}}]\n  command: [\"/bin/sh\", \"-c\"]\n  args: [{}]\ncontainers:\n",
+                serde_json::to_string(&script).expect("json")
+            ),
+        );
+        let out = agent.apply(name, &s);
+        assert!(out.status.success(), "{}", text(&out));
+        wait_log(&agent, name, "racer", "racing");
+        let conf = agent
+            .root()
+            .join("run/eci/groups")
+            .join(group_id(&agent, name))
+            .join("volumes/conf");
+        let ino = std::fs::metadata(&conf).map(|m| m.ino()).ok();
+        confs.push((conf, ino));
+    }
+    agent.kill9_and_restart().expect("restart");
+    // The agent started each group over: a new volume directory stands there.
+    let rewritten = wait_for(Duration::from_secs(20), || {
+        confs
+            .iter()
+            .all(|(conf, before)| {
+                let now = std::fs::metadata(conf).map(|m| m.ino()).ok();
+                now.is_some() && now != *before
+            })
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let m = std::fs::metadata(&victim).expect("victim");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "original\n",
+        "the agent wrote a tenant's configFile through its link"
+    );
+    assert_eq!(m.mode() & 0o7777, 0o600, "mode changed");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "owner changed");
+    assert!(rewritten.is_some(), "the volumes were not rewritten");
+    for name in names {
+        let id = group_id(&agent, name);
+        delete(&agent, name);
+        assert!(group_processes(&id).is_empty());
+    }
+}
+
+/// An Update that renames a container stops the old one: it does not run on, unseen,
+/// next to the new spec's containers (it did, and it could then race the rewrite of
+/// the group's volumes).
+#[test]
+fn an_update_that_drops_a_container_stops_it() {
+    let agent = agent();
+    let s = |c: &str| {
+        spec(
+            "uns-drop",
+            &[(c, "echo ready; exec sleep 3600")],
+            "terminationGracePeriodSeconds: 1\n",
         )
     };
-    let out = agent.apply("uns-race", &spec_round(0));
+    let out = agent.apply("uns-drop", &s("old"));
     assert!(out.status.success(), "{}", text(&out));
-    wait_log(&agent, "uns-race", "racer0", "racing");
-    let id = group_id(&agent, "uns-race");
-    for round in 1..=4 {
-        let out = agent.apply("uns-race", &spec_round(round));
-        assert!(out.status.success(), "{}", text(&out));
-        // The Update rewrote the volume: the new racer runs on it.
-        wait_log(&agent, "uns-race", &format!("racer{round}"), "racing");
-        let m = std::fs::metadata(&victim).expect("victim");
-        assert_eq!(
-            std::fs::read_to_string(&victim).expect("victim"),
-            "original\n",
-            "round {round}: the agent wrote a tenant's configFile through its link"
-        );
-        assert_eq!(m.mode() & 0o7777, 0o600, "round {round}: mode changed");
-        assert_eq!((m.uid(), m.gid()), (0, 0), "round {round}: owner changed");
-    }
-    delete(&agent, "uns-race");
-    assert!(
-        group_processes(&id).is_empty(),
-        "processes of the deleted group remain: {:?}",
-        group_processes(&id)
+    wait_log(&agent, "uns-drop", "old", "ready");
+    let id = group_id(&agent, "uns-drop");
+    let before = group_processes(&id);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let out = agent.apply("uns-drop", &s("new"));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "uns-drop", "new", "ready");
+    let now = group_processes(&id);
+    assert_eq!(
+        now.len(),
+        1,
+        "the dropped container still runs: {before:?} {now:?}"
     );
+    assert_ne!(now, before);
+    delete(&agent, "uns-drop");
 }
