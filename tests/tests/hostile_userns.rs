@@ -18,9 +18,12 @@ use eci_tests::{Agent, oci, text, wait_for};
 
 const IMAGE: &str = "127.0.0.1:5000/demo/uns-attack:1";
 const RANGE: u32 = 65_536;
+/// `CAP_DAC_OVERRIDE` and `CAP_NET_RAW`: the image's file capability on `/cap-image`.
+const IMAGE_CAPS: u32 = 1 << 1 | 1 << 13;
 
-/// An agent with [`IMAGE`]: busybox, `/eci-attack` and its libraries, and
-/// `/suid-image`, a copy of the tool that the image ships setuid root.
+/// An agent with [`IMAGE`]: busybox, `/eci-attack` and its libraries, `/suid-image`, a
+/// copy of the tool that the image ships setuid root, and `/cap-image`, a copy with
+/// every file capability.
 fn agent() -> Agent {
     let agent = Agent::start("").expect("agent");
     let tool = eci_tests::bin("eci-attack");
@@ -30,11 +33,28 @@ fn agent() -> Agent {
         data: &bytes,
         mode: 0o4755,
     }]);
+    // `/cap-image`: the tool again, with `CAP_DAC_OVERRIDE` and `CAP_NET_RAW` as the
+    // image's (revision 2) file capability.
+    let mut caps = Vec::new();
+    for w in [0x0200_0001u32, IMAGE_CAPS, 0, 0, 0] {
+        caps.extend_from_slice(&w.to_le_bytes());
+    }
+    let cap_layer = oci::tar(&[
+        oci::TarEntry::Pax {
+            records: &[("SCHILY.xattr.security.capability", &caps)],
+        },
+        oci::TarEntry::File {
+            path: "cap-image",
+            data: &bytes,
+            mode: 0o755,
+        },
+    ]);
     let image = oci::Image {
         layers: vec![
             oci::busybox_layer().expect("busybox-static"),
             oci::host_binary_layer(&tool, "eci-attack").expect("eci-attack layer"),
             suid,
+            cap_layer,
         ],
         cmd: vec!["sh".into()],
         ..Default::default()
@@ -198,7 +218,86 @@ fn setuid_files_of_a_tenant_belong_to_its_range_on_the_host() {
         assert_eq!(m.mode() & 0o7777, mode, "{}", f.display());
         assert_eq!(&std::fs::read(f).expect("read"), before, "{}", f.display());
     }
+    // The control: the layer's own setuid-root file does make nobody root on the host
+    // (the state directory, mode 0700, keeps host users away from it), so the checks
+    // above would have seen a root-owned copy.
+    let who = run_as_nobody(&image_suid);
+    assert!(who.contains("ruid=65534 euid=0"), "{who}");
     delete(&agent, "uns-suid");
+}
+
+/// The `security.capability` of `f` as 32-bit words, empty without one.
+fn caps_of(f: &Path) -> Vec<u32> {
+    xattr::get(f, "security.capability")
+        .expect("getxattr")
+        .unwrap_or_default()
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// Container root (with `SETFCAP`, a default capability) gives a file in its writable
+/// layer and in an emptyDir every file capability, and copies up the image's own
+/// file-capability binary. On the host each is a revision-3 capability whose root is
+/// `base`: executed by a host user, it grants nothing. The layer keeps its revision 2.
+#[test]
+fn file_capabilities_of_a_tenant_grant_nothing_on_the_host() {
+    let agent = agent();
+    let layers = agent.root().join("var/lib/eci/layers");
+    let image_cap = find_file(&layers, "cap-image").expect("cap-image in a layer");
+    let script = "cp /eci-attack /cap-upper && /eci-attack setcap /cap-upper; \
+                  cp /eci-attack /data/cap-empty && /eci-attack setcap /data/cap-empty; \
+                  chmod 755 /cap-image; \
+                  echo image=$(/cap-image whoami); \
+                  echo ready; exec sleep 3600";
+    let s = spec(
+        "uns-fcaps",
+        &[("app", script)],
+        "volumes:\n- name: scratch\n  emptyDir: {}\n",
+    )
+    .replace(
+        "  command:",
+        "  volumeMounts: [{name: scratch, mountPath: /data}]\n  command:",
+    );
+    let out = agent.apply("uns-fcaps", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "uns-fcaps", "app", "ready");
+    assert_eq!(l.matches("setcap: ok").count(), 2, "{l}");
+    let b = base(&agent, "uns-fcaps");
+    let id = group_id(&agent, "uns-fcaps");
+    let state = agent.root().join("var/lib/eci/groups").join(&id);
+    for f in [
+        state.join("app/upper/cap-upper"),
+        state.join("app/upper/cap-image"),
+        state.join(".volumes/scratch/cap-empty"),
+    ] {
+        let words = caps_of(&f);
+        assert_eq!(
+            words.first().map(|w| w >> 24),
+            Some(3),
+            "{}: a namespaced (revision 3) capability: {words:x?}",
+            f.display()
+        );
+        assert_eq!(words.get(5), Some(&b), "{}: its root is base", f.display());
+        let who = run_as_nobody(&f);
+        assert!(
+            who.contains("ruid=65534 euid=65534 capeff=0000000000000000"),
+            "{} executed by nobody on the host: {who}",
+            f.display()
+        );
+    }
+    let words = caps_of(&image_cap);
+    assert_eq!(words.len(), 5, "the layer keeps its revision 2: {words:x?}");
+    assert_eq!(words[0], 0x0200_0001);
+    // The control: the layer's own file does grant its capabilities on the host (the
+    // state directory, mode 0700, keeps host users away from it), so the check above
+    // would have seen them.
+    let who = run_as_nobody(&image_cap);
+    assert!(
+        who.contains("ruid=65534 euid=65534 capeff=0000000000002002"),
+        "the layer's file executed by nobody: {who}"
+    );
+    delete(&agent, "uns-fcaps");
 }
 
 /// The user namespace a namespace file belongs to, as (dev, ino).

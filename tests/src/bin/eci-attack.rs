@@ -7,12 +7,14 @@
 //!   Lines are appended to OUT as they happen, so they survive the shim's death.
 //! - `eci-attack syscalls`: tries calls the default seccomp profile must refuse (and a
 //!   few it must allow) and prints `name: ok` or `name: <errno>` per call.
-//! - `eci-attack whoami`: prints `ruid=<r> euid=<e>` (run setuid from the host, it shows
+//! - `eci-attack whoami`: prints `ruid=<r> euid=<e> capeff=<hex>` (run setuid from the host, it shows
 //!   whose privileges a tenant's setuid file grants there).
 //! - `eci-attack race DIR NAME TARGET`: keeps `DIR/NAME` a symlink to `TARGET` and keeps
 //!   adding fresh entries to DIR, so that a host process emptying DIR (the agent
 //!   rewriting a configFile volume) meets `ENOTEMPTY` and then a planted link. Exits 1
 //!   when DIR is no longer the mount it started on (the volume was replaced).
+//! - `eci-attack setcap FILE`: gives FILE every capability, permitted and effective, as
+//!   a revision-2 `security.capability` (what `setcap =ep` writes).
 //! - `eci-attack userns`: container root, in its group's user namespace, tries to leave
 //!   it: mounts, `pivot_root`, new user and mount namespaces, host-wide sysctls, and the
 //!   group's and the host's namespaces by `setns`; prints `name: ok` or `name: <errno>`.
@@ -37,9 +39,14 @@ fn main() {
         Some("whoami") => {
             // SAFETY: getuid/geteuid cannot fail and touch no memory.
             let (r, e) = unsafe { (libc::getuid(), libc::geteuid()) };
-            println!("ruid={r} euid={e}");
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            println!(
+                "ruid={r} euid={e} capeff={}",
+                status_field(&status, "CapEff:")
+            );
         }
         Some("userns") => userns(),
+        Some("setcap") if args.len() == 2 => setcap(&args[1]),
         Some("race") if args.len() == 4 => race(&args[1], &args[2], &args[3]),
         _ => {
             eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds | whoami | userns");
@@ -410,4 +417,21 @@ fn race(dir: &str, name: &str, target: &str) {
             std::process::exit(1);
         }
     }
+}
+
+fn setcap(file: &str) {
+    // Revision 2 with the effective flag; permitted: all 41 capabilities.
+    let mut v = Vec::with_capacity(20);
+    for w in [0x0200_0001u32, 0xffff_ffff, 0, 0x1ff, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(file).expect("no nul");
+    let name = c"security.capability";
+    attempt("setcap", || {
+        // SAFETY: valid strings and a buffer of the given length, all outliving the call.
+        unsafe {
+            libc::setxattr(path.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0)
+                as libc::c_long
+        }
+    });
 }
