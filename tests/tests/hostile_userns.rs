@@ -536,3 +536,75 @@ fn an_update_that_drops_a_container_stops_it() {
     assert_ne!(now, before);
     delete(&agent, "uns-drop");
 }
+
+/// Container root plants links to a host file where the agent chowns and chmods: the
+/// root of its writable layer, its emptyDir (and a directory in it), its configFile
+/// volume. Its container restarts (a fresh writable layer), the agent crashes and
+/// starts again, and an Update recreates every container: the agent's `lchown`s and
+/// mode changes never follow a link, and the host file keeps its owner, mode and
+/// content.
+#[test]
+fn planted_links_never_lead_the_agents_chowns_to_host_files() {
+    let mut agent = agent();
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("victim");
+    std::fs::write(&victim, "original\n").expect("victim");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let v = victim.display();
+    let script = format!(
+        "if [ -e /data/planted ]; then echo second-run; exec sleep 3600; fi; \
+         ln -s {v} /victim-link; ln -s {v} /data/link; mkdir -p /data/d; ln -s {v} /data/d/x; \
+         rm -f /conf/app.conf; ln -s {v} /conf/app.conf; ln -s {v} /conf/new; \
+         touch /data/planted; echo planted; exit 1"
+    );
+    let volumes = "terminationGracePeriodSeconds: 1\nvolumes:\n- name: scratch\n  emptyDir: {}\n\
+                   - name: conf\n  configFile:\n    files:\n    - {path: app.conf, content: \"PWNED\", mode: 511}\n";
+    let s = |generation: &str| {
+        spec("uns-links", &[("app", &script)], volumes).replace(
+            "  command:",
+            &format!(
+                "  env: [{{name: GEN, value: \"{generation}\"}}]\n  volumeMounts: [{{name: scratch, mountPath: /data}}, {{name: conf, mountPath: /conf}}]\n  command:"
+            ),
+        )
+    };
+    let out = agent.apply("uns-links", &s("1"));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "uns-links", "app", "second-run");
+    let check = |when: &str| {
+        let m = std::fs::metadata(&victim).expect("victim");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (0, 0, 0o600),
+            "{when}: the host file's owner or mode changed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "original\n",
+            "{when}"
+        );
+    };
+    check("after a container restart");
+    agent.kill9_and_restart().expect("restart");
+    wait_phase(&agent, "uns-links", "Running");
+    std::thread::sleep(Duration::from_secs(1));
+    check("after an agent restart");
+    let out = agent.apply("uns-links", &s("2"));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(Duration::from_secs(30), || {
+        (agent.get_json("uns-links").ok()?["status"]["phase"] == "Running"
+            && eci_tests::scenario::logs(&agent, "uns-links", "app").contains("second-run"))
+        .then_some(())
+    })
+    .expect("the update ran");
+    check("after an Update");
+    // The links are still there (the tenant's own files), pointing at the host file.
+    let id = group_id(&agent, "uns-links");
+    let data = agent
+        .root()
+        .join("var/lib/eci/groups")
+        .join(&id)
+        .join(".volumes/scratch");
+    assert!(std::fs::symlink_metadata(data.join("link")).is_ok_and(|m| m.file_type().is_symlink()));
+    delete(&agent, "uns-links");
+    check("after delete");
+}
