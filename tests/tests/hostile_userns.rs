@@ -1,12 +1,13 @@
 //! Hostile tenant against user namespaces (issue 14): container root is host uid
-//! `base`, never 0. Setuid files it writes or copies up belong to its range on the host
-//! disk (a host user executing one gets `base`, not root); the image's layers stay
-//! root's and unchanged; container root with every capability it may add can neither
-//! mount nor leave its namespaces nor write host-wide sysctls, and its group sysctls
-//! land in its own namespaces only; two groups have disjoint ranges and cannot signal
-//! each other; a tenant racing the agent's rewrite of a configFile volume cannot send
-//! the agent's writes through a link to a host file. Needs root (CI is root).
-
+//! `base`, never 0. Setuid files and file capabilities it writes or copies up belong to
+//! its range on the host disk (a host user executing one gets `base` and no
+//! capability, never root); the image's layers stay root's and unchanged; container
+//! root with every capability it may add can neither mount nor leave its namespaces
+//! nor write host-wide sysctls, and its group sysctls land in its own namespaces only;
+//! two groups have disjoint ranges and cannot signal each other; links a tenant plants
+//! never lead the agent's chowns, writes or chmods to a host file, even while it races
+//! the rewrite of its configFile volume; an Update stops the containers it drops.
+//! Needs root (CI is root).
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
