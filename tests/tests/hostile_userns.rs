@@ -8,6 +8,7 @@
 //! never lead the agent's chowns, writes or chmods to a host file, even while it races
 //! the rewrite of its configFile volume; an Update stops the containers it drops.
 //! Needs root (CI is root).
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
