@@ -610,3 +610,41 @@ fn planted_links_never_lead_the_agents_chowns_to_host_files() {
     delete(&agent, "uns-links");
     check("after delete");
 }
+
+/// `runAsUser`/`runAsGroup` past the range (65536 would be the next group's root on
+/// the host): the container never starts, and nothing runs outside the range.
+#[test]
+fn ids_past_the_range_never_reach_another_groups_ids() {
+    let agent = agent();
+    for (name, ctx) in [
+        ("uns-uid", "{runAsUser: 65536}"),
+        ("uns-gid", "{runAsUser: 0, runAsGroup: 65536}"),
+    ] {
+        let s = spec(name, &[("app", "echo STARTED; exec sleep 3600")], "").replace(
+            "  command:",
+            &format!("  securityContext: {ctx}\n  command:"),
+        );
+        let out = agent.apply(name, &s);
+        assert!(out.status.success(), "{}", text(&out));
+        let b = base(&agent, name);
+        let id = group_id(&agent, name);
+        let failed = wait_for(Duration::from_secs(20), || {
+            let d = text(&agent.ctl(&["describe", name]));
+            d.contains("outside the group's user namespace")
+                .then_some(d)
+        });
+        assert!(
+            failed.is_some(),
+            "{name}: {}",
+            text(&agent.ctl(&["describe", name]))
+        );
+        assert!(
+            !eci_tests::scenario::logs(&agent, name, "app").contains("STARTED"),
+            "{name} ran"
+        );
+        for (pid, uid) in group_processes(&id) {
+            assert!(uid >= b && uid < b + RANGE, "{name}: {pid} runs as {uid}");
+        }
+        delete(&agent, name);
+    }
+}
