@@ -20,11 +20,13 @@ impl Supervisor {
     pub(crate) async fn stop_containers(&self, ctx: &GroupCtx, shim: &Shim, grace: Duration) {
         let mut names = ctx.container_names();
         let bundles = ctx.dir.root().join("containers");
-        for e in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
-            if let Some(n) = e.file_name().to_str()
-                && !names.iter().any(|m| m == n)
-            {
-                names.push(n.to_string());
+        if let Ok(mut dir) = tokio::fs::read_dir(&bundles).await {
+            while let Ok(Some(e)) = dir.next_entry().await {
+                if let Some(n) = e.file_name().to_str()
+                    && !names.iter().any(|m| m == n)
+                {
+                    names.push(n.to_string());
+                }
             }
         }
         let mut running = Vec::new();
