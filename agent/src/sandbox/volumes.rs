@@ -3,6 +3,8 @@
 //! files the agent writes. Each is bind-mounted into the containers that name it.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -138,8 +140,7 @@ pub fn prepare(
                 }
             }
         } else if let Some(cf) = &v.config_file {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Io {
+            fresh_dir(&dir).map_err(|source| VolumeError::Io {
                 volume: v.name.clone(),
                 step: "creating its directory",
                 source,
@@ -166,12 +167,20 @@ pub fn prepare(
                         source,
                     })?;
                 }
-                std::fs::write(&path, bytes).map_err(|source| VolumeError::File {
-                    volume: v.name.clone(),
-                    file: f.path.clone(),
-                    step: "writing it",
-                    source,
-                })?;
+                // A new file (never through a link: `create_new` is O_EXCL), and its mode
+                // set on the descriptor, in a directory only the agent can reach.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|mut w| w.write_all(&bytes).map(|()| w))
+                    .map_err(|source| VolumeError::File {
+                        volume: v.name.clone(),
+                        file: f.path.clone(),
+                        step: "writing it",
+                        source,
+                    })?;
                 if let Some(id) = owner {
                     chown_written(&dir, &path, id).map_err(|source| VolumeError::File {
                         volume: v.name.clone(),
@@ -181,7 +190,7 @@ pub fn prepare(
                     })?;
                 }
                 let mode = if f.mode == 0 { 0o644 } else { f.mode };
-                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
                     .map_err(|source| VolumeError::File {
                         volume: v.name.clone(),
                         file: f.path.clone(),
@@ -194,6 +203,34 @@ pub fn prepare(
         }
     }
     Ok(())
+}
+
+/// Makes `dir` a new, empty directory only the agent has seen. What stood there (the
+/// volume of an earlier run, maybe still mounted read-write in a container that is
+/// running) is first renamed aside, atomically, then removed: a tenant that keeps
+/// adding entries to it makes the removal fail (`ENOTEMPTY`), and it must never be
+/// written to again, or a link planted there would take the agent's writes (and
+/// chmod) to any host file. A leftover goes with the group's run directory.
+fn fresh_dir(dir: &Path) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Volume names are DNS labels: a name starting with '.' is never a volume's.
+    let aside = parent.join(format!(".old-{name}-{nanos}"));
+    match std::fs::rename(dir, &aside) {
+        Ok(()) => {
+            if let Err(e) = std::fs::remove_dir_all(&aside) {
+                tracing::warn!(dir = %aside.display(), error = %e, "removing an earlier configFile volume");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Fails if anything stands at `dir` again: nothing but the agent writes there.
+    std::fs::create_dir(dir)
 }
 
 /// Gives `path` and each directory between it and `root` (all written by the agent

