@@ -18,7 +18,7 @@
 //!
 //! Prints medians, p90 and ratios. Needs root, busybox-static, and runc / crun / containerd
 //! for the peers (a missing peer prints n/a).
-//! Run: `eci-bench [--rounds N]` (default 20; a bare `N` works too).
+//! Run: `eci-bench [--rounds N]` (default 40; a bare `N` works too).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -345,11 +345,12 @@ fn containerd_shim_rss(dir: &Path, archive: &Path) -> Result<u64, String> {
     result
 }
 
-/// `--rounds N` or a bare `N`; 20 by default.
+/// `--rounds N` or a bare `N`; 40 by default (about a minute here with the Debian
+/// image: fewer rounds leave the on/off ratio within machine noise of a few percent).
 fn rounds() -> anyhow::Result<usize> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = match args.as_slice() {
-        [] => return Ok(20),
+        [] => return Ok(40),
         [flag, n] if flag == "--rounds" => n,
         [n] if !n.starts_with('-') => n,
         _ => anyhow::bail!("usage: eci-bench [--rounds N]"),
