@@ -3,8 +3,8 @@
 //!
 //! A group gets a slot of the pool when it is admitted (see [`crate::store`]'s
 //! `id_ranges` table); slot `n` is host ids `first_host_id + n * 65536` onwards, 65536 of
-//! them. Containers do not run in the range yet — the shim wiring is a later step — so
-//! `Node.Info` says `enforced: false` rather than claim an isolation that is not there.
+//! them. The shim runs the group's containers in a user namespace mapping that range;
+//! `Node.Info` says `enforced: true` only while new groups get one (mode `on`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,8 +17,8 @@ use crate::config::UserNamespacesConfig;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 
-/// Why `enforced` is false, until the shim runs containers in their group's range.
-pub const NOT_ENFORCED: &str = "containers do not run in user namespaces yet (issue 14)";
+/// Why `enforced` is false when the mode is not `on`.
+pub const NOT_ENFORCED: &str = "new groups run without a user namespace: container root is host root, held back by capabilities, seccomp and mounts";
 
 /// Whether groups get id ranges on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +123,11 @@ impl UserNamespaces {
             ranges_total: total,
             ranges_free: total.saturating_sub(used),
             first_host_id: self.config.first_host_id,
-            enforced: false,
-            enforced_reason: NOT_ENFORCED.into(),
+            enforced: self.mode == Mode::On,
+            enforced_reason: match &self.mode {
+                Mode::On => String::new(),
+                _ => NOT_ENFORCED.into(),
+            },
         }
     }
 
@@ -420,17 +423,18 @@ mod tests {
     }
 
     #[test]
-    fn report_counts_only_slots_of_the_pool_and_never_claims_enforcement() {
+    fn report_counts_only_slots_of_the_pool_and_claims_enforcement_only_when_on() {
         let u = on(1 << 20, 2);
         let r = u.report(&[(0, "a".into()), (5, "old".into())]);
         assert_eq!(
             (r.mode.as_str(), r.ranges_total, r.ranges_free),
             ("on", 2, 1)
         );
-        assert!(!r.enforced);
-        assert_eq!(r.enforced_reason, NOT_ENFORCED);
+        assert!(r.enforced && r.enforced_reason.is_empty());
         let off = UserNamespaces::default().report(&[]);
         assert_eq!(off.mode, "off");
+        assert!(!off.enforced);
+        assert_eq!(off.enforced_reason, NOT_ENFORCED);
         assert!(
             off.reason.contains("user_namespaces.enabled"),
             "{}",

@@ -86,6 +86,19 @@ pub fn limit_bounding(bounding: &[String]) -> Result<(), CapsError> {
     Ok(())
 }
 
+/// Makes the effective set the whole permitted set (a uid change away from root clears
+/// the effective set even when `keepcaps` keeps the permitted one).
+pub fn raise_effective() -> Result<(), CapsError> {
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|source| CapsError::Set {
+        set: "permitted (reading)",
+        source,
+    })?;
+    caps::set(None, CapSet::Effective, &permitted).map_err(|source| CapsError::Set {
+        set: "effective",
+        source,
+    })
+}
+
 /// Sets the effective, permitted, inheritable and ambient sets after the uid change.
 pub fn apply(
     effective: &[String],

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -27,6 +27,7 @@ use oci_spec::runtime::{Mount, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::mounts::{self, Rootfs};
+use crate::userns::IdRange;
 use crate::{capabilities, seccomp, user};
 
 /// Start pipe fd in the init process.
@@ -50,9 +51,28 @@ pub enum Target {
         readonly_paths: Vec<String>,
         sysctls: HashMap<String, String>,
         readonly_root: bool,
+        /// The group's user namespace, when it has one: joined last, after the root
+        /// is built (see [`GroupUserns`]).
+        #[serde(default)]
+        userns: Option<GroupUserns>,
     },
     /// An extra process in a running container: joins all namespaces of `pid`.
     Exec { pid: i32 },
+}
+
+/// A group's user namespace as a container's first process needs it: the pinned nsfs
+/// file to join, and the range it maps, to turn ids the spec states inside (mount
+/// options, the working directory's owner) into the host ids that host root, which
+/// builds the root, must use.
+///
+/// The container's mount and PID namespaces are created by host root *before* the user
+/// namespace is joined, so they stay owned by the initial user namespace: container
+/// root, capable only in the group's user namespace, can never mount, unmount or
+/// `pivot_root` in them (docs/userns.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupUserns {
+    pub path: PathBuf,
+    pub range: IdRange,
 }
 
 /// Everything the init process needs; written by the shim as JSON.
@@ -133,18 +153,26 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
     }
     match &cfg.target {
         Target::Container {
-            group_namespaces, ..
+            group_namespaces,
+            userns,
+            ..
         } => {
+            // Opened while the host's paths are still in view.
+            let user = match userns {
+                Some(u) => Some((open_ns(&u.path, "user")?, u.range)),
+                None => None,
+            };
             for (kind, path) in group_namespaces {
                 setns_path(path, kind)?;
             }
+            // Still host root in the initial user namespace: these two are owned by it.
             nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
                 .map_err(|e| format!("unshare mount and pid namespaces: {e}"))?;
             match fork()? {
                 None => {
-                    build_root(&cfg)?;
+                    build_root(&cfg, user.as_ref().map(|(fd, r)| (fd.as_fd(), *r)))?;
                     session(&cfg)?;
-                    let confined = confine(&cfg, &programs)?;
+                    let confined = confine(&cfg, &programs, user.map(|(fd, _)| fd))?;
                     wait_and_exec(confined, sync)
                 }
                 Some(child) => report_pid(sync, child),
@@ -155,11 +183,14 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
             // before entering anything of the container: from the fork on, a tenant
             // ptracer can see the child, and the child inherits this cgroup.
             crate::cgroup::join(&cfg.cgroup, std::process::id()).map_err(chain)?;
+            // The user namespace is joined last (in `confine`), but found now: after
+            // the mount namespace, `/proc/<pid>` names something else or nothing.
+            let user = other_user_ns(*pid)?;
             // Mount last: the others are found through this mount namespace's /proc.
             for kind in ["ipc", "uts", "net", "pid", "mnt"] {
                 setns_path(&PathBuf::from(format!("/proc/{pid}/ns/{kind}")), kind)?;
             }
-            let confined = confine(&cfg, &programs)?;
+            let confined = confine(&cfg, &programs, user)?;
             match fork()? {
                 None => {
                     session(&cfg)?;
@@ -186,6 +217,24 @@ fn report_pid(sync: &mut std::fs::File, child: nix::unistd::Pid) -> ! {
     std::process::exit(0);
 }
 
+fn open_ns(path: &Path, kind: &str) -> Result<OwnedFd, String> {
+    std::fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))
+}
+
+/// The user namespace of `pid`, when it is not this process's own (a container of a
+/// group with a user namespace): `setns` into one's own user namespace is an error.
+fn other_user_ns(pid: i32) -> Result<Option<OwnedFd>, String> {
+    let theirs = open_ns(&PathBuf::from(format!("/proc/{pid}/ns/user")), "user")?;
+    let ours = open_ns(Path::new("/proc/self/ns/user"), "user")?;
+    let id = |fd: &OwnedFd| nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let same = id(&theirs)
+        .and_then(|a| id(&ours).map(|b| a == b))
+        .map_err(|e| format!("comparing user namespaces: {e}"))?;
+    Ok((!same).then_some(theirs))
+}
+
 fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
     let f = std::fs::File::open(path)
         .map_err(|e| format!("opening {kind} namespace {}: {e}", path.display()))?;
@@ -194,8 +243,13 @@ fn setns_path(path: &Path, kind: &str) -> Result<(), String> {
 }
 
 /// The container's filesystem view, in its new mount namespace: pivot_root, then its
-/// working directory (created when missing), then the read-only root.
-fn build_root(cfg: &InitConfig) -> Result<(), String> {
+/// working directory (created when missing), then the read-only root. With a user
+/// namespace, the image layers are idmapped through it and ids in mount options and the
+/// working directory's owner are the range's host ids.
+fn build_root(
+    cfg: &InitConfig,
+    userns: Option<(std::os::fd::BorrowedFd<'_>, IdRange)>,
+) -> Result<(), String> {
     let target = &cfg.target;
     let Target::Container {
         rootfs,
@@ -217,17 +271,23 @@ fn build_root(cfg: &InitConfig) -> Result<(), String> {
         format!("{e}{src}")
     };
     mounts::make_private().map_err(m)?;
-    mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?;
+    match userns {
+        Some((fd, _)) => mounts::mount_overlay_idmapped(rootfs, rootfs_mount, fd).map_err(chain)?,
+        None => mounts::mount_overlay(rootfs, rootfs_mount).map_err(m)?,
+    }
     let root = mounts::open_root(rootfs_mount).map_err(m)?;
     for mnt in mounts {
-        mounts::apply_mount(&root, mnt).map_err(m)?;
+        match userns {
+            Some((_, range)) => mounts::apply_mount(&root, &mounts::host_ids(mnt, range)),
+            None => mounts::apply_mount(&root, mnt),
+        }
+        .map_err(m)?;
     }
     mounts::create_devices(&root).map_err(m)?;
     drop(root);
     mounts::pivot_root(rootfs_mount).map_err(m)?;
     for (k, v) in sysctls {
-        let p = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| format!("sysctl {k}: {e}"))?;
+        write_sysctl(k, v, userns.map(|(_, r)| r))?;
     }
     mounts::mask(masked_paths).map_err(m)?;
     mounts::read_only(readonly_paths).map_err(m)?;
@@ -241,14 +301,53 @@ fn build_root(cfg: &InitConfig) -> Result<(), String> {
         &read_account_file("/etc/group"),
     )
     .map_err(|e| e.to_string())?;
+    let owner = match userns {
+        Some((_, range)) => (
+            range
+                .host_id(ids.uid)
+                .ok_or_else(|| outside(range, "uid", ids.uid))?,
+            range
+                .host_id(ids.gid)
+                .ok_or_else(|| outside(range, "gid", ids.gid))?,
+        ),
+        None => (ids.uid, ids.gid),
+    };
     let root = mounts::open_root(Path::new("/")).map_err(m)?;
-    mounts::make_dir_in_root(&root, cfg.process.cwd(), (ids.uid, ids.gid))
+    mounts::make_dir_in_root(&root, cfg.process.cwd(), owner)
         .map_err(|e| format!("working directory: {}", m(e)))?;
     drop(root);
     if *readonly_root {
         mounts::root_read_only().map_err(m)?;
     }
     Ok(())
+}
+
+/// Writes one sysctl of the container's namespaces through its `/proc`.
+///
+/// The kernel lets only the owner of an IPC namespace, by uid (its user namespace's
+/// root), write the IPC and mqueue sysctls; `net.*` wants `CAP_NET_ADMIN` over the
+/// network namespace, which host root has. So with a user namespace every sysctl but
+/// `net.*` is written with that root as the effective uid, then root again (the
+/// permitted set is kept, so the effective one returns).
+fn write_sysctl(key: &str, value: &str, userns: Option<IdRange>) -> Result<(), String> {
+    let p = format!("/proc/sys/{}", key.replace('.', "/"));
+    let owner = userns.filter(|_| !key.starts_with("net.")).map(|r| r.base);
+    if let Some(uid) = owner {
+        nix::unistd::seteuid(Uid::from_raw(uid))
+            .map_err(|e| format!("seteuid {uid} for sysctl {key}: {e}"))?;
+    }
+    let written = std::fs::write(&p, value).map_err(|e| format!("sysctl {key}: {e}"));
+    if owner.is_some() {
+        nix::unistd::seteuid(Uid::from_raw(0)).map_err(|e| format!("seteuid 0: {e}"))?;
+    }
+    written
+}
+
+fn outside(range: IdRange, what: &str, id: u32) -> String {
+    format!(
+        "{what} {id} is outside the group's user namespace (ids 0-{})",
+        range.len - 1
+    )
 }
 
 /// What [`confine`] resolved for the exec.
@@ -274,13 +373,34 @@ fn session(cfg: &InitConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Everything that confines the process, in the order the kernel needs: rlimits and
-/// the bounding set while privileged, then ids, capabilities, `no_new_privs`,
-/// non-dumpable, working directory, and seccomp last (its allowlist has no room for
-/// the calls before it). Runs inside the container's namespaces and root.
-fn confine(cfg: &InitConfig, programs: &[seccompiler::BpfProgram]) -> Result<Confined, String> {
+/// Everything that confines the process, in the order the kernel needs: rlimits while
+/// host root, then the group's user namespace (joining one resets the bounding set to
+/// full, so it comes before the bounding set is limited), the bounding set while
+/// privileged, then ids, capabilities, `no_new_privs`, non-dumpable, working
+/// directory, and seccomp last (its allowlist has no room for the calls before it).
+/// Runs inside the container's namespaces and root.
+///
+/// Without `no_new_privs` (`allowPrivilegeEscalation`), seccomp is loaded before the
+/// capabilities are set: the kernel then wants `CAP_SYS_ADMIN` of the loader, which
+/// the container's own set may lack.
+fn confine(
+    cfg: &InitConfig,
+    programs: &[seccompiler::BpfProgram],
+    userns: Option<OwnedFd>,
+) -> Result<Confined, String> {
     let p = &cfg.process;
     apply_rlimits(p)?;
+    if let Some(ns) = userns {
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("joining the group's user namespace: {e}"))?;
+        // Root of the namespace first, so every later id change follows the kernel's
+        // own rules for root (docs/userns.md).
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .map_err(|e| format!("setgid 0 in the user namespace: {e}"))?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .map_err(|e| format!("setuid 0 in the user namespace: {e}"))?;
+    }
+    let nnp = p.no_new_privileges().unwrap_or(true);
     let caps = p.capabilities().clone().unwrap_or_default();
     let names = |s: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
         s.iter().flatten().map(|c| format!("CAP_{c}")).collect()
@@ -306,6 +426,10 @@ fn confine(cfg: &InitConfig, programs: &[seccompiler::BpfProgram]) -> Result<Con
         Uid::from_raw(ids.uid),
     )
     .map_err(|e| format!("setuid {}: {e}", ids.uid))?;
+    if !nnp {
+        capabilities::raise_effective().map_err(chain)?;
+        seccomp::load_keeping_privileges(programs).map_err(chain)?;
+    }
     capabilities::apply(
         &names(caps.effective()),
         &names(caps.permitted()),
@@ -314,7 +438,7 @@ fn confine(cfg: &InitConfig, programs: &[seccompiler::BpfProgram]) -> Result<Con
     )
     .map_err(chain)?;
     nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
-    if p.no_new_privileges().unwrap_or(true) {
+    if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
     // A uid change resets the flag from fs.suid_dumpable: set it again.
@@ -332,7 +456,9 @@ fn confine(cfg: &InitConfig, programs: &[seccompiler::BpfProgram]) -> Result<Con
         args: args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
     };
-    seccomp::load(programs).map_err(chain)?;
+    if nnp {
+        seccomp::load(programs).map_err(chain)?;
+    }
     Ok(confined)
 }
 

@@ -71,6 +71,73 @@ pub fn mount_overlay(fs: &Rootfs, target: &Path) -> Result<(), MountError> {
     .map_err(step("mounting the overlay root at", target))
 }
 
+/// Mounts the overlay at `target` over idmapped copies of the lower layers: each layer,
+/// owned by ids 0..65536 on disk and shared by every group, shows this group's host
+/// ids (`base + id`), with no chown copy. The copies stay detached (handed to overlayfs
+/// by descriptor). The upper and work directories are plain directories owned by the
+/// range's root (the agent chowns them): only read-only layers are ever idmapped, as
+/// a write through an idmapped mount would store unmapped ids on the host's disk.
+pub fn mount_overlay_idmapped(
+    fs: &Rootfs,
+    target: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), crate::idmap::IdmapError> {
+    let lower = fs
+        .lower
+        .iter()
+        .map(|l| crate::idmap::idmapped_tree(l, userns, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::idmap::overlay_from_fds(&lower, &fs.upper, &fs.work, target)
+}
+
+/// Filesystems whose `uid=`/`gid=` options the runtime maps to host ids.
+const ID_OPTION_TYPES: &[&str] = &["tmpfs", "devpts"];
+
+/// `m` with the ids of its options turned into host ids of `range`, for a mount that
+/// host root makes for a container in a user namespace (the kernel reads `uid=`/`gid=`
+/// in the mounter's namespace). A tmpfs without an owner gets the range's root, so
+/// `/dev` and `/dev/shm` belong to container root as they would without a user
+/// namespace. An id outside the range is left out (the kernel's default: host root,
+/// shown as `nobody` inside).
+pub fn host_ids(m: &Mount, range: crate::userns::IdRange) -> Mount {
+    let typ = m.typ().clone().unwrap_or_default();
+    let options = m.options().clone().unwrap_or_default();
+    if !ID_OPTION_TYPES.contains(&typ.as_str())
+        || options.iter().any(|o| o == "bind" || o == "rbind")
+    {
+        return m.clone();
+    }
+    let mut out: Vec<String> = Vec::with_capacity(options.len() + 2);
+    let (mut uid, mut gid) = (false, false);
+    for o in options {
+        let mapped = ["uid=", "gid="].iter().find_map(|k| {
+            let id = o.strip_prefix(k)?.parse::<u32>().ok()?;
+            Some((k, range.host_id(id)))
+        });
+        match mapped {
+            Some((k, host)) => {
+                uid |= *k == "uid=";
+                gid |= *k == "gid=";
+                if let Some(h) = host {
+                    out.push(format!("{k}{h}"));
+                }
+            }
+            None => out.push(o),
+        }
+    }
+    if typ == "tmpfs" {
+        if !uid {
+            out.push(format!("uid={}", range.base));
+        }
+        if !gid {
+            out.push(format!("gid={}", range.base));
+        }
+    }
+    let mut m = m.clone();
+    m.set_options(Some(out));
+    m
+}
+
 /// How every path below a root the tenant writes to is resolved: symlinks (absolute or
 /// `..`) stay inside the root, and `/proc/<pid>/...` magic links are never followed.
 fn in_root(flags: OFlag) -> OpenHow {

@@ -30,6 +30,8 @@ pub enum SeccompError {
     Build(#[source] seccompiler::BackendError),
     #[error("loading the seccomp filter")]
     Load(#[source] seccompiler::Error),
+    #[error("loading the seccomp filter without no_new_privs")]
+    LoadPrivileged(#[source] std::io::Error),
     #[error("seccomp profiles exist for x86_64 and aarch64, not {0}")]
     Arch(&'static str),
     #[error("the kernel has no seccomp filter support")]
@@ -152,6 +154,34 @@ pub fn read(path: &Path) -> Result<Vec<BpfProgram>, SeccompError> {
 pub fn load(programs: &[BpfProgram]) -> Result<(), SeccompError> {
     for p in programs {
         seccompiler::apply_filter(p).map_err(SeccompError::Load)?;
+    }
+    Ok(())
+}
+
+/// Loads programs into the calling thread *without* setting `no_new_privs`, for a
+/// process that may gain privileges at exec (setuid binaries, file capabilities:
+/// `allowPrivilegeEscalation`). The kernel then requires `CAP_SYS_ADMIN` in the
+/// caller's user namespace, so the caller raises it in its effective set first and
+/// drops it right after, through calls the filter allows (`capset`, `prctl`).
+pub fn load_keeping_privileges(programs: &[BpfProgram]) -> Result<(), SeccompError> {
+    for p in programs {
+        let prog = libc::sock_fprog {
+            len: p.len() as u16,
+            filter: p.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `p`'s instructions (seccompiler's `sock_filter` has
+        // the kernel's layout), both live across the call; the kernel copies them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(SeccompError::LoadPrivileged(std::io::Error::last_os_error()));
+        }
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct StartArgs {
     pub log_compress: bool,
     /// `pids.max` of the group's cgroup.
     pub pids_max: u64,
+    /// First host id of the group's user namespace range (65536 ids); none: the group
+    /// runs without a user namespace.
+    pub userns_base: Option<u32>,
 }
 
 impl StartArgs {
@@ -71,6 +74,10 @@ impl StartArgs {
             log_max_files: num("--log-max-files").map_or(2, |n| n.min(u32::MAX as u64) as u32),
             log_compress: get("--log-compress").is_ok_and(|v| v == "true"),
             pids_max: num("--pids-max").unwrap_or(DEFAULT_PIDS_MAX),
+            userns_base: match get("--userns-base") {
+                Ok(v) => Some(v.parse().context("--userns-base must be a host uid")?),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -155,7 +162,8 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
     }
 
     let cgroup = format!("{}/{}", args.cgroup_parent, args.id);
-    namespaces::create(&dir.namespaces(), &args.hostname)
+    let userns = args.userns_base.map(eci_runtime::userns::IdRange::group);
+    namespaces::create(&dir.namespaces(), &args.hostname, userns)
         .context("creating the group namespaces")?;
     // CPU as a CFS quota over a 100 ms period; memory hard, swap off.
     let limits = Limits {
@@ -185,6 +193,7 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
                     max_files: args.log_max_files,
                     compress: args.log_compress,
                 },
+                userns,
             },
             reaper,
         ));

@@ -36,6 +36,11 @@ pub enum TarEntry<'a> {
         major: u32,
         minor: u32,
     },
+    /// A PAX extended header (`key`, raw value) for the entry that follows, as GNU tar
+    /// writes `--xattrs` (`SCHILY.xattr.<name>`).
+    Pax {
+        records: &'a [(&'a str, &'a [u8])],
+    },
     /// Written byte for byte, bypassing the tar crate's own path checks.
     Raw {
         kind: tar::EntryType,
@@ -95,11 +100,39 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
+/// The body of a PAX extended header: `<len> <key>=<value>\n` records, where `<len>`
+/// counts the whole record including its own digits.
+pub fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        out.extend_from_slice(format!("{len} {key}=").as_bytes());
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
 /// A tar stream of `entries`.
 pub fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        let pax;
         let (kind, name, link, data, mode) = match e {
+            TarEntry::Pax { records } => {
+                pax = pax_records(records);
+                (
+                    tar::EntryType::XHeader,
+                    "PaxHeaders/entry",
+                    "",
+                    &pax[..],
+                    0o644,
+                )
+            }
             TarEntry::File { path, data, mode } => {
                 (tar::EntryType::Regular, *path, "", *data, *mode)
             }

@@ -33,13 +33,27 @@ fn report(agent: &Agent) -> String {
 
 #[test]
 fn a_ptracing_tenant_finds_exec_helpers_confined_and_the_runtime_binary_read_only() {
+    ptracing_tenant("");
+}
+
+/// The same attack without user namespaces: the tenant can open a helper's
+/// `/proc/<pid>/exe`, so only the read-only binary stands in the way.
+#[test]
+fn without_user_namespaces_the_runtime_binary_is_still_read_only() {
+    ptracing_tenant("[user_namespaces]\nenabled = false\n");
+}
+
+fn ptracing_tenant(config: &str) {
     // A private copy of the shim: the only process executing this inode is this
     // agent's shim, so once it is killed only the mount can refuse a write.
     let scratch = tempfile::tempdir().expect("tempdir");
     let shim = scratch.path().join("eci-shim");
     std::fs::copy(eci_tests::bin("eci-shim"), &shim).expect("copy shim");
     let before = std::fs::read(&shim).expect("read shim");
-    let mut agent = attack_agent_with(&format!("[runtime]\nshim = \"{}\"\n", shim.display()));
+    let mut agent = attack_agent_with(&format!(
+        "{config}[runtime]\nshim = \"{}\"\n",
+        shim.display()
+    ));
     let spec = group(
         "watcher",
         "Never",
@@ -83,10 +97,19 @@ fn a_ptracing_tenant_finds_exec_helpers_confined_and_the_runtime_binary_read_onl
         .and_then(|l| l.split("capeff=").nth(1))
         .and_then(|c| c.split_whitespace().next())
         .map(str::to_string);
+    // no_new_privs as the container has it (unset allowPrivilegeEscalation in a user
+    // namespace: off, as in Kubernetes), never less.
+    let container_nnp = r
+        .lines()
+        .find(|l| l.contains("name=sleep") || l.contains("name=sh"))
+        .and_then(|l| l.split("nnp=").nth(1))
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or("1")
+        .to_string();
     for l in r.lines().filter(helper) {
         assert!(
-            l.contains("seccomp=2") && l.contains("nnp=1"),
-            "an exec helper was visible before its seccomp filter and no_new_privs: {l}"
+            l.contains("seccomp=2") && l.contains(&format!("nnp={container_nnp}")),
+            "an exec helper was visible before its seccomp filter and no_new_privs (the container's: {container_nnp}): {l}"
         );
         assert!(
             !l.contains("capeff=000001ffffffffff") && !l.contains("capeff=0000003fffffffff"),
@@ -102,6 +125,27 @@ fn a_ptracing_tenant_finds_exec_helpers_confined_and_the_runtime_binary_read_onl
             "an exec helper was visible outside the container's cgroup: {l}"
         );
     }
+    // In a user namespace a helper's memory still belongs to the initial one, where
+    // the tenant has no CAP_SYS_PTRACE: it cannot even open the helper's binary.
+    let helper_pids: Vec<&str> = r
+        .lines()
+        .filter(helper)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let opened = |pid: &str| r.lines().any(|l| l == format!("exe-open {pid} ok"));
+    let in_userns = agent.get_json("watcher").expect("get")["status"]["userNamespace"].is_object();
+    if in_userns {
+        assert!(
+            helper_pids.iter().all(|p| !opened(p)),
+            "a tenant in a user namespace opened an exec helper's binary:\n{r}"
+        );
+        assert!(!r.contains("fd-dir"), "a directory descriptor leaked:\n{r}");
+        return;
+    }
+    assert!(
+        helper_pids.iter().any(|p| opened(p)),
+        "without a user namespace the tenant should reach a helper's binary:\n{r}"
+    );
     // The shim dies; nothing executes the binary any more; the tenant tries again.
     let id = group_id(&agent, "watcher");
     let pid: i32 =

@@ -1,7 +1,7 @@
 //! Id ranges for user namespaces (issue 14), agent side, through the real agent: each
 //! admitted group holds a disjoint range of 65536 host ids, shown in its status; the
 //! ranges survive a graceful restart and `kill -9`; a delete gives the range back; a full
-//! pool refuses a Create. Containers do not run in the ranges yet, and `Node.Info` says so.
+//! pool refuses a Create. Containers run in their ranges: see `userns_run.rs`.
 
 use eci_api::v1::container_groups_client::ContainerGroupsClient;
 use eci_api::v1::*;
@@ -53,13 +53,7 @@ fn groups_hold_disjoint_ranges_across_restarts_until_deleted() {
     let n = node_json(&agent);
     let u = &n["userNamespaces"];
     assert_eq!(u["mode"], "on", "{n}\n{}", agent.log());
-    assert_eq!(u["enforced"], false, "{n}");
-    assert!(
-        u["enforcedReason"]
-            .as_str()
-            .is_some_and(|r| r.contains("do not run in user namespaces yet")),
-        "{n}"
-    );
+    assert_eq!(u["enforced"], true, "{n}");
     assert_eq!(u["rangesTotal"].as_u64(), Some(1024), "{n}");
     assert_eq!(u["firstHostId"].as_u64(), Some(FIRST), "{n}");
     assert_eq!(ranges_free(&agent), 1024);
@@ -84,7 +78,7 @@ fn groups_hold_disjoint_ranges_across_restarts_until_deleted() {
     let shown = text(&agent.ctl(&["node"]));
     assert!(
         shown.contains("User namespaces: on (1022 of 1024 id ranges free")
-            && shown.contains("not enforced"),
+            && !shown.contains("not enforced"),
         "{shown}"
     );
 

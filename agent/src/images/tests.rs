@@ -427,6 +427,77 @@ fn device_nodes_are_skipped_and_fifos_kept() {
     assert!(dir.join("dev").is_dir() && !dir.join("dev/null").exists());
 }
 
+/// `security.capability` as the kernel stores it: magic, permitted/inheritable pairs and,
+/// for revision 3, the root uid.
+fn caps_xattr(magic: u32, words: &[u32]) -> Vec<u8> {
+    std::iter::once(magic)
+        .chain(words.iter().copied())
+        .flat_map(u32::to_le_bytes)
+        .collect()
+}
+
+/// A layer whose file carries a revision-3 capability with a host root uid (as a tool that
+/// kept namespaced capabilities would write it) lands with revision 2 on disk, read back
+/// with getxattr(2) as host root: the kernel would hand back the 24-byte revision 3 had it
+/// been stored (its root uid is not ours), so the size proves the conversion.
+#[test]
+fn file_capabilities_are_stored_as_revision_2() {
+    const NET_RAW: u32 = 1 << 13;
+    let v3 = caps_xattr(0x0300_0001, &[NET_RAW, 0, 0, 0, 1_048_576]);
+    let v2 = caps_xattr(0x0200_0001, &[NET_RAW, 0, 0, 0]);
+    let entries = [
+        TarEntry::Pax {
+            records: &[("SCHILY.xattr.security.capability", &v3)],
+        },
+        TarEntry::File {
+            path: "usr/bin/ping",
+            data: b"\x7fELF",
+            mode: 0o755,
+        },
+        TarEntry::Pax {
+            records: &[("SCHILY.xattr.security.capability", &v2)],
+        },
+        TarEntry::File {
+            path: "usr/bin/arping",
+            data: b"\x7fELF",
+            mode: 0o755,
+        },
+    ];
+    let (_dir, images) = image_store();
+    let image = oci::Image {
+        layers: vec![oci::tar(&entries)],
+        cmd: vec!["ping".into()],
+        ..Default::default()
+    };
+    let r = images
+        .import(&oci::archive(&image, Some("caps:1"))[..], None)
+        .expect("import");
+    let dir = images.layer_dir(&r[0].layers[0].diff_id);
+    for file in ["usr/bin/ping", "usr/bin/arping"] {
+        let got = xattr::get(dir.join(file), "security.capability").expect("getxattr");
+        assert_eq!(got.as_deref(), Some(&v2[..]), "{file}");
+    }
+}
+
+#[test]
+fn malformed_file_capabilities_are_refused_naming_the_entry() {
+    let bad = caps_xattr(0x0300_0001, &[1 << 13, 0, 0, 0]);
+    let (msg, _scratch) = refused(&[
+        TarEntry::Pax {
+            records: &[("SCHILY.xattr.security.capability", &bad)],
+        },
+        TarEntry::File {
+            path: "bin/ping",
+            data: b"x",
+            mode: 0o755,
+        },
+    ]);
+    assert!(
+        msg.contains("bin/ping") && msg.contains("security.capability has the wrong size"),
+        "{msg}"
+    );
+}
+
 /// A state directory with a sibling that hostile imports must not touch.
 struct Node {
     dir: tempfile::TempDir,

@@ -14,6 +14,10 @@
 //! `/dev/mem`) whatever the runtime's device policy meant to allow. Images built with
 //! `/dev` entries still import; the runtime gives each container its own `/dev`. The only
 //! device this module creates is the 0/0 overlay whiteout it converts `.wh.` files into.
+//!
+//! File capabilities (`security.capability`) are written in the form that keeps working
+//! through the idmapped mounts of user-namespaced groups: revision 2, which names no
+//! root uid (see [`file_caps_v2`] and docs/userns.md).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -53,6 +57,19 @@ pub enum UnpackError {
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+/// The xattr holding a file's capabilities (`struct vfs_cap_data`, little-endian).
+const XATTR_CAPS: &str = "security.capability";
+const VFS_CAP_REVISION_MASK: u32 = 0xFF00_0000;
+const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x0000_0001;
+/// Revision 1: magic, one permitted/inheritable pair (32 capabilities); 12 bytes.
+const VFS_CAP_REVISION_1: u32 = 0x0100_0000;
+const XATTR_CAPS_SZ_1: usize = 12;
+/// Revision 2: magic, two permitted/inheritable pairs; 20 bytes.
+const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+const XATTR_CAPS_SZ_2: usize = 20;
+/// Revision 3: revision 2 plus the root uid of the user namespace it applies in; 24 bytes.
+const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
+const XATTR_CAPS_SZ_3: usize = 24;
 
 fn nix_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -130,7 +147,12 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
         let uid = Uid::from_raw(header.uid().map_err(wrap)? as u32);
         let gid = Gid::from_raw(header.gid().map_err(wrap)? as u32);
         let mtime = header.mtime().unwrap_or(0) as i64;
-        let xattrs = pax_xattrs(&mut entry).map_err(wrap)?;
+        let mut xattrs = pax_xattrs(&mut entry).map_err(wrap)?;
+        for (k, v) in &mut xattrs {
+            if k == XATTR_CAPS {
+                *v = file_caps_v2(v).map_err(refuse)?;
+            }
+        }
         match kind {
             EntryType::Directory => {
                 let dir = match open_beneath(&parent, fname, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
@@ -350,6 +372,47 @@ fn set_meta(
     Ok(())
 }
 
+/// A `security.capability` value as revision 2, the form every layer file gets.
+///
+/// A revision-3 value names the root uid of the user namespace its capabilities apply in,
+/// as a host uid. Through an idmapped mount the kernel maps that uid once more, so it names
+/// no root a group knows: exec then grants nothing, or fails with `EOVERFLOW` through
+/// overlayfs (measured, docs/userns.md). Revision 2 applies in whatever namespace owns the
+/// mount, which is what an image means; containerd writes image capabilities the same way.
+/// So revision 3 drops its root uid (the effective flag and the capability sets are kept),
+/// revision 1 (32 capabilities, which the kernel no longer accepts from `setxattr`) is
+/// widened with empty upper sets, revision 2 is kept as it is. Any other size or revision
+/// is refused: the kernel would refuse it too, with an error naming neither the entry nor
+/// the reason.
+pub(crate) fn file_caps_v2(value: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let Some(magic) = value.get(..4) else {
+        return Err("security.capability is shorter than its revision header");
+    };
+    let magic = u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]);
+    let flags = magic & VFS_CAP_FLAGS_EFFECTIVE;
+    let header = (VFS_CAP_REVISION_2 | flags).to_le_bytes();
+    match (magic & VFS_CAP_REVISION_MASK, value.len()) {
+        (VFS_CAP_REVISION_2, XATTR_CAPS_SZ_2) => Ok(value.to_vec()),
+        (VFS_CAP_REVISION_3, XATTR_CAPS_SZ_3) => {
+            let mut out = Vec::with_capacity(XATTR_CAPS_SZ_2);
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&value[4..XATTR_CAPS_SZ_2]);
+            Ok(out)
+        }
+        (VFS_CAP_REVISION_1, XATTR_CAPS_SZ_1) => {
+            let mut out = Vec::with_capacity(XATTR_CAPS_SZ_2);
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&value[4..XATTR_CAPS_SZ_1]);
+            out.resize(XATTR_CAPS_SZ_2, 0);
+            Ok(out)
+        }
+        (VFS_CAP_REVISION_1 | VFS_CAP_REVISION_2 | VFS_CAP_REVISION_3, _) => {
+            Err("security.capability has the wrong size for its revision")
+        }
+        _ => Err("security.capability has an unknown revision"),
+    }
+}
+
 /// `SCHILY.xattr.*` PAX records of an entry.
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -364,4 +427,61 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String,
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A capability xattr: `magic`, then permitted/inheritable pairs, then `rootid`.
+    fn caps(magic: u32, words: &[u32]) -> Vec<u8> {
+        std::iter::once(magic)
+            .chain(words.iter().copied())
+            .flat_map(u32::to_le_bytes)
+            .collect()
+    }
+
+    const NET_RAW: u32 = 1 << 13;
+
+    #[test]
+    fn v3_becomes_v2_without_its_rootid_keeping_flags_and_sets() {
+        let v3 = caps(VFS_CAP_REVISION_3 | 1, &[NET_RAW, 0, 0x7, 0x3, 1_048_576]);
+        let v2 = file_caps_v2(&v3).expect("v3");
+        assert_eq!(v2, caps(VFS_CAP_REVISION_2 | 1, &[NET_RAW, 0, 0x7, 0x3]));
+        assert_eq!(v2.len(), XATTR_CAPS_SZ_2);
+        // Without the effective flag it stays without.
+        let v3 = caps(VFS_CAP_REVISION_3, &[NET_RAW, 0, 0, 0, 0]);
+        assert_eq!(
+            file_caps_v2(&v3).expect("v3"),
+            caps(VFS_CAP_REVISION_2, &[NET_RAW, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn v2_is_kept_and_v1_is_widened() {
+        let v2 = caps(VFS_CAP_REVISION_2 | 1, &[NET_RAW, 0, 1, 0]);
+        assert_eq!(file_caps_v2(&v2).expect("v2"), v2);
+        let v1 = caps(VFS_CAP_REVISION_1 | 1, &[NET_RAW, 0]);
+        assert_eq!(
+            file_caps_v2(&v1).expect("v1"),
+            caps(VFS_CAP_REVISION_2 | 1, &[NET_RAW, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_refused_with_a_reason() {
+        for bad in [
+            Vec::new(),
+            vec![0, 0, 0],
+            // v3 missing its rootid, v2 with one, v1 too long.
+            caps(VFS_CAP_REVISION_3, &[NET_RAW, 0, 0, 0]),
+            caps(VFS_CAP_REVISION_2, &[NET_RAW, 0, 0, 0, 0]),
+            caps(VFS_CAP_REVISION_1, &[NET_RAW, 0, 0]),
+            // A revision the kernel does not know.
+            caps(0x0400_0000, &[NET_RAW, 0, 0, 0, 0]),
+        ] {
+            let why = file_caps_v2(&bad).expect_err("must be refused");
+            assert!(why.starts_with("security.capability"), "{why}");
+        }
+    }
 }

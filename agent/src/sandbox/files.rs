@@ -5,8 +5,10 @@ use std::path::Path;
 
 use eci_api::v1::GroupSpec;
 
-/// Writes `hosts`, `hostname` and `resolv.conf` into `dir`.
-pub fn write(dir: &Path, spec: &GroupSpec) -> std::io::Result<()> {
+/// Writes `hosts`, `hostname` and `resolv.conf` into `dir`, owned by `owner` (the host
+/// id of root in the group's user namespace, when it has one), so container root may
+/// edit its own `/etc/hosts`, as in Kubernetes.
+pub fn write(dir: &Path, spec: &GroupSpec, owner: Option<u32>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let net = spec.network.clone().unwrap_or_default();
     let ip = net
@@ -40,5 +42,11 @@ pub fn write(dir: &Path, spec: &GroupSpec) -> std::io::Result<()> {
         // Without DNS in the spec, the host's resolver configuration (Kubernetes "Default").
         None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
-    std::fs::write(dir.join("resolv.conf"), resolv)
+    std::fs::write(dir.join("resolv.conf"), resolv)?;
+    if let Some(id) = owner {
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            std::os::unix::fs::lchown(dir.join(f), Some(id), Some(id))?;
+        }
+    }
+    Ok(())
 }

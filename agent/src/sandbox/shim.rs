@@ -169,9 +169,14 @@ impl Shim {
         hostname: &str,
         cpu_millis: u64,
         memory_bytes: u64,
+        userns_base: Option<u32>,
     ) -> Result<Self, ShimError> {
-        let out = tokio::process::Command::new(&l.binary)
-            .arg("start")
+        let mut cmd = tokio::process::Command::new(&l.binary);
+        cmd.arg("start");
+        if let Some(base) = userns_base {
+            cmd.args(["--userns-base", &base.to_string()]);
+        }
+        let out = cmd
             .args([
                 "--id",
                 id,

@@ -12,9 +12,9 @@ use eci_runtime::capabilities::CapsError;
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::images::process::Process;
@@ -58,6 +58,8 @@ pub struct SpecInputs<'a> {
     pub volumes: &'a std::collections::HashMap<String, std::path::PathBuf>,
     /// `oom_score_adj` of the container's processes (agent config).
     pub oom_score_adj: i32,
+    /// The group's user namespace range, when it has one.
+    pub userns: Option<eci_runtime::userns::IdRange>,
 }
 
 /// Resource limits every container process gets, whatever the agent's own limits are
@@ -294,7 +296,7 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Spec, BuildError> {
                 .ambient(Capabilities::new())
                 .build()?,
         )
-        .no_new_privileges(true)
+        .no_new_privileges(c.no_new_privileges(i.userns.is_some()))
         .oom_score_adj(i.oom_score_adj)
         .rlimits(rlimits)
         .build()?;
@@ -306,8 +308,20 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Spec, BuildError> {
         LinuxNamespaceType::Uts,
     ]
     .into_iter()
+    .chain(i.userns.map(|_| LinuxNamespaceType::User))
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
     .collect::<Result<Vec<_>, _>>()?;
+    // What the shim's group user namespace maps, stated for whoever reads the bundle.
+    let mappings = i
+        .userns
+        .map(|r| {
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(r.base)
+                .size(r.len)
+                .build()
+        })
+        .transpose()?;
     let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     let linux = LinuxBuilder::default()
         .cgroups_path(format!(
@@ -316,6 +330,8 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Spec, BuildError> {
         ))
         .resources(resources.build()?)
         .namespaces(namespaces)
+        .uid_mappings(mappings.iter().cloned().collect::<Vec<_>>())
+        .gid_mappings(mappings.into_iter().collect::<Vec<_>>())
         .masked_paths(strings(MASKED_PATHS))
         .readonly_paths(strings(READONLY_PATHS))
         .sysctl(sysctls)
@@ -381,6 +397,7 @@ mod tests {
             etc_dir: Path::new("/run/eci/g/etc"),
             volumes: &volumes,
             oom_score_adj: 500,
+            userns: None,
         })
         .expect("build");
         // What the shim does: load it back as an OCI spec.
@@ -520,6 +537,7 @@ mod tests {
             etc_dir: Path::new("/e"),
             volumes: &HashMap::new(),
             oom_score_adj: 0,
+            userns: None,
         })
         .expect_err("1m cpu");
         assert!(err.to_string().contains("resources.cpu"), "{err}");

@@ -64,8 +64,17 @@ pub fn paths(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> HashMap<St
         .collect()
 }
 
-/// Creates every volume of `spec` at its [`paths`] entry.
-pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(), VolumeError> {
+/// Creates every volume of `spec` at its [`paths`] entry. With `owner` (the host id of
+/// root in the group's user namespace), each volume's root, and every file and
+/// directory the agent writes into a configFile volume, belong to it: container root
+/// owns its volumes as it would without a user namespace. What a container writes
+/// lands with its own mapped ids.
+pub fn prepare(
+    spec: &GroupSpec,
+    run_root: &Path,
+    state_root: &Path,
+    owner: Option<u32>,
+) -> Result<(), VolumeError> {
     let dirs = paths(spec, run_root, state_root);
     for v in &spec.volumes {
         let dir = dirs.get(&v.name).cloned().unwrap_or_default();
@@ -81,7 +90,10 @@ pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(
                         volume: v.name.clone(),
                         source,
                     })?;
-                let data = format!("size={size},mode=1777");
+                let ids = owner
+                    .map(|id| format!(",uid={id},gid={id}"))
+                    .unwrap_or_default();
+                let data = format!("size={size},mode=1777{ids}");
                 let already = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
                     m.lines()
                         .any(|l| l.split(' ').nth(4) == Some(&dir.display().to_string()))
@@ -113,6 +125,17 @@ pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(
                         step: "setting its mode",
                         source,
                     })?;
+                // The directory itself only (lchown, no recursion): what is inside is
+                // the tenant's, and may be links to anywhere.
+                if let Some(id) = owner {
+                    std::os::unix::fs::lchown(&dir, Some(id), Some(id)).map_err(|source| {
+                        VolumeError::Io {
+                            volume: v.name.clone(),
+                            step: "giving it to the group's user namespace",
+                            source,
+                        }
+                    })?;
+                }
             }
         } else if let Some(cf) = &v.config_file {
             let _ = std::fs::remove_dir_all(&dir);
@@ -149,6 +172,14 @@ pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(
                     step: "writing it",
                     source,
                 })?;
+                if let Some(id) = owner {
+                    chown_written(&dir, &path, id).map_err(|source| VolumeError::File {
+                        volume: v.name.clone(),
+                        file: f.path.clone(),
+                        step: "giving it to the group's user namespace",
+                        source,
+                    })?;
+                }
                 let mode = if f.mode == 0 { 0o644 } else { f.mode };
                 std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
                     .map_err(|source| VolumeError::File {
@@ -161,6 +192,20 @@ pub fn prepare(spec: &GroupSpec, run_root: &Path, state_root: &Path) -> Result<(
         } else {
             return Err(VolumeError::Unbuilt(v.name.clone()));
         }
+    }
+    Ok(())
+}
+
+/// Gives `path` and each directory between it and `root` (all written by the agent
+/// just now, in a directory it recreated) to `id`, without following links.
+fn chown_written(root: &Path, path: &Path, id: u32) -> std::io::Result<()> {
+    let mut p = Some(path);
+    while let Some(cur) = p {
+        std::os::unix::fs::lchown(cur, Some(id), Some(id))?;
+        if cur == root {
+            break;
+        }
+        p = cur.parent().filter(|q| q.starts_with(root));
     }
     Ok(())
 }

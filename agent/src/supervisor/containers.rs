@@ -118,13 +118,15 @@ impl Supervisor {
         .await;
         // File and directory work, off the async workers.
         let (c2, writable) = (ctx.clone(), self.writable_dir(&ctx.id));
+        let userns = self.userns_of(ctx);
+        let owner = userns.map(|r| r.base);
         tokio::task::spawn_blocking(move || -> Result<(), StartError> {
-            files::write(&c2.dir.etc(), &c2.spec).map_err(|source| StartError::Io {
+            files::write(&c2.dir.etc(), &c2.spec, owner).map_err(|source| StartError::Io {
                 step: "writing",
                 path: c2.dir.etc(),
                 source,
             })?;
-            Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable)?)
+            Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable, owner)?)
         })
         .await
         .map_err(|e| StartError::Join("preparing the group's files", e))??;
@@ -139,6 +141,7 @@ impl Supervisor {
                     &ctx.spec.name,
                     valid.normalized.cpu_millis,
                     valid.normalized.memory_bytes,
+                    owner,
                 )
                 .await?
             }
@@ -327,6 +330,16 @@ impl Supervisor {
         tokio::time::sleep(delay).await;
     }
 
+    /// The group's user namespace range, as its record says: a group keeps the mode it
+    /// was admitted with until it is deleted, whatever the agent's config says later.
+    fn userns_of(&self, ctx: &GroupCtx) -> Option<eci_runtime::userns::IdRange> {
+        let u = self.groups.get(&ctx.name).ok()?.status?.user_namespace?;
+        Some(eci_runtime::userns::IdRange {
+            base: u.host_id_base,
+            len: u.size,
+        })
+    }
+
     /// Creates and starts one container; records Created/Started.
     async fn start_container(
         &self,
@@ -364,6 +377,7 @@ impl Supervisor {
             cgroup_parent: self.cfg.cgroup_parent.clone(),
             shm,
             oom_score_adj: self.cfg.oom_score_adj,
+            userns: self.userns_of(ctx),
         };
         // Directory and file work (a writable layer can be large): off the async workers.
         tokio::task::spawn_blocking(move || job.write())
@@ -631,6 +645,7 @@ struct BundleJob {
     cgroup_parent: String,
     shm: u64,
     oom_score_adj: i32,
+    userns: Option<eci_runtime::userns::IdRange>,
 }
 
 impl BundleJob {
@@ -645,6 +660,19 @@ impl BundleJob {
                 source,
             })?;
         }
+        // The writable layer belongs to the range's root: the overlay's root directory
+        // takes the upper directory's owner, and new files land with mapped ids.
+        if let Some(r) = self.userns {
+            for d in [self.rw.join("upper"), self.rw.join("work")] {
+                std::os::unix::fs::lchown(&d, Some(r.base), Some(r.base)).map_err(|source| {
+                    StartError::Io {
+                        step: "giving the writable layer to the group's user namespace",
+                        path: d,
+                        source,
+                    }
+                })?;
+            }
+        }
         let process = crate::images::process::merge(&self.defaults, &self.container)?;
         let etc = self.ctx.dir.etc();
         let config = spec::build(&spec::SpecInputs {
@@ -657,6 +685,7 @@ impl BundleJob {
             etc_dir: &etc,
             volumes: &self.volumes,
             oom_score_adj: self.oom_score_adj,
+            userns: self.userns,
         })?;
         let json = serde_json::to_vec_pretty(&config).map_err(StartError::Encode)?;
         let path = bundle.join("config.json");

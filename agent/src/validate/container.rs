@@ -246,6 +246,7 @@ pub(super) fn check(
         add,
         drop,
         read_only_root: sc.read_only_root_filesystem,
+        allow_privilege_escalation: sc.allow_privilege_escalation,
     })
 }
 

@@ -73,6 +73,18 @@ pub struct ContainerSpec {
     pub add: Vec<Capability>,
     pub drop: Vec<Capability>,
     pub read_only_root: bool,
+    /// `allowPrivilegeEscalation` as given; the default depends on the group's user
+    /// namespace (see [`ContainerSpec::no_new_privileges`]).
+    pub allow_privilege_escalation: Option<bool>,
+}
+
+impl ContainerSpec {
+    /// Whether the container's processes get `no_new_privs`: unless escalation is
+    /// allowed, which by default it is only inside a user namespace, where a setuid
+    /// binary or a file capability gains nothing outside the group's own ids.
+    pub fn no_new_privileges(&self, in_user_namespace: bool) -> bool {
+        !self.allow_privilege_escalation.unwrap_or(in_user_namespace)
+    }
 }
 
 /// A container on its own: every rule that does not need the rest of the group (that

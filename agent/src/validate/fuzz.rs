@@ -237,5 +237,6 @@ fn build_config(
         etc_dir: std::path::Path::new("/run/eci/etc"),
         volumes: &volumes,
         oom_score_adj: 0,
+        userns: None,
     })
 }

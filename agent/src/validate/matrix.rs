@@ -22,6 +22,7 @@ use Want::*;
 const HONOURED: &[&str] = &[
     "containers.volumeMounts.readOnly",
     "containers.securityContext.readOnlyRootFilesystem",
+    "containers.securityContext.allowPrivilegeEscalation",
 ];
 
 struct Case {

@@ -53,6 +53,8 @@ pub struct GroupConfig {
     pub seccomp: SeccompProfiles,
     /// Rotation of the containers' log files.
     pub log_rotation: crate::logs::Rotation,
+    /// The group's user namespace range, when it has one (pinned at `ns/user`).
+    pub userns: Option<eci_runtime::userns::IdRange>,
 }
 
 /// The Task service.

@@ -9,7 +9,7 @@ use containerd_shim_protos::api::Status;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use eci_runtime::cgroup;
-use eci_runtime::init::{InitConfig, Target};
+use eci_runtime::init::{GroupUserns, InitConfig, Target};
 use eci_runtime::namespaces;
 use oci_spec::runtime::{Process, Spec};
 use ttrpc::Code;
@@ -70,13 +70,16 @@ impl Task for TaskService {
             .map_err(|e| err(Code::INTERNAL, format!("{e:#}")))?;
         let rootfs_mount = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs_mount).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        let ns_dir = eci_runtime::layout::GroupDir::from_root(&self.group.dir).namespaces();
         let config = InitConfig {
             target: Target::Container {
                 rootfs,
                 rootfs_mount,
-                group_namespaces: namespaces::paths(
-                    &eci_runtime::layout::GroupDir::from_root(&self.group.dir).namespaces(),
-                ),
+                group_namespaces: namespaces::paths(&ns_dir),
+                userns: self.group.userns.map(|range| GroupUserns {
+                    path: ns_dir.join(namespaces::USER),
+                    range,
+                }),
                 mounts: spec.mounts().clone().unwrap_or_default(),
                 masked_paths: linux.masked_paths().clone().unwrap_or_default(),
                 readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),

@@ -269,9 +269,10 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
     println!("IP:              {}", st.ip_addresses.join(", "));
     if let Some(u) = &st.user_namespace {
         println!(
-            "Host id range:   {}-{} (not enforced yet)",
+            "Host id range:   {}-{} (user namespace: root inside is host uid {})",
             u.host_id_base,
-            u64::from(u.host_id_base) + u64::from(u.size) - 1
+            u64::from(u.host_id_base) + u64::from(u.size) - 1,
+            u.host_id_base
         );
     }
     println!(
