@@ -112,12 +112,19 @@ pub async fn run(cfg: Config) -> Result<()> {
     let userns = tokio::task::spawn_blocking(move || UserNamespaces::probe(&userns_cfg, &layers))
         .await
         .context("probing user namespaces")?;
-    tracing::info!(
-        mode = userns.mode.as_str(),
-        ranges = userns.config.ranges,
-        first_host_id = userns.config.first_host_id,
-        "user namespaces"
-    );
+    if userns.mode == crate::id_ranges::Mode::Off {
+        // Said once, loudly: every new group's root is host root on this node.
+        tracing::warn!(
+            "user namespaces are off (user_namespaces.enabled = false): container root of new groups is host root"
+        );
+    } else {
+        tracing::info!(
+            mode = userns.mode.as_str(),
+            ranges = userns.config.ranges,
+            first_host_id = userns.config.first_host_id,
+            "user namespaces"
+        );
+    }
     let groups = Arc::new(Groups::new(store, node, images).with_user_namespaces(userns));
     let g = groups.clone();
     // A failure (a full filesystem, say) is not fatal: the agent still serves, and the
@@ -125,7 +132,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     match tokio::task::spawn_blocking(move || g.reconcile_id_ranges()).await {
         Ok(Ok(r)) if r == Default::default() => {}
         Ok(Ok(r)) => {
-            tracing::info!(freed = ?r.freed, assigned = ?r.assigned, pool_full_for = ?r.left_without, "id ranges reconciled")
+            tracing::info!(freed = ?r.freed, "id ranges reconciled")
         }
         Ok(Err(e)) => tracing::warn!(error = %crate::error::chain(&e), "reconciling id ranges"),
         Err(e) => tracing::warn!(error = %e, "reconciling id ranges"),

@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use eci_api::phase;
 use eci_api::v1::{ContainerGroup, GroupUserNamespace, NodeUserNamespaces};
 use eci_runtime::userns::IdRange;
 
@@ -147,31 +146,20 @@ impl UserNamespaces {
 pub struct Reconciled {
     /// Slots given back because their group is gone: (slot, group).
     pub freed: Vec<(u32, String)>,
-    /// Groups that had no slot (stored by an older agent) and got one.
-    pub assigned: Vec<(String, u32)>,
-    /// Groups that need a slot but found the pool full.
-    pub left_without: Vec<String>,
 }
 
 fn name_of(g: &ContainerGroup) -> &str {
     g.spec.as_ref().map_or("", |s| s.name.as_str())
 }
 
-fn phase_of(g: &ContainerGroup) -> &str {
-    g.status.as_ref().map_or("", |s| s.phase.as_str())
-}
-
 impl Groups {
     /// Brings the id ranges in line with the groups at agent start: a slot whose group
-    /// is gone is freed; an admitted, unfinished group without a slot (stored by an
-    /// older agent, or while the mode was not `on`) gets one when the mode is `on`; a
-    /// group's status shows the range of its slot. Writes nothing when all is in line,
-    /// so an agent starts on a full filesystem.
+    /// is gone is freed, and a group's status shows the range of its slot. A group
+    /// admitted without a range (the mode was not `on`) keeps running without one, and
+    /// one admitted with a range keeps it, whatever the mode is now: its sandbox may
+    /// already run, and its mode changes only with a new group. Writes nothing when all
+    /// is in line, so an agent starts on a full filesystem.
     pub fn reconcile_id_ranges(&self) -> Result<Reconciled> {
-        let pool = self.user_namespaces().pool();
-        let needs_slot = |g: &ContainerGroup| {
-            pool.is_some() && !phase::is_final(phase_of(g)) && phase_of(g) != phase::TERMINATING
-        };
         let plan = |groups: &[ContainerGroup], held: &[(u32, String)]| {
             let names: HashSet<&str> = groups.iter().map(name_of).collect();
             let holders: HashMap<&str, u32> = held.iter().map(|(s, n)| (n.as_str(), *s)).collect();
@@ -187,7 +175,7 @@ impl Groups {
                         .get(name_of(g))
                         .and_then(|s| self.user_namespaces().range(*s));
                     let has = g.status.as_ref().and_then(|s| s.user_namespace);
-                    (want.is_none() && needs_slot(g)) || (want.is_some() && want != has)
+                    want.is_some() && want != has
                 })
                 .map(|g| name_of(g).to_string())
                 .collect();
@@ -212,19 +200,9 @@ impl Groups {
                 let Some(mut g) = tx.get_group(&name)? else {
                     continue;
                 };
-                let slot = match (tx.range_of(&name)?, pool) {
-                    (Some(slot), _) => Some(slot),
-                    (None, Some(pool)) if needs_slot(&g) => {
-                        let slot = tx.allocate_range(&name, pool)?;
-                        match slot {
-                            Some(slot) => out.assigned.push((name.clone(), slot)),
-                            None => out.left_without.push(name.clone()),
-                        }
-                        slot
-                    }
-                    (None, _) => None,
-                };
-                let range = slot.and_then(|s| self.user_namespaces().range(s));
+                let range = tx
+                    .range_of(&name)?
+                    .and_then(|s| self.user_namespaces().range(s));
                 let status = g.status.get_or_insert_with(Default::default);
                 if status.user_namespace != range {
                     status.user_namespace = range;
@@ -347,7 +325,7 @@ mod tests {
         // Expiry of a finished group frees its range too.
         g.mutate("b", |grp| {
             let st = grp.status.get_or_insert_with(Default::default);
-            st.phase = phase::FAILED.into();
+            st.phase = eci_api::phase::FAILED.into();
             st.finished_at = crate::clock::now();
             vec![]
         })
@@ -363,18 +341,12 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_frees_orphans_and_assigns_missing_ranges() {
+    fn reconcile_frees_orphans_and_leaves_groups_in_the_mode_they_were_admitted_with() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            // An older agent (no ranges) stored "old"; a slot row names a group that is gone.
+            // Admitted while the mode was off: "old"; a slot row names a group that is gone.
             let g = groups_on(dir.path(), UserNamespaces::default());
             g.create(spec("old", "1")).expect("old");
-            g.create(spec("done", "1")).expect("done");
-            g.mutate("done", |grp| {
-                grp.status.get_or_insert_with(Default::default).phase = phase::SUCCEEDED.into();
-                vec![]
-            })
-            .expect("done");
             g.store()
                 .write(|tx| tx.allocate_range("ghost", 8))
                 .expect("ghost slot");
@@ -382,10 +354,9 @@ mod tests {
         let g = groups_on(dir.path(), on(1 << 20, 8));
         let r = g.reconcile_id_ranges().expect("reconcile");
         assert_eq!(r.freed, [(0, "ghost".to_string())]);
-        assert_eq!(r.assigned, [("old".to_string(), 0)]);
-        assert!(r.left_without.is_empty());
-        assert_eq!(base(&g, "old"), Some(1 << 20));
-        assert_eq!(base(&g, "done"), None, "a finished group needs no range");
+        assert_eq!(base(&g, "old"), None, "its sandbox may run without one");
+        g.create(spec("new", "1")).expect("new");
+        assert_eq!(base(&g, "new"), Some(1 << 20));
         // In line now: a second run writes nothing.
         let rev = g.store().revision().expect("rev");
         assert_eq!(
@@ -393,21 +364,11 @@ mod tests {
             Reconciled::default()
         );
         assert_eq!(g.store().revision().expect("rev"), rev);
-    }
-
-    #[test]
-    fn reconcile_leaves_a_group_without_a_range_when_the_pool_is_full() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let g = groups_on(dir.path(), UserNamespaces::default());
-            g.create(spec("x", "1")).expect("x");
-            g.create(spec("y", "1")).expect("y");
-        }
-        let g = groups_on(dir.path(), on(1 << 20, 1));
-        let r = g.reconcile_id_ranges().expect("reconcile");
-        assert_eq!(r.assigned, [("x".to_string(), 0)]);
-        assert_eq!(r.left_without, ["y".to_string()]);
-        assert_eq!(base(&g, "y"), None);
+        // Mode off later: "new" keeps its range.
+        drop(g);
+        let g = groups_on(dir.path(), UserNamespaces::default());
+        assert_eq!(g.reconcile_id_ranges().expect("off"), Reconciled::default());
+        assert_eq!(base(&g, "new"), Some(1 << 20));
     }
 
     #[test]

@@ -278,8 +278,12 @@ fn build_root(
     let root = mounts::open_root(rootfs_mount).map_err(m)?;
     for mnt in mounts {
         match userns {
-            Some((_, range)) => mounts::apply_mount(&root, &mounts::host_ids(mnt, range)),
-            None => mounts::apply_mount(&root, mnt),
+            Some((_, range)) => mounts::apply_mount(
+                &root,
+                &mounts::host_ids(mnt, range),
+                Some((range.base, range.base)),
+            ),
+            None => mounts::apply_mount(&root, mnt, None),
         }
         .map_err(m)?;
     }

@@ -365,12 +365,22 @@ const NO_SYMLINK_TYPES: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
 /// Opens a bind mount's source: the source itself (a path the agent owns), or, with a
 /// sub-path, that path resolved inside the source as root (created as a directory when
 /// missing, as Kubernetes does for `subPath`).
-fn open_bind_source(source: &Path, sub_path: Option<&Path>) -> Result<OwnedFd, MountError> {
+fn open_bind_source(
+    source: &Path,
+    sub_path: Option<&Path>,
+    owner: Option<(u32, u32)>,
+) -> Result<OwnedFd, MountError> {
     let fd = nix::fcntl::open(source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(step("opening mount source", source))?;
     match sub_path {
         None => Ok(fd),
-        Some(sub) => open_in_root(&fd, sub, true),
+        Some(sub) => ensure_in_root(
+            &fd,
+            sub,
+            true,
+            owner,
+            ("creating mount point", "opening mount point"),
+        ),
     }
 }
 
@@ -386,8 +396,11 @@ fn is_dir(fd: &OwnedFd) -> bool {
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) == SFlag::S_IFDIR)
 }
 
-/// Applies one OCI mount inside the rootfs whose fd is `root`.
-pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
+/// Applies one OCI mount inside the rootfs whose fd is `root`. Directories it creates
+/// (missing mount points, a volume's missing `subPath`) are given to `owner` when set:
+/// root of the group's user namespace, so container root owns them as it would
+/// without one.
+pub fn apply_mount(root: &OwnedFd, m: &Mount, owner: Option<(u32, u32)>) -> Result<(), MountError> {
     let typ = m.typ().clone().unwrap_or_default();
     let opts = parse_options(&m.options().clone().unwrap_or_default());
     let flags = opts.flags;
@@ -398,12 +411,18 @@ pub fn apply_mount(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
         refuse_symlinks(root, dest)?;
     }
     let src = if is_bind {
-        Some(open_bind_source(&source, opts.sub_path.as_deref())?)
+        Some(open_bind_source(&source, opts.sub_path.as_deref(), owner)?)
     } else {
         None
     };
     let dir = src.as_ref().is_none_or(is_dir);
-    let target = open_in_root(root, dest, dir)?;
+    let target = ensure_in_root(
+        root,
+        dest,
+        dir,
+        owner,
+        ("creating mount point", "opening mount point"),
+    )?;
     let at = fd_path(&target);
     match &src {
         Some(src) => mount(
@@ -623,6 +642,43 @@ mod tests {
 
     fn ino(fd: &OwnedFd) -> u64 {
         nix::sys::stat::fstat(fd).expect("fstat").st_ino
+    }
+
+    #[test]
+    fn mount_options_name_host_ids_of_the_range() {
+        let range = crate::userns::IdRange::group(1 << 20);
+        let m = |typ: &str, opts: &[&str]| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/x")
+                .typ(typ)
+                .source(typ)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .expect("mount")
+        };
+        let opts = |mnt: Mount| mnt.options().clone().unwrap_or_default().join(",");
+        assert_eq!(
+            opts(host_ids(
+                &m("devpts", &["newinstance", "gid=5", "mode=0620"]),
+                range
+            )),
+            format!("newinstance,gid={},mode=0620", (1 << 20) + 5)
+        );
+        assert_eq!(
+            opts(host_ids(&m("tmpfs", &["mode=1777", "size=64k"]), range)),
+            format!("mode=1777,size=64k,uid={0},gid={0}", 1 << 20)
+        );
+        // Outside the range: left out (the kernel's default, host root: `nobody` inside),
+        // never the host id of another range.
+        assert_eq!(
+            opts(host_ids(&m("tmpfs", &["uid=70000", "gid=0"]), range)),
+            format!("gid={}", 1 << 20)
+        );
+        // Binds and other types are untouched.
+        let bind = m("bind", &["rbind", "uid=1"]);
+        assert_eq!(host_ids(&bind, range), bind);
+        let proc_ = m("proc", &["nosuid"]);
+        assert_eq!(host_ids(&proc_, range), proc_);
     }
 
     #[test]

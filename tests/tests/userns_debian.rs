@@ -238,10 +238,7 @@ fn debian_setuid_file_caps_and_su_work_in_user_namespaces() {
     );
     // (b) setuid root: passwd read /etc/shadow, so it printed the ageing fields.
     let l = wait_log(&agent, "deb-userns", "setuid", "DONE");
-    let status = l
-        .lines()
-        .find_map(|l| l.strip_prefix("PASSWD:"))
-        .unwrap_or_default();
+    let status = passwd_status(&l);
     assert_eq!(
         status.split_whitespace().count(),
         7,
@@ -261,10 +258,7 @@ fn debian_setuid_file_caps_and_su_work_in_user_namespaces() {
         "ping worked with no_new_privs:\n{l}"
     );
     let l = wait_log(&agent, "deb-userns", "nnp-setuid", "DONE");
-    let status = l
-        .lines()
-        .find_map(|l| l.strip_prefix("PASSWD:"))
-        .unwrap_or_default();
+    let status = passwd_status(&l);
     assert_eq!(
         status.split_whitespace().count(),
         2,
@@ -284,4 +278,12 @@ fn debian_setuid_file_caps_and_su_work_in_user_namespaces() {
     }
     delete(&agent, "deb-plain");
     delete(&agent, "deb-userns");
+}
+
+/// What `passwd -S` printed (the line after `PASSWD:`): 7 fields when it could read
+/// `/etc/shadow` (euid 0), 2 when not.
+fn passwd_status(log: &str) -> &str {
+    log.lines()
+        .find_map(|l| l.strip_prefix("PASSWD:"))
+        .unwrap_or_default()
 }
