@@ -597,8 +597,16 @@ fn main() -> anyhow::Result<()> {
                     t_on.iter().zip(t_off).map(|(a, b)| ratio(*a, *b)).collect();
                 paired.sort_by(f64::total_cmp);
                 let paired = paired[paired.len() / 2];
+                // The same per round in milliseconds: what user namespaces add to a start.
+                let mut extra: Vec<f64> = t_on
+                    .iter()
+                    .zip(t_off)
+                    .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+                    .collect();
+                extra.sort_by(f64::total_cmp);
+                let extra = extra[extra.len() / 2];
                 println!(
-                    "user namespaces on / off, {}: median {med:.3}, p90 {p:.3}, median of per-round ratios {paired:.3}",
+                    "user namespaces on / off, {}: median {med:.3}, p90 {p:.3}, median of per-round ratios {paired:.3} (on - off: {extra:+.1} ms)",
                     img.label
                 );
                 let (lo, hi) = ratio_interval(t_on, t_off);
