@@ -18,7 +18,9 @@
 //!
 //! Prints medians, p90 and ratios. Needs root, busybox-static, and runc / crun / containerd
 //! for the peers (a missing peer prints n/a).
-//! Run: `eci-bench [--rounds N]` (default 40; a bare `N` works too).
+//! Run: `eci-bench [--control] [--rounds N]` (default 40; a bare `N` works too).
+//! `--control` gives both agents user namespaces on: their ratio is the harness's own
+//! noise and bias, against which an on/off difference of a few percent must be read.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -103,8 +105,11 @@ struct BenchImage {
 
 /// One of the two agents: user namespaces on or off in its config.
 struct Side {
-    /// `on` or `off`: what its config asks for.
+    /// Its name in the output: `on` or `off` (`on-B` for the second agent of a control
+    /// run).
     wanted: &'static str,
+    /// `[user_namespaces] enabled` in its config.
+    enabled: bool,
     agent: Agent,
     groups: ContainerGroupsClient<Channel>,
     /// `Node.Info.userNamespaces` as the agent reported it at start.
@@ -123,10 +128,10 @@ struct Observed {
 impl Side {
     fn start(
         wanted: &'static str,
+        enabled: bool,
         rt: &tokio::runtime::Runtime,
         archives: &[(PathBuf, &str)],
     ) -> anyhow::Result<Side> {
-        let enabled = wanted == "on";
         let agent = Agent::start(&format!("[user_namespaces]\nenabled = {enabled}\n"))?;
         for (archive, reference) in archives {
             let out = agent.ctl(&[
@@ -151,6 +156,7 @@ impl Side {
             .unwrap_or_default();
         Ok(Side {
             wanted,
+            enabled,
             agent,
             groups: ContainerGroupsClient::new(ch),
             info,
@@ -378,25 +384,32 @@ fn containerd_shim_rss(dir: &Path, archive: &Path) -> Result<u64, String> {
     result
 }
 
-/// `--rounds N` or a bare `N`; 40 by default (about a minute here with the Debian
-/// image: fewer rounds leave the on/off ratio within machine noise of a few percent).
-fn rounds() -> anyhow::Result<usize> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// `[--control] [--rounds N | N]`: the rounds, 40 by default (about 30 s here; fewer
+/// leave the on/off ratio within machine noise of a few percent), and whether this is a
+/// control run: both agents with user namespaces on, so their ratio shows the noise and
+/// any bias of the harness itself (it should be 1.0 within its interval).
+fn args() -> anyhow::Result<(usize, bool)> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let control = args.first().is_some_and(|a| a == "--control");
+    if control {
+        args.remove(0);
+    }
     let value = match args.as_slice() {
-        [] => return Ok(40),
+        [] => return Ok((40, control)),
         [flag, n] if flag == "--rounds" => n,
         [n] if !n.starts_with('-') => n,
-        _ => anyhow::bail!("usage: eci-bench [--rounds N]"),
+        _ => anyhow::bail!("usage: eci-bench [--control] [--rounds N]"),
     };
     let n: usize = value
         .parse()
         .map_err(|_| anyhow::anyhow!("rounds: not a number: {value}"))?;
     anyhow::ensure!(n > 0, "rounds: at least 1");
-    Ok(n)
+    Ok((n, control))
 }
 
 /// Whether the two agents are what their configs ask for, from what they report and what
 /// the host sees; `Err` says why the on/off ratio would mean nothing. Prints the evidence.
+/// `off` is the second agent, with user namespaces on in a control run.
 fn check_modes(on: &Side, off: &Side, seen: &[(&str, Observed, Observed)]) -> Result<(), String> {
     for side in [on, off] {
         let u = &side.info;
@@ -421,7 +434,7 @@ fn check_modes(on: &Side, off: &Side, seen: &[(&str, Observed, Observed)]) -> Re
         println!("{line}");
     }
     for (label, o_on, o_off) in seen {
-        for (wanted, o) in [("on", o_on), ("off", o_off)] {
+        for (wanted, o) in [(on.wanted, o_on), (off.wanted, o_off)] {
             let range = match &o.range {
                 Some(r) => format!(
                     "host ids {}-{}",
@@ -439,39 +452,36 @@ fn check_modes(on: &Side, off: &Side, seen: &[(&str, Observed, Observed)]) -> Re
             );
         }
     }
-    if on.info.mode != "on" {
-        return Err(format!(
-            "the userns-on agent is in mode {:?}, not on",
-            on.info.mode
-        ));
-    }
-    if off.info.mode != "off" {
-        return Err(format!(
-            "the userns-off agent is in mode {:?}, not off",
-            off.info.mode
-        ));
-    }
-    for (label, o_on, o_off) in seen {
-        let Some(r) = &o_on.range else {
+    for side in [on, off] {
+        let want = if side.enabled { "on" } else { "off" };
+        if side.info.mode != want {
             return Err(format!(
-                "{label}: the userns-on agent's group has no id range"
-            ));
-        };
-        if o_off.range.is_some() {
-            return Err(format!(
-                "{label}: the userns-off agent's group has an id range"
+                "the userns-{} agent is in mode {:?}, not {want}",
+                side.wanted, side.info.mode
             ));
         }
-        if on.info.enforced {
-            let base = u64::from(r.host_id_base);
-            match o_on.host_uid {
-                Some((uid, _)) if (base..base + u64::from(r.size)).contains(&u64::from(uid)) => {}
-                Some((uid, _)) => {
-                    return Err(format!(
-                        "{label}: the agent says enforced, but the container runs as host uid {uid}, outside its range"
-                    ));
+    }
+    for (label, o_on, o_off) in seen {
+        for (side, o) in [(on, o_on), (off, o_off)] {
+            let who = format!("{label}: the userns-{} agent's group", side.wanted);
+            let r = match (&o.range, side.enabled) {
+                (Some(r), true) => r,
+                (None, false) => continue,
+                (None, true) => return Err(format!("{who} has no id range")),
+                (Some(_), false) => return Err(format!("{who} has an id range")),
+            };
+            if side.info.enforced {
+                let base = u64::from(r.host_id_base);
+                match o.host_uid {
+                    Some((uid, _))
+                        if (base..base + u64::from(r.size)).contains(&u64::from(uid)) => {}
+                    Some((uid, _)) => {
+                        return Err(format!(
+                            "{who}: the agent says enforced, but the container runs as host uid {uid}, outside its range"
+                        ));
+                    }
+                    None => return Err(format!("{who}: the container's host uid is unknown")),
                 }
-                None => return Err(format!("{label}: the container's host uid is unknown")),
             }
         }
     }
@@ -479,7 +489,7 @@ fn check_modes(on: &Side, off: &Side, seen: &[(&str, Observed, Observed)]) -> Re
 }
 
 fn main() -> anyhow::Result<()> {
-    let n = rounds()?;
+    let (n, control) = args()?;
     let dir = tempfile::Builder::new().prefix("eci-bench-").tempdir()?;
     let archive = dir.path().join("busybox.tar");
     let image = oci::Image {
@@ -504,11 +514,20 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut on = Side::start("on", &rt, &archives)?;
-    let mut off = Side::start("off", &rt, &archives)?;
+    let mut on = Side::start("on", true, &rt, &archives)?;
+    let mut off = if control {
+        Side::start("on-B", true, &rt, &archives)?
+    } else {
+        Side::start("off", false, &rt, &archives)?
+    };
     println!(
         "eci-bench: {n} rounds; each round starts one group per image on both agents, \
-         user namespaces on and off, in alternating order\n"
+         user namespaces on and {}, in alternating order\n",
+        if control {
+            "on again (control run)"
+        } else {
+            "off"
+        }
     );
 
     // One untimed round per image and agent: warms caches, and shows what each agent
@@ -555,10 +574,14 @@ fn main() -> anyhow::Result<()> {
     let on_bb = median(&times[0][0]);
     println!(
         "{:<46} {:>9} {:>9} {:>10} {:>10}",
-        "start: Create call -> first output", "median", "p90", "x / off", "x / on"
+        "start: Create call -> first output",
+        "median",
+        "p90",
+        format!("x / {}", off.wanted),
+        "x / on"
     );
     for (k, img) in images.iter().enumerate() {
-        for (slot, wanted) in [(1, "off"), (0, "on")] {
+        for (slot, wanted) in [(1, off.wanted), (0, on.wanted)] {
             let m = median(&times[k][slot]);
             println!(
                 "{:<46} {:>9} {:>9} {:>10.2} {:>10.2}",
@@ -586,7 +609,7 @@ fn main() -> anyhow::Result<()> {
     println!("(eci-agent rows: the whole group, shim, namespaces, cgroups, overlay, logs)\n");
 
     match &verdict {
-        Err(why) => println!("user namespaces on / off: no ratio: {why}"),
+        Err(why) => println!("user namespaces on / {}: no ratio: {why}", off.wanted),
         Ok(()) => {
             for (k, img) in images.iter().enumerate() {
                 let [t_on, t_off] = &times[k];
@@ -606,11 +629,14 @@ fn main() -> anyhow::Result<()> {
                 extra.sort_by(f64::total_cmp);
                 let extra = extra[extra.len() / 2];
                 println!(
-                    "user namespaces on / off, {}: median {med:.3}, p90 {p:.3}, median of per-round ratios {paired:.3} (on - off: {extra:+.1} ms)",
-                    img.label
+                    "user namespaces on / {o}, {}: median {med:.3}, p90 {p:.3}, median of per-round ratios {paired:.3} (on - {o}: {extra:+.1} ms)",
+                    img.label,
+                    o = off.wanted
                 );
                 let (lo, hi) = ratio_interval(t_on, t_off);
-                let goal = if hi <= GOAL {
+                let goal = if control {
+                    "n/a (control run: both agents on; the ratio should be 1.0 within the interval)"
+                } else if hi <= GOAL {
                     "met"
                 } else if lo > GOAL {
                     "NOT met"
@@ -637,20 +663,14 @@ fn main() -> anyhow::Result<()> {
     let theirs = containerd_shim_rss(dir.path(), &archive);
     println!(
         "{:<46} {:>10} {:>22}",
-        "idle shim resident memory", "VmRSS", "ratio (x / eci off)"
+        "idle shim resident memory",
+        "VmRSS",
+        format!("ratio (x / eci {})", off.wanted)
     );
-    let ours = |wanted: &str| {
-        seen.first().and_then(|(_, a, b)| {
-            if wanted == "on" {
-                a.shim_rss_kib
-            } else {
-                b.shim_rss_kib
-            }
-        })
-    };
-    let base = ours("off");
-    for wanted in ["off", "on"] {
-        match (ours(wanted), base) {
+    let rss_on = seen.first().and_then(|(_, a, _)| a.shim_rss_kib);
+    let base = seen.first().and_then(|(_, _, b)| b.shim_rss_kib);
+    for (wanted, rss) in [(off.wanted, base), (on.wanted, rss_on)] {
+        match (rss, base) {
             (Some(kib), Some(b)) => println!(
                 "{:<46} {:>6} KiB {:>22.2}",
                 format!("eci-shim (one group), user namespaces {wanted}"),
