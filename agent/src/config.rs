@@ -41,7 +41,88 @@ pub struct Config {
     pub node: NodeConfig,
     pub runtime: RuntimeConfig,
     pub user_namespaces: UserNamespacesConfig,
+    pub images: ImagesConfig,
     pub log: LogConfig,
+}
+
+/// The image store: garbage collection and image caches (issue 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Garbage collection starts when more than this percent of the filesystem holding
+    /// the image store (`state_dir`) is used (0-100; 100 turns it off).
+    pub gc_high_percent: u8,
+    /// ... and removes unused images, least recently used first, until at most this
+    /// percent is used (at most `gc_high_percent`).
+    pub gc_low_percent: u8,
+    /// Images used by a group, imported or pulled more recently than this are kept.
+    pub gc_min_age: String,
+    /// How often the watermark is checked and expired image caches are removed (also
+    /// after every import).
+    pub gc_interval: String,
+    /// The length of one day of an image cache's `retention_days` (tests shorten it).
+    pub retention_day: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            gc_high_percent: 85,
+            gc_low_percent: 80,
+            gc_min_age: "10m".into(),
+            gc_interval: "5m".into(),
+            retention_day: "24h".into(),
+        }
+    }
+}
+
+impl ImagesConfig {
+    /// The settings as the image caches use them.
+    pub fn policy(&self) -> Result<crate::caches::ImagesPolicy, ConfigError> {
+        if self.gc_high_percent > 100 {
+            return Err(ConfigError::Invalid {
+                key: "images.gc_high_percent",
+                message: format!("{} is over 100", self.gc_high_percent),
+            });
+        }
+        if self.gc_low_percent > self.gc_high_percent {
+            return Err(ConfigError::Invalid {
+                key: "images.gc_low_percent",
+                message: format!(
+                    "{} is above images.gc_high_percent ({})",
+                    self.gc_low_percent, self.gc_high_percent
+                ),
+            });
+        }
+        let duration = |key: &'static str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
+                key,
+                message: e.to_string(),
+            })
+        };
+        let interval = duration("images.gc_interval", &self.gc_interval)?;
+        let retention_day = duration("images.retention_day", &self.retention_day)?;
+        for (key, d) in [
+            ("images.gc_interval", interval),
+            ("images.retention_day", retention_day),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be more than 0s".into(),
+                });
+            }
+        }
+        Ok(crate::caches::ImagesPolicy {
+            gc: crate::images::gc::GcPolicy {
+                high_percent: self.gc_high_percent,
+                low_percent: self.gc_low_percent,
+                min_age: duration("images.gc_min_age", &self.gc_min_age)?,
+            },
+            interval,
+            retention_day,
+        })
+    }
 }
 
 /// User namespaces for groups (issue 14): each group gets its own range of
@@ -181,6 +262,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             runtime: RuntimeConfig::default(),
             user_namespaces: UserNamespacesConfig::default(),
+            images: ImagesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -321,6 +403,7 @@ impl Config {
             });
         }
         self.check_user_namespaces()?;
+        self.images.policy()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -434,6 +517,17 @@ mod tests {
         let c: Config = toml::from_str("[user_namespaces]\nfirst_host_id = 65536\nranges = 65534")
             .expect("parses");
         c.check().expect("largest pool");
+        for (toml_text, key) in [
+            ("gc_high_percent = 101", "images.gc_high_percent"),
+            ("gc_low_percent = 90", "images.gc_low_percent"),
+            ("gc_interval = \"0s\"", "images.gc_interval"),
+            ("retention_day = \"soon\"", "images.retention_day"),
+            ("gc_min_age = \"x\"", "images.gc_min_age"),
+        ] {
+            let c: Config = toml::from_str(&format!("[images]\n{toml_text}")).expect("parses");
+            let err = c.check().expect_err(toml_text).to_string();
+            assert!(err.contains(key), "{toml_text}: {err}");
+        }
         let c: Config = toml::from_str("[runtime]\nlog_max_files = 1").expect("parses");
         assert!(
             c.check().is_err(),

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::caches::{ImageCaches, PresentImages};
 use crate::config::Config;
 use crate::groups::Groups;
 use crate::health::{self, Health};
@@ -138,6 +139,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "reconciling id ranges"),
     }
     let sup = Supervisor::new(groups.clone(), supervisor_config(&cfg)?);
+    // How image caches obtain their images. The registry puller goes here.
+    let source = Arc::new(PresentImages::new(groups.clone()));
+    let caches = ImageCaches::new(groups.clone(), source, cfg.images.policy()?);
     let (total, _) = groups.store().list_groups()?;
     tracing::info!(
         groups = total.len(),
@@ -153,6 +157,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     let health = Health::new(groups.store().clone());
     health.spawn(cfg.socket_path()).await;
     spawn_supervisor_loop(sup.clone(), health.clone(), &cfg)?;
+    // Caches a crash left Creating continue; then expiry and garbage collection run
+    // periodically.
+    match caches.resume().await {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => tracing::info!(caches = ?r, "resumed image cache creation"),
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "resuming image caches"),
+    }
+    caches.spawn_maintenance();
     notify::ready();
     notify::spawn_watchdog(health.clone());
 
@@ -167,7 +179,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         notify::stopping();
         let _ = stop_tx.send(true);
     });
-    listeners.serve(sup, health, stop_rx).await?;
+    listeners.serve(sup, caches, health, stop_rx).await?;
     let _ = std::fs::remove_file(cfg.socket_path());
     // Running shims keep the detached bind they were started from.
     eci_runtime::sealed_exe::release(&sealed_shim_path(&cfg));

@@ -15,8 +15,15 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// A request field whose name is built at run time (`images[3]`).
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
     #[error("group {0:?} not found")]
     NotFound(String),
+    #[error("image cache {0:?} not found")]
+    CacheNotFound(String),
+    #[error("image cache {0:?} already exists")]
+    CacheExists(String),
     #[error("image {0:?} not found")]
     ImageNotFound(String),
     #[error("group {0:?} already exists")]

@@ -16,7 +16,7 @@ use eci_api::v1::{
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::id_ranges::UserNamespaces;
-use crate::images::{ImageRecord, ImageStore, Reference};
+use crate::images::ImageStore;
 use crate::node::Node;
 use crate::quantity::{
     format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes,
@@ -160,24 +160,6 @@ impl Groups {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
-    }
-
-    /// The first unfinished group with a container of this image, if any.
-    pub fn image_user(&self, image: &ImageRecord) -> Result<Option<String>> {
-        let (groups, _) = self.store.list_groups()?;
-        Ok(groups
-            .iter()
-            .filter(|g| !phase::is_final(phase_of(g)))
-            .find(|g| {
-                g.spec
-                    .iter()
-                    .flat_map(|s| s.containers.iter().chain(&s.init_containers))
-                    .any(|c| {
-                        Reference::parse(&c.image)
-                            .is_ok_and(|r| image.references.contains(&r.to_string()))
-                    })
-            })
-            .map(|g| name_of(g).to_string()))
     }
 
     pub fn node(&self) -> &Node {

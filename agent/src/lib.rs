@@ -4,6 +4,7 @@
 //! the library is what they share and what the tests drive.
 
 pub mod api;
+pub mod caches;
 pub mod clock;
 pub mod config;
 pub mod daemon;

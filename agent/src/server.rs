@@ -20,6 +20,7 @@ use tonic::service::{InterceptorLayer, Routes, RoutesBuilder};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, CachesApi, ContainersApi, GroupsApi, ImagesApi, MetricsApi, NodeApi};
+use crate::caches::ImageCaches;
 use crate::config::Config;
 use crate::health::Health;
 use crate::local_h2::LocalStream;
@@ -28,7 +29,11 @@ use crate::supervisor::Supervisor;
 /// Every service of the agent, once; both listeners serve clones of it.
 /// `grpc.health.v1.Health` reports what [`Health`] says: `""` and `eci.v1.Node` while
 /// the agent is alive, `eci.v1.ContainerGroups` while it can also write.
-async fn routes(groups: Arc<Supervisor>, health: Arc<Health>) -> Result<Routes> {
+async fn routes(
+    groups: Arc<Supervisor>,
+    caches: Arc<ImageCaches>,
+    health: Arc<Health>,
+) -> Result<Routes> {
     let health_svc = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.reporter()),
     );
@@ -51,7 +56,7 @@ async fn routes(groups: Arc<Supervisor>, health: Arc<Health>) -> Result<Routes> 
         .add_service(ContainersServer::new(ContainersApi::new(groups.clone())))
         .add_service(MetricsServer::new(MetricsApi::new(groups.clone())))
         .add_service(ImagesServer::new(ImagesApi::new(groups.clone())))
-        .add_service(ImageCachesServer::new(CachesApi))
+        .add_service(ImageCachesServer::new(CachesApi::new(caches)))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -140,10 +145,11 @@ impl Listeners {
     pub async fn serve(
         self,
         groups: Arc<Supervisor>,
+        caches: Arc<ImageCaches>,
         health: Arc<Health>,
         stop: watch::Receiver<bool>,
     ) -> Result<()> {
-        let routes = routes(groups, health).await?;
+        let routes = routes(groups, caches, health).await?;
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

@@ -189,12 +189,28 @@ fn rows() -> Vec<Row> {
                 }]
             },
         ),
-        ("image cache", Code::Unimplemented, "imageCache", |s| {
-            s.image_cache = Some(ImageCacheSelector {
-                name: "warm".into(),
-                auto_match: false,
-            })
-        }),
+        (
+            "image cache name",
+            Code::InvalidArgument,
+            "imageCache.name",
+            |s| {
+                s.image_cache = Some(ImageCacheSelector {
+                    name: "Warm_1".into(),
+                    auto_match: false,
+                })
+            },
+        ),
+        (
+            "image cache both",
+            Code::InvalidArgument,
+            "imageCache",
+            |s| {
+                s.image_cache = Some(ImageCacheSelector {
+                    name: "warm".into(),
+                    auto_match: true,
+                })
+            },
+        ),
         (
             "1m cpu",
             Code::InvalidArgument,

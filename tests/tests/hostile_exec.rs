@@ -233,6 +233,8 @@ fn exec_with_a_terminal_never_follows_a_planted_ptmx_link() {
     let out = agent.apply("pty", &group("pty", "Never", &[("app", &script)], ""));
     assert!(out.status.success(), "{}", text(&out));
     wait_log(&agent, "pty", "app", "planted");
+    // The log line can come before the agent records the container as running.
+    wait_phase(&agent, "pty", "Running");
     let ctl = format!(
         "{} --socket {}",
         eci_tests::bin("ecictl").display(),

@@ -9,6 +9,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Shared, blocking};
+use crate::caches::holder;
 use crate::images::ImageRecord;
 
 pub struct ImagesApi {
@@ -72,12 +73,7 @@ impl Images for ImagesApi {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = req.into_inner().image;
         let g = self.groups.groups().clone();
-        blocking(move || {
-            let image = g.images().get(&name)?;
-            let user = g.image_user(&image)?;
-            Ok(g.images().remove(&name, |_| user.clone())?)
-        })
-        .await?;
+        blocking(move || Ok(g.images().remove(&name, holder)?)).await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 

@@ -2,10 +2,10 @@
 //! convert the result. Domain errors become `tonic::Status` in [`status`] only.
 
 pub mod auth;
+mod caches;
 mod containers;
 mod groups;
 mod images;
-mod later;
 mod log_stream;
 mod metrics;
 mod node;
@@ -13,10 +13,10 @@ mod status;
 
 use std::sync::Arc;
 
+pub use caches::CachesApi;
 pub use containers::ContainersApi;
 pub use groups::GroupsApi;
 pub use images::ImagesApi;
-pub use later::CachesApi;
 pub use metrics::MetricsApi;
 pub use node::NodeApi;
 

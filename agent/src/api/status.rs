@@ -16,9 +16,11 @@ pub(crate) const MAX_STATUS_MESSAGE: usize = 4096;
 
 pub(crate) fn to_status(e: Error) -> Status {
     let code = match &e {
-        Error::Spec(SpecError::Invalid(_)) | Error::BadRequest { .. } => Code::InvalidArgument,
+        Error::Spec(SpecError::Invalid(_))
+        | Error::BadRequest { .. }
+        | Error::InvalidField { .. } => Code::InvalidArgument,
         Error::Spec(SpecError::Unimplemented(_)) => Code::Unimplemented,
-        Error::NotFound(_) | Error::ImageNotFound(_) => Code::NotFound,
+        Error::NotFound(_) | Error::ImageNotFound(_) | Error::CacheNotFound(_) => Code::NotFound,
         Error::Image(i) => match i {
             ImageError::Reference(_)
             | ImageError::Archive(_)
@@ -36,7 +38,7 @@ pub(crate) fn to_status(e: Error) -> Status {
             ImageError::InUse(..) => Code::FailedPrecondition,
             _ => Code::Internal,
         },
-        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::AlreadyExists(_) | Error::CacheExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,

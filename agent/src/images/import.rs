@@ -61,6 +61,7 @@ impl ImageStore {
             };
             out.push(self.import_manifest(&desc, &reference)?);
         }
+        self.image_added();
         Ok(out)
     }
 

@@ -13,6 +13,7 @@ mod archive;
 pub mod content;
 pub mod digest;
 pub mod documents;
+pub mod gc;
 mod import;
 pub mod layers;
 pub mod process;
@@ -25,7 +26,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteTx};
 use content::{ContentError, ContentStore};
 use digest::{Algorithm, Digest};
 use layers::LayerLocks;
@@ -55,7 +56,9 @@ pub enum ImageError {
     },
     #[error("image {image}: {reason}")]
     Invalid { image: String, reason: String },
-    #[error("image {0} is used by group {1:?}")]
+    /// Refused removal: the image is in use. The second field says by what
+    /// (`used by group "web"`, `pinned by image cache "warm-1"`).
+    #[error("image {0} is {1}")]
     InUse(String, String),
     #[error(transparent)]
     Content(#[from] ContentError),
@@ -134,6 +137,9 @@ pub struct ImageStore {
     gc: RwLock<()>,
     /// One unpack per diff id at a time.
     layer_locks: LayerLocks,
+    /// Signalled when an image was added (import, pull): the watermark garbage
+    /// collection (`caches::ImageCaches::spawn_maintenance`) then runs at once.
+    added: tokio::sync::Notify,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -172,10 +178,22 @@ impl ImageStore {
             store,
             gc: RwLock::new(()),
             layer_locks: LayerLocks::default(),
+            added: tokio::sync::Notify::new(),
         };
         // Nothing unpacks yet: any unpack directory is left from a crash.
         images.remove_stale_unpacks()?;
         Ok(images)
+    }
+
+    /// Says that an image was added, so the watermark garbage collection runs soon. A
+    /// puller calls it after it records an image; imports do.
+    pub fn image_added(&self) {
+        self.added.notify_one();
+    }
+
+    /// Woken after [`ImageStore::image_added`].
+    pub fn added(&self) -> &tokio::sync::Notify {
+        &self.added
     }
 
     /// A temp file on the same filesystem as the store, deleted when dropped, for
@@ -203,23 +221,31 @@ impl ImageStore {
     }
 
     /// Removes a reference (or, given a digest, the whole image). Layers and blobs no
-    /// image uses any more are deleted. `user_of` names a group using the image, if any.
+    /// image uses any more are deleted. `holder` says what holds the image (a group, a
+    /// cache), if anything; it runs in the transaction that removes the record, so
+    /// nothing can start using the image between the check and the removal.
     pub fn remove(
         &self,
         name: &str,
-        user_of: impl Fn(&ImageRecord) -> Option<String>,
+        holder: impl Fn(&WriteTx<'_>, &ImageRecord) -> Result<Option<String>, StoreError>,
     ) -> Result<(), ImageError> {
         let image = self.get(name)?;
-        if let Some(group) = user_of(&image) {
-            return Err(ImageError::InUse(name.to_string(), group));
-        }
         let untag = match names_a_digest(name) || image.references.len() <= 1 {
             true => None,
             false => Some(Reference::parse(name)?.to_string()),
         };
-        self.store.write(|tx| match &untag {
-            None => tx.delete_image(&image.digest),
-            Some(r) => tx.untag_image(&image.digest, r),
+        self.store.write(|tx| {
+            let Some(current) = tx.get_image(&image.digest)? else {
+                return Err(ImageError::NotFound(name.to_string()));
+            };
+            if let Some(by) = holder(tx, &current)? {
+                return Err(ImageError::InUse(name.to_string(), by));
+            }
+            match &untag {
+                None => tx.delete_image(&image.digest)?,
+                Some(r) => tx.untag_image(&image.digest, r)?,
+            }
+            Ok(())
         })?;
         self.collect_garbage()
     }

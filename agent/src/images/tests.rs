@@ -288,10 +288,15 @@ fn imports_lists_and_removes_with_shared_layers() {
     );
 
     let err = images
-        .remove("demo/hello:1", |_| Some("web".into()))
+        .remove("demo/hello:1", |_, _| {
+            Ok(Some("used by group \"web\"".into()))
+        })
         .expect_err("in use");
     assert!(matches!(err, ImageError::InUse(..)), "{err}");
-    images.remove("demo/hello:1", |_| None).expect("remove a");
+    assert!(err.to_string().contains("used by group \"web\""), "{err}");
+    images
+        .remove("demo/hello:1", |_, _| Ok(None))
+        .expect("remove a");
     assert!(matches!(
         images.get("demo/hello:1"),
         Err(ImageError::NotFound(_))
@@ -302,7 +307,7 @@ fn imports_lists_and_removes_with_shared_layers() {
         "a's own layer collected"
     );
     images
-        .remove(b[0].digest.as_str(), |_| None)
+        .remove(b[0].digest.as_str(), |_, _| Ok(None))
         .expect("remove b");
     assert!(!bottom.exists());
 }
@@ -706,7 +711,7 @@ fn a_planted_layer_directory_is_not_used() {
     );
 
     // Garbage collection drops the records with the directories.
-    n.images.remove("hello:1", |_| None).expect("remove");
+    n.images.remove("hello:1", |_, _| Ok(None)).expect("remove");
     assert!(!planted.exists());
     for l in &r[0].layers {
         assert!(n.images.store.get_layer(&l.diff_id).expect("get").is_none());

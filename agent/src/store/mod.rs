@@ -1,5 +1,5 @@
 //! The state store: one redb file holding groups, events, the change log that Watch
-//! resumes from, images and the layers this agent unpacked.
+//! resumes from, images, the layers this agent unpacked, and image caches.
 //!
 //! Every write is one redb transaction committed with immediate durability (fsync) before
 //! the caller returns, so an RPC that said "created" survives `kill -9` and power loss.
@@ -22,6 +22,7 @@
 //! order. A watcher that falls behind the live channel catches up from the change log
 //! ([`Feed`]).
 
+mod caches;
 mod feed;
 mod ranges;
 mod tx;
@@ -714,6 +715,8 @@ fn create_tables(db: &Database) -> Result<()> {
         LAYERS.name(),
         REFS.name(),
         ranges::ID_RANGES.name(),
+        caches::CACHES.name(),
+        caches::IMAGE_USED.name(),
     ];
     if wanted.iter().all(|w| names.iter().any(|n| n == w)) && names.iter().any(|n| n == "meta") {
         return Ok(());
@@ -727,6 +730,8 @@ fn create_tables(db: &Database) -> Result<()> {
     tx.open_table(REFS).map_err(db_err)?;
     tx.open_table(LAYERS).map_err(db_err)?;
     tx.open_table(ranges::ID_RANGES).map_err(db_err)?;
+    tx.open_table(caches::CACHES).map_err(db_err)?;
+    tx.open_table(caches::IMAGE_USED).map_err(db_err)?;
     tx.commit().map_err(db_err)
 }
 

@@ -195,7 +195,8 @@ impl WriteTx<'_> {
         }
         let mut t = self.tx.open_table(IMAGES).map_err(db_err)?;
         t.remove(digest.as_str()).map_err(db_err)?;
-        Ok(())
+        drop((t, refs));
+        self.forget_image_use(digest)
     }
 
     /// Records that this agent unpacked and verified the layer `diff_id`.

@@ -11,10 +11,14 @@ use eci_api::v1::{Container, ContainerGroup};
 use super::start_error::StartError;
 use super::transitions::{self, Ended, status_of, wants_restart};
 use super::{GroupCtx, Supervisor};
+use crate::caches;
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
 use crate::images::{ImageError, ImageRecord, Reference};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
+
+/// Each container (init first) with the image it runs.
+type Resolved = Vec<(Container, ImageRecord)>;
 
 /// `<bundle>/exit.json` as the shim writes it.
 #[derive(serde::Deserialize)]
@@ -70,50 +74,177 @@ impl Supervisor {
         }
     }
 
-    /// Images of every container, or the first failure recorded on the group.
-    async fn resolve_images(&self, ctx: &GroupCtx) -> Option<Vec<(Container, ImageRecord)>> {
+    /// The group's images from the cache its spec names or auto-matches: Ok(None)
+    /// when it uses no cache, else the cache's name and the images it pins (no registry
+    /// request is made for them).
+    fn resolve_from_cache(
+        &self,
+        ctx: &GroupCtx,
+    ) -> Result<Option<(String, Resolved)>, (&'static str, String)> {
+        let Some(sel) = ctx.spec.image_cache.as_ref() else {
+            return Ok(None);
+        };
+        if sel.name.is_empty() && !sel.auto_match {
+            return Ok(None);
+        }
+        let containers: Vec<&Container> = ctx
+            .spec
+            .init_containers
+            .iter()
+            .chain(&ctx.spec.containers)
+            .collect();
+        let mut wanted = Vec::new();
+        for c in &containers {
+            match Reference::parse(&c.image) {
+                Ok(r) => wanted.push(r.to_string()),
+                // Resolved (and refused) the usual way.
+                Err(_) => return Ok(None),
+            }
+        }
+        let store = self.groups.store();
+        let caches = store
+            .list_caches()
+            .map_err(|e| ("ErrImagePull", crate::error::chain(&e)))?;
+        let Some(cache) = caches::select(Some(sel), &caches, &wanted)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (c, r) in containers.into_iter().zip(&wanted) {
+            let gone = || {
+                (
+                    "ImageCacheMismatch",
+                    format!(
+                        "image cache {:?} pins {r}, which is no longer on this node",
+                        cache.name
+                    ),
+                )
+            };
+            let digest = cache.pinned(r).ok_or_else(gone)?;
+            let rec = store
+                .get_image(digest)
+                .map_err(|e| ("ErrImagePull", crate::error::chain(&e)))?
+                .ok_or_else(gone)?;
+            out.push((c.clone(), rec));
+        }
+        Ok(Some((cache.name.clone(), out)))
+    }
+
+    /// Records a failure to resolve images on the group (the container, when one is
+    /// named, waits with `reason`).
+    async fn resolve_failed(&self, ctx: &GroupCtx, cname: &str, reason: &'static str, msg: String) {
+        let (name, cname) = (ctx.name.clone(), cname.to_string());
+        self.mutate(&ctx.name, move |g| {
+            if let Some(s) = status_of(g, &cname) {
+                transitions::to_waiting(s, reason, &msg);
+            }
+            let st = g.status.get_or_insert_with(Default::default);
+            st.phase = phase::PENDING.into();
+            st.reason = reason.into();
+            st.message = msg.clone();
+            let e = container_event(&name, WARNING, "Failed", msg, cname);
+            vec![e]
+        })
+        .await;
+    }
+
+    /// Images of every container and the cache they came from, if any; or the first
+    /// failure recorded on the group. When `adopting` a running group, a cache that is
+    /// gone or changed is no reason to stop following it: its images resolve the usual
+    /// way.
+    async fn resolve_images(
+        &self,
+        ctx: &GroupCtx,
+        adopting: bool,
+    ) -> Option<(Resolved, Option<String>)> {
+        let first = ctx
+            .spec
+            .init_containers
+            .iter()
+            .chain(&ctx.spec.containers)
+            .next()
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        match self.resolve_from_cache(ctx) {
+            Ok(Some((cache, images))) => return Some((images, Some(cache))),
+            Ok(None) => {}
+            Err(_) if adopting => {}
+            Err((reason, msg)) => {
+                self.resolve_failed(ctx, &first, reason, msg).await;
+                return None;
+            }
+        }
         let mut out = Vec::new();
         for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
             match self.resolve_image(c) {
                 Ok(rec) => out.push((c.clone(), rec)),
                 Err((reason, msg)) => {
-                    let (name, cname) = (ctx.name.clone(), c.name.clone());
-                    self.mutate(&ctx.name, move |g| {
-                        if let Some(s) = status_of(g, &cname) {
-                            transitions::to_waiting(s, reason, &msg);
-                        }
-                        let st = g.status.get_or_insert_with(Default::default);
-                        st.phase = phase::PENDING.into();
-                        st.reason = reason.into();
-                        st.message = msg.clone();
-                        let e = container_event(&name, WARNING, "Failed", msg, cname);
-                        vec![e]
-                    })
-                    .await;
+                    self.resolve_failed(ctx, &c.name, reason, msg).await;
                     return None;
                 }
             }
         }
-        Some(out)
+        Some((out, None))
     }
 
     async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), StartError> {
         let valid = stored_spec(ctx).map_err(StartError::Spec)?;
-        let Some(images) = self.resolve_images(ctx).await else {
+        let Some((images, cache)) = self.resolve_images(ctx, false).await else {
             return Ok(());
         };
-        // One transaction for all containers' events: each commit is an fsync.
-        let pulled: Vec<_> = images
+        // One transaction for all containers' events.
+        let mut pulled: Vec<_> = cache
             .iter()
-            .map(|(c, _)| {
-                let msg = format!("Container image {:?} already present on machine", c.image);
-                container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
+            .map(|name| {
+                event(
+                    &ctx.name,
+                    NORMAL,
+                    "ImageCacheHit",
+                    format!("hit image cache {name}"),
+                )
             })
             .collect();
-        let store = self.groups.store().clone();
-        // Informational: made durable by the next status write.
+        pulled.extend(images.iter().map(|(c, _)| {
+            let msg = format!("Container image {:?} already present on machine", c.image);
+            container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
+        }));
+        // When each image was last used, for garbage collection (least recently used
+        // goes first), and which image each container runs (`imageId`), which keeps that
+        // image from garbage collection even if its reference moves to another image.
+        let used: Vec<_> = images
+            .iter()
+            .map(|(c, i)| (c.name.clone(), i.digest.clone()))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let (store, name) = (self.groups.store().clone(), ctx.name.clone());
+        // Made durable by the next status write; a crash before it starts the group
+        // again, which writes them again.
         let _ = tokio::task::spawn_blocking(move || {
-            store.write_lazy(|tx| pulled.into_iter().try_for_each(|e| tx.event(e)))
+            store.write_lazy(|tx| {
+                for (_, d) in &used {
+                    tx.touch_image(d, now)?;
+                }
+                if let Some(mut g) = tx.get_group(&name)?
+                    && g.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase != phase::TERMINATING)
+                {
+                    let st = g.status.get_or_insert_with(Default::default);
+                    for s in st
+                        .init_container_statuses
+                        .iter_mut()
+                        .chain(st.container_statuses.iter_mut())
+                    {
+                        if let Some((_, d)) = used.iter().find(|(c, _)| *c == s.name) {
+                            s.image_id = d.to_string();
+                        }
+                    }
+                    tx.update_group(&mut g)?;
+                }
+                pulled.into_iter().try_for_each(|e| tx.event(e))
+            })
         })
         .await;
         // File and directory work, off the async workers.
@@ -219,7 +350,7 @@ impl Supervisor {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
         }
-        let Some(images) = self.resolve_images(&ctx).await else {
+        let Some((images, _)) = self.resolve_images(&ctx, true).await else {
             return;
         };
         for (c, image) in images.into_iter().skip(ctx.spec.init_containers.len()) {

@@ -241,10 +241,16 @@ fn cases() -> Vec<Case> {
                 password: "p".into()
             })
         ),
-        case!("imageCache", Unimplemented, "imageCache", |s| {
+        case!("imageCache.name", Invalid, "imageCache.name", |s| {
             s.image_cache = Some(ImageCacheSelector {
-                auto_match: true,
+                name: "Warm_1".into(),
                 ..Default::default()
+            })
+        }),
+        case!("imageCache", Invalid, "imageCache", |s| {
+            s.image_cache = Some(ImageCacheSelector {
+                name: "warm-1".into(),
+                auto_match: true,
             })
         }),
         case!("network.eni", Unimplemented, "network.eni", |s| {

@@ -25,7 +25,8 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         ephemeral_storage,
         security_context: _,
         image_registry_credentials,
-        image_cache,
+        // Checked by `group.rs`; used by the supervisor (see `caches`).
+        image_cache: _,
         network,
         sandbox: _,
         containers,
@@ -43,11 +44,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
             "imageRegistryCredentials",
             "registry pulls are not built yet (Images/Pull is UNIMPLEMENTED): import the image",
         );
-    }
-    if let Some(c) = image_cache
-        && (!c.name.is_empty() || c.auto_match)
-    {
-        errs.add("imageCache", "image caches are not built yet");
     }
     if let Some(n) = network {
         self::network(n, errs);

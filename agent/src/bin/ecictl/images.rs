@@ -21,7 +21,7 @@ pub enum ImagesCmd {
     Pull { image: String },
     /// List images.
     Ls,
-    /// Remove an image no group uses.
+    /// Remove an image no group uses and no cache pins.
     Rm { image: String },
     /// Import an OCI image layout archive (tar).
     Import {
@@ -34,7 +34,7 @@ pub enum ImagesCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCmd {
-    /// Pre-pull a named set of images.
+    /// Create a named set of pinned images (answers Creating; see `cache get`).
     Create {
         name: String,
         #[arg(long = "image", required = true)]
@@ -45,7 +45,13 @@ pub enum CacheCmd {
     },
     /// List caches.
     Ls,
-    /// Delete a cache.
+    /// Show one cache: status, message, images.
+    Get {
+        name: String,
+        #[arg(short = 'o', long = "output")]
+        output: Option<output::Format>,
+    },
+    /// Delete a cache (its images are no longer pinned).
     Rm { name: String },
 }
 
@@ -169,6 +175,36 @@ pub async fn cache(ch: Channel, cmd: CacheCmd) -> Result<ExitCode> {
                 ]);
             }
             print!("{}", t.render());
+        }
+        CacheCmd::Get { name, output } => {
+            let k = c.get(GetImageCacheRequest { name }).await?.into_inner();
+            match output {
+                Some(f @ (output::Format::Json | output::Format::Yaml)) => {
+                    output::print_structured(&k, f)?
+                }
+                _ => {
+                    println!("Name:       {}", k.name);
+                    println!("Status:     {}", k.status);
+                    if !k.message.is_empty() {
+                        println!("Message:    {}", k.message);
+                    }
+                    println!(
+                        "Created:    {} ({} ago)",
+                        k.created_at,
+                        output::age(&k.created_at)
+                    );
+                    let keep = match k.retention_days {
+                        0 => "kept until deleted".to_string(),
+                        d => format!("{d} day(s)"),
+                    };
+                    println!("Retention:  {keep}");
+                    println!("Size:       {}", output::bytes(k.size_bytes));
+                    println!("Images:");
+                    for i in &k.images {
+                        println!("  {i}");
+                    }
+                }
+            }
         }
         CacheCmd::Rm { name } => {
             c.delete(DeleteImageCacheRequest { name: name.clone() })
