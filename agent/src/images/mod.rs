@@ -9,15 +9,19 @@
 //! enters (see [`documents`]), and a layer directory is only used when the store records
 //! that this agent unpacked and verified it (see [`layers`]).
 
-mod archive;
+pub(crate) mod archive;
 pub mod content;
 pub mod digest;
 pub mod documents;
 mod import;
 pub mod layers;
 pub mod process;
+pub mod pull;
 pub mod reference;
+mod stream;
 pub mod unpack;
+
+pub use stream::Ingested;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -175,6 +179,7 @@ impl ImageStore {
         };
         // Nothing unpacks yet: any unpack directory is left from a crash.
         images.remove_stale_unpacks()?;
+        images.content.remove_stale_ingests();
         Ok(images)
     }
 

@@ -1,0 +1,1 @@
+//! Unit tests of the puller that need no registry.
