@@ -118,7 +118,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         first_host_id = userns.config.first_host_id,
         "user namespaces"
     );
-    let groups = Arc::new(Groups::new(store, node, images).with_user_namespaces(userns));
+    let groups = Arc::new(
+        Groups::new(store, node, images)
+            .with_user_namespaces(userns)
+            .with_puller(cfg.pull.clone(), cfg.registries.clone()),
+    );
     let g = groups.clone();
     // A failure (a full filesystem, say) is not fatal: the agent still serves, and the
     // next start tries again.

@@ -16,6 +16,7 @@ use eci_api::v1::{
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::id_ranges::UserNamespaces;
+use crate::images::pull::Puller;
 use crate::images::{ImageRecord, ImageStore, Reference};
 use crate::node::Node;
 use crate::quantity::{
@@ -53,7 +54,9 @@ impl Default for Usage {
 pub struct Groups {
     store: Arc<Store>,
     node: Node,
-    images: ImageStore,
+    images: Arc<ImageStore>,
+    /// Registry pulls into `images` (defaults until [`Groups::with_puller`]).
+    puller: Arc<Puller>,
     /// Id ranges for groups (off unless [`Groups::with_user_namespaces`] says otherwise).
     userns: UserNamespaces,
 }
@@ -140,10 +143,17 @@ impl Groups {
     pub fn new(store: Arc<Store>, node: Node, images: ImageStore) -> Self {
         // Starts the thread that gives freed memory back (see `memory`).
         crate::memory::release_soon();
+        let images = Arc::new(images);
+        let puller = Arc::new(Puller::new(
+            images.clone(),
+            Default::default(),
+            Default::default(),
+        ));
         Groups {
             store,
             node,
             images,
+            puller,
             userns: UserNamespaces::default(),
         }
     }
@@ -160,6 +170,20 @@ impl Groups {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// Pulls from registries with the agent's registry settings.
+    pub fn with_puller(
+        mut self,
+        cfg: crate::config::PullConfig,
+        registries: std::collections::BTreeMap<String, crate::config::RegistryConfig>,
+    ) -> Self {
+        self.puller = Arc::new(Puller::new(self.images.clone(), cfg, registries));
+        self
+    }
+
+    pub fn puller(&self) -> &Arc<Puller> {
+        &self.puller
     }
 
     /// The first unfinished group with a container of this image, if any.

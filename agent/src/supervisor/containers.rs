@@ -13,7 +13,8 @@ use super::transitions::{self, Ended, status_of, wants_restart};
 use super::{GroupCtx, Supervisor};
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
-use crate::images::{ImageError, ImageRecord, Reference};
+use crate::images::ImageRecord;
+use crate::images::pull::{Credential, PullError, PullPolicy};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
 /// `<bundle>/exit.json` as the shim writes it.
@@ -42,55 +43,148 @@ impl Supervisor {
         }
     }
 
-    fn resolve_image(&self, c: &Container) -> Result<ImageRecord, (&'static str, String)> {
-        let policy = match c.image_pull_policy.as_str() {
-            "" => Reference::parse(&c.image)
-                .map(|r| r.default_pull_policy())
-                .unwrap_or("IfNotPresent"),
-            p => p,
-        };
-        match self.groups.images().get(&c.image) {
-            Ok(rec) => Ok(rec),
-            Err(ImageError::NotFound(_)) if policy == "Never" => Err((
+    /// The image of `c`, pulled according to its policy when `allow_pull` (an adopted
+    /// group only looks: its images were there when it started). Events say what
+    /// happened; the error is `(reason, message)` for the container's `Waiting` state.
+    async fn resolve_image(
+        &self,
+        ctx: &GroupCtx,
+        c: &Container,
+        creds: &[Credential],
+        allow_pull: bool,
+    ) -> Result<ImageRecord, (&'static str, String)> {
+        let mut policy = PullPolicy::of(&c.image_pull_policy, &c.image);
+        if !allow_pull {
+            policy = PullPolicy::Never;
+        }
+        let present = self.groups.images().get(&c.image).ok();
+        if let Some(rec) = present.clone()
+            && policy != PullPolicy::Always
+        {
+            let msg = format!("Container image {:?} already present on machine", c.image);
+            self.emit(container_event(
+                &ctx.name,
+                NORMAL,
+                "Pulled",
+                msg,
+                c.name.clone(),
+            ))
+            .await;
+            return Ok(rec);
+        }
+        if policy == PullPolicy::Never {
+            return Err((
                 "ErrImageNeverPull",
                 format!(
                     "container image {:?} is not present with pull policy of Never",
                     c.image
                 ),
-            )),
-            Err(ImageError::NotFound(_)) => Err((
-                "ErrImagePull",
-                format!(
-                    "container image {:?} is not on this node and pulling from registries is not available yet; \
-                     import it with `ecictl images import`",
-                    c.image
-                ),
-            )),
-            Err(e) => Err(("ErrImagePull", e.to_string())),
+            ));
+        }
+        let msg = format!("Pulling image {:?}", c.image);
+        self.emit(container_event(
+            &ctx.name,
+            NORMAL,
+            "Pulling",
+            msg,
+            c.name.clone(),
+        ))
+        .await;
+        let puller = self.groups.puller().clone();
+        match puller.ensure(&c.image, policy, creds, None).await {
+            Ok(p) => {
+                let msg = format!(
+                    "Successfully pulled image {:?} in {:.3}s ({:.1} MB)",
+                    c.image,
+                    p.elapsed.as_secs_f64(),
+                    p.image.size() as f64 / 1e6
+                );
+                self.emit(container_event(
+                    &ctx.name,
+                    NORMAL,
+                    "Pulled",
+                    msg,
+                    c.name.clone(),
+                ))
+                .await;
+                Ok(p.image)
+            }
+            Err(e @ PullError::Reference(_)) => Err(("InvalidImageName", crate::error::chain(&e))),
+            Err(e) => Err(("ErrImagePull", crate::error::chain(&e))),
         }
     }
 
-    /// Images of every container, or the first failure recorded on the group.
-    async fn resolve_images(&self, ctx: &GroupCtx) -> Option<Vec<(Container, ImageRecord)>> {
+    /// Writes one event (informational: made durable by the next status write).
+    async fn emit(&self, e: eci_api::v1::Event) {
+        let store = self.groups.store().clone();
+        let _ = tokio::task::spawn_blocking(move || store.write_lazy(|tx| tx.event(e))).await;
+    }
+
+    /// Puts a container in `Waiting` for `reason` with an event.
+    async fn image_waiting(
+        &self,
+        ctx: &GroupCtx,
+        c: &Container,
+        reason: &'static str,
+        event_reason: &'static str,
+        msg: String,
+    ) {
+        let (name, cname) = (ctx.name.clone(), c.name.clone());
+        self.mutate(&ctx.name, move |g| {
+            if let Some(s) = status_of(g, &cname) {
+                transitions::to_waiting(s, reason, &msg);
+            }
+            let st = g.status.get_or_insert_with(Default::default);
+            st.phase = phase::PENDING.into();
+            st.reason = reason.into();
+            st.message = msg.clone();
+            let e = container_event(&name, WARNING, event_reason, msg, cname);
+            vec![e]
+        })
+        .await;
+    }
+
+    /// Images of every container, pulled as their policies say. A failed pull leaves
+    /// the container `Waiting` (`ErrImagePull`, then `ImagePullBackOff` while it backs
+    /// off) and is retried until it succeeds or the group is deleted (which stops this
+    /// task); a refusal no retry can fix (`Never`, a bad name) returns `None`.
+    async fn resolve_images(
+        &self,
+        ctx: &GroupCtx,
+        allow_pull: bool,
+    ) -> Option<Vec<(Container, ImageRecord)>> {
+        let creds: Vec<Credential> = ctx
+            .spec
+            .image_registry_credentials
+            .iter()
+            .map(Credential::from)
+            .collect();
         let mut out = Vec::new();
         for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
-            match self.resolve_image(c) {
-                Ok(rec) => out.push((c.clone(), rec)),
-                Err((reason, msg)) => {
-                    let (name, cname) = (ctx.name.clone(), c.name.clone());
-                    self.mutate(&ctx.name, move |g| {
-                        if let Some(s) = status_of(g, &cname) {
-                            transitions::to_waiting(s, reason, &msg);
+            let mut failures = 0u32;
+            loop {
+                match self.resolve_image(ctx, c, &creds, allow_pull).await {
+                    Ok(rec) => {
+                        out.push((c.clone(), rec));
+                        break;
+                    }
+                    Err((reason, msg)) => {
+                        self.image_waiting(ctx, c, reason, "Failed", msg.clone())
+                            .await;
+                        if reason != "ErrImagePull" || !allow_pull {
+                            return None;
                         }
-                        let st = g.status.get_or_insert_with(Default::default);
-                        st.phase = phase::PENDING.into();
-                        st.reason = reason.into();
-                        st.message = msg.clone();
-                        let e = container_event(&name, WARNING, "Failed", msg, cname);
-                        vec![e]
-                    })
-                    .await;
-                    return None;
+                        failures += 1;
+                        let delay = self
+                            .cfg
+                            .backoff_initial
+                            .saturating_mul(1u32 << (failures - 1).min(16))
+                            .min(self.cfg.backoff_max);
+                        let back = format!("Back-off pulling image {:?}: {msg}", c.image);
+                        self.image_waiting(ctx, c, "ImagePullBackOff", "BackOff", back)
+                            .await;
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
@@ -99,23 +193,9 @@ impl Supervisor {
 
     async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), StartError> {
         let valid = stored_spec(ctx).map_err(StartError::Spec)?;
-        let Some(images) = self.resolve_images(ctx).await else {
+        let Some(images) = self.resolve_images(ctx, true).await else {
             return Ok(());
         };
-        // One transaction for all containers' events: each commit is an fsync.
-        let pulled: Vec<_> = images
-            .iter()
-            .map(|(c, _)| {
-                let msg = format!("Container image {:?} already present on machine", c.image);
-                container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
-            })
-            .collect();
-        let store = self.groups.store().clone();
-        // Informational: made durable by the next status write.
-        let _ = tokio::task::spawn_blocking(move || {
-            store.write_lazy(|tx| pulled.into_iter().try_for_each(|e| tx.event(e)))
-        })
-        .await;
         // File and directory work, off the async workers.
         let (c2, writable) = (ctx.clone(), self.writable_dir(&ctx.id));
         let userns = self.userns_of(ctx);
@@ -219,7 +299,7 @@ impl Supervisor {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
         }
-        let Some(images) = self.resolve_images(&ctx).await else {
+        let Some(images) = self.resolve_images(&ctx, false).await else {
             return;
         };
         for (c, image) in images.into_iter().skip(ctx.spec.init_containers.len()) {

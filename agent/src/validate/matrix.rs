@@ -39,6 +39,11 @@ fn base() -> GroupSpec {
         name: "web".into(),
         labels: [("app".to_string(), "web".to_string())].into(),
         restart_policy: "Always".into(),
+        image_registry_credentials: vec![RegistryCredential {
+            server: "registry.example.com".into(),
+            username: "u".into(),
+            password: "p".into(),
+        }],
         cpu: "1".into(),
         memory: "2Gi".into(),
         security_context: Some(GroupSecurityContext {
@@ -230,16 +235,6 @@ fn cases() -> Vec<Case> {
             Invalid,
             "securityContext.hostIpc",
             |s| gsc(s).host_ipc = true
-        ),
-        case!(
-            "imageRegistryCredentials",
-            Unimplemented,
-            "imageRegistryCredentials",
-            |s| s.image_registry_credentials.push(RegistryCredential {
-                server: "registry.example.com".into(),
-                username: "u".into(),
-                password: "p".into()
-            })
         ),
         case!("imageCache", Unimplemented, "imageCache", |s| {
             s.image_cache = Some(ImageCacheSelector {

@@ -24,7 +24,7 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         shm_size: _,
         ephemeral_storage,
         security_context: _,
-        image_registry_credentials,
+        image_registry_credentials: _,
         image_cache,
         network,
         sandbox: _,
@@ -36,12 +36,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         errs.add(
             "ephemeralStorage",
             "a size for the writable layers is not enforced yet (no quota on the layer directory)",
-        );
-    }
-    if !image_registry_credentials.is_empty() {
-        errs.add(
-            "imageRegistryCredentials",
-            "registry pulls are not built yet (Images/Pull is UNIMPLEMENTED): import the image",
         );
     }
     if let Some(c) = image_cache

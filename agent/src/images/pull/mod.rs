@@ -304,15 +304,19 @@ impl Puller {
         for l in &layers {
             send(progress, l, "Waiting", 0);
         }
-        let downloaded: u64 = futures::stream::iter(layers.iter())
-            .map(|l| self.layer(r, ep, l, progress))
-            .buffer_unordered(self.cfg.parallel_layers.max(1) as usize)
-            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-            .await
-            .map_err(|e| match e {
-                LayerFailure::Store(e) => self.store_err(&image, e),
-                LayerFailure::Fetch(e) => failed(e),
-            })?;
+        // Boxed as `Send`: the borrowing closure otherwise defeats the compiler's proof
+        // that the supervisor's task future is `Send`.
+        let all: std::pin::Pin<Box<dyn Future<Output = Result<u64, LayerFailure>> + Send + '_>> =
+            Box::pin(
+                futures::stream::iter(layers.iter())
+                    .map(|l| self.layer(r, ep, l, progress))
+                    .buffer_unordered(self.cfg.parallel_layers.max(1) as usize)
+                    .try_fold(0u64, |acc, n| async move { Ok(acc + n) }),
+            );
+        let downloaded: u64 = all.await.map_err(|e| match e {
+            LayerFailure::Store(e) => self.store_err(&image, e),
+            LayerFailure::Fetch(e) => failed(e),
+        })?;
         let record = ImageRecord {
             digest: resolved.digest.clone(),
             config_digest: manifest.config.digest.clone(),
