@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod oci;
 pub mod peers;
+pub mod registry;
 pub mod scenario;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
