@@ -38,8 +38,13 @@ fn app_image(name: &str) -> PushImage {
     }
 }
 
+/// An agent that knows the registry (plain HTTP) and has room for ten small groups.
 fn agent_for(reg: &Registry, extra: &str) -> Agent {
-    Agent::start(&format!("{}{extra}", reg.agent_config())).expect("agent")
+    Agent::start(&format!(
+        "{}{extra}[node]\ncpu = \"16\"\nmemory = \"64Gi\"\n",
+        reg.agent_config()
+    ))
+    .expect("agent")
 }
 
 fn events(agent: &Agent, group: &str) -> String {
@@ -453,5 +458,19 @@ fn an_agent_killed_mid_pull_starts_the_group_after_restart() {
     agent.restart().expect("restart");
     wait_log(&agent, "cr", "c", "hello from crash");
     wait_phase(&agent, "cr", "Running");
+    // The interrupted attempt left nothing behind.
+    let mut temps: Vec<_> = std::fs::read_dir(agent.root().join("var/lib/eci/layers"))
+        .expect("layers")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".unpack-"))
+        .collect();
+    temps.extend(
+        std::fs::read_dir(agent.root().join("var/lib/eci/content/ingest"))
+            .expect("ingest")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned()),
+    );
+    assert!(temps.is_empty(), "{temps:?}");
     agent.ctl(&["delete", "cr"]);
 }

@@ -96,6 +96,13 @@ impl ImageStore {
             return Ok(Ingested::AlreadyPresent);
         }
         let dest = self.layer_dir(&layer.diff_id);
+        let recorded = self.store.get_layer(&layer.diff_id)?.is_some();
+        if recorded && dest.is_dir() {
+            // The same content arrived before in another compression: it is unpacked
+            // (and may be in use); only this blob is missing. Keep it, verified.
+            self.content.ingest(data, &layer.digest, Some(layer.size))?;
+            return Ok(Ingested::Stored);
+        }
         if std::fs::symlink_metadata(&dest).is_ok() {
             tracing::warn!(layer = %layer.diff_id, "replacing an unrecorded layer directory");
             super::layers::remove_path(&dest)?;

@@ -407,9 +407,18 @@ impl Puller {
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) => {
-                        let msg = e.to_string();
+                        // The client's own digest check fails the stream at its end: the
+                        // content is wrong, and fetching it again will not fix it.
+                        let wrong = e
+                            .get_ref()
+                            .is_some_and(|r| r.is::<oci_client::errors::DigestError>());
+                        let failure = if wrong {
+                            Attempt::Invalid(format!("blob {}: {e}", layer.digest))
+                        } else {
+                            Attempt::Transport(e.to_string())
+                        };
                         let _ = tx.send(Err(e)).await;
-                        return Err(Attempt::Transport(msg));
+                        return Err(failure);
                     }
                 };
                 n += chunk.len() as u64;
