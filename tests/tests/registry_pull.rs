@@ -419,8 +419,15 @@ fn a_registry_failing_twice_with_500_then_answering_is_pulled() {
 fn an_agent_killed_mid_pull_starts_the_group_after_restart() {
     let reg = Registry::start(Auth::None).expect("registry");
     // A layer big enough to take a few seconds at the slowed rate.
-    let noise: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+    // Incompressible: xorshift bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
         .collect();
     let mut img = app_image("crash");
     img.layers

@@ -89,7 +89,14 @@ impl Attempt {
                 message: envelope
                     .errors
                     .iter()
-                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .map(|e| {
+                        // The protocol's own code name (MANIFEST_UNKNOWN, DENIED, ...).
+                        let code = serde_json::to_value(&e.code)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_else(|| format!("{:?}", e.code));
+                        format!("{code}: {}", e.message)
+                    })
                     .collect::<Vec<_>>()
                     .join("; "),
             },
