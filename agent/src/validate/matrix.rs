@@ -236,6 +236,16 @@ fn cases() -> Vec<Case> {
             "securityContext.hostIpc",
             |s| gsc(s).host_ipc = true
         ),
+        case!(
+            "imageRegistryCredentials",
+            Invalid,
+            "imageRegistryCredentials[1].server",
+            |s| s.image_registry_credentials.push(RegistryCredential {
+                server: "https://registry.example.com/v2".into(),
+                username: "u".into(),
+                password: "p".into()
+            })
+        ),
         case!("imageCache", Unimplemented, "imageCache", |s| {
             s.image_cache = Some(ImageCacheSelector {
                 auto_match: true,
