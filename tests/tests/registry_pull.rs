@@ -481,3 +481,164 @@ fn an_agent_killed_mid_pull_starts_the_group_after_restart() {
     assert!(temps.is_empty(), "{temps:?}");
     agent.ctl(&["delete", "cr"]);
 }
+
+#[test]
+fn a_mirror_is_tried_first_and_serves_the_image() {
+    let origin = Registry::start(Auth::None).expect("origin");
+    let mirror = Registry::start(Auth::None).expect("mirror");
+    let img = app_image("mirrored");
+    mirror.push(&img, "demo/mirrored:1").expect("push");
+    let agent = Agent::start(&format!(
+        "[registries.\"{}\"]\nplain_http = true\nmirrors = [\"{}\"]\n{}",
+        origin.host,
+        mirror.host,
+        mirror.agent_config()
+    ))
+    .expect("agent");
+    let image = format!("{}/demo/mirrored:1", origin.host);
+    let out = agent.ctl(&["images", "pull", &image]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&agent.ctl(&["images", "ls"])).contains(&image));
+    for (d, _, _) in img.blobs() {
+        assert_eq!(mirror.blob_gets(&d), 1);
+    }
+    assert!(
+        origin.requests().is_empty(),
+        "the origin was not needed: {:?}",
+        origin.requests()
+    );
+    // A tag only the origin has: the mirror's 404, then the origin.
+    let other = app_image("origin-only");
+    origin.push(&other, "demo/only:1").expect("push");
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/only:1", origin.host)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn credentials_from_a_docker_config_named_in_the_agent_config() {
+    let password = "pw-dockercfg-Mm42";
+    let reg = Registry::start(Auth::Basic {
+        user: "carol".into(),
+        password: password.into(),
+    })
+    .expect("registry");
+    reg.push(&app_image("cfg"), "demo/cfg:1").expect("push");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("config.json");
+    let auth = base64_encode(format!("carol:{password}").as_bytes());
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host),
+    )
+    .expect("config.json");
+    let agent = agent_for(
+        &reg,
+        &format!("[pull]\ndocker_config = \"{}\"\n", cfg.display()),
+    );
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/cfg:1", reg.host)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!agent.log().contains(password));
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn more_than_fifty_layers_is_refused_and_nothing_is_present() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let img = PushImage {
+        layers: (0..51)
+            .map(|i| {
+                (
+                    file_layer(&format!("l{i}"), format!("{i}").as_bytes()),
+                    Some(Compression::Gzip),
+                )
+            })
+            .collect(),
+        cmd: vec!["sh".into()],
+    };
+    reg.push(&img, "demo/tall:1").expect("push");
+    let agent = agent_for(&reg, "");
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/tall:1", reg.host)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("51 layers is over the limit of 50"),
+        "{}",
+        text(&out)
+    );
+    let (layers, blobs) = store_entries(&agent);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+    for (d, _, _) in img.blobs() {
+        assert_eq!(reg.blob_gets(&d), 0);
+    }
+}
+
+#[test]
+fn always_resolves_the_tag_again_and_reuses_present_layers() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let v1 = app_image("v1");
+    reg.push(&v1, "demo/moving:1").expect("push");
+    let agent = agent_for(&reg, "");
+    let image = format!("{}/demo/moving:1", reg.host);
+    let first = text(&agent.ctl(&["images", "pull", &image]));
+    let v2 = app_image("v2");
+    reg.push(&v2, "demo/moving:1").expect("push again");
+    let spec = format!(
+        "name: mv\nrestartPolicy: Never\ncpu: \"1\"\nmemory: 2Gi\ncontainers:\n- name: c\n  image: {image}\n  imagePullPolicy: Always\n  command: [\"/bin/sh\", \"-c\"]\n  args: [\"cat /etc/v2; sleep 30\"]\n"
+    );
+    let out = agent.apply("mv", &spec);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "mv", "c", "hello from v2");
+    assert!(first.contains("pulled"), "{first}");
+    // The base layer came once, for v1; v2 fetched only its own layer.
+    assert_eq!(reg.blob_gets(&v1.blobs()[0].0), 1, "{:?}", reg.requests());
+    assert_eq!(reg.blob_gets(&v2.blobs()[1].0), 1);
+    agent.ctl(&["delete", "mv"]);
+}
+
+#[test]
+fn the_overall_pull_timeout_ends_a_slow_pull() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let img = PushImage {
+        layers: vec![(file_layer("big", &noise), Some(Compression::Gzip))],
+        cmd: vec!["sh".into()],
+    };
+    reg.push(&img, "demo/slow:1").expect("push");
+    let agent = agent_for(&reg, "[pull]\ntimeout = \"2s\"\n");
+    reg.set_slow(true);
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/slow:1", reg.host)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("timed out after 2s"), "{}", text(&out));
+    let (layers, blobs) = store_entries(&agent);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+}

@@ -262,25 +262,16 @@ impl Puller {
                 manifest.layers.len()
             )));
         }
+        // Kept in memory and stored with the manifest at the end: a pull that fails
+        // leaves no document of its image behind.
         let config_bytes = if self.images.has_blob(&manifest.config.digest) {
             self.images
                 .read_blob(&manifest.config.digest)
                 .map_err(|e| self.store_err(&image, e))?
         } else {
-            let bytes = ep
-                .document(r, &manifest.config.digest, manifest.config.size)
+            ep.document(r, &manifest.config.digest, manifest.config.size)
                 .await
-                .map_err(failed)?;
-            let (images, d, b) = (
-                self.images.clone(),
-                manifest.config.digest.clone(),
-                bytes.clone(),
-            );
-            tokio::task::spawn_blocking(move || images.put_document(&b, &d))
-                .await
-                .map_err(|e| invalid(format!("storing the config: {e}")))?
-                .map_err(|e| self.store_err(&image, e))?;
-            bytes
+                .map_err(failed)?
         };
         let config = documents::config(&config_bytes).map_err(|e| invalid(chain(&e)))?;
         if config.diff_ids.len() != manifest.layers.len() {
@@ -329,7 +320,9 @@ impl Puller {
         };
         let images = self.images.clone();
         let (name, manifest_bytes, digest) = (image.clone(), resolved.manifest, resolved.digest);
+        let config_digest = manifest.config.digest.clone();
         let record = tokio::task::spawn_blocking(move || {
+            images.put_document(&config_bytes, &config_digest)?;
             images.put_document(&manifest_bytes, &digest)?;
             images.record_pulled(record, &name)
         })
