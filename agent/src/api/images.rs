@@ -50,6 +50,9 @@ impl Images for ImagesApi {
         if req.image.is_empty() {
             return Err(Status::invalid_argument("image: a reference is required"));
         }
+        // A bad name is the call's error, not one in the stream.
+        crate::images::Reference::parse(&req.image)
+            .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
         let creds: Vec<Credential> = req.credentials.iter().map(Credential::from).collect();
         let puller = self.groups.groups().puller().clone();
         let (ptx, mut prx) = mpsc::unbounded_channel();
