@@ -85,8 +85,9 @@ impl PushImage {
             .collect()
     }
 
-    /// Writes an OCI layout directory holding the image.
-    pub fn write_layout(&self, dir: &Path) -> Result<()> {
+    /// Writes the image's blobs, config (for `arch`) and manifest into an OCI layout
+    /// directory; returns the manifest's digest and size.
+    fn write_blobs(&self, dir: &Path, arch: &str) -> Result<(String, usize)> {
         let blobs_dir = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs_dir)?;
         let put = |b: &[u8]| -> Result<String> {
@@ -101,7 +102,7 @@ impl PushImage {
         }
         let diff_ids: Vec<String> = self.layers.iter().map(|(t, _)| sha(t)).collect();
         let config = serde_json::to_vec(&json!({
-            "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+            "architecture": arch,
             "os": "linux",
             "created": "2026-01-01T00:00:00Z",
             "config": { "Cmd": self.cmd },
@@ -114,15 +115,57 @@ impl PushImage {
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
             "layers": descs
         }))?;
-        let md = put(&manifest)?;
-        let index = json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-             "annotations": {"org.opencontainers.image.ref.name": "latest"}}
-        ]});
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(())
+        Ok((put(&manifest)?, manifest.len()))
     }
+
+    /// Writes an OCI layout directory holding the image (for this host).
+    pub fn write_layout(&self, dir: &Path) -> Result<()> {
+        let (md, size) = self.write_blobs(dir, host_arch())?;
+        write_index_json(
+            dir,
+            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": size}),
+        )
+    }
+}
+
+/// This host's OCI architecture name.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+fn write_index_json(dir: &Path, mut desc: serde_json::Value) -> Result<()> {
+    desc["annotations"] = json!({"org.opencontainers.image.ref.name": "latest"});
+    let index = json!({"schemaVersion": 2, "manifests": [desc]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}
+
+/// Writes an OCI layout whose image is an index of `images`, one per architecture.
+pub fn write_index_layout(dir: &Path, images: &[(&PushImage, &str)]) -> Result<()> {
+    let mut entries = Vec::new();
+    for (img, arch) in images {
+        let (md, size) = img.write_blobs(dir, arch)?;
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": size,
+            "platform": {"os": "linux", "architecture": arch}
+        }));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries
+    }))?;
+    let d = sha(&index);
+    std::fs::write(dir.join("blobs/sha256").join(&d["sha256:".len()..]), &index)?;
+    write_index_json(
+        dir,
+        json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": index.len()}),
+    )
 }
 
 /// What the front proxy saw and what it is told to do.
@@ -238,8 +281,24 @@ impl Registry {
     pub fn push(&self, image: &PushImage, name: &str) -> Result<()> {
         let layout = tempfile::tempdir()?;
         image.write_layout(layout.path())?;
+        self.push_layout(layout.path(), name)
+    }
+
+    /// Pushes an index of `images` (one per architecture) as `<host>/<name>`.
+    pub fn push_index(&self, images: &[(&PushImage, &str)], name: &str) -> Result<()> {
+        let layout = tempfile::tempdir()?;
+        write_index_layout(layout.path(), images)?;
+        self.push_layout(layout.path(), name)
+    }
+
+    fn push_layout(&self, layout: &Path, name: &str) -> Result<()> {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false"]);
+        cmd.args([
+            "copy",
+            "--all",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+        ]);
         match &self.auth {
             Auth::None => {}
             Auth::Basic { user, password } | Auth::Bearer { user, password } => {
@@ -247,7 +306,7 @@ impl Registry {
             }
         }
         let out = cmd
-            .arg(format!("oci:{}", layout.path().display()))
+            .arg(format!("oci:{}", layout.display()))
             .arg(format!("docker://{}/{name}", self.direct))
             .output()
             .context("skopeo (Debian package skopeo) is needed")?;

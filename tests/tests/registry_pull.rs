@@ -642,3 +642,47 @@ fn the_overall_pull_timeout_ends_a_slow_pull() {
         "{layers:?} {blobs:?}"
     );
 }
+
+#[test]
+fn an_index_gives_the_host_platform_or_names_the_ones_it_offers() {
+    use eci_tests::registry::host_arch;
+    let reg = Registry::start(Auth::None).expect("registry");
+    let ours = app_image("multi");
+    let theirs = app_image("foreign");
+    let other = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    reg.push_index(&[(&theirs, other), (&ours, host_arch())], "demo/multi:1")
+        .expect("push index");
+    reg.push_index(&[(&theirs, other), (&theirs, "s390x")], "demo/foreign:1")
+        .expect("push foreign index");
+    let agent = agent_for(&reg, "");
+    let out = agent.apply(
+        "mp",
+        &group_on(
+            &format!("{}/demo/multi:1", reg.host),
+            "mp",
+            "Never",
+            &[("c", "cat /etc/multi; sleep 30")],
+            "",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "mp", "c", "hello from multi");
+    assert_eq!(
+        reg.blob_gets(&theirs.blobs()[1].0),
+        0,
+        "only this host's layers"
+    );
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/foreign:1", reg.host)]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("no image for linux/{}", host_arch()))
+            && t.contains(&format!("linux/{other}, linux/s390x")),
+        "{t}"
+    );
+    agent.ctl(&["delete", "mp"]);
+}
