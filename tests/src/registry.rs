@@ -284,6 +284,14 @@ impl Registry {
         self.push_layout(layout.path(), name)
     }
 
+    /// Pushes `image` converted to Docker's v2 schema 2 media types (skopeo
+    /// `--format v2s2`; gzip layers only).
+    pub fn push_docker(&self, image: &PushImage, name: &str) -> Result<()> {
+        let layout = tempfile::tempdir()?;
+        image.write_layout(layout.path())?;
+        self.push_with(layout.path(), name, &["--format", "v2s2"])
+    }
+
     /// Pushes an index of `images` (one per architecture) as `<host>/<name>`.
     pub fn push_index(&self, images: &[(&PushImage, &str)], name: &str) -> Result<()> {
         let layout = tempfile::tempdir()?;
@@ -292,6 +300,10 @@ impl Registry {
     }
 
     fn push_layout(&self, layout: &Path, name: &str) -> Result<()> {
+        self.push_with(layout, name, &[])
+    }
+
+    fn push_with(&self, layout: &Path, name: &str, extra: &[&str]) -> Result<()> {
         let mut cmd = Command::new("skopeo");
         cmd.args([
             "copy",
@@ -299,6 +311,7 @@ impl Registry {
             "--insecure-policy",
             "--dest-tls-verify=false",
         ]);
+        cmd.args(extra);
         match &self.auth {
             Auth::None => {}
             Auth::Basic { user, password } | Auth::Bearer { user, password } => {

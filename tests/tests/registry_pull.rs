@@ -686,3 +686,36 @@ fn an_index_gives_the_host_platform_or_names_the_ones_it_offers() {
     );
     agent.ctl(&["delete", "mp"]);
 }
+
+#[test]
+fn a_docker_schema_2_image_pulls_and_runs() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let img = PushImage {
+        layers: vec![
+            (
+                oci::busybox_layer().expect("busybox-static"),
+                Some(Compression::Gzip),
+            ),
+            (
+                file_layer("etc/docker", b"hello from docker\n"),
+                Some(Compression::Gzip),
+            ),
+        ],
+        cmd: vec!["sh".into()],
+    };
+    reg.push_docker(&img, "demo/docker:1").expect("push v2s2");
+    let agent = agent_for(&reg, "");
+    let out = agent.apply(
+        "dk",
+        &group_on(
+            &format!("{}/demo/docker:1", reg.host),
+            "dk",
+            "Never",
+            &[("c", "cat /etc/docker; sleep 30")],
+            "",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "dk", "c", "hello from docker");
+    agent.ctl(&["delete", "dk"]);
+}
