@@ -177,6 +177,9 @@ struct ProxyState {
     fail: Mutex<Option<(String, usize)>>,
     /// Send blob bodies slowly (about 256 KiB/s).
     slow: AtomicBool,
+    /// Close the connection of the next request whose path contains the pattern after
+    /// this many response bytes.
+    cut: Mutex<Option<(String, usize)>>,
     stop: AtomicBool,
 }
 
@@ -353,6 +356,12 @@ impl Registry {
         *self.state.fail.lock().expect("fail") = Some((pattern.to_string(), n));
     }
 
+    /// Breaks the next response to a request whose path contains `pattern` after
+    /// `bytes` bytes (headers included), as a connection reset would.
+    pub fn cut_next(&self, pattern: &str, bytes: usize) {
+        *self.state.cut.lock().expect("cut") = Some((pattern.to_string(), bytes));
+    }
+
     /// Sends blob bodies slowly (about 256 KiB/s) or at full speed.
     pub fn set_slow(&self, slow: bool) {
         self.state.slow.store(slow, Ordering::SeqCst);
@@ -436,6 +445,27 @@ fn proxy_one(conn: TcpStream, upstream: &str, state: &ProxyState) -> std::io::Re
         .expect("requests")
         .entry(format!("{method} {path_only}"))
         .or_default() += 1;
+    if head
+        .iter()
+        .any(|l| l.to_ascii_lowercase().starts_with("range:"))
+    {
+        *state
+            .requests
+            .lock()
+            .expect("requests")
+            .entry(format!("RANGE {path_only}"))
+            .or_default() += 1;
+    }
+    let mut cut_after = None;
+    {
+        let mut cut = state.cut.lock().expect("cut");
+        if let Some((pat, n)) = cut.as_ref()
+            && path_only.contains(pat.as_str())
+        {
+            cut_after = Some(*n);
+            *cut = None;
+        }
+    }
     let mut out = conn;
     {
         let mut fail = state.fail.lock().expect("fail");
@@ -465,12 +495,20 @@ fn proxy_one(conn: TcpStream, upstream: &str, state: &ProxyState) -> std::io::Re
     let mut up_r = up.try_clone()?;
     let slow = state.slow.load(Ordering::SeqCst) && path_only.contains("/blobs/");
     let mut buf = vec![0u8; if slow { 16 << 10 } else { 64 << 10 }];
+    let mut sent = 0usize;
     loop {
-        let n = up_r.read(&mut buf)?;
+        let mut n = up_r.read(&mut buf)?;
         if n == 0 {
             break;
         }
+        if let Some(limit) = cut_after {
+            n = n.min(limit.saturating_sub(sent));
+        }
         if out.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n;
+        if cut_after.is_some_and(|limit| sent >= limit) {
             break;
         }
         if slow {

@@ -719,3 +719,34 @@ fn a_docker_schema_2_image_pulls_and_runs() {
     wait_log(&agent, "dk", "c", "hello from docker");
     agent.ctl(&["delete", "dk"]);
 }
+
+#[test]
+fn a_broken_blob_transfer_resumes_with_a_range_request() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let noise: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut img = app_image("resume");
+    img.layers
+        .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
+    reg.push(&img, "demo/resume:1").expect("push");
+    let agent = agent_for(&reg, "");
+    let big = img.blobs()[2].0.clone();
+    reg.cut_next(&format!("/blobs/{big}"), 700_000);
+    let out = agent.ctl(&["images", "pull", &format!("{}/demo/resume:1", reg.host)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let reqs = reg.requests();
+    assert_eq!(
+        reqs.get(&format!("RANGE /v2/demo/resume/blobs/{big}"))
+            .copied(),
+        Some(1),
+        "{reqs:?}"
+    );
+    assert_eq!(reg.blob_gets(&big), 2, "{reqs:?}");
+}

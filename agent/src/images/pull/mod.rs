@@ -394,9 +394,12 @@ impl Puller {
         let unpack =
             tokio::task::spawn_blocking(move || images.ingest_layer(&l, ChannelReader::new(rx)));
         let download = async {
-            let mut stream = ep.blob(r, layer).await?;
-            let (mut n, mut reported) = (0u64, 0u64);
-            while let Some(chunk) = stream.next().await {
+            let mut stream = ep.blob(r, layer).await?.stream;
+            let (mut n, mut reported, mut resumes) = (0u64, 0u64, 0u32);
+            loop {
+                let Some(chunk) = stream.next().await else {
+                    break;
+                };
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) => {
@@ -405,6 +408,27 @@ impl Puller {
                         let wrong = e
                             .get_ref()
                             .is_some_and(|r| r.is::<oci_client::errors::DigestError>());
+                        if !wrong && n < layer.size && resumes + 1 < self.cfg.attempts {
+                            // A broken transfer: ask for the rest with a Range request; the
+                            // unpack goes on with the bytes as if nothing happened (the
+                            // store verifies the whole blob at its end).
+                            resumes += 1;
+                            tracing::info!(layer = %layer.digest, offset = n, attempt = resumes, error = %e, "resuming a layer");
+                            tokio::time::sleep(registry::backoff(resumes)).await;
+                            match ep.blob_from(r, layer, n).await {
+                                Ok(rest) => {
+                                    stream = rest;
+                                    continue;
+                                }
+                                // The whole layer is tried again (or not) by the caller.
+                                Err(again) => {
+                                    let _ = tx
+                                        .send(Err(std::io::Error::other(again.to_string())))
+                                        .await;
+                                    return Err(again);
+                                }
+                            }
+                        }
                         let failure = if wrong {
                             Attempt::Invalid(format!("blob {}: {e}", layer.digest))
                         } else {

@@ -409,6 +409,53 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The rest of a layer's blob from byte `offset` (a `Range` request). A registry
+    /// that ignores the range sends the whole blob: its first `offset` bytes are skipped
+    /// here, so the caller always gets the bytes from `offset` on.
+    pub(super) async fn blob_from(
+        &self,
+        r: &Reference,
+        layer: &LayerRecord,
+        offset: u64,
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, Attempt> {
+        use futures::StreamExt;
+        let oref = self.oci_ref(r, None);
+        let desc = OciDescriptor {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.to_string(),
+            size: layer.size as i64,
+            ..Default::default()
+        };
+        let answer = self
+            .client
+            .pull_blob_stream_partial(&oref, &desc, offset, None)
+            .await
+            .map_err(|e| Attempt::from_oci(&self.host, e))?;
+        Ok(match answer {
+            oci_client::client::BlobResponse::Partial(s) => s.stream,
+            oci_client::client::BlobResponse::Full(s) => {
+                tracing::info!(registry = %self.host, layer = %layer.digest, "the registry ignored Range; skipping what was already received");
+                let mut skip = offset;
+                s.stream
+                    .filter_map(move |chunk| {
+                        let out = match chunk {
+                            Ok(mut b) if skip > 0 => {
+                                let n = skip.min(b.len() as u64);
+                                skip -= n;
+                                let rest = b.split_off(n as usize);
+                                (!rest.is_empty()).then_some(Ok(rest))
+                            }
+                            other => Some(other),
+                        };
+                        futures::future::ready(out)
+                    })
+                    .boxed()
+            }
+        })
+    }
+}
+
 enum Kind {
     Manifest,
     Index,
