@@ -250,7 +250,7 @@ impl Agent {
             }
         }
         for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
-            for ns in ["net", "ipc", "uts"] {
+            for ns in ["net", "ipc", "uts", "user"] {
                 let _ = nix::mount::umount2(
                     &g.path().join("ns").join(ns),
                     nix::mount::MntFlags::MNT_DETACH,

@@ -750,3 +750,77 @@ fn a_broken_blob_transfer_resumes_with_a_range_request() {
     );
     assert_eq!(reg.blob_gets(&big), 2, "{reqs:?}");
 }
+
+/// A tmpfs at `.0` inside the test's root `.1`: unmounted, and the root removed, on
+/// drop (after the agent's own cleanup, which cannot remove a mount point).
+struct Tmpfs(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_pull_cleanly_and_the_next_pull_succeeds() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    let mut x = 0x0bad_cafe_f00d_1234u64;
+    let noise: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut img = app_image("full");
+    img.layers
+        .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
+    reg.push(&img, "demo/full:1").expect("push");
+    // The state directory (database, content, layers) on a small tmpfs.
+    let root = tempfile::Builder::new()
+        .prefix("eci-e2e-")
+        .tempdir()
+        .expect("root");
+    let state = root.path().join("var/lib/eci");
+    std::fs::create_dir_all(&state).expect("state dir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("size=24m,mode=0700"),
+    )
+    .expect("tmpfs");
+    let _unmount = Tmpfs(state.clone(), root.path().to_path_buf());
+    let agent = Agent::start_on(
+        root,
+        &format!(
+            "{}[node]\ncpu = \"16\"\nmemory = \"64Gi\"\n",
+            reg.agent_config()
+        ),
+        &[],
+    )
+    .expect("agent");
+    // Leave about 8 MiB: the 6 MB layer needs its blob and its unpacked copy.
+    let filler = state.join("filler");
+    let fs = nix::sys::statvfs::statvfs(&state).expect("statvfs");
+    let free = fs.blocks_available() * fs.fragment_size();
+    std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).expect("filler");
+    let image = format!("{}/demo/full:1", reg.host);
+    let out = agent.ctl(&["images", "pull", &image]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("no space left"), "{t}");
+    assert!(!text(&agent.ctl(&["images", "ls"])).contains("demo/full"));
+    let big = img.blobs()[2].0.clone();
+    let (_, blobs) = store_entries(&agent);
+    assert!(
+        !blobs.iter().any(|b| *b == big["sha256:".len()..]),
+        "{blobs:?}"
+    );
+    std::fs::remove_file(&filler).expect("free space");
+    let out = agent.ctl(&["images", "pull", &image]);
+    assert!(out.status.success(), "{}", text(&out));
+}

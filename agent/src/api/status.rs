@@ -24,6 +24,7 @@ pub(crate) fn pull_status(e: crate::images::pull::PullError) -> Status {
         P::NeverPull(_) | P::Invalid { .. } => Status::failed_precondition(msg),
         P::Registry { .. } => Status::unavailable(msg),
         P::Timeout { .. } => Status::deadline_exceeded(msg),
+        P::NoSpace { .. } => Status::resource_exhausted(msg),
         P::Store { source, .. } => to_status(Error::Image(source)),
     }
 }

@@ -93,6 +93,9 @@ pub enum PullError {
     /// The image is not acceptable (platform, schema, layer count, digests).
     #[error("pulling {image}: {reason}")]
     Invalid { image: String, reason: String },
+    /// The image store's filesystem is full; the same pull succeeds once there is room.
+    #[error("pulling {image}: no space left for the image: {reason}")]
+    NoSpace { image: String, reason: String },
     #[error("pulling {image}: timed out after {after:?}")]
     Timeout { image: String, after: Duration },
     #[error("pulling {image}: storing it")]
@@ -334,6 +337,12 @@ impl Puller {
     }
 
     fn store_err(&self, image: &str, source: ImageError) -> PullError {
+        if no_space(&source) {
+            return PullError::NoSpace {
+                image: image.into(),
+                reason: chain(&source),
+            };
+        }
         match source {
             // A blob that is not what its descriptor says is the registry's fault.
             ImageError::Content(e) => PullError::Invalid {
@@ -479,6 +488,22 @@ fn send(progress: &ProgressSink, l: &LayerRecord, state: &'static str, downloade
             total: l.size,
         });
     }
+}
+
+/// Whether an error comes from a full filesystem (or quota).
+fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(io) = x.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+        {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 /// An error and its sources on one line.
