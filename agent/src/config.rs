@@ -43,6 +43,55 @@ pub struct Config {
     pub user_namespaces: UserNamespacesConfig,
     pub images: ImagesConfig,
     pub log: LogConfig,
+    /// Pulling images from registries.
+    pub pull: PullConfig,
+    /// Per-registry settings, keyed by `host[:port]` as images name it
+    /// (`[registries."127.0.0.1:5000"]`; Docker Hub is `docker.io`).
+    pub registries: std::collections::BTreeMap<String, RegistryConfig>,
+}
+
+/// How images are pulled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// Longest a whole pull may take, retries included (the product guides' 30 minutes).
+    pub timeout: String,
+    /// Layers of one image downloaded at once.
+    pub parallel_layers: u32,
+    /// Attempts per request on 5xx answers, resets and timeouts (first try included).
+    pub attempts: u32,
+    /// A docker `config.json` whose `auths` are used for registries the group names no
+    /// credentials for; empty: none.
+    pub docker_config: PathBuf,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            timeout: "30m".into(),
+            parallel_layers: 3,
+            attempts: 4,
+            docker_config: PathBuf::new(),
+        }
+    }
+}
+
+/// Settings of one registry (like containerd's `hosts.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Speak plain HTTP to it (a registry on loopback or a private network).
+    pub plain_http: bool,
+    /// Accept any TLS certificate. Only for tests and labs.
+    pub skip_verify: bool,
+    /// PEM CA bundle trusted for this registry on top of the system roots.
+    pub ca_file: PathBuf,
+    /// Mirrors (`host[:port]`) tried in order before the registry itself; each mirror's
+    /// own settings come from its own `[registries."mirror"]` table.
+    pub mirrors: Vec<String>,
+    /// Credentials used when the group names none for this registry.
+    pub username: String,
+    pub password: String,
 }
 
 /// The image store: garbage collection and image caches (issue 7).
@@ -264,6 +313,8 @@ impl Default for Config {
             user_namespaces: UserNamespacesConfig::default(),
             images: ImagesConfig::default(),
             log: LogConfig::default(),
+            pull: PullConfig::default(),
+            registries: Default::default(),
         }
     }
 }
@@ -362,6 +413,7 @@ impl Config {
         })?;
         for (key, v) in [
             ("runtime.restart_backoff", &self.runtime.restart_backoff),
+            ("pull.timeout", &self.pull.timeout),
             (
                 "runtime.restart_backoff_max",
                 &self.runtime.restart_backoff_max,
@@ -378,6 +430,12 @@ impl Config {
                 message: e.to_string(),
             }
         })?;
+        if self.pull.parallel_layers == 0 || self.pull.attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "pull.parallel_layers",
+                message: "pull.parallel_layers and pull.attempts are at least 1".into(),
+            });
+        }
         if self.runtime.log_max_files < 2 {
             return Err(ConfigError::Invalid {
                 key: "runtime.log_max_files",

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::caches::{ImageCaches, PresentImages};
+use crate::caches::{ImageCaches, PulledImages};
 use crate::config::Config;
 use crate::groups::Groups;
 use crate::health::{self, Health};
@@ -126,7 +126,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             "user namespaces"
         );
     }
-    let groups = Arc::new(Groups::new(store, node, images).with_user_namespaces(userns));
+    let groups = Arc::new(
+        Groups::new(store, node, images)
+            .with_user_namespaces(userns)
+            .with_puller(cfg.pull.clone(), cfg.registries.clone()),
+    );
     let g = groups.clone();
     // A failure (a full filesystem, say) is not fatal: the agent still serves, and the
     // next start tries again.
@@ -140,7 +144,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let sup = Supervisor::new(groups.clone(), supervisor_config(&cfg)?);
     // How image caches obtain their images. The registry puller goes here.
-    let source = Arc::new(PresentImages::new(groups.clone()));
+    let source = Arc::new(PulledImages::new(groups.clone()));
     let caches = ImageCaches::new(groups.clone(), source, cfg.images.policy()?);
     let (total, _) = groups.store().list_groups()?;
     tracing::info!(

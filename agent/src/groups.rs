@@ -16,7 +16,8 @@ use eci_api::v1::{
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::id_ranges::UserNamespaces;
-use crate::images::ImageStore;
+use crate::images::pull::Puller;
+use crate::images::{ImageRecord, ImageStore, Reference};
 use crate::node::Node;
 use crate::quantity::{
     format_cpu, format_memory, human_memory, parse_cpu_millis, parse_memory_bytes,
@@ -53,7 +54,9 @@ impl Default for Usage {
 pub struct Groups {
     store: Arc<Store>,
     node: Node,
-    images: ImageStore,
+    images: Arc<ImageStore>,
+    /// Registry pulls into `images` (defaults until [`Groups::with_puller`]).
+    puller: Arc<Puller>,
     /// Id ranges for groups (off unless [`Groups::with_user_namespaces`] says otherwise).
     userns: UserNamespaces,
 }
@@ -140,10 +143,17 @@ impl Groups {
     pub fn new(store: Arc<Store>, node: Node, images: ImageStore) -> Self {
         // Starts the thread that gives freed memory back (see `memory`).
         crate::memory::release_soon();
+        let images = Arc::new(images);
+        let puller = Arc::new(Puller::new(
+            images.clone(),
+            Default::default(),
+            Default::default(),
+        ));
         Groups {
             store,
             node,
             images,
+            puller,
             userns: UserNamespaces::default(),
         }
     }
@@ -160,6 +170,38 @@ impl Groups {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// Pulls from registries with the agent's registry settings.
+    pub fn with_puller(
+        mut self,
+        cfg: crate::config::PullConfig,
+        registries: std::collections::BTreeMap<String, crate::config::RegistryConfig>,
+    ) -> Self {
+        self.puller = Arc::new(Puller::new(self.images.clone(), cfg, registries));
+        self
+    }
+
+    pub fn puller(&self) -> &Arc<Puller> {
+        &self.puller
+    }
+
+    /// The first unfinished group with a container of this image, if any.
+    pub fn image_user(&self, image: &ImageRecord) -> Result<Option<String>> {
+        let (groups, _) = self.store.list_groups()?;
+        Ok(groups
+            .iter()
+            .filter(|g| !phase::is_final(phase_of(g)))
+            .find(|g| {
+                g.spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter().chain(&s.init_containers))
+                    .any(|c| {
+                        Reference::parse(&c.image)
+                            .is_ok_and(|r| image.references.contains(&r.to_string()))
+                    })
+            })
+            .map(|g| name_of(g).to_string()))
     }
 
     pub fn node(&self) -> &Node {

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod oci;
 pub mod peers;
+pub mod registry;
 pub mod scenario;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
@@ -249,7 +250,7 @@ impl Agent {
             }
         }
         for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
-            for ns in ["net", "ipc", "uts"] {
+            for ns in ["net", "ipc", "uts", "user"] {
                 let _ = nix::mount::umount2(
                     &g.path().join("ns").join(ns),
                     nix::mount::MntFlags::MNT_DETACH,

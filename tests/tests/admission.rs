@@ -178,12 +178,12 @@ fn rows() -> Vec<Row> {
             }
         }),
         (
-            "credentials",
-            Code::Unimplemented,
-            "imageRegistryCredentials",
+            "credentials with a URL for a server",
+            Code::InvalidArgument,
+            "imageRegistryCredentials[0].server",
             |s| {
                 s.image_registry_credentials = vec![RegistryCredential {
-                    server: "registry.example.com".into(),
+                    server: "https://registry.example.com/v2".into(),
                     username: "u".into(),
                     password: "p".into(),
                 }]

@@ -159,12 +159,12 @@ async fn codes_name_what_went_wrong() {
     assert_eq!(err.code(), Code::NotFound);
     let err = ImagesClient::new(ch)
         .pull(PullImageRequest {
-            image: "busybox".into(),
+            image: "Not/A Reference".into(),
             credentials: vec![],
         })
         .await
         .expect_err("pull");
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
 }
 
 #[tokio::test]

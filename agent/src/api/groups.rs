@@ -63,13 +63,15 @@ impl ContainerGroups for GroupsApi {
         let spec = admitted(req.into_inner().spec).await?;
         let group = self.groups.create(spec).await.map_err(to_status)?;
         tracing::info!(group = %group.spec.as_ref().map_or("", |s| &s.name), id = %group.id, "group created");
-        Ok(Response::new(group))
+        Ok(Response::new(redacted(group)))
     }
 
     async fn get(&self, req: Request<GetGroupRequest>) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
         let g = self.groups.groups().clone();
-        Ok(Response::new(blocking(move || g.get(&name)).await?))
+        Ok(Response::new(redacted(
+            blocking(move || g.get(&name)).await?,
+        )))
     }
 
     async fn list(
@@ -79,6 +81,7 @@ impl ContainerGroups for GroupsApi {
         let sel = req.into_inner().label_selector;
         let g = self.groups.groups().clone();
         let (groups, revision) = blocking(move || g.list(&sel)).await?;
+        let groups = groups.into_iter().map(redacted).collect();
         Ok(Response::new(ListGroupsResponse { groups, revision }))
     }
 
@@ -87,9 +90,9 @@ impl ContainerGroups for GroupsApi {
         req: Request<UpdateGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let spec = admitted(req.into_inner().spec).await?;
-        Ok(Response::new(
+        Ok(Response::new(redacted(
             self.groups.update(spec).await.map_err(to_status)?,
-        ))
+        )))
     }
 
     async fn restart(
@@ -97,9 +100,9 @@ impl ContainerGroups for GroupsApi {
         req: Request<RestartGroupRequest>,
     ) -> Result<Response<ContainerGroup>, Status> {
         let name = req.into_inner().name;
-        Ok(Response::new(
+        Ok(Response::new(redacted(
             self.groups.restart(&name).await.map_err(to_status)?,
-        ))
+        )))
     }
 
     async fn delete(
@@ -112,7 +115,9 @@ impl ContainerGroups for GroupsApi {
             .delete(&r.name, r.grace_period_seconds, r.force)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(DeleteGroupResponse { group: Some(group) }))
+        Ok(Response::new(DeleteGroupResponse {
+            group: Some(redacted(group)),
+        }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
@@ -143,7 +148,7 @@ impl ContainerGroups for GroupsApi {
                 .map(|g| WatchEvent {
                     r#type: "ADDED".into(),
                     revision: g.revision,
-                    group: Some(g),
+                    group: Some(redacted(g)),
                     event: None,
                 })
                 .collect();
@@ -165,7 +170,10 @@ impl ContainerGroups for GroupsApi {
                     return;
                 }
             }
-            let pick = |ev: WatchEvent| filter.pass(&ev).then_some(ev);
+            let pick = |mut ev: WatchEvent| {
+                ev.group = ev.group.map(redacted);
+                filter.pass(&ev).then_some(ev)
+            };
             super::forward_feed(feed, &tx, pick, |e, last| {
                 tracing::info!(error = %e, last, "ending a watch");
                 watch_ended(e, last)
@@ -174,6 +182,18 @@ impl ContainerGroups for GroupsApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A group as it leaves the agent: registry passwords are the agent's to use, never to
+/// show (`get -o yaml`, watch, list). The username and server stay, so an operator sees
+/// which credentials a group has.
+fn redacted(mut g: ContainerGroup) -> ContainerGroup {
+    if let Some(spec) = g.spec.as_mut() {
+        for c in &mut spec.image_registry_credentials {
+            c.password.clear();
+        }
+    }
+    g
 }
 
 /// Why a watch stream ended: the watcher resumes from `last` (what it received) or, when

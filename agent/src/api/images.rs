@@ -1,4 +1,4 @@
-//! Images service: import, list, get, remove. Pull arrives with the registry client.
+//! Images service: pull, import, list, get, remove.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -8,9 +8,13 @@ use eci_api::v1::*;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::pull_status;
 use super::{Shared, blocking};
 use crate::caches::holder;
 use crate::images::ImageRecord;
+use crate::images::pull::{Credential, LayerProgress, PullPolicy};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 pub struct ImagesApi {
     groups: Shared,
@@ -41,11 +45,50 @@ impl Images for ImagesApi {
 
     async fn pull(
         &self,
-        _: Request<PullImageRequest>,
+        req: Request<PullImageRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
-        Err(Status::unimplemented(
-            "pulling from a registry is not available in this agent build yet; import an OCI archive instead",
-        ))
+        let req = req.into_inner();
+        if req.image.is_empty() {
+            return Err(Status::invalid_argument("image: a reference is required"));
+        }
+        // A bad name is the call's error, not one in the stream.
+        crate::images::Reference::parse(&req.image)
+            .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let creds: Vec<Credential> = req.credentials.iter().map(Credential::from).collect();
+        let puller = self.groups.groups().puller().clone();
+        let (ptx, mut prx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(64);
+        let progress = |p: LayerProgress| PullProgress {
+            layer_digest: p.layer.to_string(),
+            downloaded_bytes: p.downloaded,
+            total_bytes: p.total,
+            state: p.state.into(),
+            image: None,
+        };
+        // The pull runs to its end even if the caller goes away: the next one reuses it.
+        tokio::spawn(async move {
+            let pull = puller.ensure(&req.image, PullPolicy::Always, &creds, Some(ptx));
+            tokio::pin!(pull);
+            let done = loop {
+                tokio::select! {
+                    Some(p) = prx.recv() => { let _ = tx.send(Ok(progress(p))).await; }
+                    r = &mut pull => break r,
+                }
+            };
+            while let Ok(p) = prx.try_recv() {
+                let _ = tx.send(Ok(progress(p))).await;
+            }
+            let last = match done {
+                Ok(p) => Ok(PullProgress {
+                    state: "Done".into(),
+                    image: Some(to_wire(p.image)),
+                    ..Default::default()
+                }),
+                Err(e) => Err(pull_status(e)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list(

@@ -14,6 +14,21 @@ use crate::validate::quote::clip;
 /// tonic), and a refusal must reach them as itself, not as `RESOURCE_EXHAUSTED`.
 pub(crate) const MAX_STATUS_MESSAGE: usize = 4096;
 
+/// A failed pull as a status: the registry's refusal is `UNAVAILABLE` (it may pass on a
+/// retry), an unacceptable image `FAILED_PRECONDITION`, a bad name `INVALID_ARGUMENT`.
+pub(crate) fn pull_status(e: crate::images::pull::PullError) -> Status {
+    use crate::images::pull::PullError as P;
+    let msg = clip(crate::error::chain(&e), MAX_STATUS_MESSAGE);
+    match e {
+        P::Reference(_) => Status::invalid_argument(msg),
+        P::NeverPull(_) | P::Invalid { .. } => Status::failed_precondition(msg),
+        P::Registry { .. } => Status::unavailable(msg),
+        P::Timeout { .. } => Status::deadline_exceeded(msg),
+        P::NoSpace { .. } => Status::resource_exhausted(msg),
+        P::Store { source, .. } => to_status(Error::Image(source)),
+    }
+}
+
 pub(crate) fn to_status(e: Error) -> Status {
     let code = match &e {
         Error::Spec(SpecError::Invalid(_))

@@ -15,9 +15,9 @@
 //! the filling of every `Creating` cache, except one created with registry credentials:
 //! those are never stored, so that cache fails with a message saying to create it again.
 //!
-//! **The seam.** How a cache gets an image is one trait object, [`ImageSource`]. Today
-//! it is [`PresentImages`] (the image must already be imported); the registry puller
-//! replaces it in `daemon::run` with one line.
+//! **The seam.** How a cache gets an image is one trait object, [`ImageSource`]: the
+//! agent gives it [`PulledImages`] (present, else pulled from its registry), tests may
+//! give [`PresentImages`] (the image must already be imported).
 
 mod gc;
 
@@ -151,6 +151,45 @@ impl ImageSource for PresentImages {
                 Err(ImageError::NotFound(_)) => Err(Box::new(NotPresent(reference)) as SourceError),
                 Err(e) => Err(Box::new(e) as SourceError),
             }
+        })
+    }
+}
+
+/// Obtains a cache's images from the registry puller: present ones (policy
+/// `IfNotPresent`) are used as they are, absent ones are pulled with the cache's
+/// credentials.
+pub struct PulledImages {
+    groups: Arc<Groups>,
+}
+
+impl PulledImages {
+    pub fn new(groups: Arc<Groups>) -> Self {
+        PulledImages { groups }
+    }
+}
+
+impl ImageSource for PulledImages {
+    fn obtain<'a>(
+        &'a self,
+        reference: &'a str,
+        credentials: &'a [RegistryCredential],
+    ) -> BoxFuture<'a, Result<ImageRecord, SourceError>> {
+        let puller = self.groups.puller().clone();
+        let creds: Vec<crate::images::pull::Credential> = credentials
+            .iter()
+            .map(crate::images::pull::Credential::from)
+            .collect();
+        Box::pin(async move {
+            puller
+                .ensure(
+                    reference,
+                    crate::images::pull::PullPolicy::IfNotPresent,
+                    &creds,
+                    None,
+                )
+                .await
+                .map(|p| p.image)
+                .map_err(|e| Box::new(e) as SourceError)
         })
     }
 }

@@ -125,6 +125,34 @@ impl ContentStore {
         Ok(n)
     }
 
+    /// A temp file in the ingest directory for a blob being received; deleted if dropped.
+    pub fn ingest_file(&self) -> Result<tempfile::NamedTempFile, ContentError> {
+        let dir = self.root.join("ingest");
+        tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))
+    }
+
+    /// Moves an ingest file whose content the caller verified against `d` and synced
+    /// into place.
+    pub fn commit(&self, tmp: tempfile::NamedTempFile, d: &Digest) -> Result<(), ContentError> {
+        let final_path = self.path(d);
+        tmp.persist(&final_path).map_err(|e| ContentError::Io {
+            path: final_path.display().to_string(),
+            source: e.error,
+        })?;
+        let dir = self.dir(d.algorithm());
+        File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&dir))
+    }
+
+    /// Removes ingest files a crash left behind (nothing ingests while the store opens).
+    pub fn remove_stale_ingests(&self) {
+        let dir = self.root.join("ingest");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+
     /// Deletes a blob; absent is fine.
     pub fn remove(&self, d: &Digest) -> Result<(), ContentError> {
         let p = self.path(d);

@@ -187,7 +187,7 @@ impl ImageStore {
                 other => other,
             })?;
         }
-        let mut record = ImageRecord {
+        let record = ImageRecord {
             digest: desc.digest.clone(),
             config_digest: manifest.config.digest.clone(),
             references: vec![image.clone()],
@@ -197,12 +197,24 @@ impl ImageStore {
             imported_at: crate::clock::now(),
             defaults: config.defaults,
         };
+        let record = self.record_image(record, &image)?;
+        tracing::info!(image = %image, digest = %record.digest, layers = record.layers.len(), "image imported");
+        Ok(record)
+    }
+
+    /// Writes the record of an image whose blobs and layers are all present, moving
+    /// `image` (a normalized reference) to it and keeping the names it already had.
+    pub(super) fn record_image(
+        &self,
+        mut record: ImageRecord,
+        image: &str,
+    ) -> Result<ImageRecord, ImageError> {
         self.store.write(|tx| {
             // A reference moves to the new image; the old one keeps its other names.
-            if let Some(old) = tx.image_by_ref(&image)?
+            if let Some(old) = tx.image_by_ref(image)?
                 && old.digest != record.digest
             {
-                tx.untag_image(&old.digest, &image)?;
+                tx.untag_image(&old.digest, image)?;
             }
             if let Some(existing) = tx.get_image(&record.digest)? {
                 for r in existing.references {
@@ -213,7 +225,6 @@ impl ImageStore {
             }
             tx.put_image(&record)
         })?;
-        tracing::info!(image = %image, digest = %record.digest, layers = record.layers.len(), "image imported");
         Ok(record)
     }
 

@@ -45,7 +45,7 @@ pub(super) struct LayerGuard<'a> {
 }
 
 impl LayerLocks {
-    fn lock(&self, diff_id: &Digest) -> LayerGuard<'_> {
+    pub(super) fn lock(&self, diff_id: &Digest) -> LayerGuard<'_> {
         // The map only says who is busy; a panic elsewhere leaves it consistent.
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         while busy.contains(diff_id) {
@@ -75,7 +75,7 @@ impl Drop for LayerGuard<'_> {
 }
 
 /// Removes whatever is at `path` without following a symlink there.
-fn remove_path(path: &Path) -> Result<(), ImageError> {
+pub(super) fn remove_path(path: &Path) -> Result<(), ImageError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err(path)),
         Ok(_) => std::fs::remove_file(path).map_err(io_err(path)),
@@ -131,10 +131,7 @@ impl ImageStore {
     /// Unpacks the blob of `layer` into a temp directory, checks the result hashes to its
     /// diff id, syncs it and renames it to `dest` (which must not exist).
     fn unpack_verified(&self, layer: &LayerRecord, dest: &Path) -> Result<(), ImageError> {
-        let tmp = tempfile::Builder::new()
-            .prefix(UNPACK_PREFIX)
-            .tempdir_in(&self.layers)
-            .map_err(io_err(&self.layers))?;
+        let tmp = self.unpack_dir()?;
         let file = BufReader::new(self.content.open_blob(&layer.digest)?);
         let stream: Box<dyn Read> = if layer.media_type.ends_with("gzip") {
             Box::new(flate2::read::GzDecoder::new(file))
@@ -156,6 +153,23 @@ impl ImageStore {
                 actual,
             });
         }
+        self.commit_unpack(tmp, dest)
+    }
+
+    /// A fresh temp directory to unpack a layer into, removed if dropped.
+    pub(super) fn unpack_dir(&self) -> Result<tempfile::TempDir, ImageError> {
+        tempfile::Builder::new()
+            .prefix(UNPACK_PREFIX)
+            .tempdir_in(&self.layers)
+            .map_err(io_err(&self.layers))
+    }
+
+    /// Syncs a verified unpack directory and renames it to `dest` (which must not exist).
+    pub(super) fn commit_unpack(
+        &self,
+        tmp: tempfile::TempDir,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
         // One syncfs writes back every file and directory of the tree (they share the
         // filesystem), so the record written next never outlives the content.
         let root = File::open(tmp.path()).map_err(io_err(tmp.path()))?;

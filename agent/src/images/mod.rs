@@ -9,7 +9,7 @@
 //! enters (see [`documents`]), and a layer directory is only used when the store records
 //! that this agent unpacked and verified it (see [`layers`]).
 
-mod archive;
+pub(crate) mod archive;
 pub mod content;
 pub mod digest;
 pub mod documents;
@@ -17,8 +17,12 @@ pub mod gc;
 mod import;
 pub mod layers;
 pub mod process;
+pub mod pull;
 pub mod reference;
+mod stream;
 pub mod unpack;
+
+pub use stream::Ingested;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -182,6 +186,7 @@ impl ImageStore {
         };
         // Nothing unpacks yet: any unpack directory is left from a crash.
         images.remove_stale_unpacks()?;
+        images.content.remove_stale_ingests();
         Ok(images)
     }
 

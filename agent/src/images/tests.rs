@@ -816,3 +816,104 @@ fn missing_truncated_or_undecodable_blobs_are_refused_naming_the_entry() {
     );
     n.untouched();
 }
+
+/// A layer record for `tar` stored as `compressed` under `media_type`.
+fn streamed_layer(tar: &[u8], compressed: &[u8], media_type: &str) -> LayerRecord {
+    LayerRecord {
+        digest: Digest::of(compressed),
+        diff_id: Digest::of(tar),
+        media_type: media_type.into(),
+        size: compressed.len() as u64,
+    }
+}
+
+/// Neither the blob nor the layer of `l` is present or recorded, and no temp is left.
+fn nothing_of(images: &ImageStore, dir: &std::path::Path, l: &LayerRecord) {
+    assert!(!images.layer_present(l));
+    assert!(!images.has_blob(&l.digest));
+    assert!(!images.layer_dir(&l.diff_id).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("layers"))
+        .expect("layers")
+        .chain(std::fs::read_dir(dir.join("content/ingest")).expect("ingest"))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_streamed_layer_is_verified_and_unpacked_in_one_pass() {
+    let (dir, images) = image_store();
+    let tar = oci::tar(&[TarEntry::File {
+        path: "etc/motd",
+        data: b"streamed",
+        mode: 0o644,
+    }]);
+    for (compressed, mt) in [
+        (
+            zstd::encode_all(&tar[..], 3).expect("zstd"),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (
+            oci::gzip(&tar),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+    ] {
+        let l = streamed_layer(&tar, &compressed, mt);
+        // Chunked reads, as a download arrives.
+        let chunks = std::io::Read::chain(&compressed[..7], &compressed[7..]);
+        let got = images.ingest_layer(&l, chunks).expect("ingest");
+        assert!(
+            got == Ingested::Stored || got == Ingested::AlreadyPresent,
+            "{got:?}"
+        );
+        assert!(images.layer_present(&l));
+        assert_eq!(
+            std::fs::read(images.layer_dir(&l.diff_id).join("etc/motd")).expect("motd"),
+            b"streamed"
+        );
+        assert_eq!(images.read_blob(&l.digest).expect("blob"), compressed);
+        // A second ingest does not read its input.
+        assert_eq!(
+            images.ingest_layer(&l, std::io::empty()).expect("again"),
+            Ingested::AlreadyPresent
+        );
+    }
+    drop(dir);
+}
+
+#[test]
+fn a_wrong_or_truncated_streamed_layer_leaves_nothing() {
+    let (dir, images) = image_store();
+    let tar = oci::tar(&[TarEntry::File {
+        path: "x",
+        data: &[7u8; 5000],
+        mode: 0o644,
+    }]);
+    let gz = oci::gzip(&tar);
+    let mt = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let l = streamed_layer(&tar, &gz, mt);
+    // Altered bytes: the digest catches them (or gzip does first).
+    let mut bad = gz.clone();
+    let n = bad.len();
+    bad[n - 5] ^= 0xff;
+    assert!(images.ingest_layer(&l, &bad[..]).is_err());
+    nothing_of(&images, dir.path(), &l);
+    // Truncated.
+    let err = images
+        .ingest_layer(&l, &gz[..n / 2])
+        .expect_err("truncated");
+    assert!(!format!("{err}").is_empty());
+    nothing_of(&images, dir.path(), &l);
+    // Longer than the descriptor says.
+    let mut long = gz.clone();
+    long.extend_from_slice(&[0u8; 64]);
+    assert!(images.ingest_layer(&l, &long[..]).is_err());
+    nothing_of(&images, dir.path(), &l);
+    // A config that lies about the diff id.
+    let mut lying = l.clone();
+    lying.diff_id = Digest::of(b"other");
+    let err = images.ingest_layer(&lying, &gz[..]).expect_err("diff id");
+    assert!(matches!(err, ImageError::DiffId { .. }), "{err:?}");
+    nothing_of(&images, dir.path(), &lying);
+}

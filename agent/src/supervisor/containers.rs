@@ -14,7 +14,8 @@ use super::{GroupCtx, Supervisor};
 use crate::caches;
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
-use crate::images::{ImageError, ImageRecord, Reference};
+use crate::images::{ImageRecord, Reference};
+use crate::images::pull::{Credential, PullError, PullPolicy};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
 /// Each container (init first) with the image it runs.
@@ -46,31 +47,74 @@ impl Supervisor {
         }
     }
 
-    fn resolve_image(&self, c: &Container) -> Result<ImageRecord, (&'static str, String)> {
-        let policy = match c.image_pull_policy.as_str() {
-            "" => Reference::parse(&c.image)
-                .map(|r| r.default_pull_policy())
-                .unwrap_or("IfNotPresent"),
-            p => p,
-        };
-        match self.groups.images().get(&c.image) {
-            Ok(rec) => Ok(rec),
-            Err(ImageError::NotFound(_)) if policy == "Never" => Err((
+    /// The image of `c`, pulled according to its policy when `allow_pull` (an adopted
+    /// group only looks: its images were there when it started). Events say what
+    /// happened; the error is `(reason, message)` for the container's `Waiting` state.
+    async fn resolve_image(
+        &self,
+        ctx: &GroupCtx,
+        c: &Container,
+        creds: &[Credential],
+        allow_pull: bool,
+    ) -> Result<ImageRecord, (&'static str, String)> {
+        let mut policy = PullPolicy::of(&c.image_pull_policy, &c.image);
+        if !allow_pull {
+            policy = PullPolicy::Never;
+        }
+        let present = self.groups.images().get(&c.image).ok();
+        if let Some(rec) = present.clone()
+            && policy != PullPolicy::Always
+        {
+            let msg = format!("Container image {:?} already present on machine", c.image);
+            self.emit(container_event(
+                &ctx.name,
+                NORMAL,
+                "Pulled",
+                msg,
+                c.name.clone(),
+            ))
+            .await;
+            return Ok(rec);
+        }
+        if policy == PullPolicy::Never {
+            return Err((
                 "ErrImageNeverPull",
                 format!(
                     "container image {:?} is not present with pull policy of Never",
                     c.image
                 ),
-            )),
-            Err(ImageError::NotFound(_)) => Err((
-                "ErrImagePull",
-                format!(
-                    "container image {:?} is not on this node and pulling from registries is not available yet; \
-                     import it with `ecictl images import`",
-                    c.image
-                ),
-            )),
-            Err(e) => Err(("ErrImagePull", e.to_string())),
+            ));
+        }
+        let msg = format!("Pulling image {:?}", c.image);
+        self.emit(container_event(
+            &ctx.name,
+            NORMAL,
+            "Pulling",
+            msg,
+            c.name.clone(),
+        ))
+        .await;
+        let puller = self.groups.puller().clone();
+        match puller.ensure(&c.image, policy, creds, None).await {
+            Ok(p) => {
+                let msg = format!(
+                    "Successfully pulled image {:?} in {:.3}s ({:.1} MB)",
+                    c.image,
+                    p.elapsed.as_secs_f64(),
+                    p.image.size() as f64 / 1e6
+                );
+                self.emit(container_event(
+                    &ctx.name,
+                    NORMAL,
+                    "Pulled",
+                    msg,
+                    c.name.clone(),
+                ))
+                .await;
+                Ok(p.image)
+            }
+            Err(e @ PullError::Reference(_)) => Err(("InvalidImageName", crate::error::chain(&e))),
+            Err(e) => Err(("ErrImagePull", crate::error::chain(&e))),
         }
     }
 
@@ -129,9 +173,22 @@ impl Supervisor {
         Ok(Some((cache.name.clone(), out)))
     }
 
-    /// Records a failure to resolve images on the group (the container, when one is
-    /// named, waits with `reason`).
-    async fn resolve_failed(&self, ctx: &GroupCtx, cname: &str, reason: &'static str, msg: String) {
+    /// Writes one event (informational: made durable by the next status write).
+    async fn emit(&self, e: eci_api::v1::Event) {
+        let store = self.groups.store().clone();
+        let _ = tokio::task::spawn_blocking(move || store.write_lazy(|tx| tx.event(e))).await;
+    }
+
+    /// Puts container `cname` in `Waiting` for `reason`, the group in `Pending`, with an
+    /// event `event_reason`.
+    async fn image_waiting(
+        &self,
+        ctx: &GroupCtx,
+        cname: &str,
+        reason: &'static str,
+        event_reason: &'static str,
+        msg: String,
+    ) {
         let (name, cname) = (ctx.name.clone(), cname.to_string());
         self.mutate(&ctx.name, move |g| {
             if let Some(s) = status_of(g, &cname) {
@@ -141,20 +198,24 @@ impl Supervisor {
             st.phase = phase::PENDING.into();
             st.reason = reason.into();
             st.message = msg.clone();
-            let e = container_event(&name, WARNING, "Failed", msg, cname);
+            let e = container_event(&name, WARNING, event_reason, msg, cname);
             vec![e]
         })
         .await;
     }
 
-    /// Images of every container and the cache they came from, if any; or the first
-    /// failure recorded on the group. When `adopting` a running group, a cache that is
-    /// gone or changed is no reason to stop following it: its images resolve the usual
-    /// way.
+    /// Images of every container and the cache they came from, if any. From a cache
+    /// (named or auto-matched) no registry request is made. Otherwise each image is
+    /// pulled as its policy says: a failed pull leaves the container `Waiting`
+    /// (`ErrImagePull`, then `ImagePullBackOff` while it backs off) and is retried until
+    /// it succeeds or the group is deleted (which stops this task); a refusal no retry
+    /// can fix (`Never`, a bad name, a cache that is not there) returns `None`. Without
+    /// `allow_pull` (adopting a running group) only what is present is used, and a cache
+    /// that is gone or changed is no reason to stop following the group.
     async fn resolve_images(
         &self,
         ctx: &GroupCtx,
-        adopting: bool,
+        allow_pull: bool,
     ) -> Option<(Resolved, Option<String>)> {
         let first = ctx
             .spec
@@ -167,19 +228,44 @@ impl Supervisor {
         match self.resolve_from_cache(ctx) {
             Ok(Some((cache, images))) => return Some((images, Some(cache))),
             Ok(None) => {}
-            Err(_) if adopting => {}
+            Err(_) if !allow_pull => {}
             Err((reason, msg)) => {
-                self.resolve_failed(ctx, &first, reason, msg).await;
+                self.image_waiting(ctx, &first, reason, "Failed", msg).await;
                 return None;
             }
         }
+        let creds: Vec<Credential> = ctx
+            .spec
+            .image_registry_credentials
+            .iter()
+            .map(Credential::from)
+            .collect();
         let mut out = Vec::new();
         for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
-            match self.resolve_image(c) {
-                Ok(rec) => out.push((c.clone(), rec)),
-                Err((reason, msg)) => {
-                    self.resolve_failed(ctx, &c.name, reason, msg).await;
-                    return None;
+            let mut failures = 0u32;
+            loop {
+                match self.resolve_image(ctx, c, &creds, allow_pull).await {
+                    Ok(rec) => {
+                        out.push((c.clone(), rec));
+                        break;
+                    }
+                    Err((reason, msg)) => {
+                        self.image_waiting(ctx, &c.name, reason, "Failed", msg.clone())
+                            .await;
+                        if reason != "ErrImagePull" || !allow_pull {
+                            return None;
+                        }
+                        failures += 1;
+                        let delay = self
+                            .cfg
+                            .backoff_initial
+                            .saturating_mul(1u32 << (failures - 1).min(16))
+                            .min(self.cfg.backoff_max);
+                        let back = format!("Back-off pulling image {:?}: {msg}", c.image);
+                        self.image_waiting(ctx, &c.name, "ImagePullBackOff", "BackOff", back)
+                            .await;
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
@@ -188,7 +274,7 @@ impl Supervisor {
 
     async fn run_inner(self: &Arc<Self>, ctx: &GroupCtx) -> Result<(), StartError> {
         let valid = stored_spec(ctx).map_err(StartError::Spec)?;
-        let Some((images, cache)) = self.resolve_images(ctx, false).await else {
+        let Some((images, cache)) = self.resolve_images(ctx, true).await else {
             return Ok(());
         };
         // One transaction for all containers' events.
@@ -203,10 +289,13 @@ impl Supervisor {
                 )
             })
             .collect();
-        pulled.extend(images.iter().map(|(c, _)| {
-            let msg = format!("Container image {:?} already present on machine", c.image);
-            container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
-        }));
+        // From a cache nothing was looked up one by one (the puller says what it did).
+        if cache.is_some() {
+            pulled.extend(images.iter().map(|(c, _)| {
+                let msg = format!("Container image {:?} already present on machine", c.image);
+                container_event(&ctx.name, NORMAL, "Pulled", msg, c.name.clone())
+            }));
+        }
         // When each image was last used, for garbage collection (least recently used
         // goes first), and which image each container runs (`imageId`), which keeps that
         // image from garbage collection even if its reference moves to another image.
@@ -350,7 +439,7 @@ impl Supervisor {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
         }
-        let Some((images, _)) = self.resolve_images(&ctx, true).await else {
+        let Some((images, _)) = self.resolve_images(&ctx, false).await else {
             return;
         };
         for (c, image) in images.into_iter().skip(ctx.spec.init_containers.len()) {

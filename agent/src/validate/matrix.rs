@@ -39,6 +39,11 @@ fn base() -> GroupSpec {
         name: "web".into(),
         labels: [("app".to_string(), "web".to_string())].into(),
         restart_policy: "Always".into(),
+        image_registry_credentials: vec![RegistryCredential {
+            server: "registry.example.com".into(),
+            username: "u".into(),
+            password: "p".into(),
+        }],
         cpu: "1".into(),
         memory: "2Gi".into(),
         security_context: Some(GroupSecurityContext {
@@ -233,10 +238,10 @@ fn cases() -> Vec<Case> {
         ),
         case!(
             "imageRegistryCredentials",
-            Unimplemented,
-            "imageRegistryCredentials",
+            Invalid,
+            "imageRegistryCredentials[1].server",
             |s| s.image_registry_credentials.push(RegistryCredential {
-                server: "registry.example.com".into(),
+                server: "https://registry.example.com/v2".into(),
                 username: "u".into(),
                 password: "p".into()
             })

@@ -24,8 +24,9 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         shm_size: _,
         ephemeral_storage,
         security_context: _,
-        image_registry_credentials,
-        // Checked by `group.rs`; used by the supervisor (see `caches`).
+        // Used by the puller (credentials; never shown back) and the supervisor (caches,
+        // checked by `group.rs`).
+        image_registry_credentials: _,
         image_cache: _,
         network,
         sandbox: _,
@@ -37,12 +38,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         errs.add(
             "ephemeralStorage",
             "a size for the writable layers is not enforced yet (no quota on the layer directory)",
-        );
-    }
-    if !image_registry_credentials.is_empty() {
-        errs.add(
-            "imageRegistryCredentials",
-            "registry pulls are not built yet (Images/Pull is UNIMPLEMENTED): import the image",
         );
     }
     if let Some(n) = network {

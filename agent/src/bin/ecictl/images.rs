@@ -17,8 +17,16 @@ use crate::output::{self, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum ImagesCmd {
-    /// Pull an image from its registry.
-    Pull { image: String },
+    /// Pull an image from its registry, one progress bar per layer.
+    Pull {
+        image: String,
+        /// Registry username (the registry is the one the image names).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password from standard input (never from the command line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// List images.
     Ls,
     /// Remove an image no group uses and no cache pins.
@@ -75,26 +83,93 @@ fn image_table(images: &[Image]) -> String {
     t.render()
 }
 
+/// `ecictl images pull`: one bar per layer on a terminal, one line per layer state
+/// otherwise.
+async fn pull(
+    c: &mut ImagesClient<Channel>,
+    image: String,
+    username: Option<String>,
+    password_stdin: bool,
+) -> Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::collections::HashMap;
+    use std::io::IsTerminal;
+
+    let mut credentials = vec![];
+    if password_stdin {
+        let mut password = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut password)
+            .await
+            .context("reading the password from standard input")?;
+        let server = registry_of(&image);
+        credentials.push(RegistryCredential {
+            server,
+            username: username.unwrap_or_default(),
+            password: password.trim_end_matches(['\r', '\n']).to_string(),
+        });
+    }
+    let req = PullImageRequest {
+        image: image.clone(),
+        credentials,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix} {wide_bar} {bytes}/{total_bytes} {msg}")
+        .context("progress style")?;
+    let mut by_layer: HashMap<String, (ProgressBar, String)> = HashMap::new();
+    let mut stream = c.pull(req).await?.into_inner();
+    while let Some(p) = stream.message().await? {
+        if let Some(img) = p.image {
+            bars.clear().ok();
+            println!("pulled {image} ({})", img.digest);
+            continue;
+        }
+        let short = p
+            .layer_digest
+            .split(':')
+            .nth(1)
+            .and_then(|h| h.get(..12))
+            .unwrap_or(&p.layer_digest)
+            .to_string();
+        let (bar, last) = by_layer.entry(p.layer_digest.clone()).or_insert_with(|| {
+            let b = bars.add(ProgressBar::new(p.total_bytes));
+            b.set_style(style.clone());
+            b.set_prefix(short.clone());
+            (b, String::new())
+        });
+        bar.set_position(p.downloaded_bytes.min(p.total_bytes));
+        bar.set_message(p.state.clone());
+        if matches!(p.state.as_str(), "Done" | "AlreadyExists") {
+            bar.finish();
+        }
+        if !tty && *last != p.state {
+            eprintln!(
+                "{short} {} {}/{}",
+                p.state, p.downloaded_bytes, p.total_bytes
+            );
+        }
+        *last = p.state;
+    }
+    Ok(())
+}
+
+/// The registry host an image reference names (`docker.io` when none).
+fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.into(),
+        _ => "docker.io".into(),
+    }
+}
+
 pub async fn images(ch: Channel, cmd: ImagesCmd) -> Result<ExitCode> {
     let mut c = ImagesClient::new(ch);
     match cmd {
-        ImagesCmd::Pull { image } => {
-            let req = PullImageRequest {
-                image: image.clone(),
-                credentials: vec![],
-            };
-            let mut stream = c.pull(req).await?.into_inner();
-            while let Some(p) = stream.message().await? {
-                if let Some(img) = p.image {
-                    println!("pulled {image} ({})", img.digest);
-                } else {
-                    println!(
-                        "{} {} {}/{}",
-                        p.layer_digest, p.state, p.downloaded_bytes, p.total_bytes
-                    );
-                }
-            }
-        }
+        ImagesCmd::Pull {
+            image,
+            username,
+            password_stdin,
+        } => pull(&mut c, image, username, password_stdin).await?,
         ImagesCmd::Ls => {
             let list = c.list(ListImagesRequest {}).await?.into_inner();
             print!("{}", image_table(&list.images));
