@@ -14,8 +14,8 @@ use super::{GroupCtx, Supervisor};
 use crate::caches;
 use crate::clock;
 use crate::groups::{NORMAL, WARNING, container_event, event};
-use crate::images::{ImageRecord, Reference};
 use crate::images::pull::{Credential, PullError, PullPolicy};
+use crate::images::{ImageRecord, Reference};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
 /// Each container (init first) with the image it runs.
