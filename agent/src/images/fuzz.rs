@@ -445,6 +445,14 @@ fn descriptors(doc: Doc, v: &mut Value) -> Vec<&mut Value> {
     }
 }
 
+/// Sets `key` of a descriptor, when an earlier mutation left it an object (a `Field`
+/// mutation can make a descriptor list hold anything; indexing a non-object panics).
+fn set(desc: &mut Value, key: &str, value: Value) {
+    if let Some(obj) = desc.as_object_mut() {
+        obj.insert(key.to_string(), value);
+    }
+}
+
 fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
     match m {
         Mutation::Digest {
@@ -453,14 +461,14 @@ fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
             value,
         } if *d == doc => {
             if let Some(desc) = descriptors(doc, v).into_iter().nth(*slot) {
-                desc["digest"] = value.as_str().into();
+                set(desc, "digest", value.as_str().into());
             }
         }
         Mutation::Swap { doc: d, slot, with } if *d == doc => {
             let mut ds = descriptors(doc, v);
-            let other = ds.get(*with).map(|d| d["digest"].clone());
+            let other = ds.get(*with).and_then(|d| d.get("digest")).cloned();
             if let (Some(other), Some(desc)) = (other, ds.get_mut(*slot)) {
-                desc["digest"] = other;
+                set(desc, "digest", other);
             }
         }
         Mutation::MediaType {
@@ -469,7 +477,7 @@ fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
             value,
         } if *d == doc => {
             if let Some(desc) = descriptors(doc, v).into_iter().nth(*slot) {
-                desc["mediaType"] = value.as_str().into();
+                set(desc, "mediaType", value.as_str().into());
             }
         }
         Mutation::Size {
@@ -478,7 +486,7 @@ fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
             value,
         } if *d == doc => {
             if let Some(desc) = descriptors(doc, v).into_iter().nth(*slot) {
-                desc["size"] = value.clone();
+                set(desc, "size", value.clone());
             }
         }
         Mutation::DiffId { slot, value } if doc == Doc::Config => {
@@ -503,7 +511,11 @@ fn apply(m: &Mutation, doc: Doc, v: &mut Value) {
         }
         Mutation::ImageName { value } if doc == Doc::Index => {
             if let Some(desc) = descriptors(doc, v).into_iter().next() {
-                desc["annotations"] = json!({ "io.containerd.image.name": value });
+                set(
+                    desc,
+                    "annotations",
+                    json!({ "io.containerd.image.name": value }),
+                );
             }
         }
         _ => {}
