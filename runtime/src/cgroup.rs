@@ -286,8 +286,17 @@ pub fn destroy(rel: &str) -> Result<(), CgroupError> {
     })
 }
 
-/// True when the cgroup exists in the memory (or unified) hierarchy.
+/// True when the cgroup exists in any hierarchy (the unified one, or any v1
+/// controller's): a removal cut short (a controller busy while killed processes exit)
+/// can leave it in some controllers only, and the next removal must still see it.
 pub fn exists(rel: &str) -> bool {
     let root = hierarchies::auto().root();
-    root.join("memory").join(rel).is_dir() || root.join(rel).join("cgroup.procs").is_file()
+    if root.join(rel).join("cgroup.procs").is_file() {
+        return true;
+    }
+    std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join(rel).is_dir())
 }
