@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod host;
 pub mod oci;
 pub mod peers;
 pub mod registry;

@@ -15,8 +15,17 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use eci_tests::host::{find_file, userns_base};
 use eci_tests::scenario::{group, group_id, import, wait_log, wait_phase};
 use eci_tests::{Agent, oci, text, wait_for};
+
+/// Host pids of the processes in the group's cgroups, with their effective host uid.
+fn group_processes(id: &str) -> Vec<(i32, u32)> {
+    eci_tests::host::group_processes(id)
+        .into_iter()
+        .map(|p| (p.pid, p.euid))
+        .collect()
+}
 
 const IMAGE: &str = "127.0.0.1:5000/demo/uns-attack:1";
 const RANGE: u32 = 65_536;
@@ -69,37 +78,6 @@ fn spec(name: &str, containers: &[(&str, &str)], extra: &str) -> String {
     group(name, "Always", containers, extra).replace(eci_tests::scenario::IMAGE, IMAGE)
 }
 
-fn base(agent: &Agent, name: &str) -> u32 {
-    let g = agent.get_json(name).expect("get");
-    g["status"]["userNamespace"]["hostIdBase"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no userNamespace in status: {g}")) as u32
-}
-
-/// Host pids of the processes in the group's cgroups, with their host uid.
-fn group_processes(id: &str) -> Vec<(i32, u32)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if !cg.lines().any(|l| l.contains(&format!("/{id}/"))) {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u32::MAX);
-        out.push((pid, uid));
-    }
-    out.sort_unstable();
-    out
-}
-
 fn delete(agent: &Agent, name: &str) {
     let out = agent.ctl(&["delete", name, "--force", "--wait", "--timeout", "60s"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -126,21 +104,6 @@ fn run_as_nobody(file: &Path) -> String {
     let out = cmd.output().expect("exec as nobody");
     drop(fd);
     text(&out)
-}
-
-fn find_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.ends_with(suffix) && p.is_file() {
-            return Some(p);
-        }
-        if e.file_type().ok()?.is_dir()
-            && let Some(f) = find_file(&p, suffix)
-        {
-            return Some(f);
-        }
-    }
-    None
 }
 
 /// Container root makes setuid-root copies of a binary in its writable layer, an
@@ -175,7 +138,7 @@ fn setuid_files_of_a_tenant_belong_to_its_range_on_the_host() {
     let out = agent.apply("uns-suid", &s);
     assert!(out.status.success(), "{}", text(&out));
     let l = wait_log(&agent, "uns-suid", "app", "ready");
-    let b = base(&agent, "uns-suid");
+    let b = userns_base(&agent, "uns-suid");
     assert!(b > 0);
     let id = group_id(&agent, "uns-suid");
     let state = agent.root().join("var/lib/eci/groups").join(&id);
@@ -265,7 +228,7 @@ fn file_capabilities_of_a_tenant_grant_nothing_on_the_host() {
     assert!(out.status.success(), "{}", text(&out));
     let l = wait_log(&agent, "uns-fcaps", "app", "ready");
     assert_eq!(l.matches("setcap: ok").count(), 2, "{l}");
-    let b = base(&agent, "uns-fcaps");
+    let b = userns_base(&agent, "uns-fcaps");
     let id = group_id(&agent, "uns-fcaps");
     let state = agent.root().join("var/lib/eci/groups").join(&id);
     for f in [
@@ -382,7 +345,7 @@ fn container_root_with_every_capability_stays_in_its_namespaces() {
         std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core"),
         host_core
     );
-    let b = base(&agent, "uns-caps");
+    let b = userns_base(&agent, "uns-caps");
     let id = group_id(&agent, "uns-caps");
     let procs = group_processes(&id);
     assert!(!procs.is_empty());
@@ -420,7 +383,7 @@ fn two_groups_have_disjoint_ranges_and_cannot_signal_each_other() {
     let out = agent.apply("uns-a", &a_spec);
     assert!(out.status.success(), "{}", text(&out));
     let l = wait_log(&agent, "uns-a", "app", "killed");
-    let (a, b) = (base(&agent, "uns-a"), base(&agent, "uns-b"));
+    let (a, b) = (userns_base(&agent, "uns-a"), userns_base(&agent, "uns-b"));
     assert!(a.abs_diff(b) >= RANGE, "ranges overlap: {a} and {b}");
     for (pid, uid) in group_processes(&group_id(&agent, "uns-a")) {
         assert!(uid >= a && uid < a + RANGE, "{pid} of uns-a runs as {uid}");
@@ -626,7 +589,7 @@ fn ids_past_the_range_never_reach_another_groups_ids() {
         );
         let out = agent.apply(name, &s);
         assert!(out.status.success(), "{}", text(&out));
-        let b = base(&agent, name);
+        let b = userns_base(&agent, name);
         let id = group_id(&agent, name);
         let failed = wait_for(Duration::from_secs(20), || {
             let d = text(&agent.ctl(&["describe", name]));

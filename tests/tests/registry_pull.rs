@@ -82,17 +82,7 @@ fn multi_layer_image_pulls_and_runs_and_a_shared_layer_is_fetched_once() {
     reg.push(&b, "demo/app-b:1").expect("push b");
     let agent = agent_for(&reg, "");
     let image_a = format!("{}/demo/app-a:1", reg.host);
-    let out = agent.apply(
-        "pa",
-        &group_on(
-            &image_a,
-            "pa",
-            "Never",
-            &[("c", "cat /etc/a; sleep 30")],
-            "",
-        ),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image_a, "pa", "cat /etc/a; sleep 30");
     wait_log(&agent, "pa", "c", "hello from a");
     let ev = events(&agent, "pa");
     assert!(ev.contains(&format!("Pulling image \"{image_a}\"")), "{ev}");
@@ -102,17 +92,7 @@ fn multi_layer_image_pulls_and_runs_and_a_shared_layer_is_fetched_once() {
     );
 
     let image_b = format!("{}/demo/app-b:1", reg.host);
-    let out = agent.apply(
-        "pb",
-        &group_on(
-            &image_b,
-            "pb",
-            "Never",
-            &[("c", "cat /etc/b; sleep 30")],
-            "",
-        ),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image_b, "pb", "cat /etc/b; sleep 30");
     wait_log(&agent, "pb", "c", "hello from b");
     let blobs_a = a.blobs();
     let blobs_b = b.blobs();
@@ -128,17 +108,7 @@ fn multi_layer_image_pulls_and_runs_and_a_shared_layer_is_fetched_once() {
 
     // Present now: a third group on image a makes no registry request at all.
     let before = reg.requests().values().sum::<usize>();
-    let out = agent.apply(
-        "pc",
-        &group_on(
-            &image_a,
-            "pc",
-            "Never",
-            &[("c", "cat /etc/a; sleep 30")],
-            "",
-        ),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image_a, "pc", "cat /etc/a; sleep 30");
     wait_log(&agent, "pc", "c", "hello from a");
     assert_eq!(reg.requests().values().sum::<usize>(), before);
     assert!(
@@ -420,15 +390,7 @@ fn an_agent_killed_mid_pull_starts_the_group_after_restart() {
     let reg = Registry::start(Auth::None).expect("registry");
     // A layer big enough to take a few seconds at the slowed rate.
     // Incompressible: xorshift bytes.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(3_000_000, 0x9e37_79b9_7f4a_7c15);
     let mut img = app_image("crash");
     img.layers
         .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
@@ -436,17 +398,7 @@ fn an_agent_killed_mid_pull_starts_the_group_after_restart() {
     let mut agent = agent_for(&reg, "");
     reg.set_slow(true);
     let image = format!("{}/demo/crash:1", reg.host);
-    let out = agent.apply(
-        "cr",
-        &group_on(
-            &image,
-            "cr",
-            "Never",
-            &[("c", "cat /etc/crash; sleep 30")],
-            "",
-        ),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image, "cr", "cat /etc/crash; sleep 30");
     // Wait until the big blob is being fetched, then kill the agent.
     let big = img.blobs()[2].0.clone();
     wait_for(Duration::from_secs(30), || {
@@ -617,15 +569,7 @@ fn always_resolves_the_tag_again_and_reuses_present_layers() {
 #[test]
 fn the_overall_pull_timeout_ends_a_slow_pull() {
     let reg = Registry::start(Auth::None).expect("registry");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(2_000_000, 0x2545_f491_4f6c_dd1d);
     let img = PushImage {
         layers: vec![(file_layer("big", &noise), Some(Compression::Gzip))],
         cmd: vec!["sh".into()],
@@ -723,15 +667,7 @@ fn a_docker_schema_2_image_pulls_and_runs() {
 #[test]
 fn a_broken_blob_transfer_resumes_with_a_range_request() {
     let reg = Registry::start(Auth::None).expect("registry");
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let noise: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(2_000_000, 0x1234_5678_9abc_def1);
     let mut img = app_image("resume");
     img.layers
         .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
@@ -765,15 +701,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_fails_the_pull_cleanly_and_the_next_pull_succeeds() {
     let reg = Registry::start(Auth::None).expect("registry");
-    let mut x = 0x0bad_cafe_f00d_1234u64;
-    let noise: Vec<u8> = (0..6_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(6_000_000, 0x0bad_cafe_f00d_1234);
     let mut img = app_image("full");
     img.layers
         .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
@@ -822,5 +750,25 @@ fn a_full_disk_fails_the_pull_cleanly_and_the_next_pull_succeeds() {
     );
     std::fs::remove_file(&filler).expect("free space");
     let out = agent.ctl(&["images", "pull", &image]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `len` incompressible bytes (xorshift from `seed`): a layer that stays big gzipped.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Applies a one-container group `name` on `image` (restart policy `Never`) running
+/// `script`; panics when the agent refuses it.
+fn run_on(agent: &Agent, image: &str, name: &str, script: &str) {
+    let out = agent.apply(name, &group_on(image, name, "Never", &[("c", script)], ""));
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -6,48 +6,14 @@
 //! off, the agent says so and containers run as before.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
+use eci_tests::host::{HostProcess, find_file, group_processes, userns_base};
 use eci_tests::scenario::{
     busybox_agent, busybox_agent_with, group, group_id, wait_log, wait_phase,
 };
-use eci_tests::{Agent, text};
+use eci_tests::text;
 
 const RANGE: u32 = 65_536;
-
-fn base(agent: &Agent, name: &str) -> u32 {
-    let g = agent.get_json(name).expect("get");
-    g["status"]["userNamespace"]["hostIdBase"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no userNamespace in status: {g}")) as u32
-}
-
-/// Host pids of every process in the group's cgroups (found by the group id in
-/// `/proc/<pid>/cgroup`), with their host uid, gid and uid_map.
-fn group_processes(id: &str) -> Vec<(i32, u32, u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if !cg.lines().any(|l| l.contains(&format!("/{id}/"))) {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |k: &str| -> u32 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u32::MAX)
-        };
-        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
-        out.push((pid, field("Uid:"), field("Gid:"), map));
-    }
-    out
-}
 
 fn assert_all_in_range(id: &str, base: u32, at_least: usize) {
     let procs = group_processes(id);
@@ -55,7 +21,14 @@ fn assert_all_in_range(id: &str, base: u32, at_least: usize) {
         procs.len() >= at_least,
         "expected {at_least}+ processes of group {id}: {procs:?}"
     );
-    for (pid, uid, gid, map) in &procs {
+    for HostProcess {
+        pid,
+        uid,
+        gid,
+        uid_map: map,
+        ..
+    } in &procs
+    {
         assert!(
             *uid >= base && *uid < base + RANGE && *gid >= base && *gid < base + RANGE,
             "process {pid} runs as host uid {uid} gid {gid}, outside {base}..{}",
@@ -118,7 +91,7 @@ fn containers_run_in_their_groups_id_range() {
     assert!(out.status.success(), "{}", text(&out));
     wait_phase(&agent, "uns-run", "Running");
     let l = wait_log(&agent, "uns-run", "root", "ready");
-    let b = base(&agent, "uns-run");
+    let b = userns_base(&agent, "uns-run");
     let id = group_id(&agent, "uns-run");
     assert!(
         l.contains(&format!("ids=0:0 map=_0_{b}_{RANGE}")),
@@ -178,7 +151,7 @@ fn containers_run_in_their_groups_id_range() {
     // Survives an agent crash: the same range, the same processes.
     agent.kill9_and_restart().expect("restart");
     wait_phase(&agent, "uns-run", "Running");
-    assert_eq!(base(&agent, "uns-run"), b);
+    assert_eq!(userns_base(&agent, "uns-run"), b);
     assert_all_in_range(&id, b, 2);
     let out = agent.ctl(&["exec", "uns-run", "-c", "user", "--", "id", "-u"]);
     assert!(
@@ -195,21 +168,6 @@ fn containers_run_in_their_groups_id_range() {
         .join(&id)
         .join("ns/user");
     assert!(!ns.exists(), "user namespace pin left: {}", ns.display());
-}
-
-fn find_file(dir: &std::path::Path, suffix: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.ends_with(suffix) && p.is_file() {
-            return Some(p);
-        }
-        if e.file_type().ok()?.is_dir()
-            && let Some(f) = find_file(&p, suffix)
-        {
-            return Some(f);
-        }
-    }
-    None
 }
 
 #[test]
@@ -243,6 +201,6 @@ fn the_switch_off_is_reported_and_containers_run_as_before() {
     let id = group_id(&agent, "uns-off");
     let procs = group_processes(&id);
     assert!(!procs.is_empty());
-    assert!(procs.iter().all(|(_, uid, _, _)| *uid == 0), "{procs:?}");
+    assert!(procs.iter().all(|p| p.uid == 0), "{procs:?}");
     let _ = agent.ctl(&["delete", "uns-off", "--force", "--wait", "--timeout", "60s"]);
 }
