@@ -144,6 +144,35 @@ pub struct ImageStore {
     /// Signalled when an image was added (import, pull): the watermark garbage
     /// collection (`caches::ImageCaches::spawn_maintenance`) then runs at once.
     added: tokio::sync::Notify,
+    /// Blobs and layers of pulls in progress (see [`ImageStore::hold`]).
+    holds: Holds,
+}
+
+/// Digests (blobs and diff ids) that garbage collection must keep although no image
+/// record names them yet: a pull records its layers one by one and its image last,
+/// and in between a collection would otherwise delete what it just stored.
+#[derive(Debug, Default, Clone)]
+struct Holds(Arc<std::sync::Mutex<std::collections::HashMap<Digest, usize>>>);
+
+/// Keeps its digests from garbage collection until dropped.
+#[derive(Debug)]
+pub struct Hold {
+    holds: Holds,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut m = self.holds.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in &self.digests {
+            if let Some(n) = m.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(d);
+                }
+            }
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -182,6 +211,7 @@ impl ImageStore {
             store,
             gc: RwLock::new(()),
             layer_locks: LayerLocks::default(),
+            holds: Holds::default(),
             added: tokio::sync::Notify::new(),
         };
         // Nothing unpacks yet: any unpack directory is left from a crash.
@@ -255,12 +285,32 @@ impl ImageStore {
         self.collect_garbage()
     }
 
-    /// Deletes unpacked layers (and their records) and blobs that no image references.
+    /// Keeps `digests` (blobs, diff ids) from garbage collection while the returned
+    /// guard lives: a pull holds its image's layers, config and manifest from before
+    /// it stores the first of them until its image record is written.
+    pub fn hold(&self, digests: impl IntoIterator<Item = Digest>) -> Hold {
+        let digests: Vec<Digest> = digests.into_iter().collect();
+        let mut m = self.holds.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for d in &digests {
+            *m.entry(d.clone()).or_default() += 1;
+        }
+        Hold {
+            holds: self.holds.clone(),
+            digests,
+        }
+    }
+
+    /// Deletes unpacked layers (and their records) and blobs that no image references
+    /// and no pull in progress holds.
     pub fn collect_garbage(&self) -> Result<(), ImageError> {
         let _alone = self.gc.write().unwrap_or_else(PoisonError::into_inner);
         let images = self.store.list_images()?;
-        let mut blobs = HashSet::new();
-        let mut diff_ids = HashSet::new();
+        let held: Vec<Digest> = {
+            let m = self.holds.0.lock().unwrap_or_else(PoisonError::into_inner);
+            m.keys().cloned().collect()
+        };
+        let mut blobs: HashSet<Digest> = held.iter().cloned().collect();
+        let mut diff_ids: HashSet<Digest> = held.into_iter().collect();
         for i in &images {
             blobs.insert(i.digest.clone());
             blobs.insert(i.config_digest.clone());

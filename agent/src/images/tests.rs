@@ -917,3 +917,47 @@ fn a_wrong_or_truncated_streamed_layer_leaves_nothing() {
     assert!(matches!(err, ImageError::DiffId { .. }), "{err:?}");
     nothing_of(&images, dir.path(), &lying);
 }
+
+#[test]
+fn held_layers_and_blobs_survive_garbage_collection_until_released() {
+    // A pull stores its layers before it records its image: what it holds stays.
+    let (_dir, images) = image_store();
+    let rec = images
+        .import(
+            &oci::archive(&hello_image(), Some("demo/hello:1"))[..],
+            None,
+        )
+        .expect("import")
+        .remove(0);
+    let digests: Vec<Digest> = rec
+        .layers
+        .iter()
+        .flat_map(|l| [l.digest.clone(), l.diff_id.clone()])
+        .collect();
+    let hold = images.hold(digests.clone());
+    let second = images.hold(digests);
+    images
+        .store
+        .write(|tx| tx.delete_image(&rec.digest))
+        .expect("forget the image");
+    images.collect_garbage().expect("gc");
+    for l in &rec.layers {
+        assert!(images.layer_dir(&l.diff_id).is_dir(), "held layer removed");
+        assert!(images.has_blob(&l.digest), "held blob removed");
+    }
+    drop(hold);
+    images.collect_garbage().expect("gc");
+    assert!(
+        images.layer_dir(&rec.layers[0].diff_id).is_dir(),
+        "still held once"
+    );
+    drop(second);
+    images.collect_garbage().expect("gc");
+    for l in &rec.layers {
+        assert!(
+            !images.layer_dir(&l.diff_id).exists(),
+            "released layer kept"
+        );
+        assert!(!images.has_blob(&l.digest), "released blob kept");
+    }
+}

@@ -295,6 +295,14 @@ impl Puller {
                 size: l.size,
             })
             .collect();
+        // From here until the image is recorded, a garbage collection keeps what this
+        // pull stores (its layers are recorded one by one, the image last).
+        let _hold = self.images.hold(
+            layers
+                .iter()
+                .flat_map(|l| [l.digest.clone(), l.diff_id.clone()])
+                .chain([manifest.config.digest.clone(), resolved.digest.clone()]),
+        );
         for l in &layers {
             send(progress, l, "Waiting", 0);
         }
