@@ -120,15 +120,52 @@ fn check(what: &str, out: &std::process::Output) -> Result<()> {
     Ok(())
 }
 
-/// A fresh agent pulls the image; only `ecictl images pull` is timed.
-fn agent_round(config: &str, reference: &str) -> Result<Duration> {
+/// CPU time (user, system; all threads) of the process whose command line names
+/// `config`: the agent under test.
+fn agent_cpu(config: &Path) -> Option<(Duration, Duration)> {
+    let want = config.to_string_lossy().into_owned();
+    let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()? as f64;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains("eci-agent") || !cmd.contains(&want) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // Fields after the `(comm)`: state is the 3rd field, utime the 14th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let user: u64 = f.get(11)?.parse().ok()?;
+        let sys: u64 = f.get(12)?.parse().ok()?;
+        return Some((
+            Duration::from_secs_f64(user as f64 / tck),
+            Duration::from_secs_f64(sys as f64 / tck),
+        ));
+    }
+    None
+}
+
+/// A fresh agent pulls the image; only `ecictl images pull` is timed. Returns the
+/// wall time and the agent's CPU time during it.
+fn agent_round(config: &str, reference: &str) -> Result<(Duration, Duration)> {
     let agent = Agent::start(config)?;
     sync();
+    let (u0, s0) = agent_cpu(&agent.config).unwrap_or_default();
     let start = Instant::now();
     let out = agent.ctl(&["images", "pull", reference]);
     let t = start.elapsed();
+    let (u1, s1) = agent_cpu(&agent.config).unwrap_or_default();
+    let (user, sys) = (u1.saturating_sub(u0), s1.saturating_sub(s0));
+    println!(
+        "  agent CPU during the pull: user {}, system {}",
+        secs(user),
+        secs(sys)
+    );
+    let cpu = user + sys;
     check("ecictl images pull", &out).with_context(|| agent.log())?;
-    Ok(t)
+    Ok((t, cpu))
 }
 
 /// A fresh private containerd pulls and unpacks the image; only `ctr` is timed.
@@ -239,11 +276,16 @@ fn main() -> Result<()> {
     );
 
     let (mut ag, mut cd, mut sk, mut um, mut bd) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut ag_cpu = vec![];
     for r in 0..rounds {
         // Rotate the order so slow phases of the machine hit every tool alike.
         for k in 0..4 {
             match (r + k) % 4 {
-                0 => ag.push(agent_round(&config, &reference)?),
+                0 => {
+                    let (t, c) = agent_round(&config, &reference)?;
+                    ag.push(t);
+                    ag_cpu.push(c);
+                }
                 1 => cd.push(containerd_round(&reference, r == 0)?),
                 2 => {
                     let (c, u) = skopeo_round(&reference)?;
@@ -254,9 +296,10 @@ fn main() -> Result<()> {
             }
         }
         println!(
-            "round {}: agent {}  containerd {}  skopeo+umoci {}  bound {}",
+            "round {}: agent {} (cpu {})  containerd {}  skopeo+umoci {}  bound {}",
             r + 1,
             secs(*ag.last().unwrap_or(&Duration::ZERO)),
+            secs(*ag_cpu.last().unwrap_or(&Duration::ZERO)),
             secs(*cd.last().unwrap_or(&Duration::ZERO)),
             secs(*sk.last().unwrap_or(&Duration::ZERO) + *um.last().unwrap_or(&Duration::ZERO)),
             secs(*bd.last().unwrap_or(&Duration::ZERO)),
