@@ -5,10 +5,10 @@
 #   scripts/debian-pull-image.sh [OUT_DIR]     # default /var/cache/eci-test-images
 #
 # The userland is the host's Debian suite, built by mmdebstrap (variant essential plus
-# PULLBENCH_PACKAGES, default a compiler, Python, Perl and git: about 400 MB unpacked),
+# PULLBENCH_PACKAGES, default a compiler, Python, Perl and git: ~620 MB of layer tars on bookworm),
 # split into four gzip layers so pulls fetch and unpack several blobs:
 #   1. everything but /usr/lib, /usr/share and /usr/libexec,
-#   2. /usr/lib/x86_64-linux-gnu style arch directories (/usr/lib minus gcc and python),
+#   2. /usr/lib minus gcc and python,
 #   3. /usr/lib/gcc, /usr/libexec and the python library,
 #   4. /usr/share.
 # Cached in OUT_DIR as debian-pull-<suite>-<arch>-<key>/ where <key> hashes this script
