@@ -302,6 +302,19 @@ impl Registry {
         self.push_layout(layout.path(), name)
     }
 
+    /// Pushes the image of an existing OCI layout directory (`<dir>:latest`) as
+    /// `<host>/<name>` (the pull benchmark's prebuilt Debian image).
+    pub fn push_oci_dir(&self, layout: &Path, name: &str) -> Result<()> {
+        let src = PathBuf::from(format!("{}:latest", layout.display()));
+        self.push_with(&src, name, &[])
+    }
+
+    /// `127.0.0.1:<port>` of the registry itself, without the counting front proxy:
+    /// what benchmarks pull from, so the proxy's copying is not part of the figures.
+    pub fn direct_host(&self) -> &str {
+        &self.direct
+    }
+
     fn push_layout(&self, layout: &Path, name: &str) -> Result<()> {
         self.push_with(layout, name, &[])
     }
