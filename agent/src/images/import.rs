@@ -138,7 +138,7 @@ impl ImageStore {
                 manifest.layers.len()
             )));
         }
-        let config = self
+        let mut config = self
             .document(&manifest.config, "config")
             .and_then(|b| documents::config(&b))
             .map_err(refused)?;
@@ -153,7 +153,12 @@ impl ImageStore {
             .and_then(|()| self.check_size(&manifest.config, "manifest config"))
             .map_err(invalid)?;
         let mut layers = Vec::new();
-        for (i, (l, diff_id)) in manifest.layers.iter().zip(config.diff_ids).enumerate() {
+        for (i, (l, diff_id)) in manifest
+            .layers
+            .iter()
+            .zip(std::mem::take(&mut config.diff_ids))
+            .enumerate()
+        {
             if !self.content.has(&l.digest) {
                 return Err(invalid(format!(
                     "manifest layers[{i}]: layer {} is not in the archive (no entry {})",
@@ -187,16 +192,13 @@ impl ImageStore {
                 other => other,
             })?;
         }
-        let record = ImageRecord {
-            digest: desc.digest.clone(),
-            config_digest: manifest.config.digest.clone(),
-            references: vec![image.clone()],
+        let record = ImageRecord::new(
+            desc.digest.clone(),
+            manifest.config.digest.clone(),
+            image.clone(),
             layers,
-            platform: config.platform,
-            created: config.created,
-            imported_at: crate::clock::now(),
-            defaults: config.defaults,
-        };
+            config,
+        );
         let record = self.record_image(record, &image)?;
         tracing::info!(image = %image, digest = %record.digest, layers = record.layers.len(), "image imported");
         Ok(record)

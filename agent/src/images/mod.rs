@@ -126,6 +126,27 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// A new image as an import or a pull records it: named by `reference`, its
+    /// manifest `digest`, the checked `config` and the layers it lists, stamped now.
+    pub fn new(
+        digest: Digest,
+        config_digest: Digest,
+        reference: String,
+        layers: Vec<LayerRecord>,
+        config: documents::Config,
+    ) -> Self {
+        ImageRecord {
+            digest,
+            config_digest,
+            references: vec![reference],
+            layers,
+            platform: config.platform,
+            created: config.created,
+            imported_at: crate::clock::now(),
+            defaults: config.defaults,
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
     }

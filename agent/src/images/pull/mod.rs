@@ -319,16 +319,13 @@ impl Puller {
             LayerFailure::Store(e) => self.store_err(&image, e),
             LayerFailure::Fetch(e) => failed(e),
         })?;
-        let record = ImageRecord {
-            digest: resolved.digest.clone(),
-            config_digest: manifest.config.digest.clone(),
-            references: vec![image.clone()],
+        let record = ImageRecord::new(
+            resolved.digest.clone(),
+            manifest.config.digest.clone(),
+            image.clone(),
             layers,
-            platform: config.platform,
-            created: config.created,
-            imported_at: crate::clock::now(),
-            defaults: config.defaults,
-        };
+            config,
+        );
         let images = self.images.clone();
         let (name, manifest_bytes, digest) = (image.clone(), resolved.manifest, resolved.digest);
         let config_digest = manifest.config.digest.clone();
