@@ -48,6 +48,92 @@ pub struct Config {
     /// Per-registry settings, keyed by `host[:port]` as images name it
     /// (`[registries."127.0.0.1:5000"]`; Docker Hub is `docker.io`).
     pub registries: std::collections::BTreeMap<String, RegistryConfig>,
+    pub network: NetworkConfig,
+}
+
+/// How groups get their network (issue 8). A group that names an ENI always gets it;
+/// one that names none gets a veth on the agent's dev bridge unless this is a fleet host,
+/// where a group without an ENI only has loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// A fleet host: groups come with ENIs, and the dev bridge stays off (no bridge, no
+    /// masquerade, no forwarding switched on by the agent).
+    pub fleet_host: bool,
+    /// Name of the dev bridge in the host netns (at most 15 bytes).
+    pub bridge: String,
+    /// IPv4 subnet of the dev bridge; its first address is the bridge's (the groups'
+    /// gateway), the others go to groups.
+    pub dev_subnet: String,
+    /// Optional IPv6 subnet of the dev bridge (a /64 or longer prefix, e.g.
+    /// "fd00:eci::/64"); empty: groups without an ENI get IPv4 only.
+    pub dev_subnet_v6: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            fleet_host: false,
+            bridge: "eci0".into(),
+            dev_subnet: "10.88.0.0/16".into(),
+            dev_subnet_v6: String::new(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The dev bridge's subnets, or None on a fleet host.
+    pub fn dev(&self) -> Result<Option<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>)>, ConfigError> {
+        if self.fleet_host {
+            return Ok(None);
+        }
+        let bad = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        if self.bridge.is_empty() || self.bridge.len() > 15 || self.bridge.contains(['/', ' ']) {
+            return Err(bad(
+                "network.bridge",
+                format!("{:?} is not a link name of 1-15 bytes", self.bridge),
+            ));
+        }
+        let v4: ipnet::Ipv4Net = self.dev_subnet.parse().map_err(|_| {
+            bad(
+                "network.dev_subnet",
+                format!(
+                    "{:?} is not an IPv4 subnet such as 10.88.0.0/16",
+                    self.dev_subnet
+                ),
+            )
+        })?;
+        if v4.prefix_len() > 30 {
+            return Err(bad(
+                "network.dev_subnet",
+                format!(
+                    "/{} leaves no address for groups (at most /30)",
+                    v4.prefix_len()
+                ),
+            ));
+        }
+        let v6 = if self.dev_subnet_v6.is_empty() {
+            None
+        } else {
+            let n: ipnet::Ipv6Net = self.dev_subnet_v6.parse().map_err(|_| {
+                bad(
+                    "network.dev_subnet_v6",
+                    format!(
+                        "{:?} is not an IPv6 subnet such as fd00:88::/64",
+                        self.dev_subnet_v6
+                    ),
+                )
+            })?;
+            if n.prefix_len() > 64 {
+                return Err(bad(
+                    "network.dev_subnet_v6",
+                    format!("/{} is longer than /64", n.prefix_len()),
+                ));
+            }
+            Some(n.trunc())
+        };
+        Ok(Some((v4.trunc(), v6)))
+    }
 }
 
 /// How images are pulled.
@@ -315,6 +401,7 @@ impl Default for Config {
             log: LogConfig::default(),
             pull: PullConfig::default(),
             registries: Default::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -461,6 +548,7 @@ impl Config {
             });
         }
         self.check_user_namespaces()?;
+        self.network.dev()?;
         self.images.policy()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {

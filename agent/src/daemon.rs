@@ -126,9 +126,12 @@ pub async fn run(cfg: Config) -> Result<()> {
             "user namespaces"
         );
     }
+    let network = crate::network::NetworkPlan::from_config(&cfg.network)?;
+    tracing::info!(dev_bridge = %network.describe_dev(), "group networking");
     let groups = Arc::new(
         Groups::new(store, node, images)
             .with_user_namespaces(userns)
+            .with_network(network)
             .with_puller(cfg.pull.clone(), cfg.registries.clone()),
     );
     let g = groups.clone();

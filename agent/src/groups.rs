@@ -59,6 +59,8 @@ pub struct Groups {
     puller: Arc<Puller>,
     /// Id ranges for groups (off unless [`Groups::with_user_namespaces`] says otherwise).
     userns: UserNamespaces,
+    /// ENIs and the dev bridge (no dev bridge unless [`Groups::with_network`]).
+    network: Arc<crate::network::NetworkPlan>,
 }
 
 /// Event type names.
@@ -155,7 +157,18 @@ impl Groups {
             images,
             puller,
             userns: UserNamespaces::default(),
+            network: Default::default(),
         }
+    }
+
+    /// Sets how groups get their network (the dev bridge, when not a fleet host).
+    pub fn with_network(mut self, network: crate::network::NetworkPlan) -> Self {
+        self.network = Arc::new(network);
+        self
+    }
+
+    pub fn network(&self) -> &Arc<crate::network::NetworkPlan> {
+        &self.network
     }
 
     /// Sets the id-range pool and the mode the start probe found.
@@ -286,7 +299,23 @@ impl Groups {
         let valid = validate::validate(&spec)?;
         self.check_sandbox_kind(&spec.sandbox)?;
         let name = spec.name.clone();
+        // The ENI must be on this host and free: refused here, nothing is created.
+        let eni = match crate::network::admit::selector(&spec) {
+            Some(sel) => Some(
+                crate::network::admit::find(&sel, &self.store.held_enis()?)
+                    .map_err(Error::FailedPrecondition)?,
+            ),
+            None => None,
+        };
         self.store.write(|tx| {
+            if let Some(eni) = &eni
+                && let Some(other) = crate::network::admit::holder(&tx.list_groups()?, eni, &name)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "network.eni: {} is named by group {other:?}, which is not finished",
+                    eni.name
+                )));
+            }
             let now = clock::now();
             let mut status = initial_status(&spec, &valid);
             let mut events = vec![];
@@ -309,6 +338,18 @@ impl Groups {
                             .allocate_range(&name, pool)?
                             .ok_or_else(|| Error::ResourceExhausted(self.userns.pool_full()))?;
                         status.user_namespace = self.userns.range(slot);
+                    }
+                    // A dev address, likewise, for a group without an ENI.
+                    if let Some(dev) = &self.network.dev
+                        && eni.is_none()
+                    {
+                        tx.allocate_dev_address(&name, dev.hosts())?
+                            .ok_or_else(|| {
+                                Error::ResourceExhausted(format!(
+                                    "network: no free address left in the dev bridge's subnet {}",
+                                    dev.v4
+                                ))
+                            })?;
                     }
                     status.phase = phase::PENDING.into();
                     status.reason = "Scheduled".into();
@@ -402,6 +443,13 @@ impl Groups {
     /// Replaces the spec of a group. The ENI and sandbox kind cannot change in place, and
     /// a new size must still fit on the node.
     pub fn update(&self, spec: GroupSpec) -> Result<ContainerGroup> {
+        self.update_with(spec).map(|(g, _)| g)
+    }
+
+    /// As [`Groups::update`]; also says whether the change applies in place: only the
+    /// security-group rules differ, so the containers keep running (and their status)
+    /// while the new rules replace the old ones in the group's netns.
+    pub fn update_with(&self, spec: GroupSpec) -> Result<(ContainerGroup, bool)> {
         let valid = validate::validate(&spec)?;
         let name = spec.name.clone();
         self.store.write(|tx| {
@@ -428,6 +476,22 @@ impl Groups {
                     "network.eni: the ENI of a group cannot change; delete and create it".into(),
                 ));
             }
+            let net_of = |s: &GroupSpec| {
+                let n = s.network.clone().unwrap_or_default();
+                (n.ipv4_address, n.ipv6_address)
+            };
+            let (old_v4, old_v6) = net_of(&old);
+            let (new_v4, new_v6) = net_of(&spec);
+            for (field, was, now) in [
+                ("network.ipv4Address", old_v4, new_v4),
+                ("network.ipv6Address", old_v6, new_v6),
+            ] {
+                if !now.is_empty() && now != was {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{field}: a group keeps its address for its whole life ({was:?}); delete and create it to change it"
+                    )));
+                }
+            }
             if let Some(why) = self.misfit(tx, valid.normalized, valid.gpus, &name)? {
                 return Err(Error::ResourceExhausted(format!("update refused: {why}")));
             }
@@ -442,14 +506,20 @@ impl Groups {
                 }
             }
             group.generation += 1;
+            let in_place =
+                current == phase::RUNNING && crate::network::rules_only_change(&old, &spec);
             let mut status = initial_status(&spec, &valid);
             let prev = group.status.take().unwrap_or_default();
+            if in_place {
+                status = prev.clone();
+            }
             status.phase = prev.phase;
             status.reason = prev.reason;
             status.message = prev.message;
             status.ip_addresses = prev.ip_addresses;
             // The id range stays with the group for its whole life.
             status.user_namespace = prev.user_namespace;
+            status.network = prev.network;
             status.observed_generation = group.generation;
             group.status = Some(status);
             group.spec = Some(spec);
@@ -464,7 +534,7 @@ impl Groups {
                     describe_size(valid.normalized)
                 ),
             ))?;
-            Ok(group)
+            Ok((group, in_place))
         })
     }
 

@@ -16,6 +16,7 @@ pub mod images;
 pub mod local_h2;
 pub mod logfiles;
 pub mod memory;
+pub mod network;
 pub mod node;
 pub mod notify;
 pub mod quantity;

@@ -79,11 +79,16 @@ impl Agent {
             "cgroup_parent = \"{name}\"\nrestart_backoff = \"200ms\"\nrestart_backoff_max = \"1s\"\n"
         );
         // Into the test's own [runtime] table when it has one (TOML allows one).
-        let config = if config.contains("[runtime]\n") {
+        let mut config = if config.contains("[runtime]\n") {
             config.replacen("[runtime]\n", &format!("[runtime]\n{ours}"), 1)
         } else {
             format!("{config}\n[runtime]\n{ours}")
         };
+        // Agents of parallel tests would share the default dev bridge and subnet: a test
+        // that wants dev networking names its own in a [network] table.
+        if !config.contains("[network]\n") {
+            config.push_str("\n[network]\nfleet_host = true\n");
+        }
         std::fs::write(&cfg, config)?;
         let env = env
             .iter()

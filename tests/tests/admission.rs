@@ -123,7 +123,7 @@ fn rows() -> Vec<Row> {
         ("stdin", Code::Unimplemented, "containers[0].stdin", |s| {
             c0(s).stdin = true
         }),
-        ("eni", Code::Unimplemented, "network.eni", |s| {
+        ("eni not on this host", Code::FailedPrecondition, "network.eni", |s| {
             s.network = Some(NetworkSpec {
                 eni: Some(EniSelector {
                     mac_address: "02:00:00:00:00:99".into(),
@@ -133,7 +133,7 @@ fn rows() -> Vec<Row> {
                 ..Default::default()
             })
         }),
-        ("address", Code::Unimplemented, "network.ipv4Address", |s| {
+        ("address without an ENI", Code::InvalidArgument, "network.ipv4Address", |s| {
             s.network = Some(NetworkSpec {
                 ipv4_address: "10.0.3.17/24".into(),
                 ..Default::default()
@@ -141,14 +141,14 @@ fn rows() -> Vec<Row> {
         }),
         (
             "security group",
-            Code::Unimplemented,
-            "network.securityGroupRules",
+            Code::InvalidArgument,
+            "network.securityGroupRules[0]",
             |s| {
                 s.network = Some(NetworkSpec {
                     security_group_rules: vec![SecurityGroupRule {
                         direction: "ingress".into(),
                         protocol: "tcp".into(),
-                        port_range: "80/80".into(),
+                        port_range: "80/70".into(),
                         cidr: "0.0.0.0/0".into(),
                         ..Default::default()
                     }],

@@ -204,6 +204,54 @@ fn filesystem(path: &std::path::Path, mount_point: &str) -> Option<FilesystemMet
     })
 }
 
+/// What each security-group rule of the spec matched so far, read from the group's
+/// nftables table (empty when it cannot be read: metrics are best effort).
+fn rule_counters(netns: &std::path::Path, spec: &GroupSpec) -> Vec<SecurityGroupRuleCounter> {
+    let rules = spec
+        .network
+        .as_ref()
+        .map(|n| n.security_group_rules.clone())
+        .unwrap_or_default();
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let counters = match eci_netns::nft::security_group_counters(netns) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %crate::error::chain(&e), "reading security-group counters");
+            return Vec::new();
+        }
+    };
+    counters
+        .into_iter()
+        .filter_map(|c| {
+            let r = rules.get(c.index)?;
+            Some(SecurityGroupRuleCounter {
+                index: c.index as u32,
+                rule: format!(
+                    "{} {} {} {} {} priority {}",
+                    r.direction,
+                    r.protocol,
+                    if r.port_range.is_empty() {
+                        "-1/-1"
+                    } else {
+                        &r.port_range
+                    },
+                    r.cidr,
+                    if r.policy.is_empty() {
+                        "accept"
+                    } else {
+                        &r.policy
+                    },
+                    r.priority.max(1)
+                ),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+        })
+        .collect()
+}
+
 impl MetricsApi {
     /// One sample; when the group has no earlier sample at least 100 ms old, a second
     /// one after 100 ms so that the rates mean something.
@@ -251,7 +299,11 @@ impl MetricsApi {
                     .unwrap_or_default(),
                 disk: filesystem(&layers, "/").into_iter().collect(),
                 containers: Vec::new(),
+                security_group_rules: Vec::new(),
             };
+            if status.network.as_ref().is_some_and(|n| n.mode != "none") {
+                m.security_group_rules = rule_counters(&sup.netns_of(&id), &spec);
+            }
             for c in &spec.containers {
                 let crel = format!("{rel}/{}", c.name);
                 let cu = cgroup::usage(&crel);

@@ -44,9 +44,11 @@ fn resources(s: Size, gpus: u32) -> Resources {
 impl NodeService for NodeApi {
     async fn info(&self, _: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
         let g = self.groups.groups().clone();
-        let (groups, usage, held) = blocking(move || {
+        let (groups, usage, held, enis) = blocking(move || {
             let (groups, usage) = g.usage_now()?;
-            Ok((groups, usage, g.store().ranges()?))
+            let enis =
+                crate::network::inventory::enis(&g.store().held_enis()?, g.network().dev.as_ref());
+            Ok((groups, usage, g.store().ranges()?, enis))
         })
         .await?;
         let node = self.groups.groups().node();
@@ -77,6 +79,8 @@ impl NodeService for NodeApi {
             architecture: node.facts.architecture.clone(),
             started_at: self.started_at.clone(),
             user_namespaces: Some(self.groups.groups().user_namespaces().report(&held)),
+            enis,
+            dev_bridge: self.groups.groups().network().describe_dev(),
         }))
     }
 

@@ -24,10 +24,12 @@
 
 mod caches;
 mod feed;
+mod network;
 mod ranges;
 mod tx;
 
 pub use feed::Feed;
+pub use network::HeldEni;
 pub use tx::WriteTx;
 
 use std::path::{Path, PathBuf};
@@ -715,6 +717,8 @@ fn create_tables(db: &Database) -> Result<()> {
         LAYERS.name(),
         REFS.name(),
         ranges::ID_RANGES.name(),
+        network::ENIS.name(),
+        network::DEV_ADDRESSES.name(),
         caches::CACHES.name(),
         caches::IMAGE_USED.name(),
     ];
@@ -730,6 +734,8 @@ fn create_tables(db: &Database) -> Result<()> {
     tx.open_table(REFS).map_err(db_err)?;
     tx.open_table(LAYERS).map_err(db_err)?;
     tx.open_table(ranges::ID_RANGES).map_err(db_err)?;
+    tx.open_table(network::ENIS).map_err(db_err)?;
+    tx.open_table(network::DEV_ADDRESSES).map_err(db_err)?;
     tx.open_table(caches::CACHES).map_err(db_err)?;
     tx.open_table(caches::IMAGE_USED).map_err(db_err)?;
     tx.commit().map_err(db_err)

@@ -34,6 +34,9 @@ impl Supervisor {
     /// Runs a group from admission to all containers started.
     pub(crate) async fn run(self: Arc<Self>, ctx: GroupCtx) {
         if let Err(e) = self.run_inner(&ctx).await {
+            if let StartError::Network(e) = &e {
+                return self.network_failed(&ctx, e).await;
+            }
             let msg = e.message();
             tracing::warn!(group = %ctx.name, error = %msg, "group start failed");
             let name = ctx.name.clone();
@@ -340,11 +343,14 @@ impl Supervisor {
         let (c2, writable) = (ctx.clone(), self.writable_dir(&ctx.id));
         let userns = self.userns_of(ctx);
         let owner = userns.map(|r| r.base);
+        let ips = self.planned_addresses(ctx);
         tokio::task::spawn_blocking(move || -> Result<(), StartError> {
-            files::write(&c2.dir.etc(), &c2.spec, owner).map_err(|source| StartError::Io {
-                step: "writing",
-                path: c2.dir.etc(),
-                source,
+            files::write(&c2.dir.etc(), &c2.spec, owner, &ips).map_err(|source| {
+                StartError::Io {
+                    step: "writing",
+                    path: c2.dir.etc(),
+                    source,
+                }
             })?;
             Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable, owner)?)
         })
@@ -366,6 +372,8 @@ impl Supervisor {
                 .await?
             }
         };
+        // The network before any container: an init container may need it.
+        self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;
         let shm = valid.shm_bytes;
         // Init containers: one at a time, each to success.
@@ -438,6 +446,10 @@ impl Supervisor {
         if !started {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
+        }
+        // An in-place rules update the agent stopped in the middle of is finished.
+        if let Err(e) = self.apply_rules(&ctx).await {
+            tracing::warn!(group = %ctx.name, error = %crate::error::chain(&e), "re-applying security-group rules");
         }
         let Some((images, _)) = self.resolve_images(&ctx, false).await else {
             return;
@@ -788,6 +800,8 @@ impl Supervisor {
             for c in ctx.spec.init_containers.iter().chain(&ctx.spec.containers) {
                 let _ = shim.delete(&c.name, "").await;
             }
+            // The ENI leaves the netns before the shim's shutdown releases it.
+            self.release_network(ctx).await;
             let _ = shim.shutdown().await;
             self.remove_dirs(ctx).await;
         }

@@ -87,6 +87,11 @@ impl Supervisor {
             let _ = cgroup::destroy(&group_cg);
         }
         let run = self.cfg.run_dir.join("groups").join(id);
+        // Never release a netns that may still hold an ENI: keep it pinned (and the
+        // group's directories) for the next cleanup to try again.
+        if !self.release_network_blocking(id) {
+            return;
+        }
         let _ = namespaces::remove(&run.join("ns"));
         volumes::unmount_all(&run);
         for d in [run, self.cfg.state_dir.join("groups").join(id)] {
@@ -108,6 +113,10 @@ impl Supervisor {
         ids.extend(dir_names(&self.cfg.run_dir.join("groups")));
         ids.extend(dir_names(&self.cfg.state_dir.join("groups")));
         ids.extend(cgroup_children_of(&self.cfg.cgroup_parent));
+        // An ENI record outlives everything else of its group until the ENI is back.
+        if let Ok(held) = self.groups.store().held_enis() {
+            ids.extend(held.into_iter().map(|(id, _)| id));
+        }
         let mut cleaned: Vec<String> = ids.into_iter().filter(|id| !live.contains(id)).collect();
         cleaned.sort();
         for id in &cleaned {

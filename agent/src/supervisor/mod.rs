@@ -11,6 +11,7 @@ mod containers;
 mod exec;
 mod janitor;
 pub mod monitor;
+mod network;
 mod start_error;
 mod teardown;
 mod transitions;
@@ -100,6 +101,11 @@ impl Supervisor {
     /// What the shim counted of a container's output it could not log (current run).
     pub fn log_stats(&self, group_id: &str, container: &str) -> monitor::LogStats {
         monitor::log_stats(&GroupDir::new(&self.cfg.run_dir, group_id).bundle(container))
+    }
+
+    /// The pin of a group's network namespace (`<run>/groups/<id>/ns/net`).
+    pub fn netns_of(&self, group_id: &str) -> PathBuf {
+        crate::network::netns_path(&GroupDir::new(&self.cfg.run_dir, group_id))
     }
 
     pub fn groups(&self) -> &Arc<Groups> {
@@ -235,9 +241,15 @@ impl Supervisor {
     pub async fn update(self: &Arc<Self>, spec: GroupSpec) -> Result<ContainerGroup> {
         let g = self.groups.clone();
         let name = spec.name.clone();
-        let updated = tokio::task::spawn_blocking(move || g.update(spec))
+        let (updated, in_place) = tokio::task::spawn_blocking(move || g.update_with(spec))
             .await
             .map_err(join_err)??;
+        if in_place {
+            let me = self.clone();
+            let ctx = self.ctx(&updated);
+            me.update_rules_in_place(ctx).await;
+            return self.groups.get(&name);
+        }
         let phase_now = updated
             .status
             .as_ref()
@@ -381,6 +393,14 @@ impl Supervisor {
                 continue;
             }
             if phase::is_final(&phase) {
+                // Finished, but a crash cut its release short: the ENI, the shim and
+                // the netns go now.
+                let held = self.groups.store().held_eni(&ctx.id).ok().flatten().is_some();
+                if held || ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() {
+                    tracing::warn!(group = %ctx.name, "releasing the sandbox of a finished group");
+                    let me = self.clone();
+                    tokio::spawn(async move { me.teardown(&ctx, Duration::ZERO).await });
+                }
                 continue;
             }
             match conn {

@@ -37,6 +37,8 @@ pub(crate) enum StartError {
     Layers(#[source] ImageError),
     #[error("{0}: a blocking task failed")]
     Join(&'static str, #[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl From<ShimError> for StartError {

@@ -73,6 +73,8 @@ impl Supervisor {
         // Without a shim that answers, what it held is removed below.
         if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
             self.stop_containers(ctx, &shim, grace).await;
+            // The ENI leaves the netns before the shim's shutdown releases it.
+            self.release_network(ctx).await;
             if let Err(e) = shim.shutdown().await {
                 tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
             }

@@ -258,40 +258,26 @@ fn cases() -> Vec<Case> {
                 auto_match: true,
             })
         }),
-        case!("network.eni", Unimplemented, "network.eni", |s| {
+        case!("network.eni", Invalid, "network.eni", |s| {
             net(s).eni = Some(EniSelector {
-                link_name: "eth9".into(),
+                mac_address: "02:zz:00:00:00:01".into(),
                 ..Default::default()
             });
             net(s).ipv4_address = "10.0.0.5/24".into();
         }),
-        case!(
-            "network.ipv4Address",
-            Unimplemented,
-            "network.ipv4Address",
-            |s| net(s).ipv4_address = "10.0.0.5/24".into()
-        ),
-        case!(
-            "network.ipv4Gateway",
-            Unimplemented,
-            "network.ipv4Gateway",
-            |s| net(s).ipv4_gateway = "10.0.0.1".into()
-        ),
-        case!(
-            "network.ipv6Address",
-            Unimplemented,
-            "network.ipv6Address",
-            |s| net(s).ipv6_address = "fd00::5/64".into()
-        ),
-        case!(
-            "network.ipv6Gateway",
-            Unimplemented,
-            "network.ipv6Gateway",
-            |s| net(s).ipv6_gateway = "fd00::1".into()
-        ),
-        case!("network.mtu", Unimplemented, "network.mtu", |s| net(s)
-            .mtu =
-            1500),
+        case!("network.ipv4Address", Invalid, "network.ipv4Address", |s| {
+            net(s).ipv4_address = "10.0.0.5/24".into()
+        }),
+        case!("network.ipv4Gateway", Invalid, "network.ipv4Gateway", |s| {
+            net(s).ipv4_gateway = "10.0.0.1".into()
+        }),
+        case!("network.ipv6Address", Invalid, "network.ipv6Address", |s| {
+            net(s).ipv6_address = "fd00::5/64".into()
+        }),
+        case!("network.ipv6Gateway", Invalid, "network.ipv6Gateway", |s| {
+            net(s).ipv6_gateway = "fd00::1".into()
+        }),
+        case!("network.mtu", Invalid, "network.mtu", |s| net(s).mtu = 1500),
         case!(
             "network.dns.nameservers",
             Invalid,
@@ -312,10 +298,10 @@ fn cases() -> Vec<Case> {
         ),
         case!(
             "network.securityGroupRules",
-            Unimplemented,
-            "network.securityGroupRules",
+            Invalid,
+            "network.securityGroupRules[0]",
             |s| net(s).security_group_rules.push(SecurityGroupRule {
-                direction: "ingress".into(),
+                direction: "sideways".into(),
                 protocol: "tcp".into(),
                 port_range: "80/80".into(),
                 cidr: "0.0.0.0/0".into(),

@@ -75,6 +75,27 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
     if net.mtu != 0 && !(68..=9216).contains(&net.mtu) {
         errs.add("network.mtu", format!("{} is outside 68-9216", net.mtu));
     }
+    // Addresses belong to an ENI; without one, the agent assigns a dev-bridge address
+    // (or, on a fleet host, the group has only loopback).
+    if net.eni.is_none() {
+        for (set, field) in [
+            (!net.ipv4_address.is_empty(), "network.ipv4Address"),
+            (!net.ipv4_gateway.is_empty(), "network.ipv4Gateway"),
+            (!net.ipv6_address.is_empty(), "network.ipv6Address"),
+            (!net.ipv6_gateway.is_empty(), "network.ipv6Gateway"),
+            (net.mtu != 0, "network.mtu"),
+        ] {
+            if set {
+                errs.add(
+                    field,
+                    "is set only with network.eni: without an ENI the agent assigns the group a dev-bridge address",
+                );
+            }
+        }
+    }
+    if !net.ipv6_gateway.is_empty() && net.ipv6_address.is_empty() {
+        errs.add("network.ipv6Gateway", "needs network.ipv6Address");
+    }
     if let Some(dns) = &net.dns {
         if dns.nameservers.len() > MAX_NAMESERVERS {
             errs.add(

@@ -7,7 +7,7 @@
 //! not compile until someone decides whether it is enforced (bound to `_` with the rule
 //! that checks it) or refused here.
 
-use eci_api::v1::{Container, GroupSpec, NetworkSpec, Volume};
+use eci_api::v1::{Container, GroupSpec, Volume};
 
 use super::Errors;
 
@@ -28,7 +28,8 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         // checked by `group.rs`).
         image_registry_credentials: _,
         image_cache: _,
-        network,
+        // Applied in the group's netns (crate::network); checked by `network.rs`.
+        network: _,
         sandbox: _,
         containers,
         init_containers,
@@ -40,9 +41,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
             "a size for the writable layers is not enforced yet (no quota on the layer directory)",
         );
     }
-    if let Some(n) = network {
-        self::network(n, errs);
-    }
     for (list, containers) in [
         ("initContainers", init_containers),
         ("containers", containers),
@@ -53,41 +51,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
     }
     for (i, v) in volumes.iter().enumerate() {
         volume(i, v, errs);
-    }
-}
-
-fn network(n: &NetworkSpec, errs: &mut Errors) {
-    // DNS is enforced (`/etc/resolv.conf`).
-    let NetworkSpec {
-        eni,
-        ipv4_address,
-        ipv4_gateway,
-        ipv6_address,
-        ipv6_gateway,
-        mtu,
-        dns: _,
-        security_group_rules,
-    } = n;
-    let net = "the group's network namespace has only lo until ENIs are built";
-    if eni.is_some() {
-        errs.add("network.eni", format!("ENIs are not built yet: {net}"));
-    }
-    for (set, field) in [
-        (!ipv4_address.is_empty(), "network.ipv4Address"),
-        (!ipv4_gateway.is_empty(), "network.ipv4Gateway"),
-        (!ipv6_address.is_empty(), "network.ipv6Address"),
-        (!ipv6_gateway.is_empty(), "network.ipv6Gateway"),
-        (*mtu != 0, "network.mtu"),
-    ] {
-        if set {
-            errs.add(field, format!("addresses are not configured yet: {net}"));
-        }
-    }
-    if !security_group_rules.is_empty() {
-        errs.add(
-            "network.securityGroupRules",
-            "security-group rules are not applied yet",
-        );
     }
 }
 

@@ -267,6 +267,43 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
         }
     );
     println!("IP:              {}", st.ip_addresses.join(", "));
+    if let Some(n) = &st.network {
+        let mut line = n.mode.clone();
+        if !n.mac_address.is_empty() {
+            line.push_str(&format!(", MAC {}", n.mac_address));
+        }
+        if !n.host_link.is_empty() {
+            line.push_str(&format!(", host link {}", n.host_link));
+        }
+        println!(
+            "Network:         {line} (set up in {:.1} ms)",
+            n.setup_micros as f64 / 1000.0
+        );
+    }
+    // Counters are live (the group's nftables table), so they come from Metrics.
+    if st.phase == "Running"
+        && !spec
+            .network
+            .as_ref()
+            .is_none_or(|n| n.security_group_rules.is_empty())
+        && let Ok(m) = eci_api::v1::metrics_client::MetricsClient::new(ch.clone())
+            .get_metrics(eci_api::v1::GetMetricsRequest { group: name.into() })
+            .await
+    {
+        println!("Security group:");
+        let mut t = Table::new(&["#", "RULE", "PACKETS", "BYTES"]);
+        for r in &m.into_inner().security_group_rules {
+            t.row(vec![
+                r.index.to_string(),
+                r.rule.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]);
+        }
+        for line in t.render().lines() {
+            println!("  {line}");
+        }
+    }
     if let Some(u) = &st.user_namespace {
         println!(
             "Host id range:   {}-{} (user namespace: root inside is host uid {})",

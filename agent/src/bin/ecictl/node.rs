@@ -54,6 +54,7 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
             println!("                 not enforced: {}", u.enforced_reason);
         }
     }
+    println!("Dev bridge:     {}", info.dev_bridge);
     println!(
         "Groups:         {} ({} running)",
         info.groups_total, info.groups_running
@@ -65,6 +66,27 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
     );
     println!();
     print!("{}", t.render());
+    if !info.enis.is_empty() {
+        let mut e = Table::new(&["ENI", "MAC", "KIND", "GROUP"]);
+        for n in &info.enis {
+            e.row(vec![
+                n.name.clone(),
+                n.mac_address.clone(),
+                if n.kind.is_empty() {
+                    "physical".into()
+                } else {
+                    n.kind.clone()
+                },
+                if n.group.is_empty() {
+                    "-".into()
+                } else {
+                    n.group.clone()
+                },
+            ]);
+        }
+        println!();
+        print!("{}", e.render());
+    }
     if !info.conditions.is_empty() {
         let mut c = Table::new(&["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"]);
         for k in &info.conditions {
