@@ -20,6 +20,12 @@ pub const ETH0: &str = "eth0";
 pub enum AttachError {
     #[error(transparent)]
     Thread(#[from] ThreadError),
+    #[error("invalid {field} {value}: {limit}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        limit: &'static str,
+    },
     /// A kernel request failed; `what` names the step, the link and the netns.
     #[error("{what}")]
     Step {
@@ -57,7 +63,48 @@ pub struct EniConfig {
     pub ipv6_gateway: Option<Ipv6Addr>,
 }
 
+/// The MTU range every Linux Ethernet link accepts at least in part: 68 is the IPv4
+/// minimum; IPv6 needs 1280, checked only when an IPv6 address is configured.
+const MTU_MAX: u32 = 65535;
+
 impl EniConfig {
+    /// Refuses what the kernel would refuse with a bare EINVAL, naming the field.
+    pub fn validate(&self) -> Result<(), AttachError> {
+        if let Some(mtu) = self.mtu {
+            let min = if self.ipv6.is_some() { 1280 } else { 68 };
+            if mtu < min || mtu > MTU_MAX {
+                return Err(AttachError::Invalid {
+                    field: "mtu",
+                    value: mtu.to_string(),
+                    limit: if self.ipv6.is_some() {
+                        "1280-65535 with an IPv6 address"
+                    } else {
+                        "68-65535"
+                    },
+                });
+            }
+        }
+        if let Some(n) = self.ipv4
+            && (n.prefix_len() == 0 || n.addr().is_unspecified() || n.addr().is_multicast())
+        {
+            return Err(AttachError::Invalid {
+                field: "ipv4Address",
+                value: n.to_string(),
+                limit: "a unicast address with a prefix of 1-32 bits",
+            });
+        }
+        if let Some(n) = self.ipv6
+            && (n.prefix_len() == 0 || n.addr().is_unspecified() || n.addr().is_multicast())
+        {
+            return Err(AttachError::Invalid {
+                field: "ipv6Address",
+                value: n.to_string(),
+                limit: "a unicast address with a prefix of 1-128 bits",
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn eth0(&self) -> Eth0 {
         Eth0 {
             mtu: self.mtu,
@@ -106,6 +153,7 @@ fn step(what: String) -> impl FnOnce(std::io::Error) -> AttachError {
 /// — a retry after a crash at any step — it finishes the job there. Blocking; runs on a
 /// dedicated thread (see [`crate::rtnl`]).
 pub fn attach(rec: &EniRecord, netns: &Path, cfg: &EniConfig) -> Result<(), AttachError> {
+    cfg.validate()?;
     let rec = rec.clone();
     let eth0 = cfg.eth0();
     rtnl::run(Target::Required(netns), move |s| async move {

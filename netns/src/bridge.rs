@@ -15,6 +15,8 @@ use crate::rtnl::{self, Addr, Target, ThreadError, fd};
 pub enum BridgeError {
     #[error(transparent)]
     Thread(#[from] ThreadError),
+    #[error(transparent)]
+    Config(#[from] crate::attach::AttachError),
     /// A kernel request failed; `what` names the step, the link and the netns.
     #[error("{what}")]
     Step {
@@ -141,6 +143,16 @@ pub fn ensure_bridge(cfg: &BridgeConfig) -> Result<(), BridgeError> {
                 want: "bridge",
             });
         }
+        // A bridge's MAC follows its ports' (the lowest) unless set explicitly: pin it,
+        // so the groups' gateway MAC does not change as groups come and go.
+        if let Some(mac) = br.mac {
+            rtnl::set(
+                &s.host,
+                rtnl::change(br.index).address(mac.0.to_vec()).build(),
+            )
+            .await
+            .map_err(step(format!("pinning the MAC of bridge {name} in {HOST}")))?;
+        }
         let eth = rtnl::Eth0 {
             mtu: cfg.mtu,
             ..Default::default()
@@ -191,6 +203,7 @@ pub fn attach_veth(
 ) -> Result<(), BridgeError> {
     check_name("veth host name", host_name)?;
     check_name("bridge name", bridge)?;
+    cfg.validate()?;
     let host_name = host_name.to_string();
     let bridge = bridge.to_string();
     let eth = cfg.eth0();

@@ -198,6 +198,40 @@ fn detach_restores_a_changed_mac_and_mtu() {
     let f = Fixture::new();
     let rec = f.record();
     eci_netns::attach(&rec, &f.group.path, &config()).expect("attach");
+    // A link-local IPv6 gateway (as clouds use) needs no on-link flag.
+    let peer = f
+        .vpc
+        .ip_json(&["link"])
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["ifname"] != "lo")
+        .expect("peer")["ifname"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    f.vpc
+        .ip(&["addr", "add", "fe80::1/64", "dev", &peer, "nodad"]);
+    let cfg = EniConfig {
+        ipv6_gateway: Some("fe80::1".parse().expect("gw6")),
+        ..config()
+    };
+    eci_netns::attach(&rec, &f.group.path, &cfg).expect("attach with a link-local gateway");
+    let r6 = &f.group.ip_json(&["-6", "route", "show", "default"])[0];
+    assert_eq!(r6["gateway"], "fe80::1", "{r6}");
+    let to = serve_once(Some(&f.vpc.path), "fd77::1".parse::<IpAddr>().expect("ip"));
+    assert_eq!(call(&f.group.path, to), Ok("pong".into()));
+    // A bad MTU is refused before anything is touched, naming the field.
+    let err = eci_netns::attach(
+        &rec,
+        &f.group.path,
+        &EniConfig {
+            mtu: Some(1000),
+            ..config()
+        },
+    )
+    .expect_err("mtu too small for IPv6");
+    assert!(err.to_string().contains("mtu 1000"), "{err}");
     // Found by ifindex though the tenant changed its MAC.
     f.group.ip(&[
         "link",
