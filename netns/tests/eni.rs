@@ -304,3 +304,53 @@ fn unknown_mac_fails_clearly_and_leaves_nothing() {
     let err = eci_netns::attach(&rec, gone, &config()).expect_err("missing pin");
     assert!(err.to_string().contains("eci-t-does-not-exist"), "{err}");
 }
+
+#[test]
+fn a_macvlan_on_a_veth_parent_works_as_an_eni() {
+    if !root() {
+        return;
+    }
+    let f = Fixture::new();
+    let u = unique();
+    let mv = name("xm", u);
+    let mac = MacAddress([0x02, 0xed, (u >> 16) as u8, (u >> 8) as u8, u as u8, 0x02]);
+    let _g = HostLinkGuard(mv.clone());
+    ip(&[
+        "link",
+        "add",
+        &mv,
+        "link",
+        &f.eni,
+        "address",
+        &mac.to_string(),
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    ip(&["link", "set", &f.eni, "up"]);
+    let link = eci_netns::find(&EniSelector::LinkName(mv.clone())).expect("find by name");
+    assert_eq!(link.kind.as_deref(), Some("macvlan"));
+    let rec = EniRecord::of(&link).expect("record");
+    let cfg = EniConfig {
+        ipv4: Some("10.77.0.5/24".parse().expect("v4")),
+        ipv6: Some("fd77::5/64".parse().expect("v6")),
+        ..config()
+    };
+    eci_netns::attach(&rec, &f.group.path, &cfg).expect("attach macvlan");
+    for peer in ["10.77.0.1", "fd77::1"] {
+        let to = serve_once(Some(&f.vpc.path), peer.parse::<IpAddr>().expect("ip"));
+        assert_eq!(call(&f.group.path, to), Ok("pong".into()), "to {to}");
+    }
+    assert!(eci_netns::detach(&rec, Some(&f.group.path)).expect("detach"));
+    let back = &ip_json(&["link", "show", &mv])[0];
+    assert_eq!(back["address"], mac.to_string(), "{back}");
+    assert!(
+        !back["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .any(|x| x == "UP"),
+        "{back}"
+    );
+}
