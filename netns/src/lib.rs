@@ -6,10 +6,18 @@
 //! spec before anything is created, and the code that later programs the kernel gets
 //! values it does not have to check again.
 
+pub mod attach;
+pub mod bridge;
 pub mod eni;
+pub mod link;
 pub mod loopback;
 pub mod observe;
+mod rtnl;
 pub mod security_group;
 
+pub use attach::{AttachError, EniConfig, EniRecord, attach, detach};
+pub use bridge::{BridgeConfig, BridgeError, attach_veth, detach_veth, ensure_bridge};
 pub use eni::{EniSelector, MacAddress};
+pub use link::{HostLink, LinkError, find, host_links};
+pub use rtnl::ThreadError;
 pub use security_group::{Direction, Policy, PortRange, Protocol, Rule};
