@@ -8,6 +8,7 @@
 
 pub mod eni;
 pub mod loopback;
+pub mod nft;
 pub mod observe;
 pub mod security_group;
 
