@@ -226,6 +226,42 @@ fn tcp_8080_only_then_8081_without_breaking_connections() {
 }
 
 #[test]
+fn a_hundred_rules_apply_quickly_and_count_separately() {
+    if !root() {
+        return;
+    }
+    let pair = Pair::new();
+    Pair::listen(&pair.group, &[8080]);
+    let mut rules: Vec<Rule> = (0..99u16)
+        .map(|i| {
+            let port = format!("{}/{}", 20000 + i, 20000 + i);
+            rule(
+                "ingress",
+                "tcp",
+                &port,
+                "10.77.0.0/24",
+                "",
+                1 + u32::from(i % 7),
+            )
+        })
+        .collect();
+    rules.push(rule("ingress", "tcp", "8080/8080", "10.77.0.2/32", "", 100));
+    let started = std::time::Instant::now();
+    apply_security_groups(&pair.group.path(), &rules).expect("apply 100");
+    let took = started.elapsed();
+    eprintln!("apply of 100 rules: {took:?}");
+    let mut c = Pair::connect(&pair.peer, addr(G4, 8080)).expect("8080 answers");
+    assert!(echo(&mut c));
+    let counters = security_group_counters(&pair.group.path()).expect("counters");
+    assert_eq!(counters.len(), 100);
+    assert!(
+        counters[..99].iter().all(|c| c.packets == 0),
+        "{counters:?}"
+    );
+    assert!(counters[99].packets > 0, "{counters:?}");
+}
+
+#[test]
 fn ipv6_rules_and_icmpv6() {
     if !root() {
         return;

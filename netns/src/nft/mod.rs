@@ -133,3 +133,78 @@ pub fn remove_security_groups(netns: &Path) -> Result<(), NftError> {
     table::delete_table(&mut b, consts::NFPROTO_INET, SECURITY_GROUP_TABLE);
     in_netns(netns, move |s| s.apply(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::consts::*;
+    use super::expr::{Expr, Verdict};
+    use super::table::{Chain, Hook, NftRule, Table};
+    use super::*;
+
+    /// Runs `f` on a thread in a new, empty network namespace. Needs root.
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    #[test]
+    fn a_refused_batch_names_the_message_and_applies_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let err = in_new_netns(|| {
+            let s = NfSocket::open().expect("socket");
+            let bad = Table {
+                name: "eci_test",
+                family: NFPROTO_INET,
+                chains: vec![Chain {
+                    name: "c",
+                    hook: Hook {
+                        num: NF_INET_LOCAL_IN,
+                        priority: 0,
+                        // No such chain type: the kernel refuses the chain.
+                        kind: "no-such-type",
+                        policy: Verdict::Accept,
+                    },
+                    rules: vec![NftRule {
+                        exprs: vec![Expr::Counter],
+                        comment: None,
+                    }],
+                }],
+            };
+            let mut b = Batch::new();
+            table::add_table(&mut b, &bad);
+            let err = s.apply(b).expect_err("refused");
+            // Nothing of the batch is left: the table does not exist.
+            let mut w = attr::AttrWriter::default();
+            w.put_str(NFTA_RULE_TABLE, "eci_test");
+            let rules = s.dump(NFT_MSG_GETRULE, NFPROTO_INET, &w.buf);
+            (err, rules.map(|r| r.len()).unwrap_or(0))
+        });
+        let (err, rules) = err;
+        let msg = err.to_string();
+        assert!(msg.contains("adding chain eci_test c"), "{msg}");
+        assert_eq!(rules, 0);
+    }
+
+    #[test]
+    fn counters_of_a_namespace_without_the_table_are_empty() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let counters = in_new_netns(|| counters::read(&NfSocket::open().expect("socket")));
+        assert_eq!(counters.expect("read"), vec![]);
+        let err = apply_security_groups(Path::new("/nonexistent/ns/net"), &[])
+            .expect_err("no such netns");
+        assert!(matches!(err, NftError::Open { .. }), "{err}");
+        let err =
+            apply_security_groups(Path::new("/proc/self/status"), &[]).expect_err("not a netns");
+        assert!(matches!(err, NftError::Enter { .. }), "{err}");
+    }
+}
