@@ -374,6 +374,14 @@ fn masquerade_table_is_replaced_idempotently() {
             .expect("nft");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Someone else's table in the same namespace is left alone.
+    let made = Command::new("ip")
+        .args([
+            "netns", "exec", &host.name, "nft", "add", "table", "inet", "other",
+        ])
+        .status()
+        .expect("nft");
+    assert!(made.success());
     host.run({
         let nets = nets.clone();
         move || {
@@ -395,5 +403,7 @@ fn masquerade_table_is_replaced_idempotently() {
         remove_masquerade().expect("remove");
         remove_masquerade().expect("remove again");
     });
-    assert!(!list().contains("eci_dev"));
+    let ruleset = list();
+    assert!(!ruleset.contains("eci_dev"), "{ruleset}");
+    assert!(ruleset.contains("table inet other"), "{ruleset}");
 }

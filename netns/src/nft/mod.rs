@@ -65,6 +65,8 @@ pub enum NftError {
     Malformed(&'static str),
     #[error("bridge: {0:?} is not a link name (1-15 bytes, no '/', ':', whitespace or NUL)")]
     BridgeName(String),
+    #[error("starting the namespace thread")]
+    Spawn(#[source] std::io::Error),
     #[error("the namespace thread panicked")]
     Thread,
 }
@@ -99,7 +101,7 @@ fn in_netns<T: Send + 'static>(
                 .map_err(|source| NftError::Enter { path, source })?;
             f(&NfSocket::open()?)
         })
-        .map_err(NftError::Socket)?
+        .map_err(NftError::Spawn)?
         .join()
         .map_err(|_| NftError::Thread)?
 }
