@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod eni;
 pub mod link;
 pub mod loopback;
+pub mod nft;
 pub mod observe;
 mod rtnl;
 pub mod security_group;

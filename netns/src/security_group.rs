@@ -7,12 +7,20 @@ use ipnet::IpNet;
 pub enum RuleError {
     #[error("direction: {0:?} is not one of ingress, egress")]
     Direction(String),
-    #[error("protocol: {0:?} is not one of tcp, udp, icmp, all")]
+    #[error("protocol: {0:?} is not one of tcp, udp, icmp, icmpv6, all")]
     Protocol(String),
+    #[error("protocol: {protocol} matches {family} only, but cidr {cidr} is not {family}")]
+    ProtocolFamily {
+        protocol: &'static str,
+        family: &'static str,
+        cidr: String,
+    },
     #[error("portRange: {0:?} is not FROM/TO with 1 <= FROM <= TO <= 65535, or -1/-1")]
     PortRange(String),
     #[error("portRange: required for tcp and udp rules")]
     PortRangeRequired,
+    #[error("portRange: {0:?} is for tcp and udp rules only; use -1/-1 or leave it empty")]
+    PortRangeNotApplicable(String),
     #[error("cidr: {0:?} is not an IPv4 or IPv6 network such as 10.0.0.0/8")]
     Cidr(String),
     #[error("policy: {0:?} is not one of accept, drop")]
@@ -31,7 +39,10 @@ pub enum Direction {
 pub enum Protocol {
     Tcp,
     Udp,
+    /// ICMP for IPv4 (the rule's cidr must be IPv4).
     Icmp,
+    /// ICMPv6 (the rule's cidr must be IPv6).
+    Icmpv6,
     All,
 }
 
@@ -80,6 +91,7 @@ impl Rule {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             "icmp" => Protocol::Icmp,
+            "icmpv6" => Protocol::Icmpv6,
             "all" => Protocol::All,
             _ => return Err(RuleError::Protocol(protocol.into())),
         };
@@ -90,9 +102,29 @@ impl Rule {
         {
             return Err(RuleError::PortRangeRequired);
         }
+        if ports.is_some() && !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+            return Err(RuleError::PortRangeNotApplicable(port_range.into()));
+        }
         let cidr = cidr
             .parse::<IpNet>()
             .map_err(|_| RuleError::Cidr(cidr.into()))?;
+        match (protocol, cidr) {
+            (Protocol::Icmp, IpNet::V6(_)) => {
+                return Err(RuleError::ProtocolFamily {
+                    protocol: "icmp",
+                    family: "IPv4",
+                    cidr: cidr.to_string(),
+                });
+            }
+            (Protocol::Icmpv6, IpNet::V4(_)) => {
+                return Err(RuleError::ProtocolFamily {
+                    protocol: "icmpv6",
+                    family: "IPv6",
+                    cidr: cidr.to_string(),
+                });
+            }
+            _ => {}
+        }
         let policy = match policy.to_ascii_lowercase().as_str() {
             "" | "accept" => Policy::Accept,
             "drop" => Policy::Drop,
@@ -147,6 +179,20 @@ mod tests {
         assert!(Rule::parse("ingress", "tcp", "443/80", "0.0.0.0/0", "", 1).is_err());
         assert!(Rule::parse("sideways", "tcp", "1/2", "0.0.0.0/0", "", 1).is_err());
         assert!(Rule::parse("ingress", "tcp", "1/2", "10.0.0.300/8", "", 1).is_err());
+        let r = Rule::parse("ingress", "ICMPv6", "-1/-1", "fd00::/8", "", 5).expect("icmpv6");
+        assert_eq!(r.protocol, Protocol::Icmpv6);
+        assert!(matches!(
+            Rule::parse("ingress", "icmpv6", "", "10.0.0.0/8", "", 1),
+            Err(RuleError::ProtocolFamily { .. })
+        ));
+        assert!(matches!(
+            Rule::parse("ingress", "icmp", "", "::/0", "", 1),
+            Err(RuleError::ProtocolFamily { .. })
+        ));
+        assert_eq!(
+            Rule::parse("ingress", "all", "80/80", "0.0.0.0/0", "", 1),
+            Err(RuleError::PortRangeNotApplicable("80/80".into()))
+        );
         assert_eq!(
             Rule::parse("ingress", "udp", "1/2", "0.0.0.0/0", "", 101),
             Err(RuleError::Priority(101))

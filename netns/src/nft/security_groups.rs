@@ -1,0 +1,331 @@
+//! Compiling a group's security-group rules into the `eci_sg` table.
+//!
+//! Layout (family inet, so one table covers IPv4 and IPv6):
+//! - chain `input` (hook input, priority filter, policy drop): ct state
+//!   established,related accept; iifname "lo" accept; ICMP errors (dest-unreachable,
+//!   time-exceeded, parameter-problem) accept; ICMPv6 errors (also packet-too-big) and
+//!   neighbour discovery / router solicitation and advertisement accept; then the ingress
+//!   rules by priority.
+//! - chain `output` (hook output, priority filter, policy accept): ct state
+//!   established,related accept (replies to admitted connections always leave);
+//!   oifname "lo" accept; ICMPv6 neighbour discovery accept; then the egress rules.
+//!
+//! Each spec rule carries its own counter and the comment `eci-sg rule N`, N its index
+//! in the slice given to `apply_security_groups`; counters are read back by that comment.
+
+use ipnet::IpNet;
+
+use super::consts::*;
+use super::expr::{Base, Expr, MetaKey, Verdict};
+use super::table::{Chain, Hook, NftRule, Table};
+use crate::security_group::{Direction, Policy, Protocol, Rule};
+
+/// The table's name in the group netns.
+pub const TABLE: &str = "eci_sg";
+/// The comment prefix that names a spec rule.
+pub(crate) const COMMENT_PREFIX: &str = "eci-sg rule ";
+/// `NF_IP_PRI_FILTER`.
+const PRIORITY_FILTER: i32 = 0;
+
+/// The spec index in a rule comment, if it is one of ours.
+pub(crate) fn index_of(comment: &str) -> Option<usize> {
+    comment.strip_prefix(COMMENT_PREFIX)?.parse().ok()
+}
+
+/// The whole table for `rules`.
+pub(crate) fn compile(rules: &[Rule]) -> Table {
+    let mut order: Vec<usize> = (0..rules.len()).collect();
+    // Stable: ties keep spec order.
+    order.sort_by_key(|&i| rules[i].priority);
+    let mut input = base_rules(Direction::Ingress);
+    let mut output = base_rules(Direction::Egress);
+    for i in order {
+        let r = &rules[i];
+        let rule = NftRule {
+            exprs: rule_exprs(r),
+            comment: Some(format!("{COMMENT_PREFIX}{i}")),
+        };
+        match r.direction {
+            Direction::Ingress => input.push(rule),
+            Direction::Egress => output.push(rule),
+        }
+    }
+    Table {
+        name: TABLE,
+        family: NFPROTO_INET,
+        chains: vec![
+            Chain {
+                name: "input",
+                hook: Hook {
+                    num: NF_INET_LOCAL_IN,
+                    priority: PRIORITY_FILTER,
+                    kind: "filter",
+                    policy: Verdict::Drop,
+                },
+                rules: input,
+            },
+            Chain {
+                name: "output",
+                hook: Hook {
+                    num: NF_INET_LOCAL_OUT,
+                    priority: PRIORITY_FILTER,
+                    kind: "filter",
+                    policy: Verdict::Accept,
+                },
+                rules: output,
+            },
+        ],
+    }
+}
+
+fn accept(mut exprs: Vec<Expr>, comment: &str) -> NftRule {
+    exprs.push(Expr::Verdict(Verdict::Accept));
+    NftRule {
+        exprs,
+        comment: Some(comment.into()),
+    }
+}
+
+/// `meta nfproto X meta l4proto Y @th,0,8 FROM-TO`: ICMP types FROM..=TO.
+fn icmp_types(v6: bool, from: u8, to: u8) -> Vec<Expr> {
+    let mut e = vec![
+        Expr::Meta(MetaKey::NfProto),
+        Expr::cmp_eq(&[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }]),
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::cmp_eq(&[if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP }]),
+        Expr::Payload {
+            base: Base::Transport,
+            offset: 0,
+            len: 1,
+        },
+    ];
+    if from == to {
+        e.push(Expr::cmp_eq(&[from]));
+    } else {
+        e.push(Expr::Range {
+            from: vec![from],
+            to: vec![to],
+        });
+    }
+    e
+}
+
+/// A link name as the 16-byte register `meta iifname`/`oifname` loads.
+pub(crate) fn ifname(name: &str) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.resize(16, 0);
+    v
+}
+
+/// The rules before the spec's rules in a chain.
+fn base_rules(dir: Direction) -> Vec<NftRule> {
+    let established = vec![
+        Expr::CtState,
+        Expr::Bitwise {
+            mask: (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
+                .to_ne_bytes()
+                .to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            eq: false,
+            data: vec![0; 4],
+        },
+    ];
+    let mut out = vec![accept(established, "eci-sg established,related")];
+    match dir {
+        Direction::Ingress => {
+            out.push(accept(
+                vec![Expr::Meta(MetaKey::IifName), Expr::cmp_eq(&ifname("lo"))],
+                "eci-sg loopback",
+            ));
+            // ICMP: destination-unreachable 3, time-exceeded 11, parameter-problem 12.
+            out.push(accept(icmp_types(false, 3, 3), "eci-sg icmp errors"));
+            out.push(accept(icmp_types(false, 11, 12), "eci-sg icmp errors"));
+            // ICMPv6: destination-unreachable 1, packet-too-big 2, time-exceeded 3,
+            // parameter-problem 4; router solicitation/advertisement 133/134, neighbour
+            // solicitation/advertisement 135/136 (without them IPv6 has no neighbours).
+            out.push(accept(icmp_types(true, 1, 4), "eci-sg icmpv6 errors"));
+            out.push(accept(icmp_types(true, 133, 136), "eci-sg icmpv6 nd"));
+        }
+        Direction::Egress => {
+            out.push(accept(
+                vec![Expr::Meta(MetaKey::OifName), Expr::cmp_eq(&ifname("lo"))],
+                "eci-sg loopback",
+            ));
+            out.push(accept(icmp_types(true, 133, 136), "eci-sg icmpv6 nd"));
+        }
+    }
+    out
+}
+
+/// The match, counter and verdict of one spec rule.
+pub(crate) fn rule_exprs(r: &Rule) -> Vec<Expr> {
+    let mut e = Vec::new();
+    let (nfproto, addr_offset, addr_len) = match (r.cidr, r.direction) {
+        (IpNet::V4(_), Direction::Ingress) => (NFPROTO_IPV4, 12, 4),
+        (IpNet::V4(_), Direction::Egress) => (NFPROTO_IPV4, 16, 4),
+        (IpNet::V6(_), Direction::Ingress) => (NFPROTO_IPV6, 8, 16),
+        (IpNet::V6(_), Direction::Egress) => (NFPROTO_IPV6, 24, 16),
+    };
+    e.push(Expr::Meta(MetaKey::NfProto));
+    e.push(Expr::cmp_eq(&[nfproto]));
+    let l4 = match r.protocol {
+        Protocol::Tcp => Some(IPPROTO_TCP),
+        Protocol::Udp => Some(IPPROTO_UDP),
+        Protocol::Icmp => Some(IPPROTO_ICMP),
+        Protocol::Icmpv6 => Some(IPPROTO_ICMPV6),
+        Protocol::All => None,
+    };
+    if let Some(l4) = l4 {
+        e.push(Expr::Meta(MetaKey::L4Proto));
+        e.push(Expr::cmp_eq(&[l4]));
+    }
+    let net = r.cidr.trunc();
+    if net.prefix_len() > 0 {
+        e.push(Expr::Payload {
+            base: Base::Network,
+            offset: addr_offset,
+            len: addr_len,
+        });
+        let (addr, mask) = match net {
+            IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+            IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+        };
+        if net.prefix_len() < net.max_prefix_len() {
+            e.push(Expr::Bitwise {
+                xor: vec![0; mask.len()],
+                mask,
+            });
+        }
+        e.push(Expr::cmp_eq(&addr));
+    }
+    if let (Some(p), Protocol::Tcp | Protocol::Udp) = (r.ports, r.protocol) {
+        e.push(Expr::Payload {
+            base: Base::Transport,
+            offset: 2,
+            len: 2,
+        });
+        if p.from == p.to {
+            e.push(Expr::cmp_eq(&p.from.to_be_bytes()));
+        } else {
+            e.push(Expr::Range {
+                from: p.from.to_be_bytes().to_vec(),
+                to: p.to.to_be_bytes().to_vec(),
+            });
+        }
+    }
+    e.push(Expr::Counter);
+    e.push(Expr::Verdict(match r.policy {
+        Policy::Accept => Verdict::Accept,
+        Policy::Drop => Verdict::Drop,
+    }));
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(dir: &str, proto: &str, ports: &str, cidr: &str, policy: &str, prio: u32) -> Rule {
+        Rule::parse(dir, proto, ports, cidr, policy, prio).expect("valid rule")
+    }
+
+    #[test]
+    fn compiles_a_tcp_port_range_from_an_ipv4_network() {
+        let r = rule("ingress", "tcp", "8000/8080", "10.1.2.3/16", "", 1);
+        assert_eq!(
+            rule_exprs(&r),
+            vec![
+                Expr::Meta(MetaKey::NfProto),
+                Expr::cmp_eq(&[NFPROTO_IPV4]),
+                Expr::Meta(MetaKey::L4Proto),
+                Expr::cmp_eq(&[IPPROTO_TCP]),
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 12,
+                    len: 4
+                },
+                Expr::Bitwise {
+                    mask: vec![255, 255, 0, 0],
+                    xor: vec![0; 4]
+                },
+                Expr::cmp_eq(&[10, 1, 0, 0]),
+                Expr::Payload {
+                    base: Base::Transport,
+                    offset: 2,
+                    len: 2
+                },
+                Expr::Range {
+                    from: 8000u16.to_be_bytes().to_vec(),
+                    to: 8080u16.to_be_bytes().to_vec()
+                },
+                Expr::Counter,
+                Expr::Verdict(Verdict::Accept),
+            ]
+        );
+    }
+
+    #[test]
+    fn compiles_egress_ipv6_host_and_any_network() {
+        let r = rule("egress", "udp", "53/53", "fd00::1/128", "drop", 1);
+        let e = rule_exprs(&r);
+        assert_eq!(e[1], Expr::cmp_eq(&[NFPROTO_IPV6]));
+        assert_eq!(
+            e[4],
+            Expr::Payload {
+                base: Base::Network,
+                offset: 24,
+                len: 16
+            }
+        );
+        // A /128 needs no mask.
+        assert!(matches!(e[5], Expr::Cmp { .. }));
+        assert_eq!(e[7], Expr::cmp_eq(&53u16.to_be_bytes()));
+        assert_eq!(e.last(), Some(&Expr::Verdict(Verdict::Drop)));
+
+        // "all" from anywhere: only the family, counter and verdict.
+        let r = rule("ingress", "all", "-1/-1", "0.0.0.0/0", "", 1);
+        assert_eq!(
+            rule_exprs(&r),
+            vec![
+                Expr::Meta(MetaKey::NfProto),
+                Expr::cmp_eq(&[NFPROTO_IPV4]),
+                Expr::Counter,
+                Expr::Verdict(Verdict::Accept),
+            ]
+        );
+        let r = rule("ingress", "icmpv6", "", "::/0", "", 1);
+        assert_eq!(rule_exprs(&r)[3], Expr::cmp_eq(&[IPPROTO_ICMPV6]));
+    }
+
+    #[test]
+    fn orders_by_priority_then_spec_order_and_splits_directions() {
+        let rules = vec![
+            rule("ingress", "tcp", "1/1", "0.0.0.0/0", "", 50),
+            rule("egress", "tcp", "2/2", "0.0.0.0/0", "drop", 1),
+            rule("ingress", "tcp", "3/3", "0.0.0.0/0", "", 10),
+            rule("ingress", "tcp", "4/4", "0.0.0.0/0", "", 50),
+        ];
+        let t = compile(&rules);
+        let comments = |chain: usize| -> Vec<usize> {
+            t.chains[chain]
+                .rules
+                .iter()
+                .filter_map(|r| index_of(r.comment.as_deref()?))
+                .collect()
+        };
+        assert_eq!(t.chains[0].name, "input");
+        assert_eq!(t.chains[0].hook.policy, Verdict::Drop);
+        assert_eq!(comments(0), vec![2, 0, 3]);
+        assert_eq!(t.chains[1].name, "output");
+        assert_eq!(t.chains[1].hook.policy, Verdict::Accept);
+        assert_eq!(comments(1), vec![1]);
+        // Defaults come first: established/related is the very first rule of both.
+        for c in &t.chains {
+            assert_eq!(c.rules[0].exprs[0], Expr::CtState);
+        }
+        assert_eq!(index_of("eci-sg rule 12"), Some(12));
+        assert_eq!(index_of("eci-sg loopback"), None);
+    }
+}
