@@ -123,22 +123,32 @@ fn rows() -> Vec<Row> {
         ("stdin", Code::Unimplemented, "containers[0].stdin", |s| {
             c0(s).stdin = true
         }),
-        ("eni not on this host", Code::FailedPrecondition, "network.eni", |s| {
-            s.network = Some(NetworkSpec {
-                eni: Some(EniSelector {
-                    mac_address: "02:00:00:00:00:99".into(),
+        (
+            "eni not on this host",
+            Code::FailedPrecondition,
+            "network.eni",
+            |s| {
+                s.network = Some(NetworkSpec {
+                    eni: Some(EniSelector {
+                        mac_address: "02:00:00:00:00:99".into(),
+                        ..Default::default()
+                    }),
+                    ipv4_address: "10.0.3.17/24".into(),
                     ..Default::default()
-                }),
-                ipv4_address: "10.0.3.17/24".into(),
-                ..Default::default()
-            })
-        }),
-        ("address without an ENI", Code::InvalidArgument, "network.ipv4Address", |s| {
-            s.network = Some(NetworkSpec {
-                ipv4_address: "10.0.3.17/24".into(),
-                ..Default::default()
-            })
-        }),
+                })
+            },
+        ),
+        (
+            "address without an ENI",
+            Code::InvalidArgument,
+            "network.ipv4Address",
+            |s| {
+                s.network = Some(NetworkSpec {
+                    ipv4_address: "10.0.3.17/24".into(),
+                    ..Default::default()
+                })
+            },
+        ),
         (
             "security group",
             Code::InvalidArgument,

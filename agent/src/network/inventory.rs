@@ -14,8 +14,13 @@ pub fn enis(held: &[(String, HeldEni)], dev: Option<&DevNet>) -> Vec<NodeEni> {
         .unwrap_or_default()
         .into_iter()
         .filter(|l| {
+            // NICs, and the kinds that stand in for one (a veth end or macvlan
+            // playing the ENI in labs and tests); not bridges, tunnels, ifbs.
             l.mac.is_some()
-                && !matches!(l.kind.as_deref(), Some("bridge" | "tun" | "vxlan"))
+                && matches!(
+                    l.kind.as_deref(),
+                    None | Some("veth" | "macvlan" | "ipvlan" | "vlan")
+                )
                 && !(l.kind.as_deref() == Some("veth") && l.name.starts_with("eci"))
                 && dev.is_none_or(|d| d.bridge != l.name)
         })

@@ -851,7 +851,12 @@ impl Supervisor {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| crate::error::chain(&e)));
         let addresses: Vec<String> = match seen {
-            Ok(list) => list.into_iter().map(|a| a.address.to_string()).collect(),
+            // Link-local IPv6 addresses are the link's, not the group's.
+            Ok(list) => list
+                .into_iter()
+                .filter(|a| !matches!(a.address, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+                .map(|a| a.address.to_string())
+                .collect(),
             Err(e) => {
                 tracing::warn!(group = %ctx.name, error = %e, "reading the group's addresses");
                 return;

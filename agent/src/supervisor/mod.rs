@@ -395,7 +395,13 @@ impl Supervisor {
             if phase::is_final(&phase) {
                 // Finished, but a crash cut its release short: the ENI, the shim and
                 // the netns go now.
-                let held = self.groups.store().held_eni(&ctx.id).ok().flatten().is_some();
+                let held = self
+                    .groups
+                    .store()
+                    .held_eni(&ctx.id)
+                    .ok()
+                    .flatten()
+                    .is_some();
                 if held || ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() {
                     tracing::warn!(group = %ctx.name, "releasing the sandbox of a finished group");
                     let me = self.clone();
