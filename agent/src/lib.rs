@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod failpoint;
 pub mod groups;
 pub mod health;
 pub mod id_ranges;

@@ -164,6 +164,22 @@ impl Agent {
         self.spawn()
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself (a crash point); true when
+    /// it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL the agent (its groups keep running in their shims).
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -171,6 +187,15 @@ impl Agent {
             c.wait()?;
         }
         Ok(())
+    }
+
+    /// Replaces the extra environment of the agent's next start (say, to drop a crash
+    /// point before the restart).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Starts the agent again on the same root after [`Agent::kill9`].

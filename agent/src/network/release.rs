@@ -32,6 +32,7 @@ pub fn release(store: &Store, id: &str, netns: &Path) -> Result<Released, Networ
                 mac: h.mac.clone(),
                 message: format!("giving it back: {}", crate::error::chain(&e)),
             })?;
+        crate::failpoint::hit("eni-detached");
         store
             .write(|tx| tx.release_eni(id))
             .map_err(|e| NetworkError::Store(crate::error::chain(&e)))?;

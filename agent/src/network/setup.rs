@@ -73,6 +73,7 @@ pub fn setup(
     let mut attached = None;
     let (mode, mac, host_link) = if let Some(sel) = selector_of(&net) {
         let (held, new) = hold(store, id, name, &sel)?;
+        crate::failpoint::hit("eni-recorded");
         let cfg = EniConfig {
             mtu: (net.mtu != 0).then_some(net.mtu),
             ipv4: net.ipv4_address.parse::<Ipv4Net>().ok(),
@@ -87,6 +88,7 @@ pub fn setup(
                 message: crate::error::chain(&e),
             }
         })?;
+        crate::failpoint::hit("eni-attached");
         let out = ("eni", held.mac.clone(), held.original_name.clone());
         if new {
             attached = Some(held);
@@ -105,6 +107,7 @@ pub fn setup(
         };
         eci_netns::bridge::attach_veth(&host, &dev.bridge, netns, &cfg)
             .map_err(|e| NetworkError::Veth(crate::error::chain(&e)))?;
+        crate::failpoint::hit("veth-attached");
         ("bridge", String::new(), host)
     } else {
         return Ok(Setup {
