@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts eci-agent on its embedded defaults (no config file), relocated under a scratch
-# root so it leaves the host alone, imports a busybox image the project builds locally
+# root (the dev bridge eci0, its masquerade table and IP forwarding stay on the host), imports a busybox image the project builds locally
 # (no registry or internet needed), runs the sample group, shows it, and deletes it.
 # Needs root and busybox-static (/bin/busybox).
 set -euo pipefail
