@@ -16,7 +16,7 @@ use eci_tests::netspec::{
 use eci_tests::scenario::{
     IMAGE, busybox_agent, group, group_id, group_on, import, wait_log, wait_phase,
 };
-use eci_tests::vpc::{Eni, Vpc, banner_in, host_link, links_in, ping_in};
+use eci_tests::vpc::{Eni, Vpc, banner_in, host_link, links_in, ping_in, wait_banner_in};
 use eci_tests::{Agent, oci, text, wait_for};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -208,7 +208,7 @@ fn security_group_update_opens_a_port_without_restarting_containers() {
     let id = group_id(&agent, "sg");
     let ns = group_netns(&agent, &id);
     assert_eq!(
-        banner_in(&ns, SocketAddr::from(([127, 0, 0, 1], 8081)), LONG).as_deref(),
+        wait_banner_in(&ns, SocketAddr::from(([127, 0, 0, 1], 8081)), "p8081", LONG).as_deref(),
         Some("p8081")
     );
 
