@@ -93,7 +93,15 @@ fn a_dev_group_gets_a_bridge_address_and_reaches_the_host() {
             .unwrap_or_default()
     };
     assert_eq!(ports(), 1, "one port on {} per group", dev.bridge);
-    let out = agent.ctl(&["delete", "d1", "--wait", "--timeout", "20s"]);
+    let out = agent.ctl(&[
+        "delete",
+        "d1",
+        "--grace-period",
+        "1",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let fewer = wait_for(Duration::from_secs(5), || (ports() == 0).then_some(()));
     assert!(fewer.is_some(), "the group's veth stayed in the host");

@@ -51,7 +51,16 @@ fn apply_ok(agent: &Agent, name: &str, spec: &str) {
 }
 
 fn delete_wait(agent: &Agent, name: &str) {
-    let out = agent.ctl(&["delete", name, "--wait", "--timeout", "20s"]);
+    // Short grace: a shell or sleep as a container's PID 1 ignores SIGTERM.
+    let out = agent.ctl(&[
+        "delete",
+        name,
+        "--grace-period",
+        "1",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
     assert!(out.status.success(), "delete {name}: {}", text(&out));
 }
 
@@ -441,7 +450,15 @@ fn an_unknown_mac_is_refused_and_leaves_nothing() {
     // (if it was created at all) so is everything of it.
     let link = host_link(&a.name).expect("eni still in the host");
     assert!(!link.up && link.addresses.is_empty(), "{link:?}");
-    let _ = agent.ctl(&["delete", "nomac", "--wait", "--timeout", "20s"]);
+    let _ = agent.ctl(&[
+        "delete",
+        "nomac",
+        "--grace-period",
+        "1",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
     let groups = agent.root().join("run/eci/groups");
     let left: Vec<_> = std::fs::read_dir(&groups)
         .into_iter()
@@ -479,7 +496,15 @@ fn an_eni_in_use_is_refused_and_the_holder_keeps_it() {
         &other.yaml(),
     );
     refused_or_failed(&agent, "thief", &spec, "holder");
-    let _ = agent.ctl(&["delete", "thief", "--wait", "--timeout", "20s"]);
+    let _ = agent.ctl(&[
+        "delete",
+        "thief",
+        "--grace-period",
+        "1",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
     // The holder still has it and still answers.
     assert_attached(&agent, "holder", &a);
     assert_eq!(vpc.banner(a.ip4(), 8080).as_deref(), Some("holder"));
@@ -487,4 +512,34 @@ fn an_eni_in_use_is_refused_and_the_holder_keeps_it() {
     assert!(!vpc.ping(stolen), "the refused group's address answers");
     delete_wait(&agent, "holder");
     assert_returned(&a);
+}
+
+/// The harness's group-side helpers on today's agent (a namespace with only `lo`): the
+/// busybox server answers every connection inside the group's namespace, a container
+/// reaches it with `reach_script`, and a client from the test joins that namespace.
+#[test]
+fn group_servers_answer_inside_the_group_namespace() {
+    let agent = busybox_agent();
+    let script = format!(
+        "nc -ll -p 8080 -e echo hello-lo & ({}) & wait",
+        reach_script("127.0.0.1", 8080, "hello-lo")
+    );
+    apply_ok(
+        &agent,
+        "lo",
+        &group("lo", "Always", &[("app", &script)], ""),
+    );
+    wait_phase(&agent, "lo", "Running");
+    wait_log(&agent, "lo", "app", "reached hello-lo");
+    let id = group_id(&agent, "lo");
+    let ns = group_netns(&agent, &id);
+    let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+    for _ in 0..3 {
+        assert_eq!(
+            wait_banner_in(&ns, addr, "hello-lo", LONG).as_deref(),
+            Some("hello-lo")
+        );
+    }
+    assert!(!group_processes(&id).is_empty());
+    delete_wait(&agent, "lo");
 }
