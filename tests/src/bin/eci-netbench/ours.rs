@@ -4,26 +4,32 @@
 //! Teardown moves the ENI back under its original name.
 //!
 //! LEAD: `setup_ours` and `teardown_ours` are the two functions to fill in once the
-//! link layer (`eci_netns::link`, `eci_netns::eni`) and the nftables module
-//! (`eci_netns::nft`) are merged. Until then they return [`NOT_MERGED`] and the table
-//! shows our rows as n/a. The intended bodies, against the agreed API:
+//! link layer (branch h-link: `eci_netns::link`, `eci_netns::attach`) and the nftables
+//! module (branch h-nft: `eci_netns::nft`) are merged. Until then they return
+//! [`NOT_MERGED`] and the table shows our rows as n/a. The intended bodies, against the
+//! signatures on those branches:
 //!
 //! ```text
+//! // Attached { record: eci_netns::attach::EniRecord }
 //! // setup_ours
-//! let links = eci_netns::link::host_links()?;
-//! let rec = eci_netns::link::find(&links, g.mac)?;          // EniRecord
-//! let cfg = eci_netns::eni::EniConfig {
+//! let sel = eci_netns::eni::EniSelector::parse(g.mac, "")?;
+//! let link = eci_netns::link::find(&sel)?;                   // HostLink
+//! let record = eci_netns::attach::EniRecord::of(&link).context("ENI without a MAC")?;
+//! let cfg = eci_netns::attach::EniConfig {
 //!     mtu: None,
 //!     ipv4: Some(g.ipv4.parse()?), ipv4_gateway: Some(g.ipv4_gateway.parse()?),
 //!     ipv6: Some(g.ipv6.parse()?), ipv6_gateway: Some(g.ipv6_gateway.parse()?),
 //! };
-//! eci_netns::eni::attach(&rec, g.netns, &cfg)?;
+//! eci_netns::attach::attach(&record, g.netns, &cfg)?;
 //! eci_netns::nft::apply_security_groups(g.netns, g.rules)?;
-//! Ok(Attached { record: rec })
+//! Ok(Attached { record })
 //!
 //! // teardown_ours
-//! eci_netns::eni::detach(&a.record, Some(g.netns))?;
+//! eci_netns::attach::detach(&a.record, Some(g.netns))?;
 //! ```
+//!
+//! (The agent records `record` durably between `find` and `attach`; a redb commit per
+//! group belongs in the figure once the agent does it, the bench leaves it out.)
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! loopback, ICMP errors and neighbour discovery, egress allowed; rules in priority order
 //! with a counter each.
 
-use eci_netns::security_group::{Direction, Policy, Protocol, Rule};
+use eci_netns::security_group::{Direction, Policy, Rule};
 
 /// Ingress TCP 8080 from the VPC, ICMP from anywhere, SSH dropped, egress to the VPC.
 pub fn rules() -> Vec<Rule> {
@@ -31,27 +31,19 @@ fn rule_line(r: &Rule) -> String {
     };
     let family = if r.cidr.addr().is_ipv4() { "ip" } else { "ip6" };
     s.push_str(&format!("{family} {peer} {} ", r.cidr));
-    match r.protocol {
-        Protocol::Tcp | Protocol::Udp => {
-            let p = if r.protocol == Protocol::Tcp {
-                "tcp"
-            } else {
-                "udp"
-            };
-            s.push_str(&format!("meta l4proto {p} "));
+    // By the variant's name (the spec's word), so a protocol added to the enum (icmpv6)
+    // needs no change here.
+    let proto = format!("{:?}", r.protocol).to_ascii_lowercase();
+    match proto.as_str() {
+        "tcp" | "udp" => {
+            s.push_str(&format!("meta l4proto {proto} "));
             if let Some(pr) = r.ports {
                 s.push_str(&format!("th dport {}-{} ", pr.from, pr.to));
             }
         }
-        Protocol::Icmp => {
-            let p = if r.cidr.addr().is_ipv4() {
-                "icmp"
-            } else {
-                "ipv6-icmp"
-            };
-            s.push_str(&format!("meta l4proto {p} "));
-        }
-        Protocol::All => {}
+        "icmp" => s.push_str("meta l4proto icmp "),
+        "icmpv6" => s.push_str("meta l4proto ipv6-icmp "),
+        _ => {}
     }
     s.push_str("counter ");
     s.push_str(match r.policy {
