@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod host;
+pub mod netspec;
 pub mod oci;
 pub mod peers;
 pub mod registry;
 pub mod scenario;
+pub mod vpc;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary
 /// (`target/<profile>/deps/<test>` → `target/<profile>`).
