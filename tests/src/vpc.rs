@@ -532,7 +532,7 @@ impl DevNet {
     /// `agent.example.toml`.
     pub fn config(&self) -> String {
         format!(
-            "[network.dev]\nenabled = true\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+            "[network]\nfleet_host = false\nbridge = \"{}\"\ndev_subnet = \"{}\"\n",
             self.bridge, self.subnet
         )
     }

@@ -44,7 +44,6 @@ fn dev_address(agent: &Agent, name: &str, dev: &DevNet) -> String {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn a_dev_group_gets_a_bridge_address_and_reaches_the_host() {
     let dev = DevNet::new();
     let mut agent = busybox_agent_with(&dev.config());
@@ -108,7 +107,6 @@ fn a_dev_group_gets_a_bridge_address_and_reaches_the_host() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn two_dev_groups_reach_each_other() {
     let dev = DevNet::new();
     let agent = busybox_agent_with(&dev.config());

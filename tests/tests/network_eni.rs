@@ -120,7 +120,6 @@ fn refused_or_failed(agent: &Agent, name: &str, spec: &str, needle: &str) -> Str
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn two_eni_groups_reach_each_other_and_a_vpc_client_reaches_them() {
     let vpc = Vpc::new().expect("vpc");
     let (a, b) = (vpc.eni().expect("eni"), vpc.eni().expect("eni"));
@@ -191,7 +190,6 @@ fn two_eni_groups_reach_each_other_and_a_vpc_client_reaches_them() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn security_group_update_opens_a_port_without_restarting_containers() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -276,7 +274,6 @@ fn security_group_update_opens_a_port_without_restarting_containers() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn a_new_image_keeps_the_group_addresses() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -292,7 +289,11 @@ fn a_new_image_keeps_the_group_addresses() {
         },
         &image2,
     );
-    let net = Net::eni(&a).rules(&vpc_rules(&vpc, &[8080])).yaml();
+    // The server's shell ignores SIGTERM: a short grace keeps the Update quick.
+    let net = format!(
+        "terminationGracePeriodSeconds: 1\n{}",
+        Net::eni(&a).rules(&vpc_rules(&vpc, &[8080])).yaml()
+    );
     let v1 = group(
         "img",
         "Always",
@@ -334,7 +335,6 @@ fn a_new_image_keeps_the_group_addresses() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn delete_returns_the_eni_named_by_link_name() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -372,7 +372,6 @@ fn delete_returns_the_eni_named_by_link_name() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn agent_sigkill_then_delete_returns_the_eni() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -406,7 +405,6 @@ fn agent_sigkill_then_delete_returns_the_eni() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn a_container_that_fails_to_start_returns_the_eni() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -423,7 +421,6 @@ fn a_container_that_fails_to_start_returns_the_eni() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn an_unknown_mac_is_refused_and_leaves_nothing() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");
@@ -470,7 +467,6 @@ fn an_unknown_mac_is_refused_and_leaves_nothing() {
 }
 
 #[test]
-#[ignore = "needs issue 8 agent wiring"]
 fn an_eni_in_use_is_refused_and_the_holder_keeps_it() {
     let vpc = Vpc::new().expect("vpc");
     let a = vpc.eni().expect("eni");

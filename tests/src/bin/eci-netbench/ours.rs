@@ -6,7 +6,7 @@
 //! LEAD: `setup_ours` and `teardown_ours` are the two functions to fill in once the
 //! link layer (branch h-link: `eci_netns::link`, `eci_netns::attach`) and the nftables
 //! module (branch h-nft: `eci_netns::nft`) are merged. Until then they return
-//! [`NOT_MERGED`] and the table shows our rows as n/a. The intended bodies, against the
+//! "eci-netns link layer not merged" and the table shows our rows as n/a. The intended bodies, against the
 //! signatures on those branches:
 //!
 //! ```text
@@ -33,11 +33,8 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use eci_netns::security_group::Rule;
-
-/// Why our rows are empty before the merge.
-pub const NOT_MERGED: &str = "eci-netns link layer not merged";
 
 /// One group's network, as the agent would pass it.
 #[derive(Debug, Clone, Copy)]
@@ -55,32 +52,32 @@ pub struct GroupNet<'a> {
     pub rules: &'a [Rule],
 }
 
-/// What setup hands to teardown (the durable ENI record, once the link layer exists).
+/// What setup hands to teardown.
 #[derive(Debug)]
 pub struct Attached {
-    /// The MAC the ENI was found by.
-    pub mac: String,
+    pub record: eci_netns::attach::EniRecord,
 }
 
-/// Moves the ENI in and configures it, then loads the security group (see the module
-/// comment).
+/// Moves the ENI in and configures it, then loads the security group.
 pub fn setup_ours(g: &GroupNet<'_>) -> Result<Attached> {
-    let _ = (
-        g.netns,
-        g.ipv4,
-        g.ipv4_gateway,
-        g.ipv6,
-        g.ipv6_gateway,
-        g.rules,
-    );
-    bail!("{NOT_MERGED} (setup of {})", g.mac)
+    use anyhow::Context;
+    let sel = eci_netns::eni::EniSelector::parse(g.mac, "")?;
+    let link = eci_netns::link::find(&sel)?;
+    let record = eci_netns::attach::EniRecord::of(&link).context("ENI without a MAC")?;
+    let cfg = eci_netns::attach::EniConfig {
+        mtu: None,
+        ipv4: Some(g.ipv4.parse()?),
+        ipv4_gateway: Some(g.ipv4_gateway.parse()?),
+        ipv6: Some(g.ipv6.parse()?),
+        ipv6_gateway: Some(g.ipv6_gateway.parse()?),
+    };
+    eci_netns::attach::attach(&record, g.netns, &cfg)?;
+    eci_netns::nft::apply_security_groups(g.netns, g.rules)?;
+    Ok(Attached { record })
 }
 
-/// Returns the ENI to the host under its original name (see the module comment).
+/// Returns the ENI to the host under its original name.
 pub fn teardown_ours(g: &GroupNet<'_>, a: Attached) -> Result<()> {
-    bail!(
-        "{NOT_MERGED} (teardown of {} in {})",
-        a.mac,
-        g.netns.display()
-    )
+    eci_netns::attach::detach(&a.record, Some(g.netns))?;
+    Ok(())
 }
