@@ -150,3 +150,45 @@ fn two_dev_groups_reach_each_other() {
     });
     assert!(got.is_some(), "da cannot reach db at {to_b}");
 }
+
+/// The agent SIGKILLed right after it made a group's veth: after a restart the group runs
+/// with a dev address, and after delete its veth is gone from the host.
+#[test]
+fn a_crash_after_the_veth_converges() {
+    let dev = DevNet::new();
+    let mut agent = busybox_agent_with(&dev.config());
+    agent.set_env(&[("ECI_CRASH_AT", "veth-attached")]);
+    agent
+        .kill9_and_restart()
+        .expect("restart with the crash point");
+    apply_ok(
+        &agent,
+        "cv",
+        &group("cv", "Always", &[("app", "exec sleep 3600")], ""),
+    );
+    assert!(
+        agent.wait_exit(LONG),
+        "the agent did not reach its crash point:\n{}",
+        agent.log()
+    );
+    agent.set_env(&[]);
+    agent.restart().expect("restart");
+    wait_phase(&agent, "cv", "Running");
+    dev_address(&agent, "cv", &dev);
+    let host_end = format!("eci{}", &group_id(&agent, "cv")[..12]);
+    assert!(host_link(&host_end).is_some(), "no host end {host_end}");
+    let out = agent.ctl(&[
+        "delete",
+        "cv",
+        "--grace-period",
+        "0",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        host_link(&host_end).is_none(),
+        "{host_end} left on the host"
+    );
+}

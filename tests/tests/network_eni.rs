@@ -539,3 +539,84 @@ fn group_servers_answer_inside_the_group_namespace() {
     assert!(!group_processes(&id).is_empty());
     delete_wait(&agent, "lo");
 }
+
+/// Whether the agent's store still has group `name` (false once a delete finished).
+fn exists(agent: &Agent, name: &str) -> bool {
+    agent.ctl(&["get", name]).status.success()
+}
+
+/// The agent SIGKILLed (`ECI_CRASH_AT`) right after it recorded the ENI and before it
+/// moved it, then right after the move before the rules and status: after a restart the
+/// group runs on its ENI with its addresses, and a delete gives the ENI back.
+#[test]
+fn a_crash_while_attaching_the_eni_converges() {
+    for point in ["eni-recorded", "eni-attached"] {
+        let vpc = Vpc::new().expect("vpc");
+        let a = vpc.eni().expect("eni");
+        let mut agent = busybox_agent();
+        agent.set_env(&[("ECI_CRASH_AT", point)]);
+        agent
+            .kill9_and_restart()
+            .expect("restart with the crash point");
+        let spec = eni_group(
+            "cr",
+            &a,
+            &vpc_rules(&vpc, &[8080]),
+            &serve_script(&[(8080, "cr")]),
+        );
+        apply_ok(&agent, "cr", &spec);
+        assert!(
+            agent.wait_exit(LONG),
+            "{point}: the agent did not reach its crash point:\n{}",
+            agent.log()
+        );
+        agent.set_env(&[]);
+        agent.restart().expect("restart");
+        wait_phase(&agent, "cr", "Running");
+        assert_eq!(
+            vpc.wait_banner(a.ip4(), 8080, "cr", LONG).as_deref(),
+            Some("cr"),
+            "{point}"
+        );
+        assert_attached(&agent, "cr", &a);
+        delete_wait(&agent, "cr");
+        assert_returned(&a);
+    }
+}
+
+/// The agent SIGKILLed after it gave the ENI back and before it forgot its record, in
+/// the middle of a delete: after a restart the delete finishes, the ENI stays on the
+/// host under its name, and nothing of the group is left.
+#[test]
+fn a_crash_while_returning_the_eni_converges() {
+    let vpc = Vpc::new().expect("vpc");
+    let a = vpc.eni().expect("eni");
+    let mut agent = busybox_agent();
+    let spec = eni_group("rt", &a, &[], "exec sleep 3600");
+    apply_ok(&agent, "rt", &spec);
+    wait_phase(&agent, "rt", "Running");
+    let id = group_id(&agent, "rt");
+    agent.set_env(&[("ECI_CRASH_AT", "eni-detached")]);
+    agent
+        .kill9_and_restart()
+        .expect("restart with the crash point");
+    wait_phase(&agent, "rt", "Running");
+    let out = agent.ctl(&["delete", "rt", "--grace-period", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        agent.wait_exit(LONG),
+        "the agent did not reach its crash point:\n{}",
+        agent.log()
+    );
+    agent.set_env(&[]);
+    agent.restart().expect("restart");
+    assert!(
+        wait_for(LONG, || (!exists(&agent, "rt")).then_some(())).is_some(),
+        "the delete did not finish after the restart"
+    );
+    assert_returned(&a);
+    assert!(
+        !group_netns(&agent, &id).exists(),
+        "the group's netns pin is left"
+    );
+}
