@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod bridge;
+pub mod connect;
 pub mod eni;
 pub mod link;
 pub mod loopback;

@@ -80,29 +80,38 @@ type Row = (&'static str, Code, &'static str, fn(&mut GroupSpec));
 fn rows() -> Vec<Row> {
     vec![
         (
-            "liveness probe",
-            Code::Unimplemented,
-            "containers[0].livenessProbe",
-            |s| c0(s).liveness_probe = probe(),
+            "liveness probe with a success threshold",
+            Code::InvalidArgument,
+            "containers[0].livenessProbe.successThreshold",
+            |s| {
+                c0(s).liveness_probe = probe().map(|p| Probe {
+                    success_threshold: 2,
+                    ..p
+                })
+            },
         ),
         (
-            "readiness probe",
+            "readiness probe over HTTPS",
             Code::Unimplemented,
-            "containers[0].readinessProbe",
-            |s| c0(s).readiness_probe = probe(),
+            "containers[0].readinessProbe.httpGet.scheme",
+            |s| {
+                c0(s).readiness_probe = Some(Probe {
+                    http_get: Some(HttpGetAction {
+                        port: 443,
+                        scheme: "HTTPS".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
         ),
         (
-            "postStart hook",
-            Code::Unimplemented,
+            "postStart hook with no action",
+            Code::InvalidArgument,
             "containers[0].lifecycle.postStart",
             |s| {
                 c0(s).lifecycle = Some(Lifecycle {
-                    post_start: Some(LifecycleHandler {
-                        exec: Some(ExecAction {
-                            command: vec!["touch".into(), "/tmp/x".into()],
-                        }),
-                        ..Default::default()
-                    }),
+                    post_start: Some(LifecycleHandler::default()),
                     pre_stop: None,
                 })
             },

@@ -339,6 +339,21 @@ impl Shim {
         Ok(())
     }
 
+    /// Signals one exec'd process of container `id` (a probe or hook that overran).
+    pub async fn kill_exec(&self, id: &str, exec_id: &str, signal: i32) -> Result<(), ShimError> {
+        let req = api::KillRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            signal: signal as u32,
+            ..Default::default()
+        };
+        retried("kill", deadline::QUICK, || {
+            self.client.kill(ctx(deadline::QUICK), &req)
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let req = api::DeleteRequest {
             id: id.into(),

@@ -177,7 +177,7 @@ impl Supervisor {
     }
 
     /// Writes one event (informational: made durable by the next status write).
-    async fn emit(&self, e: eci_api::v1::Event) {
+    pub(super) async fn emit(&self, e: eci_api::v1::Event) {
         let store = self.groups.store().clone();
         let _ = tokio::task::spawn_blocking(move || store.write_lazy(|tx| tx.event(e))).await;
     }
@@ -376,8 +376,12 @@ impl Supervisor {
         self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;
         let shm = valid.shm_bytes;
-        // Init containers: one at a time, each to success.
+        // Init containers: one at a time, each to success; the app containers wait in
+        // PodInitializing meanwhile (as kubelet shows them).
         let n_init = ctx.spec.init_containers.len();
+        if n_init > 0 {
+            self.app_waiting(ctx, "PodInitializing", "").await;
+        }
         for (c, image) in images.iter().take(n_init) {
             let mut restarts = 0;
             loop {
@@ -402,8 +406,11 @@ impl Supervisor {
                     return Ok(());
                 }
                 restarts += 1;
-                self.backoff(ctx, c, restarts).await;
+                self.backoff(ctx, c, restarts, true).await;
             }
+        }
+        if n_init > 0 {
+            self.app_waiting(ctx, "ContainerCreating", "").await;
         }
         // App containers: in parallel, each followed by its own task. A container that ran
         // before (group restart, update, lost sandbox) continues its restart count, so
@@ -483,7 +490,9 @@ impl Supervisor {
     }
 
     /// Starts (or, with `attach`, follows an already running) app container, and
-    /// applies the restart policy to each exit.
+    /// applies the restart policy to each exit. Restarts back off from the configured
+    /// first delay, doubling to the longest; a run that lasted twice the longest delay
+    /// (10 minutes by default, as kubelet) starts the back-off over.
     #[allow(clippy::too_many_arguments)]
     async fn container_loop(
         self: Arc<Self>,
@@ -495,21 +504,39 @@ impl Supervisor {
         mut attach: bool,
         shm: u64,
     ) {
+        let mut backoffs = restarts;
         loop {
+            let run_start = tokio::time::Instant::now();
             let ended = if attach {
                 attach = false;
+                // Probes resume with fresh counts: the agent's absence is no failure.
+                let _probes = self.spawn_probes(&ctx, &shim, &c, run_start);
                 self.wait_container(&ctx, &shim, &c).await
             } else {
                 match self
                     .start_container(&ctx, &shim, &c, &image, restarts, shm)
                     .await
                 {
-                    Ok(_) => self.wait_container(&ctx, &shim, &c).await,
+                    Ok(_) => {
+                        let _probes = self.spawn_probes(&ctx, &shim, &c, run_start);
+                        self.wait_container(&ctx, &shim, &c).await
+                    }
                     Err(e) => {
                         let msg = e.message();
                         // Recorded on the container too; logged so that a container
                         // that never starts is visible in the agent's log.
                         tracing::warn!(group = %ctx.name, container = %c.name, error = %msg, "container start failed");
+                        if wants_restart(&ctx.spec.restart_policy, 128)
+                            && self.shim_alive(&ctx).await
+                        {
+                            // Never ran: it waits with the cause, and creation is tried
+                            // again after a back-off (kubelet's CreateContainerError).
+                            self.create_failed(&ctx, &c, &msg).await;
+                            backoffs += 1;
+                            self.backoff(&ctx, &c, backoffs, false).await;
+                            let _ = shim.delete(&c.name, "").await;
+                            continue;
+                        }
                         Ended {
                             code: 128,
                             message: msg,
@@ -534,23 +561,32 @@ impl Supervisor {
                 return;
             }
             restarts += 1;
-            self.backoff(&ctx, &c, restarts).await;
+            if run_start.elapsed() >= self.cfg.backoff_max.saturating_mul(2) {
+                backoffs = 0;
+            }
+            backoffs += 1;
+            self.backoff(&ctx, &c, backoffs, true).await;
             let _ = shim.delete(&c.name, "").await;
         }
     }
 
-    async fn backoff(&self, ctx: &GroupCtx, c: &Container, restarts: u32) {
+    /// Waits before the `n`th start of a container (doubling from the first delay up to
+    /// the longest), with a `BackOff` event. After an exit (`crashed`) the container
+    /// waits in `CrashLoopBackOff` with its last run as `lastState`; otherwise it keeps
+    /// the reason it waits for (say, `CreateContainerError`).
+    async fn backoff(&self, ctx: &GroupCtx, c: &Container, n: u32, crashed: bool) {
         let delay = self
             .cfg
             .backoff_initial
-            .saturating_mul(1u32 << (restarts - 1).min(16))
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
             .min(self.cfg.backoff_max);
         let (name, cname) = (ctx.name.clone(), c.name.clone());
-        let msg = format!(
-            "Back-off {} restarting container {cname}",
-            humantime::format_duration(delay)
-        );
+        let shown = humantime::format_duration(delay).to_string();
+        let msg = format!("Back-off {shown} restarting failed container {cname}");
         self.mutate(&ctx.name, move |g| {
+            if crashed && let Some(s) = status_of(g, &cname) {
+                transitions::to_crash_loop(s, &shown);
+            }
             let st = g.status.get_or_insert_with(Default::default);
             if st.phase == phase::RUNNING {
                 st.phase = phase::RESTARTING.into();
@@ -560,6 +596,40 @@ impl Supervisor {
         })
         .await;
         tokio::time::sleep(delay).await;
+    }
+
+    /// A container that could not be created waits with the cause
+    /// (`CreateContainerError`), with a `Failed` event.
+    async fn create_failed(&self, ctx: &GroupCtx, c: &Container, msg: &str) {
+        let (name, cname, msg) = (ctx.name.clone(), c.name.clone(), msg.to_string());
+        self.mutate(&ctx.name, move |g| {
+            if let Some(s) = status_of(g, &cname) {
+                transitions::to_waiting(s, "CreateContainerError", &msg);
+                s.ready = false;
+            }
+            vec![container_event(
+                &name,
+                WARNING,
+                "Failed",
+                format!("Error: {msg}"),
+                cname,
+            )]
+        })
+        .await;
+    }
+
+    /// Every app container still Waiting waits for `reason` now.
+    async fn app_waiting(&self, ctx: &GroupCtx, reason: &'static str, message: &'static str) {
+        self.mutate(&ctx.name, move |g| {
+            let st = g.status.get_or_insert_with(Default::default);
+            for s in &mut st.container_statuses {
+                if s.state == transitions::WAITING {
+                    transitions::to_waiting(s, reason, message);
+                }
+            }
+            Vec::new()
+        })
+        .await;
     }
 
     /// The group's user namespace range, as its record says: a group keeps the mode it
@@ -641,6 +711,22 @@ impl Supervisor {
         let _ = shim.delete(&c.name, "").await;
         shim.create(&c.name, &bundle, rootfs, &log).await?;
         let pid = shim.start(&c.name, "").await?;
+        // Not Running (nor ready) until its postStart hook has returned.
+        if let Err(output) = self.post_start(ctx, c).await {
+            tracing::warn!(group = %ctx.name, container = %c.name, %output, "postStart hook failed");
+            let msg = format!("PostStartHook failed: {output}");
+            self.emit(container_event(
+                &ctx.name,
+                WARNING,
+                "FailedPostStartHook",
+                msg,
+                c.name.clone(),
+            ))
+            .await;
+            self.kill_container(ctx, shim, c, super::probes::grace_of(ctx))
+                .await;
+            return Ok(pid);
+        }
         self.record_started(ctx, c, restarts).await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
         Ok(pid)
@@ -649,13 +735,17 @@ impl Supervisor {
     /// Records a container as Running (status, phase, Created/Started events).
     async fn record_started(&self, ctx: &GroupCtx, c: &Container, restarts: u32) {
         let (gname, cname, id) = (ctx.name.clone(), c.name.clone(), ctx.id.clone());
-        let ready_without_probe = c.readiness_probe.is_none();
+        // Ready at once without probes; with a startup probe only once it passes.
+        let ready_without_probe = c.readiness_probe.is_none() && c.startup_probe.is_none();
+        let probed = super::probes::has_probes(c);
         self.mutate(&ctx.name, move |g| {
             let now = clock::now();
             if let Some(s) = status_of(g, &cname) {
                 let cid = format!("{id}/{cname}");
                 transitions::to_running(s, &now, restarts, ready_without_probe, cid);
+                s.health = if probed { "checking" } else { "" }.into();
             }
+            transitions::group_health(g.status.get_or_insert_with(Default::default));
             transitions::maybe_running(g.status.get_or_insert_with(Default::default), &now);
             let created = container_event(
                 &gname,
@@ -733,6 +823,7 @@ impl Supervisor {
             if let Some(s) = status_of(g, &cname) {
                 transitions::to_terminated(s, &ended);
             }
+            transitions::group_health(g.status.get_or_insert_with(Default::default));
             let mut events = Vec::new();
             if ended.oom {
                 let e = container_event(

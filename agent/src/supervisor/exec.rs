@@ -90,6 +90,22 @@ impl Supervisor {
                 "container {container:?} of group {group:?} is not running"
             )));
         }
+        self.start_exec(&ctx, container, command, stdin, tty, size)
+            .await
+    }
+
+    /// Starts `command` in `container` whatever its recorded state (a postStart hook
+    /// runs before the container is recorded Running).
+    pub(crate) async fn start_exec(
+        &self,
+        ctx: &GroupCtx,
+        container: &str,
+        command: Vec<String>,
+        stdin: bool,
+        tty: bool,
+        size: Option<(u32, u32)>,
+    ) -> Result<ExecSession> {
+        let group = ctx.name.as_str();
         let bundle = ctx.dir.bundle(container);
         let exec_id = format!("exec-{}", crate::groups::new_id());
         let dir = ctx.dir.root().join("exec").join(&exec_id);
@@ -214,6 +230,19 @@ impl Supervisor {
 }
 
 impl ExecExit {
+    /// SIGKILLs the process (a probe or hook past its timeout); [`ExecExit::wait`]
+    /// then reaps it.
+    pub(crate) async fn kill(&self) {
+        let _ = self
+            .shim
+            .kill_exec(
+                &self.container,
+                &self.exec_id,
+                nix::sys::signal::Signal::SIGKILL as i32,
+            )
+            .await;
+    }
+
     /// Waits for the process, then forgets it; returns its exit code.
     pub async fn wait(self) -> Result<i32> {
         let code = self

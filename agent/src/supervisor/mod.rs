@@ -9,9 +9,11 @@
 
 mod containers;
 mod exec;
+mod handlers;
 mod janitor;
 pub mod monitor;
 mod network;
+mod probes;
 mod start_error;
 mod teardown;
 mod transitions;

@@ -17,7 +17,11 @@ impl Supervisor {
     /// Update that drops or renames a container, the old one still runs in the shim
     /// (its bundle directory says so) and must stop too, or it would run on, unseen by
     /// the group's status, next to the containers of the new spec.
+    ///
+    /// Containers with a preStop hook run it first (all at once), inside the grace
+    /// period, which counts from here: the hooks' time is taken from it.
     pub(crate) async fn stop_containers(&self, ctx: &GroupCtx, shim: &Shim, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         let mut names = ctx.container_names();
         let bundles = ctx.dir.root().join("containers");
         if let Ok(mut dir) = tokio::fs::read_dir(&bundles).await {
@@ -32,10 +36,22 @@ impl Supervisor {
         let mut running = Vec::new();
         for n in &names {
             if let Ok((_, true)) = shim.state(n).await {
-                let _ = shim
-                    .kill(n, nix::sys::signal::Signal::SIGTERM as i32, false)
-                    .await;
                 running.push(n.clone());
+            }
+        }
+        let hooks = ctx
+            .spec
+            .containers
+            .iter()
+            .filter(|c| running.contains(&c.name))
+            .map(|c| self.pre_stop(ctx, c, deadline));
+        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
+        for n in std::mem::take(&mut running) {
+            if let Ok((_, true)) = shim.state(&n).await {
+                let _ = shim
+                    .kill(&n, nix::sys::signal::Signal::SIGTERM as i32, false)
+                    .await;
+                running.push(n);
             }
         }
         if !running.is_empty() {
@@ -50,7 +66,7 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || store.write(|tx| tx.event(e))).await;
         }
         let waits = running.iter().map(|n| shim.wait(n, ""));
-        if tokio::time::timeout(grace, futures::future::join_all(waits))
+        if tokio::time::timeout_at(deadline, futures::future::join_all(waits))
             .await
             .is_err()
         {

@@ -4,7 +4,9 @@
 //! the status becomes, so the same event always reads the same way in the status.
 
 use eci_api::phase;
-use eci_api::v1::{ContainerGroup, ContainerStatus, GroupCondition, GroupStatus};
+use eci_api::v1::{
+    ContainerGroup, ContainerLastState, ContainerStatus, GroupCondition, GroupStatus,
+};
 
 /// Container states as the API shows them.
 pub(crate) const WAITING: &str = "Waiting";
@@ -83,9 +85,50 @@ pub(crate) fn to_running(
     s.container_id = container_id;
 }
 
+/// Waiting reason of a container whose restart is backing off.
+pub(crate) const CRASH_LOOP: &str = "CrashLoopBackOff";
+
+/// A terminated container is to be started again after `delay`: its run becomes its
+/// `lastState`, and it waits in `CrashLoopBackOff` (as kubelet shows it).
+pub(crate) fn to_crash_loop(s: &mut ContainerStatus, delay: &str) {
+    if s.state == TERMINATED {
+        s.last_state = Some(ContainerLastState {
+            exit_code: s.exit_code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            started_at: s.started_at.clone(),
+            finished_at: s.finished_at.clone(),
+        });
+    }
+    let msg = format!("back-off {delay} restarting failed container={}", s.name);
+    to_waiting(s, CRASH_LOOP, &msg);
+}
+
+/// The group's health from its containers': `unhealthy` when any is, else `checking`
+/// when any probe has no verdict yet, else `healthy`; empty when no container is probed.
+pub(crate) fn group_health(st: &mut GroupStatus) {
+    let hs: Vec<&str> = st
+        .container_statuses
+        .iter()
+        .map(|c| c.health.as_str())
+        .filter(|h| !h.is_empty())
+        .collect();
+    st.health = if hs.is_empty() {
+        ""
+    } else if hs.contains(&"unhealthy") {
+        "unhealthy"
+    } else if hs.contains(&"checking") {
+        "checking"
+    } else {
+        "healthy"
+    }
+    .into();
+}
+
 /// → Terminated as `ended` says.
 pub(crate) fn to_terminated(s: &mut ContainerStatus, ended: &Ended) {
     s.state = TERMINATED.into();
+    s.health.clear();
     s.reason = ended.reason().into();
     s.message = ended.message.clone();
     s.exit_code = ended.code;
@@ -233,6 +276,55 @@ mod tests {
         assert_eq!(st.conditions[0].status, "True");
         assert!(st.container_statuses[0].ready);
         assert!(st.container_statuses[0].reason.is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_the_last_run_and_waits_in_crash_loop() {
+        let mut s = ContainerStatus {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let ended = Ended {
+            code: 1,
+            started_at: "t0".into(),
+            finished_at: "t1".into(),
+            ..Default::default()
+        };
+        to_terminated(&mut s, &ended);
+        to_crash_loop(&mut s, "200ms");
+        assert_eq!(s.state, WAITING);
+        assert_eq!(s.reason, CRASH_LOOP);
+        assert!(s.message.contains("200ms"), "{}", s.message);
+        let last = s.last_state.clone().expect("last state");
+        assert_eq!((last.exit_code, last.reason.as_str()), (1, "Error"));
+        assert_eq!(
+            (last.started_at.as_str(), last.finished_at.as_str()),
+            ("t0", "t1")
+        );
+        to_running(&mut s, "t2", 1, true, "id".into());
+        assert_eq!(s.last_state, Some(last), "kept while running");
+    }
+
+    #[test]
+    fn group_health_is_the_worst_of_its_containers() {
+        let st = |hs: &[&str]| {
+            let mut st = GroupStatus {
+                container_statuses: hs
+                    .iter()
+                    .map(|h| ContainerStatus {
+                        health: h.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            group_health(&mut st);
+            st.health
+        };
+        assert_eq!(st(&["", ""]), "");
+        assert_eq!(st(&["healthy", ""]), "healthy");
+        assert_eq!(st(&["healthy", "checking"]), "checking");
+        assert_eq!(st(&["unhealthy", "checking"]), "unhealthy");
     }
 
     #[test]

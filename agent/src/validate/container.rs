@@ -546,6 +546,39 @@ fn check_http(path: &str, h: &HttpGetAction, errs: &mut Errors) {
             format!("{} must start with '/'", quote(&h.path)),
         );
     }
+    if !h.host.is_empty() && h.host.parse::<std::net::IpAddr>().is_err() {
+        errs.add(
+            format!("{path}.host"),
+            format!("{} is not an IP address", quote(&h.host)),
+        );
+    }
+    if h.http_headers.len() > MAX_HTTP_HEADERS {
+        errs.add(
+            format!("{path}.httpHeaders"),
+            format!(
+                "{} headers is over the limit of {MAX_HTTP_HEADERS}",
+                h.http_headers.len()
+            ),
+        );
+    }
+    for (i, hd) in h.http_headers.iter().enumerate() {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if hd.name.is_empty() || hd.name.len() > 256 || !hd.name.chars().all(token) {
+            errs.add(
+                format!("{path}.httpHeaders[{i}].name"),
+                format!(
+                    "{} is not an HTTP header name (1-256 token characters)",
+                    quote(&hd.name)
+                ),
+            );
+        }
+        if hd.value.len() > 4096 || hd.value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+            errs.add(
+                format!("{path}.httpHeaders[{i}].value"),
+                "must be at most 4096 bytes without control characters",
+            );
+        }
+    }
     if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
         errs.add(
             format!("{path}.scheme"),
@@ -553,6 +586,9 @@ fn check_http(path: &str, h: &HttpGetAction, errs: &mut Errors) {
         );
     }
 }
+
+/// Most headers of one httpGet action.
+const MAX_HTTP_HEADERS: usize = 32;
 
 /// A probe's or hook's command: required, and within the limits of a container's.
 fn check_exec_action(field: &str, command: &[String], errs: &mut Errors) {

@@ -432,38 +432,86 @@ fn cases() -> Vec<Case> {
         ),
         case!(
             "containers.livenessProbe",
-            Unimplemented,
-            "containers[0].livenessProbe",
-            |s| c0(s).liveness_probe = exec_probe()
+            Invalid,
+            "containers[0].livenessProbe.successThreshold",
+            |s| c0(s).liveness_probe = Some(Probe {
+                success_threshold: 2,
+                ..exec_probe().expect("probe")
+            })
         ),
         case!(
             "containers.readinessProbe",
+            Invalid,
+            "containers[0].readinessProbe.periodSeconds",
+            |s| c0(s).readiness_probe = Some(Probe {
+                period_seconds: 3601,
+                ..exec_probe().expect("probe")
+            })
+        ),
+        case!(
+            "containers.readinessProbe.httpGet.scheme",
             Unimplemented,
-            "containers[0].readinessProbe",
-            |s| c0(s).readiness_probe = exec_probe()
+            "containers[0].readinessProbe.httpGet.scheme",
+            |s| c0(s).readiness_probe = Some(Probe {
+                http_get: Some(HttpGetAction {
+                    port: 80,
+                    scheme: "HTTPS".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        ),
+        case!(
+            "containers.readinessProbe.httpGet.httpHeaders",
+            Invalid,
+            "containers[0].readinessProbe.httpGet.httpHeaders[0].value",
+            |s| c0(s).readiness_probe = Some(Probe {
+                http_get: Some(HttpGetAction {
+                    port: 80,
+                    http_headers: vec![HttpHeader {
+                        name: "X".into(),
+                        value: "a\r\nB: c".into(),
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
         ),
         case!(
             "containers.startupProbe",
-            Unimplemented,
-            "containers[0].startupProbe",
-            |s| c0(s).startup_probe = exec_probe()
+            Invalid,
+            "containers[0].startupProbe.tcpSocket.port",
+            |s| c0(s).startup_probe = Some(Probe {
+                tcp_socket: Some(TcpSocketAction {
+                    port: 0,
+                    host: String::new(),
+                }),
+                ..Default::default()
+            })
         ),
         case!(
             "containers.lifecycle.postStart",
-            Unimplemented,
+            Invalid,
             "containers[0].lifecycle.postStart",
             |s| c0(s).lifecycle = Some(Lifecycle {
-                post_start: exec_hook(),
+                post_start: Some(LifecycleHandler::default()),
                 pre_stop: None
             })
         ),
         case!(
             "containers.lifecycle.preStop",
-            Unimplemented,
-            "containers[0].lifecycle.preStop",
+            Invalid,
+            "containers[0].lifecycle.preStop.httpGet.host",
             |s| c0(s).lifecycle = Some(Lifecycle {
                 post_start: None,
-                pre_stop: exec_hook()
+                pre_stop: Some(LifecycleHandler {
+                    exec: None,
+                    http_get: Some(HttpGetAction {
+                        port: 80,
+                        host: "example.com".into(),
+                        ..Default::default()
+                    }),
+                })
             })
         ),
         case!(
@@ -786,4 +834,35 @@ fn cpu_quota_minimum_and_maximum_are_named_per_container() {
         "{err}"
     );
     assert!(!err.to_string().contains("/ 0"), "{err}");
+}
+
+#[test]
+fn probes_and_hooks_are_admitted() {
+    let mut s = base();
+    c0(&mut s).liveness_probe = exec_probe();
+    c0(&mut s).readiness_probe = Some(Probe {
+        http_get: Some(HttpGetAction {
+            path: "/healthz".into(),
+            port: 8080,
+            http_headers: vec![HttpHeader {
+                name: "X-Probe".into(),
+                value: "1".into(),
+            }],
+            ..Default::default()
+        }),
+        period_seconds: 1,
+        ..Default::default()
+    });
+    c0(&mut s).startup_probe = Some(Probe {
+        tcp_socket: Some(TcpSocketAction {
+            port: 8080,
+            host: "127.0.0.1".into(),
+        }),
+        ..Default::default()
+    });
+    c0(&mut s).lifecycle = Some(Lifecycle {
+        post_start: exec_hook(),
+        pre_stop: exec_hook(),
+    });
+    admit(&s).expect("probes and hooks are admitted");
 }

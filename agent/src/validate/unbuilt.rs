@@ -105,34 +105,26 @@ fn container(path: &str, c: &Container, errs: &mut Errors) {
         stdin,
         tty,
     } = c;
-    for (set, field) in [
-        (liveness_probe.is_some(), "livenessProbe"),
-        (readiness_probe.is_some(), "readinessProbe"),
-        (startup_probe.is_some(), "startupProbe"),
-    ] {
-        if set {
-            errs.add(format!("{path}.{field}"), "probes are not run yet");
+    // Probes and hooks run (supervisor/probes.rs), but only over plain HTTP.
+    let probes = [
+        ("livenessProbe", liveness_probe),
+        ("readinessProbe", readiness_probe),
+        ("startupProbe", startup_probe),
+    ];
+    for (field, p) in probes {
+        if let Some(h) = p.as_ref().and_then(|p| p.http_get.as_ref()) {
+            https(&format!("{path}.{field}.httpGet.scheme"), &h.scheme, errs);
         }
     }
     if let Some(l) = lifecycle {
-        let mut any = false;
-        for (set, field) in [
-            (l.post_start.is_some(), "postStart"),
-            (l.pre_stop.is_some(), "preStop"),
-        ] {
-            if set {
-                any = true;
-                errs.add(
-                    format!("{path}.lifecycle.{field}"),
-                    "lifecycle hooks are not run yet",
+        for (field, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+            if let Some(g) = h.as_ref().and_then(|h| h.http_get.as_ref()) {
+                https(
+                    &format!("{path}.lifecycle.{field}.httpGet.scheme"),
+                    &g.scheme,
+                    errs,
                 );
             }
-        }
-        if !any {
-            errs.add(
-                format!("{path}.lifecycle"),
-                "lifecycle hooks are not run yet",
-            );
         }
     }
     if resources.as_ref().is_some_and(|r| r.gpu > 0) {
@@ -149,5 +141,11 @@ fn container(path: &str, c: &Container, errs: &mut Errors) {
                  `ecictl exec -it` gives a terminal)",
             );
         }
+    }
+}
+
+fn https(field: &str, scheme: &str, errs: &mut Errors) {
+    if scheme == "HTTPS" {
+        errs.add(field, "HTTPS probes and hooks are not built yet (use HTTP)");
     }
 }

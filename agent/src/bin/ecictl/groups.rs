@@ -245,6 +245,9 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
     println!("Phase:           {}", st.phase);
     println!("Reason:          {}", st.reason);
     println!("Message:         {}", st.message);
+    if !st.health.is_empty() {
+        println!("Health:          {}", st.health);
+    }
     println!(
         "Requested:       cpu {:?}, memory {:?}",
         spec.cpu, spec.memory
@@ -346,10 +349,22 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
             println!("  {}:", c.name);
             println!("    Image:          {}", c.image);
             println!("    State:          {} {}", s.state, s.reason);
+            if !s.message.is_empty() {
+                println!("    Message:        {}", s.message);
+            }
             if s.state == "Terminated" {
                 println!("    Exit code:      {}", s.exit_code);
             }
+            if let Some(l) = &s.last_state {
+                println!("    Last state:     Terminated {}", l.reason);
+                println!("      Exit code:    {}", l.exit_code);
+                println!("      Started:      {}", l.started_at);
+                println!("      Finished:     {}", l.finished_at);
+            }
             println!("    Ready:          {}", s.ready);
+            if !s.health.is_empty() {
+                println!("    Health:         {}", s.health);
+            }
             println!("    Restart count:  {}", s.restart_count);
         }
     }
