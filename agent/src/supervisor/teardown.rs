@@ -39,11 +39,12 @@ impl Supervisor {
                 running.push(n.clone());
             }
         }
+        // (A forced delete, grace 0, skips them.)
         let hooks = ctx
             .spec
             .containers
             .iter()
-            .filter(|c| running.contains(&c.name))
+            .filter(|c| !grace.is_zero() && running.contains(&c.name))
             .map(|c| self.pre_stop(ctx, c, deadline));
         let _ = tokio::time::timeout_at(deadline, futures::future::join_all(hooks)).await;
         for n in std::mem::take(&mut running) {
