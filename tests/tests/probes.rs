@@ -84,12 +84,12 @@ fn readiness_over_http_follows_a_file_and_resumes_after_an_agent_restart() {
     });
     assert_eq!(status(&agent, "ready", "web")["ready"], false);
     assert_eq!(group_health(&agent, "ready"), "unhealthy");
-    assert!(
+    let said_404 = wait_for(Duration::from_secs(10), || {
         events(&agent, "ready")
-            .contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
-        "{}",
-        events(&agent, "ready")
-    );
+            .contains("Readiness probe failed: HTTP probe failed with statuscode: 404")
+            .then_some(())
+    });
+    assert!(said_404.is_some(), "{}", events(&agent, "ready"));
     exec(&agent, "ready", "web", &["touch", "/www/ready"]);
     wait_status(&agent, "ready", "web", "ready", |c| c["ready"] == true);
     assert_eq!(group_health(&agent, "ready"), "healthy");
@@ -206,4 +206,23 @@ fn a_startup_probe_holds_liveness_and_readiness_back() {
     let ev = events(&agent, "startup");
     assert!(ev.contains("Startup probe failed"), "{ev}");
     assert!(!ev.contains("Liveness probe failed"), "{ev}");
+}
+
+#[test]
+fn http_probes_reach_the_group_address_on_a_dev_network() {
+    let dev = eci_tests::vpc::DevNet::new();
+    let agent = eci_tests::scenario::busybox_agent_with(&dev.config());
+    // The server listens on eth0's address only: a probe to loopback would fail.
+    let script = "mkdir -p /www; touch /www/ready; \
+                  IP=$(busybox ip -4 -o addr show eth0 | busybox awk '{print $4}' | busybox cut -d/ -f1); \
+                  echo listening on $IP; busybox httpd -f -p $IP:8080 -h /www & wait";
+    let probe =
+        "  readinessProbe:\n    httpGet: {path: /ready, port: 8080}\n    periodSeconds: 1\n";
+    let s = spec("devready", "Always", "", &[("web", script, probe)]);
+    let out = agent.apply("devready", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, "devready", "Running");
+    eci_tests::scenario::wait_log(&agent, "devready", "web", "listening on 172.");
+    wait_status(&agent, "devready", "web", "ready", |c| c["ready"] == true);
+    assert_eq!(group_health(&agent, "devready"), "healthy");
 }

@@ -48,6 +48,9 @@ impl<'a> Action<'a> {
 pub(crate) struct Outcome {
     pub ok: bool,
     pub output: String,
+    /// The action could not run because the group's shim does not answer: no verdict
+    /// on the container (kubelet's "unknown"), so probes do not count it.
+    pub unknown: bool,
 }
 
 impl Outcome {
@@ -55,6 +58,7 @@ impl Outcome {
         Outcome {
             ok: false,
             output: output.into(),
+            unknown: false,
         }
     }
 }
@@ -100,7 +104,7 @@ impl Supervisor {
                 match connect(self.netns_of(&ctx.id), addr, timeout).await {
                     Ok(_) => Outcome {
                         ok: true,
-                        output: String::new(),
+                        ..Default::default()
                     },
                     Err(msg) => Outcome::fail(msg),
                 }
@@ -145,6 +149,12 @@ impl Supervisor {
             .await
         {
             Ok(s) => s,
+            Err(e @ crate::error::Error::Unavailable(_)) => {
+                return Outcome {
+                    unknown: true,
+                    ..Outcome::fail(e.to_string())
+                };
+            }
             Err(e) => return Outcome::fail(e.to_string()),
         };
         let (stdout, stderr, exit) = (session.stdout, session.stderr, session.exit);
@@ -162,7 +172,11 @@ impl Supervisor {
             Ok(bytes) => {
                 let output = String::from_utf8_lossy(&bytes).trim_end().to_string();
                 match exit.wait().await {
-                    Ok(0) => Outcome { ok: true, output },
+                    Ok(0) => Outcome {
+                        ok: true,
+                        output,
+                        ..Default::default()
+                    },
                     Ok(code) => Outcome::fail(if output.is_empty() {
                         format!("command {command:?} exited with {code}")
                     } else {
@@ -263,7 +277,7 @@ async fn http_get(
     if (200..400).contains(&code) {
         Ok(Outcome {
             ok: true,
-            output: String::new(),
+            ..Default::default()
         })
     } else {
         Ok(Outcome::fail(format!(

@@ -108,7 +108,9 @@ impl Supervisor {
                 if o.ok {
                     break;
                 }
-                failures += 1;
+                if !o.unknown {
+                    failures += 1;
+                }
                 if failures >= t.failure_threshold {
                     return self.probe_kill(ctx, shim, c, Kind::Startup).await;
                 }
@@ -128,7 +130,9 @@ impl Supervisor {
             let mut failures = 0;
             loop {
                 let o = self.probe_once(ctx, c, Kind::Liveness, p, t).await;
-                failures = if o.ok { 0 } else { failures + 1 };
+                if !o.unknown {
+                    failures = if o.ok { 0 } else { failures + 1 };
+                }
                 if failures >= t.failure_threshold {
                     return self.probe_kill(ctx, shim, c, Kind::Liveness).await;
                 }
@@ -142,28 +146,29 @@ impl Supervisor {
             let t = Timing::of(p);
             tokio::time::sleep_until(started + t.initial_delay).await;
             let (mut ok_run, mut fail_run) = (0u32, 0u32);
-            let mut shown: Option<bool> = None;
+            let mut verdict: Option<bool> = None;
             loop {
                 let o = self.probe_once(ctx, c, Kind::Readiness, p, t).await;
-                if o.ok {
+                if o.unknown {
+                } else if o.ok {
                     ok_run += 1;
                     fail_run = 0;
                 } else {
                     fail_run += 1;
                     ok_run = 0;
                 }
-                let now = if ok_run >= t.success_threshold {
-                    Some(true)
+                if ok_run >= t.success_threshold {
+                    verdict = Some(true);
                 } else if fail_run >= t.failure_threshold {
-                    Some(false)
-                } else {
-                    shown
-                };
-                if now != shown && now.is_some() {
-                    shown = now;
-                    let ready = now == Some(true);
+                    verdict = Some(false);
+                }
+                // Compared with the status as stored, not as last written: something
+                // else (a silent shim, say) may have changed it since.
+                if let Some(ready) = verdict {
                     let health = if ready { "healthy" } else { "unhealthy" };
-                    self.set_probe_state(ctx, c, Some(ready), health).await;
+                    if !self.shows(ctx, c, ready, health) {
+                        self.set_probe_state(ctx, c, Some(ready), health).await;
+                    }
                 }
                 tokio::time::sleep(t.period).await;
             }
@@ -186,11 +191,13 @@ impl Supervisor {
         let Some(action) = Action::of_probe(p) else {
             return Outcome {
                 ok: true,
-                output: String::new(),
+                ..Default::default()
             };
         };
         let o = self.run_action(ctx, &c.name, action, t.timeout).await;
-        if !o.ok {
+        if o.unknown {
+            tracing::info!(group = %ctx.name, container = %c.name, probe = kind.name(), output = %o.output, "probe could not run");
+        } else if !o.ok {
             tracing::info!(group = %ctx.name, container = %c.name, probe = kind.name(), output = %o.output, "probe failed");
             let msg = format!("{} probe failed: {}", kind.name(), o.output);
             self.emit(container_event(
@@ -223,6 +230,18 @@ impl Supervisor {
         .await;
         self.set_probe_state(ctx, c, Some(false), "unhealthy").await;
         self.kill_container(ctx, shim, c, grace_of(ctx)).await;
+    }
+
+    /// Whether the stored status of `c` already shows `ready` and `health`.
+    fn shows(&self, ctx: &GroupCtx, c: &Container, ready: bool, health: &str) -> bool {
+        self.groups
+            .get(&ctx.name)
+            .ok()
+            .and_then(|g| g.status)
+            .and_then(|st| st.container_statuses.into_iter().find(|s| s.name == c.name))
+            .is_none_or(|s| {
+                s.state != transitions::RUNNING || (s.ready == ready && s.health == health)
+            })
     }
 
     /// Records what the probes say of a container: `ready` and its `health`, and the
