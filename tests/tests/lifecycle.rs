@@ -253,3 +253,29 @@ fn a_container_that_cannot_be_created_waits_in_create_container_error() {
         "the cause is named: {c}"
     );
 }
+
+#[test]
+fn a_run_longer_than_twice_the_longest_back_off_starts_the_back_off_over() {
+    // restart_backoff_max = 1s in the harness: a run of 2.5 s resets the back-off.
+    let agent = busybox_agent();
+    let s = spec(
+        "steady",
+        "Always",
+        "",
+        &[],
+        &[("app", "sleep 2.5; exit 1", "")],
+    );
+    assert!(agent.apply("steady", &s).status.success());
+    let c = wait_for(Duration::from_secs(30), || {
+        let c = status(&agent, "steady", "app");
+        (c["restartCount"].as_u64().unwrap_or(0) >= 3).then_some(c)
+    })
+    .expect("three restarts");
+    assert_eq!(c["lastState"]["exitCode"], 1, "{c}");
+    let ev = events(&agent, "steady");
+    assert!(
+        ev.contains("Back-off 200ms restarting failed container app"),
+        "{ev}"
+    );
+    assert!(!ev.contains("Back-off 400ms"), "the back-off grew: {ev}");
+}
