@@ -91,14 +91,14 @@ fn rows() -> Vec<Row> {
             },
         ),
         (
-            "readiness probe over HTTPS",
-            Code::Unimplemented,
+            "readiness probe over FTP",
+            Code::InvalidArgument,
             "containers[0].readinessProbe.httpGet.scheme",
             |s| {
                 c0(s).readiness_probe = Some(Probe {
                     http_get: Some(HttpGetAction {
-                        port: 443,
-                        scheme: "HTTPS".into(),
+                        port: 21,
+                        scheme: "FTP".into(),
                         ..Default::default()
                     }),
                     ..Default::default()

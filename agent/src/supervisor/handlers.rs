@@ -81,15 +81,21 @@ impl Supervisor {
                 };
                 let addr = SocketAddr::new(host, h.port as u16);
                 let netns = self.netns_of(&ctx.id);
+                let https = h.scheme == "HTTPS";
                 let work = async {
                     let stream = connect(netns, addr, timeout).await?;
-                    http_get(stream, addr, h).await
+                    if https {
+                        https_get(stream, addr, h, timeout).await
+                    } else {
+                        http_get(stream, addr, h).await
+                    }
                 };
+                let scheme = if https { "https" } else { "http" };
                 match tokio::time::timeout(timeout, work).await {
                     Ok(Ok(o)) => o,
                     Ok(Err(msg)) => Outcome::fail(msg),
                     Err(_) => Outcome::fail(format!(
-                        "Get \"http://{addr}{}\": timed out after {}",
+                        "Get \"{scheme}://{addr}{}\": timed out after {}",
                         path_of(h),
                         humantime::format_duration(timeout)
                     )),
@@ -267,7 +273,30 @@ async fn http_get(
         .await
         .map_err(|e| format!("Get \"http://{addr}{}\": {e}", path_of(h)))?;
     let body = read_capped(&mut stream).await;
-    let text = String::from_utf8_lossy(&body);
+    verdict(&body, addr, h)
+}
+
+/// One `GET` over TLS (certificate not verified, as kubelet): see [`super::https`].
+async fn https_get(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    h: &HttpGetAction,
+    timeout: Duration,
+) -> Result<Outcome, String> {
+    let req = request(addr, h)?;
+    let stream = stream.into_std().map_err(|e| e.to_string())?;
+    let body = tokio::task::spawn_blocking(move || {
+        super::https::exchange(stream, req.as_bytes(), timeout, OUTPUT_LIMIT)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("Get \"https://{addr}{}\": {e}", path_of(h)))?;
+    verdict(&body, addr, h)
+}
+
+/// Success for a status from 200 to 399.
+fn verdict(body: &[u8], addr: SocketAddr, h: &HttpGetAction) -> Result<Outcome, String> {
+    let text = String::from_utf8_lossy(body);
     let code: u16 = text
         .lines()
         .next()

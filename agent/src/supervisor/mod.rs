@@ -10,6 +10,7 @@
 mod containers;
 mod exec;
 mod handlers;
+mod https;
 mod janitor;
 pub mod monitor;
 mod network;

@@ -450,12 +450,12 @@ fn cases() -> Vec<Case> {
         ),
         case!(
             "containers.readinessProbe.httpGet.scheme",
-            Unimplemented,
+            Invalid,
             "containers[0].readinessProbe.httpGet.scheme",
             |s| c0(s).readiness_probe = Some(Probe {
                 http_get: Some(HttpGetAction {
                     port: 80,
-                    scheme: "HTTPS".into(),
+                    scheme: "GOPHER".into(),
                     ..Default::default()
                 }),
                 ..Default::default()

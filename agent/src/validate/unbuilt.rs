@@ -97,36 +97,15 @@ fn container(path: &str, c: &Container, errs: &mut Errors) {
         ports: _,
         resources,
         volume_mounts: _,
-        liveness_probe,
-        readiness_probe,
-        startup_probe,
-        lifecycle,
+        // Run by the supervisor (supervisor/probes.rs); checked by `container.rs`.
+        liveness_probe: _,
+        readiness_probe: _,
+        startup_probe: _,
+        lifecycle: _,
         security_context: _,
         stdin,
         tty,
     } = c;
-    // Probes and hooks run (supervisor/probes.rs), but only over plain HTTP.
-    let probes = [
-        ("livenessProbe", liveness_probe),
-        ("readinessProbe", readiness_probe),
-        ("startupProbe", startup_probe),
-    ];
-    for (field, p) in probes {
-        if let Some(h) = p.as_ref().and_then(|p| p.http_get.as_ref()) {
-            https(&format!("{path}.{field}.httpGet.scheme"), &h.scheme, errs);
-        }
-    }
-    if let Some(l) = lifecycle {
-        for (field, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
-            if let Some(g) = h.as_ref().and_then(|h| h.http_get.as_ref()) {
-                https(
-                    &format!("{path}.lifecycle.{field}.httpGet.scheme"),
-                    &g.scheme,
-                    errs,
-                );
-            }
-        }
-    }
     if resources.as_ref().is_some_and(|r| r.gpu > 0) {
         errs.add(
             format!("{path}.resources.gpu"),
@@ -141,11 +120,5 @@ fn container(path: &str, c: &Container, errs: &mut Errors) {
                  `ecictl exec -it` gives a terminal)",
             );
         }
-    }
-}
-
-fn https(field: &str, scheme: &str, errs: &mut Errors) {
-    if scheme == "HTTPS" {
-        errs.add(field, "HTTPS probes and hooks are not built yet (use HTTP)");
     }
 }
