@@ -226,3 +226,80 @@ fn http_probes_reach_the_group_address_on_a_dev_network() {
     wait_status(&agent, "devready", "web", "ready", |c| c["ready"] == true);
     assert_eq!(group_health(&agent, "devready"), "healthy");
 }
+
+/// An HTTPS server with a self-signed certificate on the host: `GET /ok` answers 200,
+/// anything else 500. Stops with the test process.
+fn https_server() -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let ck = rcgen::generate_simple_self_signed(vec!["probe.test".to_string()]).expect("cert");
+    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    let cfg = Arc::new(cfg);
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut buf = [0u8; 2048];
+                let Ok(n) = tls.read(&mut buf) else { return };
+                let ok = buf[..n].starts_with(b"GET /ok ");
+                let status = if ok { "200 OK" } else { "500 Oops" };
+                let _ = tls.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn https_probes_accept_a_self_signed_certificate_and_read_the_status() {
+    let dev = eci_tests::vpc::DevNet::new();
+    let agent = eci_tests::scenario::busybox_agent_with(&dev.config());
+    let port = https_server();
+    let probe = |path: &str| {
+        format!(
+            "  readinessProbe:\n    httpGet: {{scheme: HTTPS, host: \"{}\", port: {port}, path: {path}}}\n    periodSeconds: 1\n    failureThreshold: 1\n",
+            dev.gateway
+        )
+    };
+    let (good, bad) = (probe("/ok"), probe("/bad"));
+    let s = spec(
+        "tls",
+        "Always",
+        "",
+        &[("good", "sleep 3600", &good), ("bad", "sleep 3600", &bad)],
+    );
+    let out = agent.apply("tls", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, "tls", "Running");
+    wait_status(&agent, "tls", "good", "ready", |c| c["ready"] == true);
+    wait_status(&agent, "tls", "bad", "unhealthy", |c| {
+        c["health"] == "unhealthy"
+    });
+    let ev = events(&agent, "tls");
+    assert!(
+        ev.contains("HTTP probe failed with statuscode: 500"),
+        "{ev}"
+    );
+}
