@@ -279,3 +279,57 @@ fn a_run_longer_than_twice_the_longest_back_off_starts_the_back_off_over() {
     );
     assert!(!ev.contains("Back-off 400ms"), "the back-off grew: {ev}");
 }
+
+/// A plain HTTP server on the host that answers 200 and records each request line.
+fn recording_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+            s2.lock().expect("lock").push(line.trim_end().to_string());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn http_hooks_run_at_start_and_before_stop() {
+    let dev = eci_tests::vpc::DevNet::new();
+    let agent = eci_tests::scenario::busybox_agent_with(&dev.config());
+    let (port, seen) = recording_server();
+    let hooks = format!(
+        "  lifecycle:\n    postStart:\n      httpGet: {{host: \"{gw}\", port: {port}, path: /started}}\n    preStop:\n      httpGet: {{host: \"{gw}\", port: {port}, path: /stopping}}\n",
+        gw = dev.gateway
+    );
+    let s = spec(
+        "hooks",
+        "Always",
+        "terminationGracePeriodSeconds: 2\n",
+        &[],
+        &[("app", "sleep 3600", &hooks)],
+    );
+    assert!(agent.apply("hooks", &s).status.success());
+    wait_phase(&agent, "hooks", "Running");
+    assert_eq!(
+        seen.lock().expect("lock").as_slice(),
+        ["GET /started HTTP/1.1"],
+        "postStart ran before Running"
+    );
+    assert!(agent.ctl(&["delete", "hooks"]).status.success());
+    let stopped = wait_for(Duration::from_secs(10), || {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l == "GET /stopping HTTP/1.1")
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "{:?}", seen.lock().expect("lock"));
+}
