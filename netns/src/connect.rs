@@ -53,3 +53,37 @@ pub fn tcp(netns: &Path, addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     .join()
     .map_err(|_| ConnectError::Thread)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_made_in_a_namespace_is_usable_by_the_caller() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            s.write_all(b"hi").expect("write");
+        });
+        // This process's own namespace (entering it needs root, as the agent has).
+        let mut s = match tcp(Path::new("/proc/self/ns/net"), addr, Duration::from_secs(5)) {
+            Err(ConnectError::Enter { .. }) if !nix::unistd::geteuid().is_root() => return,
+            r => r.expect("connect"),
+        };
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "hi");
+        server.join().expect("server");
+        let closed = tcp(Path::new("/proc/self/ns/net"), addr, Duration::from_secs(5));
+        assert!(
+            matches!(closed, Err(ConnectError::Connect { .. })),
+            "{closed:?}"
+        );
+        assert!(matches!(
+            tcp(Path::new("/nonexistent/ns"), addr, Duration::from_secs(1)),
+            Err(ConnectError::Open { .. })
+        ));
+    }
+}

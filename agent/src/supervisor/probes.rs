@@ -149,13 +149,15 @@ impl Supervisor {
             let mut verdict: Option<bool> = None;
             loop {
                 let o = self.probe_once(ctx, c, Kind::Readiness, p, t).await;
-                if o.unknown {
-                } else if o.ok {
-                    ok_run += 1;
-                    fail_run = 0;
-                } else {
-                    fail_run += 1;
-                    ok_run = 0;
+                // An unknown result (the shim does not answer) changes no count.
+                if !o.unknown {
+                    if o.ok {
+                        ok_run += 1;
+                        fail_run = 0;
+                    } else {
+                        fail_run += 1;
+                        ok_run = 0;
+                    }
                 }
                 if ok_run >= t.success_threshold {
                     verdict = Some(true);
