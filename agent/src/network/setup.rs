@@ -27,21 +27,25 @@ fn store_err(e: crate::store::StoreError) -> NetworkError {
     NetworkError::Store(crate::error::chain(&e))
 }
 
+/// One spec rule in its typed form: the same parse validation and the kernel side use.
+pub fn parse_rule(
+    r: &eci_api::v1::SecurityGroupRule,
+) -> Result<Rule, eci_netns::security_group::RuleError> {
+    Rule::parse(
+        &r.direction,
+        &r.protocol,
+        &r.port_range,
+        &r.cidr,
+        &r.policy,
+        r.priority,
+    )
+}
+
 /// The spec's rules, parsed (the spec was validated when it was stored).
 pub fn rules_of(net: &NetworkSpec) -> Vec<Rule> {
     net.security_group_rules
         .iter()
-        .filter_map(|r| {
-            Rule::parse(
-                &r.direction,
-                &r.protocol,
-                &r.port_range,
-                &r.cidr,
-                &r.policy,
-                r.priority,
-            )
-            .ok()
-        })
+        .filter_map(|r| parse_rule(r).ok())
         .collect()
 }
 
