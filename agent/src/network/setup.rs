@@ -72,7 +72,7 @@ pub fn setup(
     let net = net.cloned().unwrap_or_default();
     let mut attached = None;
     let (mode, mac, host_link) = if let Some(sel) = selector_of(&net) {
-        let (held, new) = hold(store, id, name, &sel)?;
+        let (held, new) = hold(store, plan, id, name, &sel)?;
         crate::failpoint::hit("eni-recorded");
         let cfg = EniConfig {
             mtu: (net.mtu != 0).then_some(net.mtu),
@@ -105,7 +105,16 @@ pub fn setup(
             ipv6: dev.v6_for(v4),
             ipv6_gateway: dev.gateway_v6().map(|g| g.addr()),
         };
-        eci_netns::bridge::attach_veth(&host, &dev.bridge, netns, &cfg)
+        // The guard first: the port never exists without it (see `PortGuard`).
+        let mac = DevNet::mac_for(v4);
+        eci_netns::nft::ensure_port_guard(&eci_netns::nft::PortGuard {
+            port: host.clone(),
+            mac,
+            ipv4: v4,
+            ipv6: cfg.ipv6.map(|n| n.addr()),
+        })
+        .map_err(|e| NetworkError::Veth(format!("port guard: {}", crate::error::chain(&e))))?;
+        eci_netns::bridge::attach_veth_with_mac(&host, &dev.bridge, netns, &cfg, Some(mac))
             .map_err(|e| NetworkError::Veth(crate::error::chain(&e)))?;
         crate::failpoint::hit("veth-attached");
         ("bridge", String::new(), host)
@@ -137,6 +146,7 @@ pub fn setup(
 /// ENI is touched. The bool says whether it is new.
 fn hold(
     store: &Store,
+    plan: &NetworkPlan,
     id: &str,
     name: &str,
     sel: &EniSelector,
@@ -145,7 +155,7 @@ fn hold(
         return Ok((h, false));
     }
     let all = store.held_enis().map_err(store_err)?;
-    let link = super::admit::find(sel, &all).map_err(NetworkError::EniNotFound)?;
+    let link = super::admit::find(sel, &all, plan).map_err(NetworkError::EniNotFound)?;
     let mac = link
         .mac
         .ok_or_else(|| NetworkError::EniNoMac(link.name.clone()))?;
