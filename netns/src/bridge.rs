@@ -311,11 +311,14 @@ pub fn attach_veth_with_mac(
             });
         };
         if let Some(mac) = mac.filter(|m| peer.mac != Some(*m)) {
-            rtnl::set(&g.handle, rtnl::change(peer.index).address(mac.0.to_vec()).build())
-                .await
-                .map_err(step(format!(
-                    "setting the MAC of eth0 (peer of {host_name}) in {ns} to {mac}"
-                )))?;
+            rtnl::set(
+                &g.handle,
+                rtnl::change(peer.index).address(mac.0.to_vec()).build(),
+            )
+            .await
+            .map_err(step(format!(
+                "setting the MAC of eth0 (peer of {host_name}) in {ns} to {mac}"
+            )))?;
         }
         rtnl::configure(&g.handle, &peer, &eth)
             .await

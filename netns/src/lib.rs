@@ -21,8 +21,6 @@ pub use bridge::{
     BridgeConfig, BridgeError, attach_veth, attach_veth_with_mac, detach_veth, ensure_bridge,
 };
 pub use eni::{EniSelector, MacAddress};
-pub use link::{
-    HostLink, LinkError, default_route_links, find, host_links, reserved_by_host,
-};
+pub use link::{HostLink, LinkError, default_route_links, find, host_links, reserved_by_host};
 pub use rtnl::ThreadError;
 pub use security_group::{Direction, Policy, PortRange, Protocol, Rule};

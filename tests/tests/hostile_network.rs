@@ -138,15 +138,25 @@ echo attack-done; exec sleep 3600"#;
             assert_eq!(caps & (1 << 12), 0, "NET_ADMIN through file caps: {l}");
         }
     }
-    assert_eq!((refused, eperm), (8 + 2 + 2, 4), "not every attempt ran:\n{log}");
-    assert!(log.contains("setcap: ok"), "the file capabilities were not set:\n{log}");
+    assert_eq!(
+        (refused, eperm),
+        (8 + 2 + 2, 4),
+        "not every attempt ran:\n{log}"
+    );
+    assert!(
+        log.contains("setcap: ok"),
+        "the file capabilities were not set:\n{log}"
+    );
 
     // Nothing changed: eth0 up with its address and MAC, the firewall in place.
     let after = links_in(Some(&ns)).expect("links");
     let eth0 = |ls: &[eci_tests::vpc::LinkInfo]| ls.iter().find(|l| l.name == "eth0").cloned();
     let (b, a) = (eth0(&before).expect("eth0"), eth0(&after).expect("eth0"));
     assert_eq!(a, b, "eth0 changed");
-    assert!(a.up && a.addresses.iter().any(|x| x.starts_with(&addrs[0])), "{a:?}");
+    assert!(
+        a.up && a.addresses.iter().any(|x| x.starts_with(&addrs[0])),
+        "{a:?}"
+    );
     assert_eq!(after.len(), before.len(), "links added: {after:?}");
     let t = in_ns(&ns, &["nft", "list", "table", "inet", "eci_sg"]);
     assert!(
@@ -246,7 +256,10 @@ fn a_dev_group_cannot_spoof_addresses_on_the_bridge() {
     );
     let h_neigh = ip(&["-j", "neigh", "show", &vip, "dev", &dev.bridge]).unwrap_or_default();
     if let Some(m) = neigh_mac(&h_neigh, &vip) {
-        assert_eq!(m, vmac, "the host's neighbour entry for the victim: {h_neigh}");
+        assert_eq!(
+            m, vmac,
+            "the host's neighbour entry for the victim: {h_neigh}"
+        );
     }
     let victim_port = format!("eci{}", &group_id(&agent, "victim")[..12]);
     let fdb = std::process::Command::new("bridge")
@@ -272,7 +285,10 @@ fn a_dev_group_cannot_spoof_addresses_on_the_bridge() {
             .lines()
             .find(|l| l.contains(&format!("\"eci-guard {what}\"")))
             .unwrap_or_else(|| panic!("no rule {what}: {t}"));
-        assert!(!line.contains("packets 0 "), "{what} dropped nothing: {line}");
+        assert!(
+            !line.contains("packets 0 "),
+            "{what} dropped nothing: {line}"
+        );
     }
 
     delete_wait(&agent, "attacker");
@@ -314,7 +330,16 @@ fn a_spec_cannot_take_a_link_the_host_needs() {
     ]);
     for (l, peer) in [(&uplink, "pu"), (&port, "pp"), (&reserved, "pr")] {
         ip(&[
-            "link", "add", l, "type", "veth", "peer", "name", peer, "netns", &peers.name,
+            "link",
+            "add",
+            l,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &peers.name,
         ])
         .expect("veth");
         peers.ip(&["link", "set", peer, "up"]).expect("peer up");
@@ -372,4 +397,54 @@ fn a_spec_cannot_take_a_link_the_host_needs() {
     }
     drop(agent);
     drop(links);
+}
+
+/// The guard lets a group's own traffic through, IPv6 included: neighbour discovery
+/// (from link-local and global sources), ping to the gateway and to another group over
+/// both families.
+#[test]
+fn the_guard_lets_a_groups_own_traffic_through() {
+    let dev = DevNet::new();
+    let v6 = format!(
+        "fdec:{:x}:{:x}::",
+        std::process::id() & 0xffff,
+        next_seq() & 0xffff
+    );
+    let config = format!("{}dev_subnet_v6 = \"{v6}/64\"\n", dev.config());
+    let agent = busybox_agent_with(&config);
+    let open = rules_yaml(&[
+        SgRule::allow_in("icmp", &dev.subnet),
+        SgRule::allow_in("icmpv6", &format!("{v6}/64")),
+    ]);
+    apply_ok(
+        &agent,
+        "ok-b",
+        &group("ok-b", "Always", &[("app", "exec sleep 3600")], &open),
+    );
+    let b = wait_ip_addresses(&agent, "ok-b");
+    assert_eq!(b.len(), 2, "{b:?}");
+    let script = format!(
+        "for t in '-4 {gw4}' '-6 {v6}1' '-4 {b4}' '-6 {b6}'; do \
+         n=0; until ping $t -c 1 -W 1 >/dev/null 2>&1; do n=$((n+1)); [ $n -gt 20 ] && break; done; \
+         [ $n -le 20 ] && echo \"reached $t\"; done; echo pings-done; exec sleep 3600",
+        gw4 = dev.gateway,
+        b4 = b[0],
+        b6 = b[1],
+    );
+    apply_ok(
+        &agent,
+        "ok-a",
+        &group("ok-a", "Always", &[("app", &script)], ""),
+    );
+    let log = wait_log(&agent, "ok-a", "app", "pings-done");
+    for t in [
+        format!("-4 {}", dev.gateway),
+        format!("-6 {v6}1"),
+        format!("-4 {}", b[0]),
+        format!("-6 {}", b[1]),
+    ] {
+        assert!(log.contains(&format!("reached {t}")), "{t}:\n{log}");
+    }
+    delete_wait(&agent, "ok-a");
+    delete_wait(&agent, "ok-b");
 }

@@ -100,10 +100,10 @@ pub fn find(
         Ok(link) => {
             check_allowed(&link, plan)?;
             Ok(EniIdentity {
-            name: link.name,
-            mac: link.mac,
-            index: link.index,
-            mtu: link.mtu,
+                name: link.name,
+                mac: link.mac,
+                index: link.index,
+                mtu: link.mtu,
             })
         }
         Err(e) => Err(format!("network.eni: {}", crate::error::chain(&e))),

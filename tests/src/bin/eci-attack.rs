@@ -573,10 +573,10 @@ fn own_eth0() -> ([u8; 6], std::net::Ipv4Addr) {
         let t = l.trim_start_matches([' ', '|', '-', '+']).trim();
         if let Ok(a) = t.parse::<std::net::Ipv4Addr>() {
             last = Some(a);
-        } else if t.contains("host LOCAL") {
-            if let Some(a) = last.filter(|a| !a.is_loopback()) {
-                ip = Some(a);
-            }
+        } else if t.contains("host LOCAL")
+            && let Some(a) = last.filter(|a| !a.is_loopback())
+        {
+            ip = Some(a);
         }
     }
     (mac, ip.expect("eth0 has an IPv4 address"))
@@ -638,7 +638,11 @@ fn spoof_udp(a: &[String]) {
     } else {
         a[0].parse().expect("SRC_IP")
     };
-    let src_mac = if a[1] == "self" { mac } else { parse_mac(&a[1]) };
+    let src_mac = if a[1] == "self" {
+        mac
+    } else {
+        parse_mac(&a[1])
+    };
     let dst_ip: std::net::Ipv4Addr = a[2].parse().expect("DST_IP");
     let dst_mac = parse_mac(&a[3]);
     let port: u16 = a[4].parse().expect("PORT");
@@ -694,8 +698,8 @@ fn spoof_arp(a: &[String]) {
 
 /// `eci-attack udp-listen PORT`: prints `got <payload> from <source>` per datagram.
 fn udp_listen(port: &str) {
-    let s = std::net::UdpSocket::bind(("0.0.0.0", port.parse::<u16>().expect("PORT")))
-        .expect("bind");
+    let s =
+        std::net::UdpSocket::bind(("0.0.0.0", port.parse::<u16>().expect("PORT"))).expect("bind");
     let mut buf = [0u8; 2048];
     loop {
         if let Ok((n, from)) = s.recv_from(&mut buf) {
