@@ -448,3 +448,58 @@ fn the_guard_lets_a_groups_own_traffic_through() {
     delete_wait(&agent, "ok-a");
     delete_wait(&agent, "ok-b");
 }
+
+/// A "metadata service" on a link-local address behind the host (as 169.254.169.254 is
+/// on a cloud VM): a dev group cannot reach it, though it reaches a server on an
+/// ordinary address over the same link (the control).
+#[test]
+fn a_dev_group_cannot_reach_the_metadata_service() {
+    let md = Netns::new("md").expect("netns");
+    let n = (std::process::id().wrapping_mul(13).wrapping_add(next_seq())) % 250 + 1;
+    let host_end = format!(
+        "hm{:05}{:x}",
+        std::process::id() % 100_000,
+        next_seq() & 0xff
+    );
+    let _links = Links(vec![host_end.clone()]);
+    ip(&[
+        "link", "add", &host_end, "type", "veth", "peer", "name", "pm", "netns", &md.name,
+    ])
+    .expect("veth");
+    for (a, b) in [
+        (format!("169.254.{n}.1/30"), format!("169.254.{n}.2/30")),
+        (format!("198.18.{n}.1/30"), format!("198.18.{n}.2/30")),
+    ] {
+        ip(&["addr", "add", &a, "dev", &host_end]).expect("addr");
+        md.ip(&["addr", "add", &b, "dev", "pm"]).expect("addr");
+    }
+    ip(&["link", "set", &host_end, "up"]).expect("up");
+    md.ip(&["link", "set", "pm", "up"]).expect("up");
+    md.ip(&["route", "add", "default", "via", &format!("198.18.{n}.1")])
+        .expect("route");
+    let server = eci_tests::vpc::BannerServer::start(
+        Some(&md.path()),
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        "md-banner",
+    )
+    .expect("server");
+    let port = server.addr.port();
+
+    let dev = DevNet::new();
+    let agent = busybox_agent_with(&dev.config());
+    let script = format!(
+        "until nc -w 1 198.18.{n}.2 {port} </dev/null | grep -q md-banner; do sleep 0.2; done; \
+         echo control-reached; i=0; while [ $i -lt 5 ]; do \
+         nc -w 1 169.254.{n}.2 {port} </dev/null | grep -q md-banner && echo metadata-reached; \
+         i=$((i+1)); done; echo md-done; exec sleep 3600"
+    );
+    apply_ok(
+        &agent,
+        "md",
+        &group("md", "Always", &[("app", &script)], ""),
+    );
+    let log = wait_log(&agent, "md", "app", "md-done");
+    assert!(log.contains("control-reached"), "{log}");
+    assert!(!log.contains("metadata-reached"), "{log}");
+    delete_wait(&agent, "md");
+}

@@ -19,7 +19,9 @@
 //!    (duplicate address detection);
 //! 6. ICMPv6 router advertisements and redirects (a group is never a router);
 //! 7. ICMPv6 neighbour advertisements for a target other than the group's address or a
-//!    link-local one.
+//!    link-local one;
+//! 8. anything to 169.254.0.0/16 or `fd00:ec2::254`: a cloud's instance metadata
+//!    service, which would hand a group the host's credentials.
 //!
 //! Fail-closed by construction: the agent writes the guard *before* it creates the veth
 //! (the rules match the port by name, so they can exist first), and removes it only
@@ -44,6 +46,9 @@ pub const GUARD_TABLE_PREFIX: &str = "eci_guard_";
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+/// The instance metadata service's IPv6 address on AWS (its IPv4 one is in
+/// 169.254.0.0/16, dropped whole).
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 /// `fe80::/10` as address and mask.
 const LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const LINK_LOCAL_MASK: [u8; 16] = [0xff, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -193,6 +198,30 @@ pub(crate) fn compile(g: &PortGuard) -> Table {
     });
     na.extend(v6_not_allowed(g.ipv6, false));
     rules.push(drop("neighbour advertisement target", na));
+    // The cloud's instance metadata service hands out the host's credentials: a dev host
+    // on a cloud VM must not route a group there (masquerade would make the request the
+    // host's). Nothing else a group may reach lives on IPv4 link-local addresses.
+    rules.push(drop(
+        "metadata service",
+        with(
+            ether_type(ETH_P_IP),
+            vec![
+                nh(16, 4),
+                Expr::Bitwise {
+                    mask: vec![255, 255, 0, 0],
+                    xor: vec![0; 4],
+                },
+                Expr::cmp_eq(&[169, 254, 0, 0]),
+            ],
+        ),
+    ));
+    rules.push(drop(
+        "metadata service v6",
+        with(
+            ether_type(ETH_P_IPV6),
+            vec![nh(24, 16), Expr::cmp_eq(&METADATA_V6.octets())],
+        ),
+    ));
     Table {
         name: port_guard_table(&g.port),
         family: NFPROTO_BRIDGE,
@@ -256,7 +285,7 @@ mod tests {
         assert_eq!(t.name, "eci_guard_eci0123");
         assert_eq!(t.family, NFPROTO_BRIDGE);
         let rules = &t.chains[0].rules;
-        assert_eq!(rules.len(), 9);
+        assert_eq!(rules.len(), 11);
         for r in rules {
             assert_eq!(r.exprs[0], Expr::Meta(MetaKey::IifName));
             assert_eq!(r.exprs[1], Expr::cmp_eq(&ifname("eci0123")));
