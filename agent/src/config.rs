@@ -655,6 +655,20 @@ mod tests {
     }
 
     #[test]
+    fn reserved_links_are_names_or_prefixes() {
+        let mut n = NetworkConfig {
+            reserved_links: vec!["eth0".into(), "mgmt*".into()],
+            ..Default::default()
+        };
+        assert_eq!(n.reserved().expect("valid").len(), 2);
+        for bad in ["", "a*b", "*x*", "sixteen-bytes-xx", "a/b"] {
+            n.reserved_links = vec!["ok".into(), bad.into()];
+            let e = n.reserved().expect_err(bad).to_string();
+            assert!(e.contains("network.reserved_links"), "{e}");
+        }
+    }
+
+    #[test]
     fn relocates_under_root() {
         let mut c = Config::default();
         c.relocate(Path::new("/tmp/x"));
