@@ -506,3 +506,36 @@ fn a_dev_group_cannot_reach_the_metadata_service() {
     assert!(!log.contains("metadata-reached"), "{log}");
     delete_wait(&agent, "md");
 }
+
+/// A host firewall reload (`nft flush ruleset`, here the guard table deleted by hand)
+/// while the agent is down: the agent puts the guard back when it adopts the group.
+#[test]
+fn the_port_guard_comes_back_when_the_agent_adopts_the_group() {
+    let dev = DevNet::new();
+    let mut agent = busybox_agent_with(&dev.config());
+    apply_ok(
+        &agent,
+        "rg",
+        &group("rg", "Always", &[("app", "exec sleep 3600")], ""),
+    );
+    let addr = wait_ip_addresses(&agent, "rg");
+    let table = guard_table(&agent, "rg");
+    let listed = |t: &str| {
+        std::process::Command::new("nft")
+            .args(["list", "table", "bridge", t])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(listed(&table), "{table} missing");
+    agent.kill9().expect("kill");
+    let out = std::process::Command::new("nft")
+        .args(["delete", "table", "bridge", &table])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "{}", text(&out));
+    agent.restart().expect("restart");
+    let back = wait_for(Duration::from_secs(20), || listed(&table).then_some(()));
+    assert!(back.is_some(), "{table} was not put back:\n{}", agent.log());
+    assert_eq!(wait_ip_addresses(&agent, "rg"), addr);
+    delete_wait(&agent, "rg");
+}
