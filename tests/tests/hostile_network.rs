@@ -539,3 +539,47 @@ fn the_port_guard_comes_back_when_the_agent_adopts_the_group() {
     assert_eq!(wait_ip_addresses(&agent, "rg"), addr);
     delete_wait(&agent, "rg");
 }
+
+/// A dev group with IPv6 sends router advertisements (raw, `CAP_NET_RAW`) offering
+/// itself as the default router and a prefix: no other group learns a route or an
+/// address from them.
+#[test]
+fn a_dev_group_cannot_become_the_other_groups_router() {
+    let dev = DevNet::new();
+    let v6 = format!(
+        "fdec:{:x}:{:x}::",
+        std::process::id() & 0xffff,
+        next_seq() & 0xffff
+    );
+    let config = format!("{}dev_subnet_v6 = \"{v6}/64\"\n", dev.config());
+    let agent = attack_agent_with(&config);
+    apply_ok(
+        &agent,
+        "ra-victim",
+        &group("ra-victim", "Always", &[("app", "exec sleep 3600")], ""),
+    );
+    wait_ip_addresses(&agent, "ra-victim");
+    let vns = group_netns(&agent, &group_id(&agent, "ra-victim"));
+    let script = "sleep 1; i=0; while [ $i -lt 10 ]; do /eci-attack spoof-ra fd66:6666:6666:6666::; \
+                  i=$((i+1)); sleep 0.3; done; echo ra-done; exec sleep 3600";
+    apply_ok(
+        &agent,
+        "ra-attacker",
+        &group("ra-attacker", "Always", &[("app", script)], ""),
+    );
+    let log = wait_log(&agent, "ra-attacker", "app", "ra-done");
+    assert!(log.contains("sent") && !log.contains("spoof-ra:"), "{log}");
+    std::thread::sleep(Duration::from_secs(1));
+    let routes = text(&in_ns(&vns, &["ip", "-6", "route", "show"]));
+    let addrs = text(&in_ns(&vns, &["ip", "-6", "addr", "show", "dev", "eth0"]));
+    assert!(
+        !routes.contains("proto ra"),
+        "a route from the attacker: {routes}"
+    );
+    assert!(
+        !addrs.contains("fd66:"),
+        "an address from the attacker: {addrs}"
+    );
+    delete_wait(&agent, "ra-attacker");
+    delete_wait(&agent, "ra-victim");
+}

