@@ -10,7 +10,10 @@
 //!   security group trusts), another group's MAC, gratuitous ARP for the gateway's and
 //!   the victim's addresses. The port guard drops them: the victim never gets the
 //!   spoofed datagram (a genuine one over the same raw path arrives), no neighbour or
-//!   forwarding table learns the attacker's MAC, and a closed port stays closed.
+//!   forwarding table learns the attacker's MAC, and a closed port stays closed. Its
+//!   router advertisements give no other group a route or an address, and it cannot
+//!   reach a metadata service behind the host; its own IPv4/IPv6 traffic passes, and
+//!   the guard is back after an agent restart if something removed it.
 //! - A spec naming a link the host needs as its ENI — one carrying a default route, a
 //!   bridge port, a bridge, a configured `reserved_links` name, the host's real uplink
 //!   — is refused by Create, naming `network.eni`; the link never leaves the host.
@@ -451,10 +454,8 @@ fn the_guard_lets_a_groups_own_traffic_through() {
 
 /// A "metadata service" on a link-local address behind the host (as 169.254.169.254 is
 /// on a cloud VM): a dev group cannot reach it, though it reaches a server on an
-/// ordinary address over the same link (the control). On this test host the kernel
-/// does not forward the group's packets to the link-local address even without the
-/// port guard's metadata rule (checked by hand), so this test pins the outcome; the
-/// rule is for hosts that do route there (Docker-style bridges on EC2 reach IMDS).
+/// ordinary address over the same link (the control). Without the guard (its table
+/// deleted mid-test, checked by hand) the group reaches it.
 #[test]
 fn a_dev_group_cannot_reach_the_metadata_service() {
     let md = Netns::new("md").expect("netns");
