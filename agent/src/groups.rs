@@ -302,7 +302,7 @@ impl Groups {
         // The ENI must be on this host and free: refused here, nothing is created.
         let eni = match crate::network::admit::selector(&spec) {
             Some(sel) => Some(
-                crate::network::admit::find(&sel, &self.store.held_enis()?)
+                crate::network::admit::find(&sel, &self.store.held_enis()?, self.network())
                     .map_err(Error::FailedPrecondition)?,
             ),
             None => None,

@@ -447,6 +447,11 @@ impl Supervisor {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
         }
+        // A dev port's guard is put back if something removed it while the agent was
+        // away (a host firewall reload flushes every table).
+        if let Err(e) = self.reguard_network(&ctx).await {
+            tracing::warn!(group = %ctx.name, error = %crate::error::chain(&e), "re-applying the dev port guard");
+        }
         // An in-place rules update the agent stopped in the middle of is finished.
         if let Err(e) = self.apply_rules(&ctx).await {
             tracing::warn!(group = %ctx.name, error = %crate::error::chain(&e), "re-applying security-group rules");
