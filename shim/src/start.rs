@@ -204,6 +204,11 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
             .context("binding the shim socket")?
             .register_service(create_task(svc.clone()));
         server.start().await.context("serving")?;
+        let attaching = svc.clone();
+        crate::attach::listen(&dir.attach_socket(), move |conn| {
+            attaching.clone().serve_attach(conn)
+        })
+        .context("binding the attach socket")?;
         std::fs::write(dir.shim_pid(), std::process::id().to_string())?;
         ready.write_all(b"ok")?;
         tracing::info!(group = %args.id, socket = %sock.display(), "shim serving");
@@ -226,5 +231,6 @@ fn teardown(dir: &GroupDir, cgroup: &str) {
         tracing::warn!(error = %e, "removing the group cgroup");
     }
     let _ = std::fs::remove_file(dir.shim_socket());
+    let _ = std::fs::remove_file(dir.attach_socket());
     let _ = std::fs::remove_file(dir.shim_pid());
 }
