@@ -49,7 +49,10 @@ pub enum Frame {
     /// Agent → shim: input for the process.
     Stdin(Vec<u8>),
     /// Agent → shim: the terminal size.
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     /// Shim → agent: output.
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
@@ -144,7 +147,10 @@ mod tests {
     fn frames_round_trip_and_partial_input_waits() {
         let frames = [
             Frame::Stdin(b"ls\n".to_vec()),
-            Frame::Resize { rows: 40, cols: 120 },
+            Frame::Resize {
+                rows: 40,
+                cols: 120,
+            },
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(Vec::new()),
             Frame::Notice("dropped".into()),
@@ -169,10 +175,7 @@ mod tests {
     fn hostile_frames_are_refused() {
         let mut huge = vec![STDOUT];
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            Frame::decode(&huge),
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(matches!(Frame::decode(&huge), Err(FrameError::TooLarge(_))));
         assert!(matches!(
             Frame::decode(&[9, 0, 0, 0, 0]),
             Err(FrameError::Kind(9))

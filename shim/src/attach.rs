@@ -79,7 +79,8 @@ impl Hub {
         fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(StdinError::NonBlocking)?;
         // SAFETY: `fd` is owned by the AsyncFd for its whole registration and closed
         // only when it is dropped, after deregistration.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| StdinError::Write(e.into_parts().1))?;
+        let fd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| StdinError::Write(e.into_parts().1))?;
         let _ = self.stdin.set(tokio::sync::Mutex::new(fd));
         Ok(())
     }

@@ -106,7 +106,13 @@ impl AttachOutput {
                 self.buf.drain(..n);
                 return Ok(Some(f));
             }
-            if self.r.read_buf(&mut self.buf).await.map_err(AttachError::Io)? == 0 {
+            if self
+                .r
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(AttachError::Io)?
+                == 0
+            {
                 return Ok(None);
             }
         }

@@ -137,9 +137,7 @@ async fn output(mut sub: Subscription, proc_: &Proc, mut w: OwnedWriteHalf) {
 }
 
 /// The process's exit code, once it has exited.
-async fn exit_code(
-    exited: &mut tokio::sync::watch::Receiver<Option<super::ExitRecord>>,
-) -> i32 {
+async fn exit_code(exited: &mut tokio::sync::watch::Receiver<Option<super::ExitRecord>>) -> i32 {
     match exited.wait_for(Option::is_some).await {
         Ok(rec) => rec.clone().unwrap_or_else(unreachable_exit).exit_code,
         Err(_) => unreachable_exit().exit_code,

@@ -58,7 +58,9 @@ impl TaskService {
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
         if proc_.terminal && proc_.hub.is_some() {
-            return self.spawn_console(proc_, config, placement, record_to).await;
+            return self
+                .spawn_console(proc_, config, placement, record_to)
+                .await;
         }
         if proc_.terminal {
             return self
