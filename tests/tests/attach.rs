@@ -1,7 +1,8 @@
 //! `ecictl attach` end to end: a `stdin` + `tty` container driven through a real pty
 //! (a pair the test opens; ecictl runs on its slave as on a terminal), several
 //! attachers, detaching (ctrl-p ctrl-q, end of input) without stopping the container,
-//! attach after an agent crash, the log, and output-only attach. Needs root.
+//! attach after an agent crash, the log, output-only attach, and an attacher too slow
+//! to keep up (it loses output and is told; the container never waits). Needs root.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -305,4 +306,47 @@ fn stdin_without_a_terminal_and_output_only_attach() {
     let out = agent.ctl(&["attach", "pipes", "-c", "nope"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("nope"), "{}", text(&out));
+}
+
+#[test]
+fn a_slow_attacher_never_holds_up_the_container_and_is_told_what_it_missed() {
+    let agent = busybox_agent();
+    // About 1 MB of output every 0.2 s, then a numbered mark.
+    let script = "i=0; while true; do head -c 1000000 /dev/zero | tr '\\0' x; echo; \
+                  echo mark-$i; i=$((i+1)); sleep 0.2; done";
+    let out = agent.apply("flood", &group("flood", "Never", &[("app", script)], ""));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&agent, "flood", "Running");
+    // An attacher whose stdout nobody reads: it stops taking output once its pipe is full.
+    let mut child = Command::new(eci_tests::bin("ecictl"))
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(["attach", "flood"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ecictl");
+    let stalled = child.stdout.take().expect("stdout");
+    let err = Seen::reading(child.stderr.take().expect("stderr"));
+    let guard = Piped {
+        child,
+        out: Seen::default(),
+        err: err.clone(),
+    };
+    // The container writes on, far past what the attacher could hold.
+    wait_log(&agent, "flood", "app", "mark-1\n");
+    let got = wait_for(Duration::from_secs(30), || {
+        logs(&agent, "flood", "app")
+            .contains("mark-30\n")
+            .then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "the container was held up by a stalled attacher"
+    );
+    // Reading again: the attacher is told how much it missed.
+    let _out = Seen::reading(stalled);
+    err.wait("bytes of output were dropped for this attacher");
+    drop(guard);
 }
