@@ -644,7 +644,8 @@ impl Supervisor {
         };
         let log = self.log_file(&ctx.id, &c.name, restarts);
         let _ = shim.delete(&c.name, "").await;
-        shim.create(&c.name, &bundle, rootfs, &log).await?;
+        shim.create(&c.name, &bundle, rootfs, &log, c.stdin, c.tty)
+            .await?;
         let pid = shim.start(&c.name, "").await?;
         self.record_started(ctx, c, restarts).await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");
