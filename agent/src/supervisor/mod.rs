@@ -7,6 +7,7 @@
 //! [`Groups::mutate`], which refuses changes to a group being deleted, so a runner that
 //! races a delete stops by itself.
 
+mod attach;
 mod containers;
 mod exec;
 mod handlers;
@@ -19,6 +20,7 @@ mod start_error;
 mod teardown;
 mod transitions;
 
+pub use attach::no_stdin;
 pub use exec::{ExecExit, ExecResize, ExecSession};
 
 use std::collections::HashMap;

@@ -103,22 +103,14 @@ fn container(path: &str, c: &Container, errs: &mut Errors) {
         startup_probe: _,
         lifecycle: _,
         security_context: _,
-        stdin,
-        tty,
+        // A stdin pipe / terminal from the shim, for Containers.Attach.
+        stdin: _,
+        tty: _,
     } = c;
     if resources.as_ref().is_some_and(|r| r.gpu > 0) {
         errs.add(
             format!("{path}.resources.gpu"),
             "GPU devices are not given to containers yet",
         );
-    }
-    for (set, field) in [(*stdin, "stdin"), (*tty, "tty")] {
-        if set {
-            errs.add(
-                format!("{path}.{field}"),
-                "a container's own stdin/tty is not built yet (Attach is UNIMPLEMENTED; \
-                 `ecictl exec -it` gives a terminal)",
-            );
-        }
     }
 }
