@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cgroup;
 pub mod device_filter;
 pub mod devices;
+pub mod fsmount;
 pub mod host;
 pub mod idmap;
 pub mod init;

@@ -44,8 +44,39 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("volume {0}: only emptyDir and configFile volumes are available in this agent build")]
-    Unbuilt(String),
+    #[error("volume {0}: no source (emptyDir, configFile, disk or nfs)")]
+    NoSource(String),
+    #[error("volume {volume}: disk")]
+    Disk {
+        volume: String,
+        #[source]
+        source: super::disk::DiskError,
+    },
+    #[error("volume {volume}: mounting {what}")]
+    Mount {
+        volume: String,
+        what: String,
+        #[source]
+        source: eci_runtime::fsmount::FsMountError,
+    },
+    #[error(
+        "volume {0}: nfs: this host's kernel has no NFS client (neither nfs4 nor nfs is in /proc/filesystems)"
+    )]
+    NoNfsClient(String),
+    #[error("volume {volume}: nfs server {server:?} has no address")]
+    NfsServer {
+        volume: String,
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {volume}: {step}")]
+    Namespace {
+        volume: String,
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// The host directory of each volume by name. `run_root` and `state_root` are the
@@ -198,8 +229,9 @@ pub fn prepare(
                         source,
                     })?;
             }
-        } else {
-            return Err(VolumeError::Unbuilt(v.name.clone()));
+        } else if v.disk.is_none() && v.nfs.is_none() {
+            // disk and nfs volumes are mounted once the sandbox is up (`external`).
+            return Err(VolumeError::NoSource(v.name.clone()));
         }
     }
     Ok(())
@@ -247,7 +279,8 @@ fn chown_written(root: &Path, path: &Path, id: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Unmounts the group's in-memory volumes (before its run directory is removed).
+/// Unmounts the group's in-memory, disk and nfs volumes (before its run directory is
+/// removed). A disk's filesystem is flushed and released once no container holds it.
 pub fn unmount_all(run_root: &Path) {
     for e in std::fs::read_dir(run_root.join("volumes"))
         .into_iter()
@@ -261,4 +294,17 @@ pub fn unmount_all(run_root: &Path) {
             }
         }
     }
+}
+
+/// Whether anything is still mounted among the group's volumes (a teardown that a
+/// crash cut short leaves a disk mounted).
+pub fn has_mounts(run_root: &Path) -> bool {
+    let dir = run_root.join("volumes");
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|at| Path::new(at).starts_with(&dir))
+        })
+    })
 }

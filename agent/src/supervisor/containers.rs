@@ -37,6 +37,9 @@ impl Supervisor {
             if let StartError::Network(e) = &e {
                 return self.network_failed(&ctx, e).await;
             }
+            if let StartError::Mount(_) = &e {
+                return self.end_group(&ctx, "FailedMount", e.message()).await;
+            }
             let msg = e.message();
             tracing::warn!(group = %ctx.name, error = %msg, "group start failed");
             let name = ctx.name.clone();
@@ -375,6 +378,8 @@ impl Supervisor {
         // The network before any container: an init container may need it.
         self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;
+        // Disk and nfs volumes: the user and network namespaces exist now.
+        self.mount_volumes(ctx).await?;
         let shm = valid.shm_bytes;
         // Init containers: one at a time, each to success.
         let n_init = ctx.spec.init_containers.len();
@@ -564,7 +569,7 @@ impl Supervisor {
 
     /// The group's user namespace range, as its record says: a group keeps the mode it
     /// was admitted with until it is deleted, whatever the agent's config says later.
-    fn userns_of(&self, ctx: &GroupCtx) -> Option<eci_runtime::userns::IdRange> {
+    pub(super) fn userns_of(&self, ctx: &GroupCtx) -> Option<eci_runtime::userns::IdRange> {
         let u = self.groups.get(&ctx.name).ok()?.status?.user_namespace?;
         Some(eci_runtime::userns::IdRange {
             base: u.host_id_base,

@@ -15,6 +15,7 @@ mod network;
 mod start_error;
 mod teardown;
 mod transitions;
+mod volumes;
 
 pub use exec::{ExecExit, ExecResize, ExecSession};
 
@@ -45,6 +46,8 @@ pub struct SupervisorConfig {
     /// First restart back-off; doubles per restart up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Which block devices disk volumes may use.
+    pub disks: crate::sandbox::disk::DiskPolicy,
 }
 
 /// The supervisor of all groups of this node.
@@ -402,7 +405,11 @@ impl Supervisor {
                     .ok()
                     .flatten()
                     .is_some();
-                if held || ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() {
+                if held
+                    || ctx.dir.namespaces().exists()
+                    || ctx.dir.shim_pid().exists()
+                    || crate::sandbox::volumes::has_mounts(ctx.dir.root())
+                {
                     tracing::warn!(group = %ctx.name, "releasing the sandbox of a finished group");
                     let me = self.clone();
                     tokio::spawn(async move { me.teardown(&ctx, Duration::ZERO).await });
