@@ -21,7 +21,9 @@ pub fn resolve(spec: &GroupSpec, policy: &DiskPolicy) -> Result<Wanted> {
         let Some(d) = &v.disk else { continue };
         let field = format!("volumes[{i}].disk.device");
         let dev = disk::resolve(&d.device, policy)
-            .map_err(|e| Error::FailedPrecondition(format!("{field}: {}", crate::error::chain(&e))))?
+            .map_err(|e| {
+                Error::FailedPrecondition(format!("{field}: {}", crate::error::chain(&e)))
+            })?
             .display()
             .to_string();
         if let Some((other, _)) = out.iter().find(|(_, o)| *o == dev) {
@@ -44,11 +46,9 @@ pub fn check_free(tx: &WriteTx<'_>, wanted: &Wanted, group: &str) -> Result<()> 
         if holder == group {
             continue;
         }
-        let busy = tx.get_group(&holder)?.is_some_and(|g| {
-            g.status
-                .as_ref()
-                .is_none_or(|s| !phase::is_final(&s.phase))
-        });
+        let busy = tx
+            .get_group(&holder)?
+            .is_some_and(|g| g.status.as_ref().is_none_or(|s| !phase::is_final(&s.phase)));
         if busy {
             return Err(Error::FailedPrecondition(format!(
                 "{field}: {dev} is held by group {holder:?}, which is not finished"

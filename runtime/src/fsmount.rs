@@ -80,7 +80,11 @@ impl FsMount<'_> {
             rc >= 0
         };
         let source = cstr(self.source)?;
-        if !config(libc::FSCONFIG_SET_STRING, Some(&cstr("source")?), Some(&source)) {
+        if !config(
+            libc::FSCONFIG_SET_STRING,
+            Some(&cstr("source")?),
+            Some(&source),
+        ) {
             return Err(self.err("setting the source"));
         }
         for (k, v) in self.options {
@@ -159,8 +163,6 @@ impl FsMount<'_> {
 
 /// Whether the running kernel has filesystem type `name` (`/proc/filesystems`).
 pub fn kernel_has(name: &str) -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
-        t.lines()
-            .any(|l| l.split_whitespace().last() == Some(name))
-    })
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(name)))
 }

@@ -196,17 +196,22 @@ fn rows() -> Vec<Row> {
                 }
             },
         ),
-        ("nfs volume path", Code::InvalidArgument, "volumes[0].nfs.path", |s| {
-            s.volumes[0] = Volume {
-                name: "v".into(),
-                nfs: Some(NfsVolume {
-                    server: "10.0.0.9".into(),
-                    path: "export".into(),
-                    read_only: true,
-                }),
-                ..Default::default()
-            }
-        }),
+        (
+            "nfs volume path",
+            Code::InvalidArgument,
+            "volumes[0].nfs.path",
+            |s| {
+                s.volumes[0] = Volume {
+                    name: "v".into(),
+                    nfs: Some(NfsVolume {
+                        server: "10.0.0.9".into(),
+                        path: "export".into(),
+                        read_only: true,
+                    }),
+                    ..Default::default()
+                }
+            },
+        ),
         (
             "credentials with a URL for a server",
             Code::InvalidArgument,

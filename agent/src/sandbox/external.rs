@@ -135,13 +135,13 @@ fn mount_nfs(name: &str, n: &NfsVolume, target: &Path, netns: &Path) -> Result<(
     // The client's sockets live in the netns the mount is made from: a dedicated
     // thread enters the group's, mounts, and ends (never a tokio worker, DESIGN.md).
     std::thread::spawn(move || -> Result<(), VolumeError> {
-        nix::sched::setns(&netns_file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-            |source| VolumeError::Namespace {
+        nix::sched::setns(&netns_file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+            VolumeError::Namespace {
                 volume: name2.clone(),
                 step: "entering the group's network namespace",
                 source,
-            },
-        )?;
+            }
+        })?;
         FsMount {
             fs_type,
             source: &source,
@@ -173,7 +173,13 @@ mod tests {
     #[test]
     fn mount_points_are_matched_whole() {
         let m = "1 2 7:3 / /run/eci/groups/x/volumes/data rw - ext4 /dev/loop3 rw\n";
-        assert!(is_mount_point(m, Path::new("/run/eci/groups/x/volumes/data")));
-        assert!(!is_mount_point(m, Path::new("/run/eci/groups/x/volumes/dat")));
+        assert!(is_mount_point(
+            m,
+            Path::new("/run/eci/groups/x/volumes/data")
+        ));
+        assert!(!is_mount_point(
+            m,
+            Path::new("/run/eci/groups/x/volumes/dat")
+        ));
     }
 }

@@ -2,11 +2,11 @@
 //! each container, and the files the agent writes for them.
 
 pub mod disk;
-pub mod usage;
 pub mod external;
 pub mod files;
 pub mod shim;
 pub mod spec;
+pub mod usage;
 pub mod volumes;
 
 pub use shim::{ExecIo, Shim, ShimError, ShimLaunch};

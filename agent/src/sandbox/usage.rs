@@ -149,9 +149,15 @@ mod tests {
 
         assert_eq!(over_limit(&spec("1Mi", "10Mi"), d.path()), None);
         let m = over_limit(&spec("100Ki", "10Mi"), d.path()).expect("over");
-        assert!(m.starts_with("Usage of EmptyDir volume \"cache\" exceeds the limit \"100Ki\""), "{m}");
+        assert!(
+            m.starts_with("Usage of EmptyDir volume \"cache\" exceeds the limit \"100Ki\""),
+            "{m}"
+        );
         let m = over_limit(&spec("", "200Ki"), d.path()).expect("over");
-        assert!(m.contains("exceeds the total limit of containers 200Ki"), "{m}");
+        assert!(
+            m.contains("exceeds the total limit of containers 200Ki"),
+            "{m}"
+        );
         assert_eq!(allocated_bytes(&d.path().join("missing")), 0);
     }
 }

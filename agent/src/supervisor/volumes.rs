@@ -50,7 +50,12 @@ impl Supervisor {
     /// group is Failed with `reason`, and its sandbox goes at once (no grace period:
     /// kubelet evicts for local storage the same way). Nothing happens to a group
     /// being deleted.
-    pub(crate) async fn end_group(self: &Arc<Self>, ctx: &GroupCtx, reason: &'static str, message: String) {
+    pub(crate) async fn end_group(
+        self: &Arc<Self>,
+        ctx: &GroupCtx,
+        reason: &'static str,
+        message: String,
+    ) {
         let name = ctx.name.clone();
         let ended = self
             .mutate(&ctx.name, move |g| {
@@ -92,7 +97,11 @@ impl Supervisor {
             return;
         };
         for g in groups {
-            let p = g.status.as_ref().map(|s| s.phase.as_str()).unwrap_or_default();
+            let p = g
+                .status
+                .as_ref()
+                .map(|s| s.phase.as_str())
+                .unwrap_or_default();
             if phase::is_final(p) || p == phase::TERMINATING {
                 continue;
             }

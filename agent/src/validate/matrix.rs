@@ -598,11 +598,9 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             }
         ),
-        case!(
-            "volumes.nfs.path",
-            Invalid,
-            "volumes[0].nfs.path",
-            |s| s.volumes[0] = Volume {
+        case!("volumes.nfs.path", Invalid, "volumes[0].nfs.path", |s| s
+            .volumes[0] =
+            Volume {
                 name: "v".into(),
                 nfs: Some(NfsVolume {
                     server: "10.0.0.9".into(),
@@ -610,8 +608,7 @@ fn cases() -> Vec<Case> {
                     read_only: false
                 }),
                 ..Default::default()
-            }
-        ),
+            }),
         case!("volumes.hostPath", Invalid, "volumes[0].hostPath", |s| s
             .volumes[0] =
             Volume {

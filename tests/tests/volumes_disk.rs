@@ -1,0 +1,315 @@
+//! Disk and NFS volumes and local storage limits (issue 9), end to end. A `disk`
+//! volume on a loop device keeps its files across a group delete and serves the next
+//! group; one group at a time holds it; a device holding data is never formatted;
+//! `nfs` on a kernel without an NFS client fails with `FailedMount`; a disk emptyDir
+//! over its `sizeLimit` and a rootfs over `ephemeralStorage` are evicted. Needs root
+//! and loop devices; each loop device and its mounts go in a Drop guard.
+
+use std::process::Command;
+use std::time::Duration;
+
+use eci_tests::scenario::{busybox_agent_with, group, phase, wait_log};
+use eci_tests::{Agent, text, wait_for};
+
+/// A loop device over a sparse file; detached (and unmounted wherever the agent left
+/// it mounted) on drop.
+struct Loop {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Loop {
+    fn new(mib: u64) -> Loop {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("disk.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("sparse file");
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "{}", text(&out));
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Loop { dev, _dir: dir }
+    }
+
+    /// Where the device is mounted now.
+    fn mounts(&self) -> Vec<String> {
+        let rdev =
+            std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&self.dev).expect("dev"));
+        let want = format!(
+            "{}:{}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        );
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').nth(2) == Some(want.as_str()))
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .collect()
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.dev)
+            .expect("open device");
+        f.seek(std::io::SeekFrom::Start(offset)).expect("seek");
+        f.write_all(bytes).expect("write");
+        f.sync_all().expect("sync");
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for m in self.mounts() {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn agent() -> Agent {
+    busybox_agent_with(
+        "[volumes]\ndisk_devices = [\"/dev/loop*\"]\nstorage_check_interval = \"300ms\"\n",
+    )
+}
+
+/// A group with one container running `script`, `/data` on volume `data`.
+fn with_volume(name: &str, volume: &str, script: &str) -> String {
+    let s = group(
+        name,
+        "Never",
+        &[("app", script)],
+        &format!("volumes:\n- name: data\n{volume}"),
+    );
+    s.replacen(
+        "  command:",
+        "  volumeMounts: [{name: data, mountPath: /data}]\n  command:",
+        1,
+    )
+}
+
+fn status(agent: &Agent, name: &str) -> (String, String, String) {
+    let g = agent.get_json(name).unwrap_or_default();
+    let s = |k: &str| g["status"][k].as_str().unwrap_or_default().to_string();
+    (s("phase"), s("reason"), s("message"))
+}
+
+/// Waits for the group to end Failed with `reason`; returns its message.
+fn wait_failed(agent: &Agent, name: &str, reason: &str) -> String {
+    wait_for(Duration::from_secs(30), || {
+        let (p, r, m) = status(agent, name);
+        (p == "Failed" && r == reason).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{name} never failed with {reason}: {:?}\n{}",
+            status(agent, name),
+            text(&agent.ctl(&["describe", name]))
+        )
+    })
+}
+
+fn delete(agent: &Agent, name: &str) {
+    let out = agent.ctl(&["delete", name, "--force", "--wait", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_disk_keeps_its_files_across_groups_and_serves_one_group_at_a_time() {
+    let disk = Loop::new(64);
+    let agent = agent();
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    // Holds the first id range, so disk-a gets another one than disk-c will.
+    let out = agent.apply(
+        "filler",
+        &group("filler", "Never", &[("app", "exec sleep 3600")], ""),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = agent.apply(
+        "disk-a",
+        &with_volume(
+            "disk-a",
+            &vol,
+            "echo kept-by-a > /data/f && echo owner=$(stat -c %u:%g /data/f) && echo wrote; exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "disk-a", "app", "wrote");
+    // Container root owns what it writes, in its own user namespace as without one.
+    assert!(l.contains("owner=0:0"), "{l}");
+    assert_eq!(disk.mounts().len(), 1, "{:?}", disk.mounts());
+
+    // A second group naming the same device is refused while the first holds it.
+    let out = agent.apply("disk-b", &with_volume("disk-b", &vol, "exec sleep 3600"));
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("volumes[0].disk.device") && msg.contains("held by group \"disk-a\""),
+        "{msg}"
+    );
+
+    let range = |name: &str| {
+        agent.get_json(name).expect("get")["status"]["userNamespace"]["hostIdBase"].clone()
+    };
+    let range_a = range("disk-a");
+
+    // Deleted: the disk is unmounted, and the next group (another id range) finds
+    // the file, owned by its own root, and may write to it.
+    delete(&agent, "disk-a");
+    assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
+    delete(&agent, "filler");
+    let out = agent.apply(
+        "disk-c",
+        &with_volume(
+            "disk-c",
+            &vol,
+            "cat /data/f; echo owner=$(stat -c %u:%g /data/f); echo more >> /data/f && echo read; exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "disk-c", "app", "read");
+    assert!(l.contains("kept-by-a") && l.contains("owner=0:0"), "{l}");
+    assert_ne!(
+        range("disk-c"),
+        range_a,
+        "the second group should get another id range"
+    );
+    delete(&agent, "disk-c");
+    assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
+    // On the disk itself the file belongs to uid 0 (stored through the idmapped
+    // mount), not to a host id of either group's range.
+    let out = Command::new("debugfs")
+        .args(["-R", "stat /f", &disk.dev])
+        .output()
+        .expect("debugfs");
+    let st = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        st.contains("User:     0") && st.contains("Group:     0"),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_device_holding_data_is_never_formatted() {
+    let disk = Loop::new(16);
+    disk.write_at(0, b"precious tenant data");
+    let agent = agent();
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    let out = agent.apply(
+        "disk-data",
+        &with_volume("disk-data", &vol, "exec sleep 3600"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let m = wait_failed(&agent, "disk-data", "FailedMount");
+    assert!(
+        m.contains("volume data: disk") && m.contains("is never formatted"),
+        "{m}"
+    );
+    let mut head = vec![0u8; 20];
+    std::io::Read::read_exact(&mut std::fs::File::open(&disk.dev).expect("dev"), &mut head)
+        .expect("read");
+    assert_eq!(&head, b"precious tenant data");
+    assert!(disk.mounts().is_empty());
+}
+
+#[test]
+fn nfs_without_a_kernel_client_fails_with_failed_mount() {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if fs
+        .lines()
+        .any(|l| l.ends_with("nfs") || l.ends_with("nfs4"))
+    {
+        eprintln!("this kernel has an NFS client: the FailedMount case cannot be shown");
+        return;
+    }
+    let agent = agent();
+    let out = agent.apply(
+        "nfs",
+        &with_volume(
+            "nfs",
+            "  nfs: {server: 10.0.0.9, path: /export, readOnly: true}\n",
+            "exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let m = wait_failed(&agent, "nfs", "FailedMount");
+    assert!(m.contains("this host's kernel has no NFS client"), "{m}");
+    let d = text(&agent.ctl(&["describe", "nfs"]));
+    assert!(d.contains("FailedMount"), "{d}");
+    // Its sandbox went with it.
+    let id = eci_tests::scenario::group_id(&agent, "nfs");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            (!agent
+                .root()
+                .join("run/eci/groups")
+                .join(&id)
+                .join("ns")
+                .exists())
+            .then_some(())
+        })
+        .is_some()
+    );
+}
+
+#[test]
+fn a_disk_empty_dir_over_its_size_limit_evicts_the_group() {
+    let agent = agent();
+    let out = agent.apply(
+        "cache",
+        &with_volume(
+            "cache",
+            "  emptyDir: {sizeLimit: 1Mi}\n",
+            "dd if=/dev/zero of=/data/f bs=1024 count=3072 2>&1; sync; echo wrote; exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let m = wait_failed(&agent, "cache", "Evicted");
+    assert!(
+        m.contains("Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\""),
+        "{m}"
+    );
+    let g = agent.get_json("cache").expect("get");
+    assert_eq!(
+        g["status"]["containerStatuses"][0]["state"].as_str(),
+        Some("Terminated"),
+        "{g}"
+    );
+    let d = text(&agent.ctl(&["describe", "cache"]));
+    assert!(d.contains("Evicted"), "{d}");
+}
+
+#[test]
+fn writing_past_ephemeral_storage_in_the_rootfs_evicts_the_group() {
+    let agent = agent();
+    let s = group(
+        "eph",
+        "Always",
+        &[(
+            "app",
+            "dd if=/dev/zero of=/big bs=1024 count=6144 2>&1; sync; echo wrote; exec sleep 3600",
+        )],
+        "ephemeralStorage: 4Mi\n",
+    );
+    let out = agent.apply("eph", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = wait_failed(&agent, "eph", "Evicted");
+    assert!(
+        m.contains("Pod ephemeral local storage usage exceeds the total limit of containers 4Mi"),
+        "{m}"
+    );
+    // Under restartPolicy Always, still: an evicted group is not started again.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(phase(&agent, "eph"), "Failed");
+    let id = eci_tests::scenario::group_id(&agent, "eph");
+    assert!(
+        !agent.root().join("var/lib/eci/groups").join(&id).exists(),
+        "the writable layer went with the sandbox"
+    );
+}
