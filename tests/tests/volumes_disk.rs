@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use eci_tests::scenario::{busybox_agent_with, group, phase, wait_log};
+use eci_tests::scenario::{busybox_agent_with, group, phase, wait_log, wait_phase};
 use eci_tests::{Agent, text, wait_for};
 
 /// A loop device over a sparse file; detached (and unmounted wherever the agent left
@@ -94,6 +94,21 @@ fn with_volume(name: &str, volume: &str, script: &str) -> String {
     )
 }
 
+fn metrics(agent: &Agent, name: &str) -> eci_api::v1::GroupMetrics {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let ch = eci_tests::channel(&agent.socket()).await.expect("channel");
+        eci_api::v1::metrics_client::MetricsClient::new(ch)
+            .get_metrics(eci_api::v1::GetMetricsRequest { group: name.into() })
+            .await
+            .expect("metrics")
+            .into_inner()
+    })
+}
+
 fn status(agent: &Agent, name: &str) -> (String, String, String) {
     let g = agent.get_json(name).unwrap_or_default();
     let s = |k: &str| g["status"][k].as_str().unwrap_or_default().to_string();
@@ -144,6 +159,23 @@ fn a_disk_keeps_its_files_across_groups_and_serves_one_group_at_a_time() {
     // Container root owns what it writes, in its own user namespace as without one.
     assert!(l.contains("owner=0:0"), "{l}");
     assert_eq!(disk.mounts().len(), 1, "{:?}", disk.mounts());
+    // Metrics: the group's local storage against its limit, and the disk's filesystem.
+    wait_phase(&agent, "disk-a", "Running");
+    let m = metrics(&agent, "disk-a");
+    let root = m.disk.iter().find(|d| d.mount_point == "/").expect("/");
+    assert!(
+        root.total_bytes <= 40 << 30 && root.used_bytes > 0,
+        "{root:?}"
+    );
+    let data = m
+        .disk
+        .iter()
+        .find(|d| d.mount_point == "volume:data")
+        .expect("volume:data");
+    assert!(
+        data.total_bytes > 32 << 20 && data.total_bytes <= 64 << 20 && data.used_bytes > 0,
+        "{data:?}"
+    );
 
     // A second group naming the same device is refused while the first holds it.
     let out = agent.apply("disk-b", &with_volume("disk-b", &vol, "exec sleep 3600"));

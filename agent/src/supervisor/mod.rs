@@ -101,6 +101,14 @@ impl Supervisor {
         self.cfg.state_dir.join("groups").join(group_id)
     }
 
+    /// Where a group's disk, nfs and in-memory volumes are mounted
+    /// (`<run>/groups/<id>/volumes`).
+    pub fn volumes_dir(&self, group_id: &str) -> PathBuf {
+        GroupDir::new(&self.cfg.run_dir, group_id)
+            .root()
+            .join("volumes")
+    }
+
     /// What the shim counted of a container's output it could not log (current run).
     pub fn log_stats(&self, group_id: &str, container: &str) -> monitor::LogStats {
         monitor::log_stats(&GroupDir::new(&self.cfg.run_dir, group_id).bundle(container))
