@@ -345,3 +345,50 @@ fn writing_past_ephemeral_storage_in_the_rootfs_evicts_the_group() {
         "the writable layer went with the sandbox"
     );
 }
+
+#[test]
+fn a_device_the_host_uses_or_the_node_does_not_allow_is_refused_at_create() {
+    let disk = Loop::new(16);
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", &disk.dev])
+        .output()
+        .expect("mkfs");
+    assert!(out.status.success(), "{}", text(&out));
+    let at = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("mount")
+        .arg(&disk.dev)
+        .arg(at.path())
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "{}", text(&out));
+    let agent = agent();
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    let out = agent.apply(
+        "host-disk",
+        &with_volume("host-disk", &vol, "exec sleep 3600"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("volumes[0].disk.device")
+            && msg.contains(&format!(
+                "is mounted on the host at {}",
+                at.path().display()
+            )),
+        "{msg}"
+    );
+    let _ = nix::mount::umount2(at.path(), nix::mount::MntFlags::MNT_DETACH);
+
+    // Only devices the node's volumes.disk_devices allows.
+    let strict = busybox_agent_with("[volumes]\ndisk_devices = [\"/dev/vd[b-z]\"]\n");
+    let out = strict.apply(
+        "not-allowed",
+        &with_volume("not-allowed", &vol, "exec sleep 3600"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("is not allowed by the node's volumes.disk_devices"),
+        "{msg}"
+    );
+}
