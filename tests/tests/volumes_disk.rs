@@ -392,3 +392,38 @@ fn a_device_the_host_uses_or_the_node_does_not_allow_is_refused_at_create() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_disk_stays_mounted_once_across_an_agent_kill_and_goes_with_the_group() {
+    let disk = Loop::new(32);
+    let mut agent = agent();
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    let out = agent.apply(
+        "disk-k",
+        &with_volume(
+            "disk-k",
+            &vol,
+            "echo before > /data/f; echo wrote; exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_log(&agent, "disk-k", "app", "wrote");
+    wait_phase(&agent, "disk-k", "Running");
+    agent.kill9_and_restart().expect("restart");
+    wait_phase(&agent, "disk-k", "Running");
+    assert_eq!(disk.mounts().len(), 1, "{:?}", disk.mounts());
+    // A restart of the group's containers keeps the one mount and its content.
+    let out = agent.ctl(&["restart", "disk-k"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = agent.ctl(&["exec", "disk-k", "-c", "app", "--", "cat", "/data/f"]);
+    let got = wait_for(Duration::from_secs(20), || {
+        let o = agent.ctl(&["exec", "disk-k", "-c", "app", "--", "cat", "/data/f"]);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("before")
+            .then_some(())
+    });
+    assert!(got.is_some(), "{}", text(&out));
+    assert_eq!(disk.mounts().len(), 1, "{:?}", disk.mounts());
+    delete(&agent, "disk-k");
+    assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
+}

@@ -55,6 +55,10 @@ pub fn mount_all(
     Ok(())
 }
 
+/// How long a busy device is waited for: up to 5 s.
+const BUSY_TRIES: u32 = 50;
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn is_mount_point(mountinfo: &str, path: &Path) -> bool {
     let want = path.display().to_string().replace(' ', "\\040");
     mountinfo
@@ -75,7 +79,18 @@ fn mount_disk(
     };
     // Checked again: the host may have started using the device since admission.
     let dev = disk::resolve(&d.device, policy).map_err(err)?;
-    let fs = disk::ensure_filesystem(&dev, &d.fs_type, d.read_only).map_err(err)?;
+    // A group deleted just now may still hold it for a moment: its last container's
+    // mount namespace, which kept the detached mount alive, is going away.
+    let mut tries = 0;
+    let fs = loop {
+        match disk::ensure_filesystem(&dev, &d.fs_type, d.read_only) {
+            Err(disk::DiskError::Busy(_)) if tries < BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(BUSY_WAIT);
+            }
+            r => break r.map_err(err)?,
+        }
+    };
     let userns = sandbox
         .userns
         .map(std::fs::File::open)
