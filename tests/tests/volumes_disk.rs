@@ -427,3 +427,45 @@ fn a_disk_stays_mounted_once_across_an_agent_kill_and_goes_with_the_group() {
     delete(&agent, "disk-k");
     assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
 }
+
+/// Kills the agent at crash point `at` while `act` runs, then restarts it without.
+fn crash_at(agent: &mut Agent, at: &str, act: impl FnOnce(&Agent)) {
+    agent.set_env(&[("ECI_CRASH_AT", at)]);
+    agent
+        .kill9_and_restart()
+        .expect("restart with the crash point");
+    act(agent);
+    assert!(
+        agent.wait_exit(Duration::from_secs(30)),
+        "the agent did not reach {at}:\n{}",
+        agent.log()
+    );
+    agent.set_env(&[]);
+    agent.restart().expect("restart");
+}
+
+#[test]
+fn crashes_after_the_mount_and_before_the_unmount_converge() {
+    let disk = Loop::new(32);
+    let mut agent = agent();
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    let spec = with_volume("disk-x", &vol, "echo up; exec sleep 3600");
+    crash_at(&mut agent, "disk-mounted", |a| {
+        let out = a.apply("disk-x", &spec);
+        assert!(out.status.success(), "{}", text(&out));
+    });
+    // Started again on the mount the crash left: still one.
+    wait_phase(&agent, "disk-x", "Running");
+    wait_log(&agent, "disk-x", "app", "up");
+    assert_eq!(disk.mounts().len(), 1, "{:?}", disk.mounts());
+
+    crash_at(&mut agent, "volumes-unmounting", |a| {
+        let out = a.ctl(&["delete", "disk-x", "--force"]);
+        assert!(out.status.success(), "{}", text(&out));
+    });
+    // The restarted agent finishes the delete, and the unmount with it.
+    let gone = wait_for(Duration::from_secs(30), || {
+        (agent.get_json("disk-x").is_err() && disk.mounts().is_empty()).then_some(())
+    });
+    assert!(gone.is_some(), "{:?}\n{}", disk.mounts(), agent.log());
+}

@@ -115,6 +115,7 @@ fn mount_disk(
         source,
     })?;
     tracing::info!(volume = %v.name, device = %dev_s, fs, "disk volume mounted");
+    crate::failpoint::hit("disk-mounted");
     Ok(())
 }
 
