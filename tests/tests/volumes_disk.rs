@@ -469,3 +469,33 @@ fn crashes_after_the_mount_and_before_the_unmount_converge() {
     });
     assert!(gone.is_some(), "{:?}\n{}", disk.mounts(), agent.log());
 }
+
+#[test]
+fn without_user_namespaces_a_disk_is_mounted_plain() {
+    let disk = Loop::new(32);
+    let agent = busybox_agent_with(
+        "[volumes]\ndisk_devices = [\"/dev/loop*\"]\n[user_namespaces]\nenabled = false\n",
+    );
+    let vol = format!("  disk: {{device: {}}}\n", disk.dev);
+    let out = agent.apply(
+        "plain",
+        &with_volume(
+            "plain",
+            &vol,
+            "echo x > /data/f && echo owner=$(stat -c %u:%g /data/f) && echo wrote; exec sleep 3600",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "plain", "app", "wrote");
+    assert!(l.contains("owner=0:0"), "{l}");
+    let id = eci_tests::scenario::group_id(&agent, "plain");
+    let on_host = agent
+        .root()
+        .join("run/eci/groups")
+        .join(&id)
+        .join("volumes/data/f");
+    let m = std::fs::metadata(&on_host).expect("file on the host");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 0);
+    delete(&agent, "plain");
+    assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
+}

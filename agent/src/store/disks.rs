@@ -62,3 +62,49 @@ fn collect(t: &impl ReadableTable<&'static str, &'static str>) -> Result<Vec<(St
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use eci_api::v1::{ContainerGroup, GroupSpec};
+
+    use super::super::{Store, StoreError};
+
+    fn group(name: &str) -> ContainerGroup {
+        ContainerGroup {
+            spec: Some(GroupSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hold_lasts_until_the_group_record_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("state.redb")).expect("open");
+        s.write(|tx| {
+            tx.insert_group(&mut group("a"))?;
+            tx.hold_disk("/dev/vdb", "a")?;
+            tx.hold_disk("/dev/vdc", "a")?;
+            tx.insert_group(&mut group("b"))?;
+            tx.hold_disk("/dev/vdd", "b")
+        })
+        .expect("hold");
+        assert_eq!(s.held_disks().expect("held").len(), 3);
+        // Survives a reopen (durable), then goes with the record, in its transaction.
+        drop(s);
+        let s = Store::open(&dir.path().join("state.redb")).expect("reopen");
+        s.write(|tx| {
+            assert_eq!(tx.disk_holder("/dev/vdb")?.as_deref(), Some("a"));
+            tx.delete_group("a").map(drop)
+        })
+        .expect("delete");
+        assert_eq!(
+            s.held_disks().expect("held"),
+            [("/dev/vdd".to_string(), "b".to_string())]
+        );
+        let none: Result<Option<String>, StoreError> = s.write(|tx| tx.disk_holder("/dev/vdb"));
+        assert_eq!(none.expect("read"), None);
+    }
+}
