@@ -499,3 +499,46 @@ fn without_user_namespaces_a_disk_is_mounted_plain() {
     delete(&agent, "plain");
     assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
 }
+
+#[test]
+fn dev_shm_is_one_tmpfs_of_shm_size_shared_by_the_group() {
+    let agent = agent();
+    let s = group(
+        "shm",
+        "Always",
+        &[
+            (
+                "a",
+                "echo from-a > /dev/shm/seg; echo wrote; exec sleep 3600",
+            ),
+            (
+                "b",
+                "until [ -f /dev/shm/seg ]; do sleep 0.1; done; cat /dev/shm/seg; \
+                 echo owner=$(stat -c %u /dev/shm); grep ' /dev/shm ' /proc/mounts; echo read; exec sleep 3600",
+            ),
+        ],
+        "shmSize: 48Mi\n",
+    );
+    let out = agent.apply("shm", &s);
+    assert!(out.status.success(), "{}", text(&out));
+    let l = wait_log(&agent, "shm", "b", "read");
+    assert!(l.contains("from-a") && l.contains("owner=0"), "{l}");
+    assert!(l.contains("size=49152k"), "{l}");
+    // Restarting the containers keeps what is in it, as a pod's sandbox does.
+    let out = agent.ctl(&["restart", "shm"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = wait_for(Duration::from_secs(20), || {
+        let o = agent.ctl(&["exec", "shm", "-c", "b", "--", "cat", "/dev/shm/seg"]);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("from-a")
+            .then_some(())
+    });
+    assert!(seen.is_some());
+    let id = eci_tests::scenario::group_id(&agent, "shm");
+    delete(&agent, "shm");
+    let shm = agent.root().join("run/eci/groups").join(&id).join("shm");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .contains(&format!(" {} ", shm.display()));
+    assert!(!mounted, "the group's /dev/shm is still mounted");
+}

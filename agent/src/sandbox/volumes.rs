@@ -237,6 +237,48 @@ pub fn prepare(
     Ok(())
 }
 
+/// The group's `/dev/shm`: one tmpfs for all its containers, which share the IPC
+/// namespace (as a pod's containers share the sandbox's `/dev/shm`).
+pub fn shm_dir(run_root: &Path) -> PathBuf {
+    run_root.join("shm")
+}
+
+/// Mounts the group's `/dev/shm` tmpfs of `bytes` (`shmSize`) at [`shm_dir`], owned by
+/// `owner` (the group's root) when it has a user namespace. Kept when already there,
+/// so what containers put in it outlives their restarts, as in a pod.
+pub fn prepare_shm(run_root: &Path, bytes: u64, owner: Option<u32>) -> Result<(), VolumeError> {
+    // Containers of a group start in parallel: one check-and-mount at a time, or two
+    // would stack two tmpfs at the same path.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = shm_dir(run_root);
+    let err = |step, source| VolumeError::Io {
+        volume: "/dev/shm".into(),
+        step,
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| err("creating its directory", e))?;
+    let already = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some(&dir.display().to_string()))
+    });
+    if already {
+        return Ok(());
+    }
+    let ids = owner
+        .map(|id| format!(",uid={id},gid={id}"))
+        .unwrap_or_default();
+    let data = format!("size={bytes},mode=1777{ids}");
+    mount(
+        Some("shm"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| err("mounting its tmpfs", e.into()))
+}
+
 /// Makes `dir` a new, empty directory only the agent has seen. What stood there (the
 /// volume of an earlier run, maybe still mounted read-write in a container that is
 /// running) is first renamed aside, atomically, then removed: a tenant that keeps
@@ -282,29 +324,36 @@ fn chown_written(root: &Path, path: &Path, id: u32) -> std::io::Result<()> {
 /// Unmounts the group's in-memory, disk and nfs volumes (before its run directory is
 /// removed). A disk's filesystem is flushed and released once no container holds it.
 pub fn unmount_all(run_root: &Path) {
-    for e in std::fs::read_dir(run_root.join("volumes"))
+    let entries = std::fs::read_dir(run_root.join("volumes"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        match umount2(&e.path(), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(err) => {
-                tracing::warn!(volume = %e.path().display(), error = %err, "unmounting volume")
+        .map(|e| e.path());
+    for path in entries.chain([shm_dir(run_root)]) {
+        // Until nothing is mounted there (EINVAL): mounts stacked by an earlier agent
+        // go too.
+        for _ in 0..16 {
+            match umount2(&path, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(err) => {
+                    tracing::warn!(volume = %path.display(), error = %err, "unmounting volume")
+                }
             }
+            break;
         }
     }
 }
 
-/// Whether anything is still mounted among the group's volumes (a teardown that a
-/// crash cut short leaves a disk mounted).
+/// Whether anything is still mounted among the group's volumes or `/dev/shm` (a
+/// teardown that a crash cut short leaves a disk mounted).
 pub fn has_mounts(run_root: &Path) -> bool {
-    let dir = run_root.join("volumes");
+    let (dir, shm) = (run_root.join("volumes"), shm_dir(run_root));
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
         m.lines().any(|l| {
             l.split(' ')
                 .nth(4)
-                .is_some_and(|at| Path::new(at).starts_with(&dir))
+                .is_some_and(|at| Path::new(at).starts_with(&dir) || Path::new(at) == shm)
         })
     })
 }

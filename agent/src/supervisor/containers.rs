@@ -917,6 +917,9 @@ impl BundleJob {
                 })?;
             }
         }
+        // The group's /dev/shm (kept when there: a group an older agent started gets
+        // it at its next container start).
+        volumes::prepare_shm(self.ctx.dir.root(), self.shm, self.userns.map(|r| r.base))?;
         let process = crate::images::process::merge(&self.defaults, &self.container)?;
         let etc = self.ctx.dir.etc();
         let config = spec::build(&spec::SpecInputs {
@@ -926,6 +929,7 @@ impl BundleJob {
             container: &self.container,
             process: &process,
             shm_bytes: self.shm,
+            shm_dir: Some(&volumes::shm_dir(self.ctx.dir.root())),
             etc_dir: &etc,
             volumes: &self.volumes,
             oom_score_adj: self.oom_score_adj,
