@@ -258,11 +258,7 @@ pub fn prepare_shm(run_root: &Path, bytes: u64, owner: Option<u32>) -> Result<()
         source,
     };
     std::fs::create_dir_all(&dir).map_err(|e| err("creating its directory", e))?;
-    let already = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines()
-            .any(|l| l.split(' ').nth(4) == Some(&dir.display().to_string()))
-    });
-    if already {
+    if is_mounted(&dir) {
         return Ok(());
     }
     let ids = owner
@@ -277,6 +273,15 @@ pub fn prepare_shm(run_root: &Path, bytes: u64, owner: Option<u32>) -> Result<()
         Some(data.as_str()),
     )
     .map_err(|e| err("mounting its tmpfs", e.into()))
+}
+
+/// Whether something is mounted at `path` (a mount point of this mount namespace).
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.display().to_string().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    })
 }
 
 /// Makes `dir` a new, empty directory only the agent has seen. What stood there (the

@@ -347,6 +347,7 @@ impl Supervisor {
         let userns = self.userns_of(ctx);
         let owner = userns.map(|r| r.base);
         let ips = self.planned_addresses(ctx);
+        let shm_bytes = valid.shm_bytes;
         tokio::task::spawn_blocking(move || -> Result<(), StartError> {
             files::write(&c2.dir.etc(), &c2.spec, owner, &ips).map_err(|source| {
                 StartError::Io {
@@ -355,6 +356,7 @@ impl Supervisor {
                     source,
                 }
             })?;
+            volumes::prepare_shm(c2.dir.root(), shm_bytes, owner)?;
             Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable, owner)?)
         })
         .await
@@ -917,11 +919,9 @@ impl BundleJob {
                 })?;
             }
         }
-        // The group's /dev/shm (kept when there: a group an older agent started gets
-        // it at its next container start).
-        volumes::prepare_shm(self.ctx.dir.root(), self.shm, self.userns.map(|r| r.base))?;
         let process = crate::images::process::merge(&self.defaults, &self.container)?;
         let etc = self.ctx.dir.etc();
+        let shm = volumes::shm_dir(self.ctx.dir.root());
         let config = spec::build(&spec::SpecInputs {
             group_id: &self.ctx.id,
             cgroup_parent: &self.cgroup_parent,
@@ -929,7 +929,8 @@ impl BundleJob {
             container: &self.container,
             process: &process,
             shm_bytes: self.shm,
-            shm_dir: Some(&volumes::shm_dir(self.ctx.dir.root())),
+            // A group an older agent started has none: each container gets its own.
+            shm_dir: Some(shm.as_path()).filter(|d| volumes::is_mounted(d)),
             etc_dir: &etc,
             volumes: &self.volumes,
             oom_score_adj: self.oom_score_adj,
