@@ -96,6 +96,14 @@ pub struct NetworkConfig {
     /// Optional IPv6 subnet of the dev bridge (a /64 or longer prefix, e.g.
     /// "fd00:eci::/64"); empty: groups without an ENI get IPv4 only.
     pub dev_subnet_v6: String,
+    /// Host links no spec may take as its ENI, by name (`"eth0"`) or name prefix
+    /// (`"mgmt*"`): the management NIC, say, when it carries no default route. Links
+    /// the host needs are refused anyway (see `allow_host_links_as_eni`).
+    pub reserved_links: Vec<String>,
+    /// Lets a spec take a link the host needs: one carrying the host's default route, a
+    /// bridge or bond port. Off by default: a control-plane bug or a hostile spec would
+    /// otherwise move the host's uplink into a tenant's netns and cut the host off.
+    pub allow_host_links_as_eni: bool,
 }
 
 impl Default for NetworkConfig {
@@ -105,11 +113,29 @@ impl Default for NetworkConfig {
             bridge: "eci0".into(),
             dev_subnet: "10.88.0.0/16".into(),
             dev_subnet_v6: String::new(),
+            reserved_links: Vec::new(),
+            allow_host_links_as_eni: false,
         }
     }
 }
 
 impl NetworkConfig {
+    /// The `reserved_links` patterns, checked: 1-15 bytes, a `*` only at the end.
+    pub fn reserved(&self) -> Result<Vec<String>, ConfigError> {
+        for (i, p) in self.reserved_links.iter().enumerate() {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            if p.is_empty() || p.len() > 15 || name.contains(['*', '/', ' ']) {
+                return Err(ConfigError::Invalid {
+                    key: "network.reserved_links",
+                    message: format!(
+                        "[{i}] {p:?} is not a link name of 1-15 bytes or a name prefix ending in '*'"
+                    ),
+                });
+            }
+        }
+        Ok(self.reserved_links.clone())
+    }
+
     /// The dev bridge's subnets, or None on a fleet host.
     pub fn dev(&self) -> Result<Option<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>)>, ConfigError> {
         if self.fleet_host {
@@ -582,6 +608,7 @@ impl Config {
         }
         self.check_user_namespaces()?;
         self.network.dev()?;
+        self.network.reserved()?;
         self.images.policy()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
@@ -657,6 +684,20 @@ mod tests {
                 text.contains(&format!("{key} = ")),
                 "{key} is not documented"
             );
+        }
+    }
+
+    #[test]
+    fn reserved_links_are_names_or_prefixes() {
+        let mut n = NetworkConfig {
+            reserved_links: vec!["eth0".into(), "mgmt*".into()],
+            ..Default::default()
+        };
+        assert_eq!(n.reserved().expect("valid").len(), 2);
+        for bad in ["", "a*b", "*x*", "sixteen-bytes-xx", "a/b"] {
+            n.reserved_links = vec!["ok".into(), bad.into()];
+            let e = n.reserved().expect_err(bad).to_string();
+            assert!(e.contains("network.reserved_links"), "{e}");
         }
     }
 

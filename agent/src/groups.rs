@@ -311,7 +311,7 @@ impl Groups {
         // The ENI must be on this host and free: refused here, nothing is created.
         let eni = match crate::network::admit::selector(&spec) {
             Some(sel) => Some(
-                crate::network::admit::find(&sel, &self.store.held_enis()?)
+                crate::network::admit::find(&sel, &self.store.held_enis()?, self.network())
                     .map_err(Error::FailedPrecondition)?,
             ),
             None => None,
@@ -521,6 +521,7 @@ impl Groups {
                     new.ipv6_address = old.ipv6_address.clone();
                 }
             }
+            keep_passwords(&mut spec, &old);
             group.generation += 1;
             let in_place =
                 current == phase::RUNNING && crate::network::rules_only_change(&old, &spec);
@@ -709,6 +710,25 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
     }
 }
 
+/// Keeps the stored password of each registry credential that arrives with an empty one
+/// for the same server and username. Reads (`get -o yaml`, list, watch) return passwords
+/// empty, so re-applying what a read returned must not wipe them; a credential whose
+/// server or username changed takes what it brings.
+fn keep_passwords(spec: &mut GroupSpec, old: &GroupSpec) {
+    for c in &mut spec.image_registry_credentials {
+        if !c.password.is_empty() {
+            continue;
+        }
+        if let Some(prev) = old
+            .image_registry_credentials
+            .iter()
+            .find(|o| o.server == c.server && o.username == c.username)
+        {
+            c.password.clone_from(&prev.password);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -787,6 +807,50 @@ mod tests {
         let g = groups(dir.path(), 4, 8);
         assert_eq!(g.reconcile().expect("reconcile"), ["a"]);
         assert!(matches!(g.get("a"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn an_update_with_a_blank_password_keeps_the_stored_one() {
+        use eci_api::v1::RegistryCredential;
+        let cred = |server: &str, user: &str, password: &str| RegistryCredential {
+            server: server.into(),
+            username: user.into(),
+            password: password.into(),
+        };
+        let stored = |g: &Groups| -> Vec<(String, String)> {
+            let spec = g.get("a").expect("a").spec.expect("spec");
+            spec.image_registry_credentials
+                .into_iter()
+                .map(|c| (c.server, c.password))
+                .collect()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = groups(dir.path(), 4, 8);
+        let mut s = spec("a", "1", "2Gi");
+        s.image_registry_credentials = vec![
+            cred("r1.example", "u", "secret-1"),
+            cred("r2.example", "u", "secret-2"),
+            cred("r3.example", "u", "secret-3"),
+        ];
+        g.create(s.clone()).expect("a");
+        // What `get -o yaml` shows (passwords blank), with one server's user changed and
+        // one new password.
+        s.image_registry_credentials = vec![
+            cred("r1.example", "u", ""),
+            cred("r2.example", "other", ""),
+            cred("r3.example", "u", "new-3"),
+            cred("r4.example", "u", ""),
+        ];
+        g.update(s).expect("update");
+        assert_eq!(
+            stored(&g),
+            [
+                ("r1.example".to_string(), "secret-1".to_string()),
+                ("r2.example".into(), String::new()),
+                ("r3.example".into(), "new-3".into()),
+                ("r4.example".into(), String::new()),
+            ]
+        );
     }
 
     #[test]

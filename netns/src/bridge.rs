@@ -8,6 +8,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::LinkBridge;
 
 use crate::attach::{ETH0, EniConfig};
+use crate::eni::MacAddress;
 use crate::rtnl::{self, Addr, Target, ThreadError, fd};
 
 /// Errors setting up the dev bridge or a group's veth.
@@ -201,6 +202,20 @@ pub fn attach_veth(
     netns: &Path,
     cfg: &EniConfig,
 ) -> Result<(), BridgeError> {
+    attach_veth_with_mac(host_name, bridge, netns, cfg, None)
+}
+
+/// As [`attach_veth`], with `eth0`'s MAC chosen by the caller (set when the pair is
+/// made, and again on a reused pair whose `eth0` has another one). The agent derives it
+/// from the group's address, so the port guard that only lets this MAC out
+/// ([`crate::nft::ensure_port_guard`]) can be written before the veth exists.
+pub fn attach_veth_with_mac(
+    host_name: &str,
+    bridge: &str,
+    netns: &Path,
+    cfg: &EniConfig,
+    mac: Option<MacAddress>,
+) -> Result<(), BridgeError> {
     check_name("veth host name", host_name)?;
     check_name("bridge name", bridge)?;
     cfg.validate()?;
@@ -268,7 +283,7 @@ pub fn attach_veth(
                     index: other.index,
                 });
             }
-            rtnl::add_veth(&s.host, &host_name, ETH0, fd(&g.ns))
+            rtnl::add_veth(&s.host, &host_name, ETH0, fd(&g.ns), mac)
                 .await
                 .map_err(step(format!(
                     "creating veth {host_name} in {HOST} with peer eth0 in {ns}"
@@ -295,6 +310,16 @@ pub fn attach_veth(
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
             });
         };
+        if let Some(mac) = mac.filter(|m| peer.mac != Some(*m)) {
+            rtnl::set(
+                &g.handle,
+                rtnl::change(peer.index).address(mac.0.to_vec()).build(),
+            )
+            .await
+            .map_err(step(format!(
+                "setting the MAC of eth0 (peer of {host_name}) in {ns} to {mac}"
+            )))?;
+        }
         rtnl::configure(&g.handle, &peer, &eth)
             .await
             .map_err(|(what, source)| BridgeError::Step {

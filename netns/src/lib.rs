@@ -17,8 +17,10 @@ mod rtnl;
 pub mod security_group;
 
 pub use attach::{AttachError, EniConfig, EniRecord, attach, detach};
-pub use bridge::{BridgeConfig, BridgeError, attach_veth, detach_veth, ensure_bridge};
+pub use bridge::{
+    BridgeConfig, BridgeError, attach_veth, attach_veth_with_mac, detach_veth, ensure_bridge,
+};
 pub use eni::{EniSelector, MacAddress};
-pub use link::{HostLink, LinkError, find, host_links};
+pub use link::{HostLink, LinkError, default_route_links, find, host_links, reserved_by_host};
 pub use rtnl::ThreadError;
 pub use security_group::{Direction, Policy, PortRange, Protocol, Rule};

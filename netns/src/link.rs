@@ -12,6 +12,8 @@ pub enum LinkError {
     List(#[source] std::io::Error),
     #[error("no link {} in the host network namespace", describe(.selector))]
     NotFound { selector: EniSelector },
+    #[error("listing the routes of the host network namespace")]
+    Routes(#[source] std::io::Error),
 }
 
 fn describe(s: &EniSelector) -> String {
@@ -31,6 +33,8 @@ pub struct HostLink {
     pub up: bool,
     /// IFLA_INFO_KIND, e.g. "veth", "macvlan", "bridge"; None for a physical link.
     pub kind: Option<String>,
+    /// IFLA_MASTER: the bridge or bond this link is a port of, if any.
+    pub master: Option<u32>,
 }
 
 impl From<rtnl::Link> for HostLink {
@@ -42,6 +46,7 @@ impl From<rtnl::Link> for HostLink {
             mtu: l.mtu,
             up: l.up,
             kind: l.kind,
+            master: l.master,
         }
     }
 }
@@ -71,4 +76,32 @@ pub fn find(selector: &EniSelector) -> Result<HostLink, LinkError> {
         .ok_or_else(|| LinkError::NotFound {
             selector: selector.clone(),
         })
+}
+
+/// Why the host needs a link for itself, so that no spec may take it as an ENI; None
+/// when it is free to give. A link that carries a default route of the host's main
+/// table (its uplink: moving it into a tenant's netns cuts the host off, the agent's
+/// control plane included), or that is a port of a bridge or bond, or a bridge, bond or
+/// the loopback, is the host's.
+pub fn reserved_by_host(link: &HostLink, default_route_links: &[u32]) -> Option<&'static str> {
+    if default_route_links.contains(&link.index) {
+        return Some("it carries the host's default route");
+    }
+    if link.master.is_some() {
+        return Some("it is a port of a host bridge or bond");
+    }
+    match link.kind.as_deref() {
+        Some("bridge" | "bond" | "team" | "vrf") => Some("it is a host bridge, bond or VRF"),
+        _ => None,
+    }
+}
+
+/// The ifindexes of the host links that carry a default route of the main table (IPv4
+/// or IPv6, each next hop of a multipath route). Blocking; runs on a dedicated thread.
+pub fn default_route_links() -> Result<Vec<u32>, LinkError> {
+    rtnl::run(Target::None, |s| async move {
+        rtnl::default_route_links(&s.host)
+            .await
+            .map_err(LinkError::Routes)
+    })
 }

@@ -386,12 +386,21 @@ pub(crate) fn fd(f: &File) -> RawFd {
 /// A veth pair: `name` in the socket's netns, its peer named `peer` created directly in
 /// the netns open as `peer_ns`, so there is never a moment where the peer sits in the
 /// host under a temporary name.
-pub(crate) async fn add_veth(h: &Handle, name: &str, peer: &str, peer_ns: RawFd) -> io::Result<()> {
+pub(crate) async fn add_veth(
+    h: &Handle,
+    name: &str,
+    peer: &str,
+    peer_ns: RawFd,
+    peer_mac: Option<MacAddress>,
+) -> io::Result<()> {
     use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
-        .setns_by_fd(peer_ns)
-        .build();
+        .setns_by_fd(peer_ns);
+    if let Some(mac) = peer_mac {
+        peer_msg = peer_msg.address(mac.0.to_vec());
+    }
+    let peer_msg = peer_msg.build();
     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
@@ -458,4 +467,45 @@ pub(crate) async fn configure(
             .map_err(|e| ("adding the IPv6 default route via", e))?;
     }
     Ok(())
+}
+
+/// The links that carry a default route of the main table (IPv4 or IPv6; every next hop
+/// of a multipath route), by ifindex: the host's uplinks.
+pub(crate) async fn default_route_links(h: &Handle) -> io::Result<Vec<u32>> {
+    use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader, RouteType};
+    let mut out = Vec::new();
+    for msg in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut routes = h.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(io)? {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if r.header.destination_prefix_length != 0
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || r.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => out.push(*i),
+                    RouteAttribute::MultiPath(hops) => {
+                        out.extend(hops.iter().map(|n| n.interface_index))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }

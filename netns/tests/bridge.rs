@@ -160,3 +160,60 @@ fn bad_names_and_wrong_kinds_are_refused() {
         .expect_err("no bridge");
     assert!(matches!(err, BridgeError::NoBridge { .. }), "{err}");
 }
+
+/// A port guard is a `bridge` table the kernel accepts and `nft` decodes rule by rule;
+/// rewriting it is atomic and harmless, removing it twice is fine, and a bad port name
+/// is refused before anything is sent.
+#[test]
+fn a_port_guard_is_written_replaced_and_removed() {
+    if !root() {
+        return;
+    }
+    let port = name("xg", unique());
+    let table = eci_netns::nft::port_guard_table(&port);
+    struct TableGuard(String);
+    impl Drop for TableGuard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "bridge", &self.0])
+                .status();
+        }
+    }
+    let _guard = TableGuard(table.clone());
+    let mut g = eci_netns::nft::PortGuard {
+        port: port.clone(),
+        mac: "02:ec:0a:f8:00:02".parse().expect("mac"),
+        ipv4: "10.248.0.2".parse().expect("v4"),
+        ipv6: Some("fd48::af8:2".parse().expect("v6")),
+    };
+    eci_netns::nft::ensure_port_guard(&g).expect("guard");
+    g.ipv4 = "10.248.0.3".parse().expect("v4");
+    eci_netns::nft::ensure_port_guard(&g).expect("guard again");
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "bridge", &table])
+        .output()
+        .expect("nft");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert_eq!(
+        listed.matches(" drop comment \"eci-guard").count(),
+        11,
+        "{listed}"
+    );
+    assert!(
+        listed.contains("ether saddr != 02:ec:0a:f8:00:02"),
+        "{listed}"
+    );
+    assert!(listed.contains("ip saddr != 10.248.0.3"), "{listed}");
+    assert!(!listed.contains("10.248.0.2"), "not replaced: {listed}");
+    assert!(listed.contains("hook prerouting"), "{listed}");
+    eci_netns::nft::remove_port_guard(&port).expect("remove");
+    eci_netns::nft::remove_port_guard(&port).expect("remove again");
+    let gone = std::process::Command::new("nft")
+        .args(["list", "table", "bridge", &table])
+        .output()
+        .expect("nft");
+    assert!(!gone.status.success(), "{table} still there");
+    g.port = "bad/port".into();
+    assert!(eci_netns::nft::ensure_port_guard(&g).is_err());
+}

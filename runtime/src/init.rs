@@ -13,7 +13,8 @@
 //!
 //! Every descriptor above 2 is close-on-exec from the start. File descriptors: 0-2 the
 //! container's stdio, 3 the start pipe (one byte = exec), 4 the sync pipe (JSON lines to
-//! the shim: EOF after `Ready` means the exec happened).
+//! the shim: EOF after `Ready` means the exec happened); with a terminal, a container's
+//! first process also has 5, the console socket (see [`crate::console`]).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -171,6 +172,10 @@ fn run(config: &Path, sync: &mut std::fs::File) -> Result<Never, String> {
             match fork()? {
                 None => {
                     build_root(&cfg, user.as_ref().map(|(fd, r)| (fd.as_fd(), *r)))?;
+                    if cfg.process.terminal().unwrap_or(false) {
+                        // In its own devpts, before the tenant runs anything here.
+                        crate::console::open_and_send().map_err(chain)?;
+                    }
                     session(&cfg)?;
                     let confined = confine(&cfg, &programs, user.map(|(fd, _)| fd))?;
                     wait_and_exec(confined, sync)
@@ -361,7 +366,8 @@ struct Confined {
     env: Vec<CString>,
 }
 
-/// A new session, with the pty on stdin as its controlling terminal when there is one.
+/// A new session, with the pty on stdin as its controlling terminal when there is one
+/// (the shim's for an exec, the container's own for a first process).
 fn session(cfg: &InitConfig) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if cfg.process.terminal().unwrap_or(false) {

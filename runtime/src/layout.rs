@@ -33,6 +33,12 @@ impl GroupDir {
         self.root.join("shim.sock")
     }
 
+    /// The shim's attach socket: the containers' stdio for `Containers.Attach`
+    /// (protocol in [`crate::attach`]).
+    pub fn attach_socket(&self) -> PathBuf {
+        self.root.join("attach.sock")
+    }
+
     /// The shim's pid, written once it has detached, for re-adoption and cleanup.
     pub fn shim_pid(&self) -> PathBuf {
         self.root.join("shim.pid")

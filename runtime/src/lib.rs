@@ -5,8 +5,10 @@
 //! its cgroups, and [`init`] is the code of the short-lived `eci-shim init` process that
 //! becomes each container's first process.
 
+pub mod attach;
 pub mod capabilities;
 pub mod cgroup;
+pub mod console;
 pub mod device_filter;
 pub mod devices;
 pub mod fsmount;

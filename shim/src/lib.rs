@@ -2,6 +2,7 @@
 //! processes, so that they outlive restarts of the agent, and serves the containerd shim
 //! v2 Task API (ttrpc) on a socket in the group's run directory.
 
+pub mod attach;
 pub mod kill;
 pub mod logs;
 pub mod process;

@@ -32,6 +32,9 @@ fn io(what: &str) -> impl FnOnce(nix::Error) -> SpawnError + '_ {
 /// A process that is set up and waits for its start byte.
 pub struct Created {
     pub pid: i32,
+    /// A container's first process with a terminal: the pty master its init opened in
+    /// the container's devpts (see `eci_runtime::console`).
+    pub console: Option<OwnedFd>,
     start: File,
     sync: BufReader<File>,
 }
@@ -60,19 +63,36 @@ pub enum Placement {
 }
 
 /// Runs `eci-shim init CONFIG` with the given stdio, places the process per `placement`,
-/// and waits until it is set up (or failed). Blocking: call from a blocking thread.
+/// and waits until it is set up (or failed). With `console`, the init opens the
+/// process's terminal itself and sends its master back ([`Created::console`]).
+/// Blocking: call from a blocking thread.
 pub fn create(
     config: &Path,
     placement: &Placement,
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
+    console: bool,
     reaper: &Reaper,
 ) -> Result<Created, SpawnError> {
     let (start_r, start_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io("pipe"))?;
     let (start_r, sync_w) = (high(&start_r)?, high(&sync_w)?);
     let (sr, sw) = (start_r.as_raw_fd(), sync_w.as_raw_fd());
+    let console_pair = if console {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io("console socket"))?;
+        Some((ours, high(&theirs)?))
+    } else {
+        None
+    };
+    let cf = console_pair.as_ref().map_or(-1, |(_, t)| t.as_raw_fd());
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("init")
         .arg(config)
@@ -86,6 +106,9 @@ pub fn create(
             if libc::dup2(sr, START_FD) < 0 || libc::dup2(sw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if cf >= 0 && libc::dup2(cf, eci_runtime::console::CONSOLE_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -95,6 +118,7 @@ pub fn create(
     reaper.forget(child.id() as i32);
     drop(cmd);
     drop((start_r, sync_w));
+    let console_sock = console_pair.map(|(ours, _theirs)| ours);
     let mut sync = BufReader::new(File::from(sync_r));
     // The helper reports the pid after its fork returns; the child reports Ready when
     // set up. An exec's child has little to set up and may well be first: both orders
@@ -140,8 +164,23 @@ pub fn create(
             _ => return Err(SpawnError::Vanished),
         }
     }
+    // Sent before Ready: already queued.
+    let console = match console_sock {
+        Some(sock) => match eci_runtime::console::receive(&sock) {
+            Ok(master) => Some(master),
+            Err(e) => {
+                crate::kill::sigkill(pid);
+                let why = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                return Err(SpawnError::Io(format!("{e}{why}")));
+            }
+        },
+        None => None,
+    };
     Ok(Created {
         pid,
+        console,
         start: File::from(start_w),
         sync,
     })

@@ -1,5 +1,7 @@
-//! Terminals for exec'd processes: a pty pair whose slave is the process's stdio and
-//! whose master the shim copies to and from the caller's FIFOs.
+//! Terminals: for exec'd processes, a pty pair whose slave is the process's stdio and
+//! whose master the shim copies to and from the caller's FIFOs; for a container's first
+//! process, the master its init opened (`eci_runtime::console`), served to the log and
+//! attachers (`crate::attach`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -109,6 +111,40 @@ impl Pty {
             pty.resize(rows, cols)?;
         }
         Ok((pty, slave))
+    }
+
+    /// The terminal of a container's first process, from the master its init sent.
+    /// Keeps a slave open until [`Pty::release`] (see `slave`).
+    pub fn from_master(master: OwnedFd) -> Result<Self, PtyError> {
+        // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave; no
+        // memory is passed.
+        let slave = unsafe {
+            libc::ioctl(
+                master.as_raw_fd(),
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if slave < 0 {
+            return Err(PtyError::Io(
+                "opening the pty slave",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+        let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+        Ok(Pty {
+            master: File::from(master),
+            slave: std::sync::Mutex::new(Some(slave)),
+        })
+    }
+
+    /// Another descriptor of the master (same open file: same flags).
+    pub fn master(&self) -> Result<OwnedFd, PtyError> {
+        self.master
+            .try_clone()
+            .map(OwnedFd::from)
+            .map_err(PtyError::Dup)
     }
 
     /// Copies `input` to the terminal and the terminal to `output`, on two threads,

@@ -204,6 +204,14 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
             .context("binding the shim socket")?
             .register_service(create_task(svc.clone()));
         server.start().await.context("serving")?;
+        // Attach is an extra: a group whose attach socket cannot be bound (a run
+        // directory too long for a socket path) runs, and Attach answers UNAVAILABLE.
+        let attaching = svc.clone();
+        if let Err(e) = crate::attach::listen(&dir.attach_socket(), move |conn| {
+            attaching.clone().serve_attach(conn)
+        }) {
+            tracing::error!(error = %e, socket = %dir.attach_socket().display(), "binding the attach socket");
+        }
         std::fs::write(dir.shim_pid(), std::process::id().to_string())?;
         ready.write_all(b"ok")?;
         tracing::info!(group = %args.id, socket = %sock.display(), "shim serving");
@@ -226,5 +234,6 @@ fn teardown(dir: &GroupDir, cgroup: &str) {
         tracing::warn!(error = %e, "removing the group cgroup");
     }
     let _ = std::fs::remove_file(dir.shim_socket());
+    let _ = std::fs::remove_file(dir.attach_socket());
     let _ = std::fs::remove_file(dir.shim_pid());
 }

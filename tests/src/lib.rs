@@ -283,6 +283,14 @@ impl Agent {
             }
         }
         for g in std::fs::read_dir(&groups).into_iter().flatten().flatten() {
+            // A dev group's port guard (host table `bridge eci_guard_eci<id[..12]>`):
+            // the agent removes it with the veth, which a killed agent did not get to.
+            let id = g.file_name().to_string_lossy().into_owned();
+            let port: String = id.chars().take(12).collect();
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "bridge", &format!("eci_guard_eci{port}")])
+                .stderr(std::process::Stdio::null())
+                .status();
             // The group's /dev/shm and its memory, disk and nfs volumes.
             let volumes = std::fs::read_dir(g.path().join("volumes"))
                 .into_iter()

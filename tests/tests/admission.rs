@@ -117,12 +117,6 @@ fn rows() -> Vec<Row> {
                 }
             },
         ),
-        ("tty", Code::Unimplemented, "containers[0].tty", |s| {
-            c0(s).tty = true
-        }),
-        ("stdin", Code::Unimplemented, "containers[0].stdin", |s| {
-            c0(s).stdin = true
-        }),
         (
             "eni not on this host",
             Code::FailedPrecondition,
@@ -340,12 +334,12 @@ fn rows() -> Vec<Row> {
         ),
         // Both kinds: INVALID_ARGUMENT wins and lists the invalid field.
         (
-            "tty and 1m cpu",
+            "gpu and 1m cpu",
             Code::InvalidArgument,
             "containers[0].resources.cpu",
             |s| {
-                c0(s).tty = true;
                 if let Some(r) = c0(s).resources.as_mut() {
+                    r.gpu = 1;
                     r.cpu = "1m".into();
                 }
             },

@@ -163,34 +163,22 @@ fn basic_auth_right_and_wrong_credentials_and_the_password_stays_secret() {
         )
     };
     let wrong = "pw-wrong-Qq77-guess";
-    let out = agent.apply(
-        "bad",
-        &group_on(&image, "bad", "Never", &[("c", "sleep 30")], &creds(wrong)),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_with(&agent, &image, "bad", "sleep 30", &creds(wrong));
     let (_, json) = wait_waiting(&agent, "bad", &["ErrImagePull", "ImagePullBackOff"]);
     assert!(json.contains("401"), "the registry's 401 is named: {json}");
     assert_eq!(eci_tests::scenario::phase(&agent, "bad"), "Pending");
     // Anonymous: refused too.
-    let out = agent.apply(
-        "anon",
-        &group_on(&image, "anon", "Never", &[("c", "sleep 30")], ""),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image, "anon", "sleep 30");
     let (_, json) = wait_waiting(&agent, "anon", &["ErrImagePull", "ImagePullBackOff"]);
     assert!(json.contains("401"), "{json}");
 
-    let out = agent.apply(
+    run_with(
+        &agent,
+        &image,
         "good",
-        &group_on(
-            &image,
-            "good",
-            "Never",
-            &[("c", "cat /etc/basic; sleep 30")],
-            &creds(password),
-        ),
+        "cat /etc/basic; sleep 30",
+        &creds(password),
     );
-    assert!(out.status.success(), "{}", text(&out));
     wait_log(&agent, "good", "c", "hello from basic");
     let mut seen = String::new();
     for g in ["bad", "good", "anon"] {
@@ -241,27 +229,19 @@ fn bearer_token_flow_with_and_without_credentials() {
         .expect("push");
     let agent = agent_for(&reg, "");
     let image = format!("{}/demo/bearer:1", reg.host);
-    let out = agent.apply(
-        "anon",
-        &group_on(&image, "anon", "Never", &[("c", "sleep 30")], ""),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    run_on(&agent, &image, "anon", "sleep 30");
     let (_, json) = wait_waiting(&agent, "anon", &["ErrImagePull", "ImagePullBackOff"]);
     assert!(json.contains("401"), "{json}");
-    let out = agent.apply(
+    run_with(
+        &agent,
+        &image,
         "tok",
-        &group_on(
-            &image,
-            "tok",
-            "Never",
-            &[("c", "cat /etc/bearer; sleep 30")],
-            &format!(
-                "imageRegistryCredentials:\n- server: \"{}\"\n  username: bob\n  password: \"{password}\"\n",
-                reg.host
-            ),
+        "cat /etc/bearer; sleep 30",
+        &format!(
+            "imageRegistryCredentials:\n- server: \"{}\"\n  username: bob\n  password: \"{password}\"\n",
+            reg.host
         ),
     );
-    assert!(out.status.success(), "{}", text(&out));
     wait_log(&agent, "tok", "c", "hello from bearer");
     assert!(reg.requests().get("GET /token").copied().unwrap_or(0) >= 1);
     assert!(!agent.log().contains(password));
@@ -603,17 +583,12 @@ fn an_index_gives_the_host_platform_or_names_the_ones_it_offers() {
     reg.push_index(&[(&theirs, other), (&theirs, "s390x")], "demo/foreign:1")
         .expect("push foreign index");
     let agent = agent_for(&reg, "");
-    let out = agent.apply(
+    run_on(
+        &agent,
+        &format!("{}/demo/multi:1", reg.host),
         "mp",
-        &group_on(
-            &format!("{}/demo/multi:1", reg.host),
-            "mp",
-            "Never",
-            &[("c", "cat /etc/multi; sleep 30")],
-            "",
-        ),
+        "cat /etc/multi; sleep 30",
     );
-    assert!(out.status.success(), "{}", text(&out));
     wait_log(&agent, "mp", "c", "hello from multi");
     assert_eq!(
         reg.blob_gets(&theirs.blobs()[1].0),
@@ -649,17 +624,12 @@ fn a_docker_schema_2_image_pulls_and_runs() {
     };
     reg.push_docker(&img, "demo/docker:1").expect("push v2s2");
     let agent = agent_for(&reg, "");
-    let out = agent.apply(
+    run_on(
+        &agent,
+        &format!("{}/demo/docker:1", reg.host),
         "dk",
-        &group_on(
-            &format!("{}/demo/docker:1", reg.host),
-            "dk",
-            "Never",
-            &[("c", "cat /etc/docker; sleep 30")],
-            "",
-        ),
+        "cat /etc/docker; sleep 30",
     );
-    assert!(out.status.success(), "{}", text(&out));
     wait_log(&agent, "dk", "c", "hello from docker");
     agent.ctl(&["delete", "dk"]);
 }
@@ -769,6 +739,73 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Applies a one-container group `name` on `image` (restart policy `Never`) running
 /// `script`; panics when the agent refuses it.
 fn run_on(agent: &Agent, image: &str, name: &str, script: &str) {
-    let out = agent.apply(name, &group_on(image, name, "Never", &[("c", script)], ""));
+    run_with(agent, image, name, script, "");
+}
+
+/// [`run_on`] with `extra` spec lines (credentials).
+fn run_with(agent: &Agent, image: &str, name: &str, script: &str, extra: &str) {
+    let out = agent.apply(
+        name,
+        &group_on(image, name, "Never", &[("c", script)], extra),
+    );
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_group_naming_a_cache_still_being_created_waits_and_starts_from_it() {
+    let reg = Registry::start(Auth::None).expect("registry");
+    // About 4 s at the slowed rate: the group is applied while the cache pulls.
+    let noise = noise(1_000_000, 0x5eed_0fca_11ab_1e00);
+    let mut img = app_image("warm");
+    img.layers
+        .push((file_layer("big.bin", &noise), Some(Compression::Gzip)));
+    reg.push(&img, "demo/warm:1").expect("push");
+    // The harness's back-off (200 ms doubling to 1 s) keeps the wait short.
+    let agent = agent_for(&reg, "");
+    let image = format!("{}/demo/warm:1", reg.host);
+    reg.set_slow(true);
+    let out = agent.ctl(&["cache", "create", "warm-2", "--image", &image]);
+    assert!(out.status.success(), "{}", text(&out));
+    run_with(
+        &agent,
+        &image,
+        "cw",
+        "cat /etc/warm; sleep 30",
+        "imageCache:\n  name: warm-2\n",
+    );
+    let (reason, json) = wait_waiting(&agent, "cw", &["ImageCacheNotReady"]);
+    assert!(json.contains("is Creating"), "{reason}: {json}");
+    reg.set_slow(false);
+    wait_log(&agent, "cw", "c", "hello from warm");
+    let ev = events(&agent, "cw");
+    assert!(ev.contains("hit image cache warm-2"), "{ev}");
+    // The cache's pull was the only one.
+    assert_eq!(reg.blob_gets(&img.blobs()[2].0), 1, "{:?}", reg.requests());
+
+    // A cache that failed is not waited for: the group says so and stays Pending.
+    let out = agent.ctl(&[
+        "cache",
+        "create",
+        "cold-1",
+        "--image",
+        &format!("{}/demo/absent:1", reg.host),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(Duration::from_secs(30), || {
+        let c = agent.ctl(&["cache", "get", "cold-1", "-o", "json"]);
+        text(&c).contains("\"Failed\"").then_some(())
+    })
+    .expect("the cache fails");
+    run_with(
+        &agent,
+        &image,
+        "cf",
+        "sleep 30",
+        "imageCache:\n  name: cold-1\n",
+    );
+    let (_, json) = wait_waiting(&agent, "cf", &["ImageCacheFailed"]);
+    assert!(json.contains("is Failed"), "{json}");
+    for g in ["cw", "cf"] {
+        agent.ctl(&["delete", g]);
+    }
 }

@@ -1,5 +1,5 @@
-//! Containers service: logs from the CRI log files the shims write; exec and attach
-//! arrive later.
+//! Containers service: logs from the CRI log files the shims write; exec through the
+//! shim's Task API; attach through the shim's attach socket.
 
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -183,11 +183,130 @@ impl Containers for ContainersApi {
 
     async fn attach(
         &self,
-        _: Request<Streaming<AttachRequest>>,
+        req: Request<Streaming<AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented(
-            "attach is not available in this agent build yet",
-        ))
+        let mut requests = req.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("group: the first message must name it"))?;
+        let g = self.sup.groups().clone();
+        let name = first.group.clone();
+        let group = blocking(move || g.get(&name)).await?;
+        let spec = group.spec.unwrap_or_default();
+        let container = match (first.container.as_str(), spec.containers.len()) {
+            ("", 1) => spec.containers[0].name.clone(),
+            ("", n) => {
+                return Err(Status::invalid_argument(format!(
+                    "container: the group has {n} containers; name one"
+                )));
+            }
+            (c, _) => c.to_string(),
+        };
+        let wants_stdin = first.want_stdin || !first.stdin.is_empty();
+        let attached = self
+            .sup
+            .attach(&first.group, &container, wants_stdin)
+            .await
+            .map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(attach_session(attached, first, requests, container, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs one attach until the process exits, the client goes (detach) or sends input a
+/// container without stdin cannot take. Dropping the connection to the shim detaches.
+async fn attach_session(
+    attached: crate::sandbox::attach::Attached,
+    first: AttachRequest,
+    mut requests: Streaming<AttachRequest>,
+    container: String,
+    tx: mpsc::Sender<Result<ExecResponse, Status>>,
+) {
+    use eci_runtime::attach::Frame;
+    let crate::sandbox::attach::Attached {
+        tty,
+        stdin: has_stdin,
+        mut output,
+        mut input,
+    } = attached;
+    let resize = |s: TerminalSize| Frame::Resize {
+        rows: s.rows.min(u16::MAX as u32) as u16,
+        cols: s.cols.min(u16::MAX as u32) as u16,
+    };
+    let inbound = async {
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match requests.message().await {
+                    Ok(Some(m)) => m,
+                    // The client stopped sending: output goes on (an output-only
+                    // attacher sends nothing after its first message).
+                    _ => return std::future::pending::<Option<Status>>().await,
+                },
+            };
+            if let (true, Some(size)) = (tty, msg.resize) {
+                let _ = input.send(&resize(size)).await;
+            }
+            if !msg.stdin.is_empty() {
+                if !has_stdin {
+                    return Some(to_status(crate::supervisor::no_stdin(&container)));
+                }
+                if input.send(&Frame::Stdin(msg.stdin)).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    };
+    let out = tx.clone();
+    let outbound = async move {
+        loop {
+            let m = match output.next().await {
+                Ok(Some(Frame::Stdout(d))) => ExecResponse {
+                    stdout: d,
+                    ..Default::default()
+                },
+                Ok(Some(Frame::Stderr(d))) => ExecResponse {
+                    stderr: d,
+                    ..Default::default()
+                },
+                Ok(Some(Frame::Notice(n))) => ExecResponse {
+                    notice: n,
+                    ..Default::default()
+                },
+                Ok(Some(Frame::Exit(code))) => {
+                    let _ = out
+                        .send(Ok(ExecResponse {
+                            exit_code: Some(code),
+                            ..Default::default()
+                        }))
+                        .await;
+                    return;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = out
+                        .send(Err(Status::unavailable(format!("attach: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            if out.send(Ok(m)).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        refused = inbound => {
+            if let Some(st) = refused {
+                let _ = tx.send(Err(st)).await;
+            }
+        }
+        _ = outbound => {}
+        _ = tx.closed() => {}
     }
 }
 

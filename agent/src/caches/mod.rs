@@ -46,6 +46,9 @@ pub const MAX_RETENTION_DAYS: u32 = 3650;
 pub const CREATING: &str = "Creating";
 pub const READY: &str = "Ready";
 pub const FAILED: &str = "Failed";
+/// Why a group waits for the cache it names: the cache is still `Creating`. The only
+/// refusal of [`select`] that goes away by itself, so the only one retried.
+pub const NOT_READY: &str = "ImageCacheNotReady";
 
 /// One image a cache pins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -581,8 +584,14 @@ pub fn select<'a>(
             } else {
                 format!(": {}", c.message)
             };
+            // Creating: the caller waits and looks again; Failed: it stays so.
+            let reason = if c.status == CREATING {
+                NOT_READY
+            } else {
+                "ImageCacheFailed"
+            };
             return Err((
-                "ImageCacheNotReady",
+                reason,
                 format!(
                     "imageCache.name: image cache {:?} is {}{why}",
                     c.name, c.status

@@ -153,6 +153,7 @@ fn select_names_or_auto_matches_the_newest_ready_cache() {
             &["a", "b"],
         ),
         cache("only-a", READY, "2026-04-01T00:00:00.000000000Z", &["a"]),
+        cache("broken", FAILED, "2026-05-01T00:00:00.000000000Z", &["a"]),
     ];
     let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let auto = ImageCacheSelector {
@@ -178,6 +179,18 @@ fn select_names_or_auto_matches_the_newest_ready_cache() {
     let (reason, msg) = err(pick(&named("newest"), &["a"]));
     assert_eq!(reason, "ImageCacheNotReady");
     assert!(msg.contains("Creating"), "{msg}");
+    assert_eq!(reason, NOT_READY, "a cache being created is waited for");
+    let (reason, msg) = err(pick(&named("broken"), &["a"]));
+    assert_eq!(
+        reason, "ImageCacheFailed",
+        "a failed cache is not waited for"
+    );
+    assert!(msg.contains("is Failed"), "{msg}");
+    assert_eq!(
+        pick(&auto, &["a"]),
+        Ok(Some("only-a".into())),
+        "auto-match skips it"
+    );
     let (reason, msg) = err(pick(&named("old"), &["a", "c"]));
     assert_eq!(reason, "ImageCacheMismatch");
     assert!(msg.contains("does not hold c"), "{msg}");

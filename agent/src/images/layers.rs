@@ -170,11 +170,27 @@ impl ImageStore {
         tmp: tempfile::TempDir,
         dest: &Path,
     ) -> Result<(), ImageError> {
+        self.sync_unpack(&tmp)?;
+        self.rename_unpack(tmp, dest)
+    }
+
+    /// Writes back an unpack directory and everything else on its filesystem.
+    pub(super) fn sync_unpack(&self, tmp: &tempfile::TempDir) -> Result<(), ImageError> {
         // One syncfs writes back every file and directory of the tree (they share the
-        // filesystem), so the record written next never outlives the content.
+        // filesystem), so the record written next never outlives the content. Per-file
+        // fsync is far slower: ~0.85 ms a file here, 14 s for a 17,000-file image.
         let root = File::open(tmp.path()).map_err(io_err(tmp.path()))?;
         nix::unistd::syncfs(&root)
-            .map_err(|e| io_err(tmp.path())(std::io::Error::from_raw_os_error(e as i32)))?;
+            .map_err(|e| io_err(tmp.path())(std::io::Error::from_raw_os_error(e as i32)))
+    }
+
+    /// Renames an unpack directory [`Self::sync_unpack`] wrote back to `dest` (which must
+    /// not exist) and syncs the layers directory.
+    pub(super) fn rename_unpack(
+        &self,
+        tmp: tempfile::TempDir,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
         std::fs::rename(tmp.path(), dest).map_err(io_err(dest))?;
         // The temp path is gone; nothing left to clean up.
         let _ = tmp.keep();

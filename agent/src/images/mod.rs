@@ -16,6 +16,7 @@ pub mod documents;
 pub mod gc;
 mod import;
 pub mod layers;
+mod placement;
 pub mod process;
 pub mod pull;
 pub mod reference;
@@ -226,6 +227,7 @@ impl ImageStore {
         let content = ContentStore::open(&state_dir.join("content"))?;
         let layers = state_dir.join("layers");
         std::fs::create_dir_all(&layers).map_err(io_err(&layers))?;
+        placement::spread_subdirectories(&layers);
         let images = ImageStore {
             content,
             layers,

@@ -15,6 +15,21 @@ use super::digest::{Digest, Hashing};
 use super::layers::UnpackedLayer;
 use super::{ImageError, ImageRecord, ImageStore, LayerRecord, io_err, unpack};
 
+/// Write buffer of a blob's ingest file.
+const BLOB_BUF: usize = 1 << 20;
+/// Read buffer between the download and the gzip decoder.
+const INPUT_BUF: usize = 256 << 10;
+
+/// Whether the open `file` and the directory `dir` are on one filesystem (one syncfs
+/// covers both); false when either cannot be looked at.
+fn same_filesystem(file: &File, dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(dir)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
 /// Copies everything read through it into the blob's ingest file and hashes it.
 struct Tee<R> {
     src: Hashing<R>,
@@ -111,13 +126,15 @@ impl ImageStore {
         let file = blob_tmp.reopen().map_err(io_err(blob_tmp.path()))?;
         let mut tee = Tee {
             src: Hashing::new(data, layer.digest.algorithm()),
-            file: BufWriter::new(file),
+            file: BufWriter::with_capacity(BLOB_BUF, file),
             limit: layer.size,
             seen: 0,
         };
         let actual_diff = {
             let stream: Box<dyn Read + '_> = if layer.media_type.ends_with("gzip") {
-                Box::new(flate2::read::GzDecoder::new(&mut tee))
+                // Reads of the download in big steps (`read::GzDecoder` takes 32 KiB).
+                let input = io::BufReader::with_capacity(INPUT_BUF, &mut tee);
+                Box::new(flate2::bufread::GzDecoder::new(input))
             } else if layer.media_type.ends_with("zstd") {
                 Box::new(
                     zstd::stream::read::Decoder::new(&mut tee)
@@ -172,9 +189,15 @@ impl ImageStore {
         let file = file
             .into_inner()
             .map_err(|e| io_err(blob_tmp.path())(e.into_error()))?;
-        file.sync_all().map_err(io_err(blob_tmp.path()))?;
+        // One syncfs writes back the blob and the whole unpacked tree when they share a
+        // filesystem (the usual layout); a blob elsewhere gets its own fsync. Either way
+        // both are on disk before either is renamed into place and the layer recorded.
+        if !same_filesystem(&file, unpack_tmp.path()) {
+            file.sync_all().map_err(io_err(blob_tmp.path()))?;
+        }
+        self.sync_unpack(&unpack_tmp)?;
         self.content.commit(blob_tmp, &layer.digest)?;
-        self.commit_unpack(unpack_tmp, &dest)?;
+        self.rename_unpack(unpack_tmp, &dest)?;
         let record = UnpackedLayer {
             blob: layer.digest.clone(),
             unpacked_at: crate::clock::now(),

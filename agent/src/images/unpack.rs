@@ -71,6 +71,30 @@ const XATTR_CAPS_SZ_2: usize = 20;
 const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
 const XATTR_CAPS_SZ_3: usize = 24;
 
+/// How much of a file's data is gathered before one `write`: most files of an image
+/// are smaller, so they are written with one call (`io::copy` would use 8 KiB ones).
+const COPY_BUF: usize = 1 << 20;
+
+/// Copies `src` (an entry's data) into `f` through `buf`, filling `buf` before each
+/// write: the decompressor hands out what it has, often less than asked for.
+fn copy_data(src: &mut impl Read, f: &mut File, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match src.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        io::Write::write_all(f, &buf[..filled])?;
+        if filled < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
 fn nix_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
@@ -86,6 +110,7 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
         .into();
     let mut archive = tar::Archive::new(layer);
     let mut dir_times = Vec::new();
+    let mut buf = vec![0u8; COPY_BUF];
     let mut count = 0;
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
@@ -199,7 +224,7 @@ pub fn unpack(layer: impl Read, dest: &Path) -> Result<u64, UnpackError> {
                 .map_err(nix_io)
                 .map_err(wrap)?;
                 let mut f = File::from(fd);
-                io::copy(&mut entry, &mut f).map_err(wrap)?;
+                copy_data(&mut entry, &mut f, &mut buf).map_err(wrap)?;
                 set_meta(&f, uid, gid, mode, &xattrs).map_err(wrap)?;
                 let t = TimeSpec::new(mtime, 0);
                 nix::sys::stat::futimens(&f, &t, &t)

@@ -68,6 +68,14 @@ impl DevNet {
         s
     }
 
+    /// The MAC of a group's `eth0`: `02:ec` (locally administered) and its IPv4
+    /// address, so it is unique on the bridge and known before the veth exists (the
+    /// port guard, written first, lets only this MAC out).
+    pub fn mac_for(v4: Ipv4Addr) -> eci_netns::MacAddress {
+        let o = v4.octets();
+        eci_netns::MacAddress([0x02, 0xec, o[0], o[1], o[2], o[3]])
+    }
+
     /// The host end of a group's veth: "eci" and the first 12 hex digits of its id
     /// (15 bytes, the kernel's limit), so cleanup finds it from the id alone.
     pub fn host_end(group_id: &str) -> String {
@@ -123,5 +131,9 @@ mod tests {
         );
         assert_eq!(d.describe(), "eci0 10.88.0.1/16 fd00:88::1/64");
         assert_eq!(DevNet::host_end("0123456789abcdef"), "eci0123456789ab");
+        assert_eq!(
+            DevNet::mac_for(Ipv4Addr::new(10, 88, 1, 2)).to_string(),
+            "02:ec:0a:58:01:02"
+        );
     }
 }

@@ -4,7 +4,8 @@
 /// message and a Warning event.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("network.eni: {0}")]
+    /// The message names `network.eni` already.
+    #[error("{0}")]
     EniNotFound(String),
     #[error("network.eni: {link} ({mac}) is held by group {holder:?}")]
     EniHeld {

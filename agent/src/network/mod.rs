@@ -24,6 +24,10 @@ pub use error::NetworkError;
 pub struct NetworkPlan {
     /// The dev bridge for groups without an ENI; None on a fleet host.
     pub dev: Option<DevNet>,
+    /// `[network] reserved_links`: names or `prefix*` no spec may take as its ENI.
+    pub reserved_links: Vec<String>,
+    /// `[network] allow_host_links_as_eni`.
+    pub allow_host_links: bool,
 }
 
 impl NetworkPlan {
@@ -35,6 +39,8 @@ impl NetworkPlan {
             dev: cfg
                 .dev()?
                 .map(|(v4, v6)| DevNet::new(cfg.bridge.clone(), v4, v6)),
+            reserved_links: cfg.reserved()?,
+            allow_host_links: cfg.allow_host_links_as_eni,
         })
     }
 

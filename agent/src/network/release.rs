@@ -15,12 +15,16 @@ pub struct Released {
 }
 
 /// Returns group `id`'s ENI to the host under its original name (down, no addresses)
-/// and removes its dev veth. Blocking; idempotent. The ENI record is removed only once
+/// and removes its dev veth, then that veth's port guard. Blocking; idempotent. The ENI record is removed only once
 /// the ENI is back, so a failure here is retried by the next cleanup.
 pub fn release(store: &Store, id: &str, netns: &Path) -> Result<Released, NetworkError> {
     let mut out = Released::default();
-    eci_netns::bridge::detach_veth(&DevNet::host_end(id))
+    let port = DevNet::host_end(id);
+    eci_netns::bridge::detach_veth(&port)
         .map_err(|e| NetworkError::Veth(crate::error::chain(&e)))?;
+    // Only once the port is gone: it never exists without its guard.
+    eci_netns::nft::remove_port_guard(&port)
+        .map_err(|e| NetworkError::Veth(format!("port guard: {}", crate::error::chain(&e))))?;
     let held = store
         .held_eni(id)
         .map_err(|e| NetworkError::Store(crate::error::chain(&e)))?;

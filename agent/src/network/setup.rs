@@ -27,21 +27,25 @@ fn store_err(e: crate::store::StoreError) -> NetworkError {
     NetworkError::Store(crate::error::chain(&e))
 }
 
+/// One spec rule in its typed form: the same parse validation and the kernel side use.
+pub fn parse_rule(
+    r: &eci_api::v1::SecurityGroupRule,
+) -> Result<Rule, eci_netns::security_group::RuleError> {
+    Rule::parse(
+        &r.direction,
+        &r.protocol,
+        &r.port_range,
+        &r.cidr,
+        &r.policy,
+        r.priority,
+    )
+}
+
 /// The spec's rules, parsed (the spec was validated when it was stored).
 pub fn rules_of(net: &NetworkSpec) -> Vec<Rule> {
     net.security_group_rules
         .iter()
-        .filter_map(|r| {
-            Rule::parse(
-                &r.direction,
-                &r.protocol,
-                &r.port_range,
-                &r.cidr,
-                &r.policy,
-                r.priority,
-            )
-            .ok()
-        })
+        .filter_map(|r| parse_rule(r).ok())
         .collect()
 }
 
@@ -72,7 +76,7 @@ pub fn setup(
     let net = net.cloned().unwrap_or_default();
     let mut attached = None;
     let (mode, mac, host_link) = if let Some(sel) = selector_of(&net) {
-        let (held, new) = hold(store, id, name, &sel)?;
+        let (held, new) = hold(store, plan, id, name, &sel)?;
         crate::failpoint::hit("eni-recorded");
         let cfg = EniConfig {
             mtu: (net.mtu != 0).then_some(net.mtu),
@@ -95,18 +99,7 @@ pub fn setup(
         }
         out
     } else if let Some(dev) = &plan.dev {
-        let v4 = dev_address(store, dev, name)?;
-        dev.ensure()?;
-        let host = DevNet::host_end(id);
-        let cfg = EniConfig {
-            mtu: None,
-            ipv4: Ipv4Net::new(v4, dev.v4.prefix_len()).ok(),
-            ipv4_gateway: Some(dev.gateway_v4().addr()),
-            ipv6: dev.v6_for(v4),
-            ipv6_gateway: dev.gateway_v6().map(|g| g.addr()),
-        };
-        eci_netns::bridge::attach_veth(&host, &dev.bridge, netns, &cfg)
-            .map_err(|e| NetworkError::Veth(crate::error::chain(&e)))?;
+        let host = dev_port(store, dev, id, name, netns)?;
         crate::failpoint::hit("veth-attached");
         ("bridge", String::new(), host)
     } else {
@@ -133,10 +126,68 @@ pub fn setup(
     })
 }
 
+/// Group `id`'s port on the dev bridge: its address, then the port guard, then the veth
+/// (whose `eth0` gets the MAC the guard lets out). Returns the port's (host end's) name.
+/// Idempotent: on a running group it only re-converges, which brings back a guard that
+/// a host firewall reload (`nft flush ruleset`) removed.
+fn dev_port(
+    store: &Store,
+    dev: &DevNet,
+    id: &str,
+    name: &str,
+    netns: &Path,
+) -> Result<String, NetworkError> {
+    let v4 = dev_address(store, dev, name)?;
+    dev.ensure()?;
+    let host = DevNet::host_end(id);
+    let cfg = EniConfig {
+        mtu: None,
+        ipv4: Ipv4Net::new(v4, dev.v4.prefix_len()).ok(),
+        ipv4_gateway: Some(dev.gateway_v4().addr()),
+        ipv6: dev.v6_for(v4),
+        ipv6_gateway: dev.gateway_v6().map(|g| g.addr()),
+    };
+    // The guard first: the port never exists without it (see `PortGuard`).
+    let mac = DevNet::mac_for(v4);
+    eci_netns::nft::ensure_port_guard(&eci_netns::nft::PortGuard {
+        port: host.clone(),
+        mac,
+        ipv4: v4,
+        ipv6: cfg.ipv6.map(|n| n.addr()),
+    })
+    .map_err(|e| NetworkError::Veth(format!("port guard: {}", crate::error::chain(&e))))?;
+    eci_netns::bridge::attach_veth_with_mac(&host, &dev.bridge, netns, &cfg, Some(mac))
+        .map_err(|e| NetworkError::Veth(crate::error::chain(&e)))?;
+    Ok(host)
+}
+
+/// After an agent restart, for a running dev group: makes sure its port guard (and the
+/// MAC it allows) are in place again. Nothing to do for ENI groups or without a dev
+/// bridge. Blocking.
+pub fn reguard(
+    store: &Store,
+    plan: &NetworkPlan,
+    id: &str,
+    name: &str,
+    net: Option<&NetworkSpec>,
+    netns: &Path,
+) -> Result<(), NetworkError> {
+    let eni = net.and_then(selector_of).is_some();
+    // Only a group that holds its address: never give a running group a new one.
+    let holds = store.dev_address_of(name).map_err(store_err)?.is_some();
+    match &plan.dev {
+        Some(dev) if !eni && holds && netns.exists() => {
+            dev_port(store, dev, id, name, netns).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The ENI record of group `id`: the one it holds, or a new one committed before the
 /// ENI is touched. The bool says whether it is new.
 fn hold(
     store: &Store,
+    plan: &NetworkPlan,
     id: &str,
     name: &str,
     sel: &EniSelector,
@@ -145,7 +196,7 @@ fn hold(
         return Ok((h, false));
     }
     let all = store.held_enis().map_err(store_err)?;
-    let link = super::admit::find(sel, &all).map_err(NetworkError::EniNotFound)?;
+    let link = super::admit::find(sel, &all, plan).map_err(NetworkError::EniNotFound)?;
     let mac = link
         .mac
         .ok_or_else(|| NetworkError::EniNoMac(link.name.clone()))?;

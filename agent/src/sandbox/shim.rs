@@ -243,19 +243,30 @@ impl Shim {
         Ok(())
     }
 
+    /// Creates a container's first process, its output to `log`; with `stdin` the shim
+    /// keeps a stdin pipe (or the terminal) for attachers; with `tty` the process gets a
+    /// terminal of its own.
     pub async fn create(
         &self,
         id: &str,
         bundle: &Path,
         rootfs: api::Mount,
         log: &Path,
+        stdin: bool,
+        tty: bool,
     ) -> Result<u32, ShimError> {
         let req = api::CreateTaskRequest {
             id: id.into(),
             bundle: bundle.display().to_string(),
             rootfs: vec![rootfs],
+            stdin: if stdin {
+                eci_runtime::attach::STDIN_URI.into()
+            } else {
+                String::new()
+            },
             stdout: format!("file://{}", log.display()),
             stderr: format!("file://{}", log.display()),
+            terminal: tty,
             ..Default::default()
         };
         let r = self

@@ -286,7 +286,8 @@ pub fn build(i: &SpecInputs<'_>) -> Result<Spec, BuildError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let process = ProcessBuilder::default()
-        .terminal(false)
+        // `tty`: the shim's init opens the terminal in the container's devpts.
+        .terminal(i.container.tty)
         .user(
             UserBuilder::default()
                 // The runtime resolves the user by name (the annotation) inside the

@@ -18,6 +18,10 @@ use crate::images::pull::{Credential, PullError, PullPolicy};
 use crate::images::{ImageRecord, Reference};
 use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 
+/// The longest wait between two looks at a named image cache that is still `Creating`:
+/// a cache is ready within minutes, and the group should start soon after.
+const CACHE_POLL_MAX: Duration = Duration::from_secs(10);
+
 /// Each container (init first) with the image it runs.
 type Resolved = Vec<(Container, ImageRecord)>;
 
@@ -210,12 +214,22 @@ impl Supervisor {
         .await;
     }
 
+    /// The wait before retry number `n` (from 1): the restart back-off, doubling per
+    /// retry up to its maximum.
+    fn retry_delay(&self, n: u32) -> Duration {
+        self.cfg
+            .backoff_initial
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.cfg.backoff_max)
+    }
+
     /// Images of every container and the cache they came from, if any. From a cache
     /// (named or auto-matched) no registry request is made. Otherwise each image is
     /// pulled as its policy says: a failed pull leaves the container `Waiting`
     /// (`ErrImagePull`, then `ImagePullBackOff` while it backs off) and is retried until
     /// it succeeds or the group is deleted (which stops this task); a refusal no retry
-    /// can fix (`Never`, a bad name, a cache that is not there) returns `None`. Without
+    /// can fix (`Never`, a bad name, a cache that is absent, `Failed` or lacks an image)
+    /// returns `None`; a named cache still `Creating` is waited for. Without
     /// `allow_pull` (adopting a running group) only what is present is used, and a cache
     /// that is gone or changed is no reason to stop following the group.
     async fn resolve_images(
@@ -231,13 +245,26 @@ impl Supervisor {
             .next()
             .map(|c| c.name.clone())
             .unwrap_or_default();
-        match self.resolve_from_cache(ctx) {
-            Ok(Some((cache, images))) => return Some((images, Some(cache))),
-            Ok(None) => {}
-            Err(_) if !allow_pull => {}
-            Err((reason, msg)) => {
-                self.image_waiting(ctx, &first, reason, "Failed", msg).await;
-                return None;
+        let mut waits = 0u32;
+        loop {
+            match self.resolve_from_cache(ctx) {
+                Ok(Some((cache, images))) => return Some((images, Some(cache))),
+                Ok(None) => break,
+                Err(_) if !allow_pull => break,
+                // The named cache is still being created: wait for it like a pull that
+                // backs off (it ends Ready, or Failed, which is the refusal below).
+                Err((reason, msg)) if reason == caches::NOT_READY => {
+                    waits += 1;
+                    let delay = self.retry_delay(waits).min(CACHE_POLL_MAX);
+                    let msg = format!("{msg}; waiting for it, next look in {delay:?}");
+                    self.image_waiting(ctx, &first, reason, "BackOff", msg)
+                        .await;
+                    tokio::time::sleep(delay).await;
+                }
+                Err((reason, msg)) => {
+                    self.image_waiting(ctx, &first, reason, "Failed", msg).await;
+                    return None;
+                }
             }
         }
         let creds: Vec<Credential> = ctx
@@ -262,11 +289,7 @@ impl Supervisor {
                             return None;
                         }
                         failures += 1;
-                        let delay = self
-                            .cfg
-                            .backoff_initial
-                            .saturating_mul(1u32 << (failures - 1).min(16))
-                            .min(self.cfg.backoff_max);
+                        let delay = self.retry_delay(failures);
                         let back = format!("Back-off pulling image {:?}: {msg}", c.image);
                         self.image_waiting(ctx, &c.name, "ImagePullBackOff", "BackOff", back)
                             .await;
@@ -453,6 +476,11 @@ impl Supervisor {
         if !started {
             // The agent stopped before any app container ran: start over on this shim.
             return self.run(ctx).await;
+        }
+        // A dev port's guard is put back if something removed it while the agent was
+        // away (a host firewall reload flushes every table).
+        if let Err(e) = self.reguard_network(&ctx).await {
+            tracing::warn!(group = %ctx.name, error = %crate::error::chain(&e), "re-applying the dev port guard");
         }
         // An in-place rules update the agent stopped in the middle of is finished.
         if let Err(e) = self.apply_rules(&ctx).await {
@@ -646,7 +674,8 @@ impl Supervisor {
         };
         let log = self.log_file(&ctx.id, &c.name, restarts);
         let _ = shim.delete(&c.name, "").await;
-        shim.create(&c.name, &bundle, rootfs, &log).await?;
+        shim.create(&c.name, &bundle, rootfs, &log, c.stdin, c.tty)
+            .await?;
         let pid = shim.start(&c.name, "").await?;
         self.record_started(ctx, c, restarts).await;
         tracing::info!(group = %ctx.name, container = %c.name, pid, "container started");

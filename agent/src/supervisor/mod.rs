@@ -7,6 +7,7 @@
 //! [`Groups::mutate`], which refuses changes to a group being deleted, so a runner that
 //! races a delete stops by itself.
 
+mod attach;
 mod containers;
 mod exec;
 mod janitor;
@@ -17,6 +18,7 @@ mod teardown;
 mod transitions;
 mod volumes;
 
+pub use attach::no_stdin;
 pub use exec::{ExecExit, ExecResize, ExecSession};
 
 use std::collections::HashMap;

@@ -69,6 +69,20 @@ impl Supervisor {
         }
     }
 
+    /// Re-converges a running dev group's bridge port and its guard (adoption).
+    pub(crate) async fn reguard_network(&self, ctx: &GroupCtx) -> Result<(), NetworkError> {
+        let store = self.groups.store().clone();
+        let plan = self.groups.network().clone();
+        let (id, name) = (ctx.id.clone(), ctx.name.clone());
+        let net = ctx.spec.network.clone();
+        let netns = crate::network::netns_path(&ctx.dir);
+        tokio::task::spawn_blocking(move || {
+            setup::reguard(&store, &plan, &id, &name, net.as_ref(), &netns)
+        })
+        .await
+        .map_err(|_| NetworkError::Join("re-applying the dev port guard"))?
+    }
+
     /// Replaces the security-group rules of a running group with its (updated) spec's.
     pub(crate) async fn apply_rules(&self, ctx: &GroupCtx) -> Result<usize, NetworkError> {
         let net = ctx.spec.network.clone().unwrap_or_default();

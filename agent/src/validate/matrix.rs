@@ -498,15 +498,6 @@ fn cases() -> Vec<Case> {
             "containers[0].securityContext.privileged",
             |s| sc(s).privileged = true
         ),
-        case!(
-            "containers.stdin",
-            Unimplemented,
-            "containers[0].stdin",
-            |s| c0(s).stdin = true
-        ),
-        case!("containers.tty", Unimplemented, "containers[0].tty", |s| {
-            c0(s).tty = true
-        }),
         case!("volumes.name", Invalid, "volumes[0].name", |s| s.volumes
             [0]
         .name =
@@ -728,7 +719,7 @@ fn every_field_refuses_what_cannot_be_honoured_and_names_itself() {
 #[test]
 fn invalid_wins_over_unimplemented_and_lists_everything() {
     let mut s = base();
-    c0(&mut s).tty = true;
+    res(&mut s).gpu = 1;
     c0(&mut s).name = "App".into();
     res(&mut s).cpu = "0m".into();
     let err = admit(&s).expect_err("refused");
@@ -740,18 +731,17 @@ fn invalid_wins_over_unimplemented_and_lists_everything() {
         "{err}"
     );
     let mut s = base();
-    c0(&mut s).tty = true;
-    c0(&mut s).stdin = true;
+    res(&mut s).gpu = 1;
     let err = admit(&s).expect_err("refused");
     assert!(matches!(err, SpecError::Unimplemented(_)), "{err}");
-    assert_eq!(err.errors().len(), 2, "{err}");
+    assert_eq!(err.errors().len(), 1, "{err}");
 }
 
 #[test]
 fn an_oversized_spec_is_refused_before_anything_else() {
     let mut s = base();
     c0(&mut s).env[0].value = "v".repeat(limits::MAX_SPEC_BYTES);
-    c0(&mut s).tty = true;
+    res(&mut s).gpu = 1;
     let err = admit(&s).expect_err("refused");
     assert!(matches!(err, SpecError::Invalid(_)), "{err}");
     assert_eq!(err.errors().len(), 1, "{err}");

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use eci_api::v1::NetworkSpec;
-use eci_netns::{EniSelector, Rule};
+use eci_netns::EniSelector;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::Errors;
@@ -167,14 +167,7 @@ pub(super) fn check(net: &NetworkSpec, errs: &mut Errors) {
                 format!("network.securityGroupRules[{i}]"),
                 format!("each field is at most {MAX_WORD} bytes"),
             );
-        } else if let Err(e) = Rule::parse(
-            &r.direction,
-            &r.protocol,
-            &r.port_range,
-            &r.cidr,
-            &r.policy,
-            r.priority,
-        ) {
+        } else if let Err(e) = crate::network::setup::parse_rule(r) {
             // The rule error starts with the sub-field name ("portRange: ...").
             let msg = e.to_string();
             let (sub, rest) = msg.split_once(": ").unwrap_or(("", &msg));

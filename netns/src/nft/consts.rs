@@ -22,6 +22,7 @@ pub const NFNETLINK_V0: u8 = 0;
 pub const NFPROTO_UNSPEC: u8 = 0;
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
 pub const NFPROTO_IPV6: u8 = 10;
 
 // message types (NFT_MSG_*)
@@ -36,6 +37,11 @@ pub const NF_INET_LOCAL_IN: u32 = 1;
 pub const NF_INET_FORWARD: u32 = 2;
 pub const NF_INET_LOCAL_OUT: u32 = 3;
 pub const NF_INET_POST_ROUTING: u32 = 4;
+
+/// `NF_BR_PRE_ROUTING`: every frame entering a bridge port, bridged or for the host.
+pub const NF_BR_PRE_ROUTING: u32 = 0;
+/// `NF_BR_PRI_FILTER_BRIDGED`.
+pub const NF_BR_PRI_FILTER: i32 = -200;
 
 // verdicts
 pub const NF_DROP: u32 = 0;
@@ -83,6 +89,7 @@ pub const NFTA_PAYLOAD_DREG: u16 = 1;
 pub const NFTA_PAYLOAD_BASE: u16 = 2;
 pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
 pub const NFTA_PAYLOAD_LEN: u16 = 4;
+pub const NFT_PAYLOAD_LL_HEADER: u32 = 0;
 pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 

@@ -9,6 +9,8 @@ use super::consts::*;
 /// Where a `payload` expression reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Base {
+    /// The Ethernet header (bridge and netdev families).
+    Link,
     Network,
     Transport,
 }
@@ -63,6 +65,13 @@ impl Expr {
         }
     }
 
+    pub(crate) fn cmp_ne(data: &[u8]) -> Self {
+        Expr::Cmp {
+            eq: false,
+            data: data.to_vec(),
+        }
+    }
+
     /// Writes the expression as one `NFTA_LIST_ELEM` of `NFTA_RULE_EXPRESSIONS`.
     pub(crate) fn encode(&self, w: &mut AttrWriter) {
         w.nest(NFTA_LIST_ELEM, |w| match self {
@@ -88,6 +97,7 @@ impl Expr {
             }
             Expr::Payload { base, offset, len } => {
                 let base = match base {
+                    Base::Link => NFT_PAYLOAD_LL_HEADER,
                     Base::Network => NFT_PAYLOAD_NETWORK_HEADER,
                     Base::Transport => NFT_PAYLOAD_TRANSPORT_HEADER,
                 };

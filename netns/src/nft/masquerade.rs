@@ -95,7 +95,7 @@ pub(crate) fn compile(bridge: &str, subnets: &[IpNet]) -> Table {
         })
         .collect();
     Table {
-        name: MASQUERADE_TABLE,
+        name: MASQUERADE_TABLE.into(),
         family: NFPROTO_INET,
         chains: vec![
             Chain {
@@ -131,7 +131,7 @@ pub fn ensure_masquerade(bridge: &str, subnets: &[IpNet]) -> Result<(), NftError
     check_bridge(bridge)?;
     let t = compile(bridge, subnets);
     let mut b = Batch::new();
-    table::delete_table(&mut b, t.family, t.name);
+    table::delete_table(&mut b, t.family, &t.name);
     table::add_table(&mut b, &t);
     NfSocket::open()?.apply(b)
 }

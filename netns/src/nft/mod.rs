@@ -1,5 +1,5 @@
-//! nftables over netlink: the security-group table of a group's netns and the dev-mode
-//! masquerade table of the host.
+//! nftables over netlink: the security-group table of a group's netns, and the dev-mode
+//! masquerade table and per-port anti-spoofing guards of the host.
 //!
 //! No `nft` process and no libnftnl: the messages are encoded here on a `netlink-sys`
 //! socket. The pure-Rust crates were weighed first (docs/network.md, "Security groups"):
@@ -18,6 +18,7 @@ mod consts;
 mod counters;
 mod expr;
 mod masquerade;
+mod port_guard;
 mod security_groups;
 mod socket;
 mod table;
@@ -28,6 +29,7 @@ use std::path::Path;
 use nix::sched::{CloneFlags, setns};
 
 pub use masquerade::{MASQUERADE_TABLE, ensure_masquerade, remove_masquerade};
+pub use port_guard::{PortGuard, ensure_port_guard, port_guard_table, remove_port_guard};
 pub use security_groups::TABLE as SECURITY_GROUP_TABLE;
 
 use crate::security_group::Rule;
@@ -65,6 +67,8 @@ pub enum NftError {
     Malformed(&'static str),
     #[error("bridge: {0:?} is not a link name (1-15 bytes, no '/', ':', whitespace or NUL)")]
     BridgeName(String),
+    #[error("port guard: {0:?} is not a link name (1-15 bytes, no '/', ':', whitespace or NUL)")]
+    PortName(String),
     #[error("starting the namespace thread")]
     Spawn(#[source] std::io::Error),
     #[error("the namespace thread panicked")]
@@ -116,7 +120,7 @@ fn in_netns<T: Send + 'static>(
 pub fn apply_security_groups(netns: &Path, rules: &[Rule]) -> Result<(), NftError> {
     let table = security_groups::compile(rules);
     let mut b = Batch::new();
-    table::delete_table(&mut b, table.family, table.name);
+    table::delete_table(&mut b, table.family, &table.name);
     table::add_table(&mut b, &table);
     in_netns(netns, move |s| s.apply(b))
 }
@@ -162,7 +166,7 @@ mod tests {
         let err = in_new_netns(|| {
             let s = NfSocket::open().expect("socket");
             let bad = Table {
-                name: "eci_test",
+                name: "eci_test".into(),
                 family: NFPROTO_INET,
                 chains: vec![Chain {
                     name: "c",

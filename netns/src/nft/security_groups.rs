@@ -51,7 +51,7 @@ pub(crate) fn compile(rules: &[Rule]) -> Table {
         }
     }
     Table {
-        name: TABLE,
+        name: TABLE.into(),
         family: NFPROTO_INET,
         chains: vec![
             Chain {

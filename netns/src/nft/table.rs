@@ -34,7 +34,8 @@ pub(crate) struct Chain {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Table {
-    pub name: &'static str,
+    /// Owned: the port guards' tables are named after their port.
+    pub name: String,
     /// `NFPROTO_*`.
     pub family: u8,
     pub chains: Vec<Chain>,
@@ -88,7 +89,7 @@ pub(crate) fn delete_table(batch: &mut Batch, family: u8, name: &str) {
 /// Adds to `batch` the messages that create `table` with its chains and rules.
 pub(crate) fn add_table(batch: &mut Batch, table: &Table) {
     let mut w = AttrWriter::default();
-    w.put_str(NFTA_TABLE_NAME, table.name);
+    w.put_str(NFTA_TABLE_NAME, &table.name);
     batch.push(
         NFT_MSG_NEWTABLE,
         NLM_F_CREATE,
@@ -98,7 +99,7 @@ pub(crate) fn add_table(batch: &mut Batch, table: &Table) {
     );
     for chain in &table.chains {
         let mut w = AttrWriter::default();
-        w.put_str(NFTA_CHAIN_TABLE, table.name);
+        w.put_str(NFTA_CHAIN_TABLE, &table.name);
         w.put_str(NFTA_CHAIN_NAME, chain.name);
         w.nest(NFTA_CHAIN_HOOK, |w| {
             w.put_be32(NFTA_HOOK_HOOKNUM, chain.hook.num);
@@ -121,7 +122,7 @@ pub(crate) fn add_table(batch: &mut Batch, table: &Table) {
         );
         for (n, rule) in chain.rules.iter().enumerate() {
             let mut w = AttrWriter::default();
-            w.put_str(NFTA_RULE_TABLE, table.name);
+            w.put_str(NFTA_RULE_TABLE, &table.name);
             w.put_str(NFTA_RULE_CHAIN, chain.name);
             w.nest(NFTA_RULE_EXPRESSIONS, |w| {
                 for e in &rule.exprs {

@@ -94,17 +94,26 @@ impl Copying {
     }
 }
 
-/// Starts copying `stdout` and `stderr` (read ends of pipes) into the log at `path`.
+/// Sees every chunk of output as it is read, before it is logged (attachers). Called on
+/// the copy thread: it must never block.
+pub trait Tap: Send + Sync {
+    fn output(&self, stream: Stream, data: &[u8]);
+}
+
+/// Starts copying `stdout` and `stderr` (read ends of pipes; a pty master as `stdout`
+/// and no `stderr` for a process with a terminal) into the log at `path`, showing each
+/// chunk to `tap` first.
 pub fn start(
     stdout: OwnedFd,
-    stderr: OwnedFd,
+    stderr: Option<OwnedFd>,
     path: PathBuf,
     rotation: Rotation,
     stats: Option<PathBuf>,
+    tap: Option<std::sync::Arc<dyn Tap>>,
 ) -> Result<Copying, CopyError> {
     let (notify_r, notify_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(CopyError::Pipe)?;
-    for fd in [&stdout, &stderr] {
+    for fd in std::iter::once(&stdout).chain(stderr.as_ref()) {
         fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(CopyError::NonBlocking)?;
         // Best effort: a smaller pipe only means more, smaller reads.
         let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as _));
@@ -114,6 +123,7 @@ pub fn start(
         .name("log-copy".into())
         .spawn(move || {
             let mut c = Copier::new(stdout, stderr, notify_r, path, rotation, stats);
+            c.tap = tap;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run(tx)));
             if run.is_err() {
                 // Never leave the container a closed pipe: read and drop to EOF.
@@ -137,6 +147,7 @@ struct Input {
 
 struct Copier {
     inputs: [Input; 2],
+    tap: Option<std::sync::Arc<dyn Tap>>,
     notify: Option<OwnedFd>,
     log: Option<LogFile>,
     path: PathBuf,
@@ -175,7 +186,7 @@ enum Read {
 impl Copier {
     fn new(
         stdout: OwnedFd,
-        stderr: OwnedFd,
+        stderr: Option<OwnedFd>,
         notify: OwnedFd,
         path: PathBuf,
         rotation: Rotation,
@@ -200,16 +211,22 @@ impl Copier {
                 None
             }
         };
-        let input = |fd: OwnedFd, stream| {
-            let capacity = fcntl(&fd, FcntlArg::F_GETPIPE_SZ).map_or(65536, |n| n as usize);
+        let input = |fd: Option<OwnedFd>, stream| {
+            let capacity = fd.as_ref().map_or(65536, |fd| {
+                fcntl(fd, FcntlArg::F_GETPIPE_SZ).map_or(65536, |n| n as usize)
+            });
             Input {
-                fd: Some(fd),
+                fd,
                 split: Splitter::new(stream),
                 capacity,
             }
         };
         Copier {
-            inputs: [input(stdout, Stream::Stdout), input(stderr, Stream::Stderr)],
+            inputs: [
+                input(Some(stdout), Stream::Stdout),
+                input(stderr, Stream::Stderr),
+            ],
+            tap: None,
             notify: Some(notify),
             log,
             path,
@@ -315,6 +332,14 @@ impl Copier {
         };
         match r {
             Ok(n) if n > 0 => {
+                if let Some(tap) = &self.tap {
+                    let stream = if k == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    tap.output(stream, &self.buf[..n]);
+                }
                 let ts = now();
                 self.inputs[k]
                     .split
@@ -322,6 +347,14 @@ impl Copier {
                 Read::Data(n)
             }
             Err(nix::Error::EAGAIN) => Read::Empty,
+            // A pty master whose slaves are all closed (the shim keeps one until the
+            // process is reaped and drained): the end of a terminal's output.
+            Err(nix::Error::EIO) => {
+                let ts = now();
+                self.inputs[k].split.flush(&ts, &mut self.out);
+                self.inputs[k].fd = None;
+                Read::Eof
+            }
             // A read error on a pipe is not expected; closing it would SIGPIPE the
             // writer, so it stays open (and the next poll tries again, a little later).
             Err(e) => {
@@ -496,10 +529,11 @@ mod tests {
         let (er, _ew) = nix::unistd::pipe().expect("pipe");
         let copying = start(
             or,
-            er,
+            Some(er),
             log.clone(),
             Rotation::default(),
             Some(stats_path.clone()),
+            None,
         )
         .expect("start");
         let mut out = std::fs::File::from(ow);

@@ -57,12 +57,27 @@ impl TaskService {
         placement: Placement,
         record_to: Option<PathBuf>,
     ) -> ttrpc::Result<Created> {
+        if proc_.terminal && proc_.hub.is_some() {
+            return self
+                .spawn_console(proc_, config, placement, record_to)
+                .await;
+        }
         if proc_.terminal {
             return self
                 .spawn_with_pty(proc_, config, placement, record_to)
                 .await;
         }
-        let stdin = input(&proc_.stdin)?;
+        let stdin = match (&proc_.hub, proc_.stdin.as_str()) {
+            // A pipe the shim keeps: attachers write to it; the process never sees EOF
+            // while the shim lives (as Docker's `-i` without stdinOnce).
+            (Some(hub), eci_runtime::attach::STDIN_URI) => {
+                let (r, w) = process::pipe().map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+                hub.set_stdin(w)
+                    .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+                Stdio::from(r)
+            }
+            (_, uri) => input(uri)?,
+        };
         let (out, errout) = (output(&proc_.stdout)?, output(&proc_.stderr)?);
         let mut log: Option<(PathBuf, OwnedFd, OwnedFd)> = None;
         let (stdout, stderr) = match (out, errout) {
@@ -81,16 +96,17 @@ impl TaskService {
             }
         };
         let created = self
-            .create_process(config, placement, stdin, stdout, stderr)
+            .create_process(config, placement, stdin, stdout, stderr, false)
             .await?;
         let copying = match log {
             Some((path, or, er)) => Some(
                 crate::logs::start(
                     or,
-                    er,
+                    Some(er),
                     path,
                     self.group.log_rotation,
                     Some(Path::new(&proc_.bundle).join(crate::logs::copier::STATS_FILE)),
+                    tap(proc_),
                 )
                 .map_err(|e| {
                     err(
@@ -106,6 +122,14 @@ impl TaskService {
     }
 }
 
+/// The attach hub of a container's process, as the log copy's tap.
+fn tap(proc_: &Proc) -> Option<Arc<dyn crate::logs::copier::Tap>> {
+    proc_
+        .hub
+        .clone()
+        .map(|h| h as Arc<dyn crate::logs::copier::Tap>)
+}
+
 impl TaskService {
     /// Runs `eci-shim init` for `proc_` on a blocking thread (see `process::create`).
     async fn create_process(
@@ -115,10 +139,11 @@ impl TaskService {
         stdin: Stdio,
         stdout: Stdio,
         stderr: Stdio,
+        console: bool,
     ) -> ttrpc::Result<Created> {
         let reaper = self.reaper.clone();
         tokio::task::spawn_blocking(move || {
-            process::create(&config, &placement, stdin, stdout, stderr, &reaper)
+            process::create(&config, &placement, stdin, stdout, stderr, console, &reaper)
         })
         .await
         .map_err(|e| err(Code::INTERNAL, e.to_string()))?
@@ -158,6 +183,7 @@ impl TaskService {
                 Stdio::from(s_in),
                 Stdio::from(s_out),
                 Stdio::from(s_err),
+                false,
             )
             .await?;
         pty.serve(stdin, stdout)
@@ -166,6 +192,74 @@ impl TaskService {
             *p = Some(pty);
         }
         self.watch_exit(proc_.clone(), created.pid, record_to, None);
+        Ok(created)
+    }
+}
+
+impl TaskService {
+    /// A container's first process with a terminal (`tty`): its init opens the pty in
+    /// the container's devpts and sends the master here. The master's output goes to
+    /// the log (as stdout, as Docker and CRI log a terminal) and to attachers; input
+    /// comes from attachers when the container has `stdin`.
+    async fn spawn_console(
+        &self,
+        proc_: &Arc<Proc>,
+        config: PathBuf,
+        placement: Placement,
+        record_to: Option<PathBuf>,
+    ) -> ttrpc::Result<Created> {
+        let internal = |e: &dyn std::fmt::Display| err(Code::INTERNAL, e.to_string());
+        let mut created = self
+            .create_process(
+                config,
+                placement,
+                Stdio::null(),
+                Stdio::null(),
+                Stdio::null(),
+                true,
+            )
+            .await?;
+        let master = created
+            .console
+            .take()
+            .ok_or_else(|| err(Code::INTERNAL, "the container's init sent no terminal"))?;
+        let pty = crate::pty::Pty::from_master(master).map_err(|e| internal(&e))?;
+        if let Some((rows, cols)) = proc_.console {
+            let _ = pty.resize(rows, cols);
+        }
+        let hub = proc_.hub.clone();
+        if let Some(h) = &hub
+            && proc_.stdin == eci_runtime::attach::STDIN_URI
+        {
+            h.set_stdin(pty.master().map_err(|e| internal(&e))?)
+                .map_err(|e| internal(&e))?;
+        }
+        let copying = match output(&proc_.stdout)? {
+            Output::Log(path) => Some(
+                crate::logs::start(
+                    pty.master().map_err(|e| internal(&e))?,
+                    None,
+                    path,
+                    self.group.log_rotation,
+                    Some(Path::new(&proc_.bundle).join(crate::logs::copier::STATS_FILE)),
+                    tap(proc_),
+                )
+                .map_err(|e| internal(&e))?,
+            ),
+            Output::Fifo(out) => {
+                let stdin = match proc_.stdin.as_str() {
+                    "" | eci_runtime::attach::STDIN_URI => None,
+                    uri => Some(open_stdio(uri, false)?),
+                };
+                pty.serve(stdin, out).map_err(|e| internal(&e))?;
+                None
+            }
+            Output::Null => None,
+        };
+        if let Ok(mut p) = proc_.pty.lock() {
+            *p = Some(pty);
+        }
+        self.watch_exit(proc_.clone(), created.pid, record_to, copying);
         Ok(created)
     }
 }

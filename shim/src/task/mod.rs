@@ -6,7 +6,9 @@
 //! - [`exits`]: following a process to its exit and recording how it ended.
 //! - [`io`]: a process's stdio (log pipes, FIFOs, a terminal) and starting it.
 //! - [`bundle`]: what the OCI bundle says (rootfs overlay, cgroup limits).
+//! - [`attach`]: a connection on the attach socket (a container's stdio).
 
+mod attach;
 mod bundle;
 mod exits;
 mod io;

@@ -20,11 +20,13 @@ pub(super) struct Proc {
     pub(super) cgroup: String,
     /// Compiled seccomp programs: the container's, also for its execs.
     pub(super) seccomp: PathBuf,
-    /// Exec with a terminal: the pty, once started.
+    /// With a terminal (an exec's, or a container's `tty`): the pty, once started.
     pub(super) terminal: bool,
     /// Initial terminal size (rows, cols) from the process's `consoleSize`.
     pub(super) console: Option<(u16, u16)>,
     pub(super) pty: Mutex<Option<crate::pty::Pty>>,
+    /// A container's first process: its attach point (output fan-out, stdin).
+    pub(super) hub: Option<Arc<crate::attach::Hub>>,
     pub(super) state: Mutex<ProcState>,
     pub(super) exited: watch::Sender<Option<ExitRecord>>,
 }
@@ -61,6 +63,7 @@ impl Proc {
             terminal: false,
             console: None,
             pty: Mutex::new(None),
+            hub: None,
             state: Mutex::new(ProcState {
                 pid: 0,
                 status: Status::CREATED,

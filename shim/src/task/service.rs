@@ -59,10 +59,14 @@ impl Task for TaskService {
             )
         })?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let process = spec
+        let mut process = spec
             .process()
             .clone()
             .ok_or_else(|| err(Code::INVALID_ARGUMENT, "config.json: process is required"))?;
+        // A terminal when the client asks (containerd's `terminal`) or the spec says so;
+        // the init then opens it in the container's devpts.
+        let terminal = req.terminal || process.terminal().unwrap_or(false);
+        process.set_terminal(Some(terminal));
         let seccomp = self
             .group
             .seccomp
@@ -103,7 +107,7 @@ impl Task for TaskService {
         let json = serde_json::to_vec(&config).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         std::fs::write(&config_path, json).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
-        let proc_ = Arc::new(Proc::new(
+        let mut proc_ = Proc::new(
             Stdio {
                 bundle: req.bundle.clone(),
                 stdin: req.stdin.clone(),
@@ -113,7 +117,13 @@ impl Task for TaskService {
             cg.clone(),
             seccomp,
             None,
+        );
+        proc_.terminal = terminal;
+        proc_.hub = Some(crate::attach::Hub::new(
+            req.stdin == eci_runtime::attach::STDIN_URI,
+            terminal,
         ));
+        let proc_ = Arc::new(proc_);
         let created = match self
             .spawn(
                 &proc_,

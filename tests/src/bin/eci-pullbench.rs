@@ -15,8 +15,9 @@
 //! Every tool pulls from the registry directly (not through the test proxy). A `sync`
 //! before each timed pull keeps the previous round's writeback out of it.
 //!
-//! Run (root): `eci-pullbench [--rounds N] [--image OCI_LAYOUT_DIR]` (default 3 rounds;
-//! the image defaults to the cached build of `scripts/debian-pull-image.sh`).
+//! Run (root): `eci-pullbench [--rounds N] [--image OCI_LAYOUT_DIR] [--settle SECS]`
+//! (default 3 rounds; the image defaults to the cached build of
+//! `scripts/debian-pull-image.sh`; `--settle`: see [`sync`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,8 +50,21 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
+/// Seconds to wait after the `sync` before each timed pull (`--settle`).
+static SETTLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(6);
+
+/// Writes back what the previous round left dirty, then waits `--settle` seconds (default
+/// 6). The wait matters on an ext4 without a journal (this test machine's root): there,
+/// creating an inode skips every free inode of its group deleted in the last 5 s
+/// (`recently_deleted` in fs/ext4/ialloc.c; 305 s while the inode table block is still
+/// dirty), reading an inode table block for each. Right after the previous round deleted
+/// its ~17,000-file trees, each create scans thousands of them: measured, that kernel
+/// scan was ~65% of the agent's samples and its system time 13.8 s instead of ~1.5 s.
+/// Every tool suffers it alike; `--settle 0` measures it.
 fn sync() {
     let _ = Command::new("sync").status();
+    let settle = SETTLE.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(settle));
 }
 
 /// One layer of the image: its blob's path and compressed size.
@@ -229,7 +243,13 @@ fn args() -> Result<(usize, Option<PathBuf>)> {
         match a.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--image" => image = Some(it.next().context("--image DIR")?.into()),
-            _ => bail!("usage: eci-pullbench [--rounds N] [--image OCI_LAYOUT_DIR]"),
+            "--settle" => SETTLE.store(
+                it.next().context("--settle SECS")?.parse()?,
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            _ => {
+                bail!("usage: eci-pullbench [--rounds N] [--image OCI_LAYOUT_DIR] [--settle SECS]")
+            }
         }
     }
     Ok((rounds.max(1), image))

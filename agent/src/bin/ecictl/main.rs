@@ -1,6 +1,7 @@
 //! ecictl: the operator CLI of the ECI node agent. Talks gRPC to the agent's local Unix
 //! socket (root or the socket group), or to its TCP port with a client certificate.
 
+mod attach;
 mod conn;
 mod groups;
 mod images;
@@ -99,6 +100,20 @@ enum Cmd {
         container: Option<String>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Attach to a container's main process: its output, and with -i its input
+    /// (the container needs stdin: true). With -it, ctrl-p ctrl-q detaches; detaching
+    /// leaves the container running.
+    Attach {
+        /// Send standard input.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// The local terminal is raw (for a container with tty: true).
+        #[arg(short = 't', long)]
+        tty: bool,
+        name: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
     },
     /// CPU and memory of groups and their containers.
     Top { name: Option<String> },
@@ -211,6 +226,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             container,
             command,
         } => streams::exec(ch, name, container.unwrap_or_default(), command, stdin, tty).await,
+        Cmd::Attach {
+            stdin,
+            tty,
+            name,
+            container,
+        } => attach::attach(ch, name, container.unwrap_or_default(), stdin, tty).await,
         Cmd::Top { name } => streams::top(ch, name).await,
         Cmd::Events { watch, group } => streams::events(ch, group.unwrap_or_default(), watch).await,
         Cmd::Images { cmd } => images::images(ch, cmd).await,

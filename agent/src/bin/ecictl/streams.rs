@@ -35,11 +35,12 @@ pub async fn logs(ch: Channel, req: LogsRequest) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Puts the local terminal in raw mode for `exec -t` and restores it on drop.
-struct RawMode(Termios);
+/// Puts the local terminal in raw mode for `exec -t` / `attach -it` and restores it
+/// on drop.
+pub struct RawMode(Termios);
 
 impl RawMode {
-    fn enter() -> Result<Self> {
+    pub fn enter() -> Result<Self> {
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd()).context("stdin is not a terminal")?;
         let mut raw = saved.clone();
@@ -56,7 +57,7 @@ impl Drop for RawMode {
 }
 
 /// The local terminal's size, when stdout is a terminal.
-fn terminal_size() -> Option<TerminalSize> {
+pub fn terminal_size() -> Option<TerminalSize> {
     let mut ws = nix::libc::winsize {
         ws_row: 0,
         ws_col: 0,
