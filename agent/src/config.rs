@@ -49,6 +49,34 @@ pub struct Config {
     /// (`[registries."127.0.0.1:5000"]`; Docker Hub is `docker.io`).
     pub registries: std::collections::BTreeMap<String, RegistryConfig>,
     pub network: NetworkConfig,
+    pub volumes: VolumesConfig,
+}
+
+/// Disk volumes and local storage limits (issue 9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Block devices a `disk` volume may name, as shell patterns (`fnmatch`) matched
+    /// against the device's resolved `/dev` path. A device must also not be mounted or
+    /// otherwise in use on the host, whatever the patterns say.
+    pub disk_devices: Vec<String>,
+    /// How often each group's writable layers and disk emptyDirs are measured against
+    /// `ephemeralStorage` and `emptyDir.sizeLimit` (a group over a limit is evicted).
+    pub storage_check_interval: String,
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        VolumesConfig {
+            disk_devices: vec![
+                "/dev/vd[b-z]*".into(),
+                "/dev/xvd[b-z]*".into(),
+                "/dev/sd[b-z]*".into(),
+                "/dev/nvme[1-9]*n*".into(),
+            ],
+            storage_check_interval: "10s".into(),
+        }
+    }
 }
 
 /// How groups get their network (issue 8). A group that names an ENI always gets it;
@@ -428,6 +456,7 @@ impl Default for Config {
             pull: PullConfig::default(),
             registries: Default::default(),
             network: NetworkConfig::default(),
+            volumes: VolumesConfig::default(),
         }
     }
 }
@@ -527,6 +556,10 @@ impl Config {
         for (key, v) in [
             ("runtime.restart_backoff", &self.runtime.restart_backoff),
             ("pull.timeout", &self.pull.timeout),
+            (
+                "volumes.storage_check_interval",
+                &self.volumes.storage_check_interval,
+            ),
             (
                 "runtime.restart_backoff_max",
                 &self.runtime.restart_backoff_max,

@@ -48,7 +48,17 @@ fn supervisor_config(cfg: &Config) -> Result<SupervisorConfig> {
         oom_score_adj: cfg.runtime.oom_score_adj,
         backoff_initial: humantime::parse_duration(&cfg.runtime.restart_backoff)?,
         backoff_max: humantime::parse_duration(&cfg.runtime.restart_backoff_max)?,
+        disks: disk_policy(cfg),
     })
+}
+
+/// Which block devices disk volumes may use; the agent's own group mounts are under
+/// the groups run directory.
+fn disk_policy(cfg: &Config) -> crate::sandbox::disk::DiskPolicy {
+    crate::sandbox::disk::DiskPolicy {
+        allow: cfg.volumes.disk_devices.clone(),
+        groups_run_dir: cfg.run_dir.join("groups"),
+    }
 }
 
 /// Where the read-only bind of the shim binary lives.
@@ -79,6 +89,21 @@ fn spawn_supervisor_loop(sup: Arc<Supervisor>, health: Arc<Health>, cfg: &Config
                     sup.collect_finished(retention).await
                 }));
             }
+        }
+    });
+    Ok(())
+}
+
+/// Measures every group's local storage against its limits, one pass at a time
+/// (`volumes.storage_check_interval`); a group over one is evicted.
+fn spawn_storage_checks(sup: Arc<Supervisor>, cfg: &Config) -> Result<()> {
+    let every = humantime::parse_duration(&cfg.volumes.storage_check_interval)?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sup.check_storage().await;
         }
     });
     Ok(())
@@ -132,6 +157,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         Groups::new(store, node, images)
             .with_user_namespaces(userns)
             .with_network(network)
+            .with_disks(disk_policy(&cfg))
             .with_puller(cfg.pull.clone(), cfg.registries.clone()),
     );
     let g = groups.clone();
@@ -164,6 +190,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let health = Health::new(groups.store().clone());
     health.spawn(cfg.socket_path()).await;
     spawn_supervisor_loop(sup.clone(), health.clone(), &cfg)?;
+    spawn_storage_checks(sup.clone(), &cfg)?;
     // Caches a crash left Creating continue; then expiry and garbage collection run
     // periodically.
     match caches.resume().await {

@@ -61,6 +61,8 @@ pub struct Groups {
     userns: UserNamespaces,
     /// ENIs and the dev bridge (no dev bridge unless [`Groups::with_network`]).
     network: Arc<crate::network::NetworkPlan>,
+    /// Which block devices disk volumes may use (none unless [`Groups::with_disks`]).
+    disks: crate::sandbox::disk::DiskPolicy,
 }
 
 /// Event type names.
@@ -158,7 +160,14 @@ impl Groups {
             puller,
             userns: UserNamespaces::default(),
             network: Default::default(),
+            disks: Default::default(),
         }
+    }
+
+    /// Sets which block devices disk volumes may use.
+    pub fn with_disks(mut self, disks: crate::sandbox::disk::DiskPolicy) -> Self {
+        self.disks = disks;
+        self
     }
 
     /// Sets how groups get their network (the dev bridge, when not a fleet host).
@@ -307,7 +316,10 @@ impl Groups {
             ),
             None => None,
         };
+        // Disk devices must exist, be allowed and unused by the host: checked here.
+        let disks = crate::disk_holds::resolve(&spec, &self.disks)?;
         self.store.write(|tx| {
+            crate::disk_holds::check_free(tx, &disks, &name)?;
             if let Some(eni) = &eni
                 && let Some(other) = crate::network::admit::holder(&tx.list_groups()?, eni, &name)
             {
@@ -351,6 +363,7 @@ impl Groups {
                                 ))
                             })?;
                     }
+                    crate::disk_holds::hold(tx, &disks, &name)?;
                     status.phase = phase::PENDING.into();
                     status.reason = "Scheduled".into();
                     status.message = ADMITTED.into();
@@ -452,7 +465,10 @@ impl Groups {
     pub fn update_with(&self, spec: GroupSpec) -> Result<(ContainerGroup, bool)> {
         let valid = validate::validate(&spec)?;
         let name = spec.name.clone();
+        let disks = crate::disk_holds::resolve(&spec, &self.disks)?;
         self.store.write(|tx| {
+            crate::disk_holds::check_free(tx, &disks, &name)?;
+            crate::disk_holds::hold(tx, &disks, &name)?;
             let mut group = tx
                 .get_group(&name)?
                 .ok_or_else(|| Error::NotFound(name.clone()))?;

@@ -8,6 +8,7 @@ pub mod caches;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod disk_holds;
 pub mod error;
 pub mod failpoint;
 pub mod groups;

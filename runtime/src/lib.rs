@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod console;
 pub mod device_filter;
 pub mod devices;
+pub mod fsmount;
 pub mod host;
 pub mod idmap;
 pub mod init;

@@ -291,6 +291,15 @@ impl Agent {
                 .args(["delete", "table", "bridge", &format!("eci_guard_eci{port}")])
                 .stderr(std::process::Stdio::null())
                 .status();
+            // The group's /dev/shm and its memory, disk and nfs volumes.
+            let volumes = std::fs::read_dir(g.path().join("volumes"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path());
+            for m in volumes.chain([g.path().join("shm")]) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
             for ns in ["net", "ipc", "uts", "user"] {
                 let _ = nix::mount::umount2(
                     &g.path().join("ns").join(ns),

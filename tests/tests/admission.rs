@@ -169,27 +169,52 @@ fn rows() -> Vec<Row> {
                 })
             },
         ),
-        ("disk volume", Code::Unimplemented, "volumes[0].disk", |s| {
-            s.volumes[0] = Volume {
-                name: "v".into(),
-                disk: Some(DiskVolume {
-                    device: "/dev/vdb".into(),
+        (
+            "disk volume that is no block device",
+            Code::FailedPrecondition,
+            "volumes[0].disk.device",
+            |s| {
+                s.volumes[0] = Volume {
+                    name: "v".into(),
+                    disk: Some(DiskVolume {
+                        device: "/dev/null".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }
-        }),
-        ("nfs volume", Code::Unimplemented, "volumes[0].nfs", |s| {
-            s.volumes[0] = Volume {
-                name: "v".into(),
-                nfs: Some(NfsVolume {
-                    server: "10.0.0.9".into(),
-                    path: "/export".into(),
-                    read_only: true,
-                }),
-                ..Default::default()
-            }
-        }),
+                }
+            },
+        ),
+        (
+            "disk volume leaving /dev",
+            Code::InvalidArgument,
+            "volumes[0].disk.device",
+            |s| {
+                s.volumes[0] = Volume {
+                    name: "v".into(),
+                    disk: Some(DiskVolume {
+                        device: "/dev/../etc/passwd".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            },
+        ),
+        (
+            "nfs volume path",
+            Code::InvalidArgument,
+            "volumes[0].nfs.path",
+            |s| {
+                s.volumes[0] = Volume {
+                    name: "v".into(),
+                    nfs: Some(NfsVolume {
+                        server: "10.0.0.9".into(),
+                        path: "export".into(),
+                        read_only: true,
+                    }),
+                    ..Default::default()
+                }
+            },
+        ),
         (
             "credentials with a URL for a server",
             Code::InvalidArgument,

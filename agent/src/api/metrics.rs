@@ -204,6 +204,38 @@ fn filesystem(path: &std::path::Path, mount_point: &str) -> Option<FilesystemMet
     })
 }
 
+/// The group's local storage as `ephemeralStorage` bounds it (mount point `/`: used
+/// is what eviction measures, total the limit or the filesystem if smaller), then one
+/// entry per mounted disk volume (`volume:<name>`, the filesystem's own counts).
+fn group_disks(
+    writable: &std::path::Path,
+    volumes: &std::path::Path,
+    spec: &GroupSpec,
+) -> Vec<FilesystemMetrics> {
+    let mut out = Vec::new();
+    if let Some(mut f) = filesystem(writable, "/") {
+        let limit = crate::sandbox::usage::ephemeral_limit(spec);
+        f.used_bytes = crate::sandbox::usage::allocated_bytes(writable);
+        f.total_bytes = f.total_bytes.min(limit);
+        f.available_bytes = f.available_bytes.min(limit.saturating_sub(f.used_bytes));
+        out.push(f);
+    }
+    // Not nfs: statvfs of an export whose server is gone would hang.
+    for v in spec.volumes.iter().filter(|v| v.disk.is_some()) {
+        let Ok(st) = nix::sys::statvfs::statvfs(&volumes.join(&v.name)) else {
+            continue;
+        };
+        let block = st.fragment_size();
+        out.push(FilesystemMetrics {
+            mount_point: format!("volume:{}", v.name),
+            total_bytes: st.blocks() * block,
+            used_bytes: (st.blocks() - st.blocks_free()) * block,
+            available_bytes: st.blocks_available() * block,
+        });
+    }
+    out
+}
+
 /// What each security-group rule of the spec matched so far, read from the group's
 /// nftables table (empty when it cannot be read: metrics are best effort).
 fn rule_counters(netns: &std::path::Path, spec: &GroupSpec) -> Vec<SecurityGroupRuleCounter> {
@@ -297,7 +329,7 @@ impl MetricsApi {
                     .first()
                     .map(|p| network(*p))
                     .unwrap_or_default(),
-                disk: filesystem(&layers, "/").into_iter().collect(),
+                disk: group_disks(&layers, &sup.volumes_dir(&id), &spec),
                 containers: Vec::new(),
                 security_group_rules: Vec::new(),
             };

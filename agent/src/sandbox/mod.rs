@@ -2,9 +2,12 @@
 //! each container, and the files the agent writes for them.
 
 pub mod attach;
+pub mod disk;
+pub mod external;
 pub mod files;
 pub mod shim;
 pub mod spec;
+pub mod usage;
 pub mod volumes;
 
 pub use shim::{ExecIo, Shim, ShimError, ShimLaunch};

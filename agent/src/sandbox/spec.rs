@@ -52,6 +52,9 @@ pub struct SpecInputs<'a> {
     pub container: &'a Container,
     pub process: &'a Process,
     pub shm_bytes: u64,
+    /// The group's `/dev/shm` tmpfs ([`super::volumes::prepare_shm`]), shared by its
+    /// containers as they share the IPC namespace; None: one of `shm_bytes` each.
+    pub shm_dir: Option<&'a Path>,
     /// Directory holding `hosts`, `hostname`, `resolv.conf` for the group.
     pub etc_dir: &'a Path,
     /// Host directory of each volume of the group.
@@ -150,12 +153,20 @@ fn base_mounts(i: &SpecInputs<'_>) -> Result<Vec<Mount>, OciSpecError> {
                 "gid=5",
             ],
         )?,
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", &shm],
-        )?,
+        match i.shm_dir {
+            Some(dir) => mount(
+                "/dev/shm",
+                "bind",
+                dir,
+                &["rbind", "rprivate", "nosuid", "noexec", "nodev"],
+            )?,
+            None => mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", &shm],
+            )?,
+        },
         mount(
             "/dev/mqueue",
             "mqueue",
@@ -395,6 +406,7 @@ mod tests {
             container,
             process: &process(user),
             shm_bytes: 64 << 20,
+            shm_dir: None,
             etc_dir: Path::new("/run/eci/g/etc"),
             volumes: &volumes,
             oom_score_adj: 500,
@@ -535,6 +547,7 @@ mod tests {
             container: &c,
             process: &process("0"),
             shm_bytes: 1,
+            shm_dir: None,
             etc_dir: Path::new("/e"),
             volumes: &HashMap::new(),
             oom_score_adj: 0,

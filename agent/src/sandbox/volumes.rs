@@ -44,8 +44,39 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("volume {0}: only emptyDir and configFile volumes are available in this agent build")]
-    Unbuilt(String),
+    #[error("volume {0}: no source (emptyDir, configFile, disk or nfs)")]
+    NoSource(String),
+    #[error("volume {volume}: disk")]
+    Disk {
+        volume: String,
+        #[source]
+        source: super::disk::DiskError,
+    },
+    #[error("volume {volume}: mounting {what}")]
+    Mount {
+        volume: String,
+        what: String,
+        #[source]
+        source: eci_runtime::fsmount::FsMountError,
+    },
+    #[error(
+        "volume {0}: nfs: this host's kernel has no NFS client (neither nfs4 nor nfs is in /proc/filesystems)"
+    )]
+    NoNfsClient(String),
+    #[error("volume {volume}: nfs server {server:?} has no address")]
+    NfsServer {
+        volume: String,
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {volume}: {step}")]
+    Namespace {
+        volume: String,
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// The host directory of each volume by name. `run_root` and `state_root` are the
@@ -198,11 +229,59 @@ pub fn prepare(
                         source,
                     })?;
             }
-        } else {
-            return Err(VolumeError::Unbuilt(v.name.clone()));
+        } else if v.disk.is_none() && v.nfs.is_none() {
+            // disk and nfs volumes are mounted once the sandbox is up (`external`).
+            return Err(VolumeError::NoSource(v.name.clone()));
         }
     }
     Ok(())
+}
+
+/// The group's `/dev/shm`: one tmpfs for all its containers, which share the IPC
+/// namespace (as a pod's containers share the sandbox's `/dev/shm`).
+pub fn shm_dir(run_root: &Path) -> PathBuf {
+    run_root.join("shm")
+}
+
+/// Mounts the group's `/dev/shm` tmpfs of `bytes` (`shmSize`) at [`shm_dir`], owned by
+/// `owner` (the group's root) when it has a user namespace. Kept when already there,
+/// so what containers put in it outlives their restarts, as in a pod.
+pub fn prepare_shm(run_root: &Path, bytes: u64, owner: Option<u32>) -> Result<(), VolumeError> {
+    // Containers of a group start in parallel: one check-and-mount at a time, or two
+    // would stack two tmpfs at the same path.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = shm_dir(run_root);
+    let err = |step, source| VolumeError::Io {
+        volume: "/dev/shm".into(),
+        step,
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| err("creating its directory", e))?;
+    if is_mounted(&dir) {
+        return Ok(());
+    }
+    let ids = owner
+        .map(|id| format!(",uid={id},gid={id}"))
+        .unwrap_or_default();
+    let data = format!("size={bytes},mode=1777{ids}");
+    mount(
+        Some("shm"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| err("mounting its tmpfs", e.into()))
+}
+
+/// Whether something is mounted at `path` (a mount point of this mount namespace).
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.display().to_string().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    })
 }
 
 /// Makes `dir` a new, empty directory only the agent has seen. What stood there (the
@@ -247,18 +326,39 @@ fn chown_written(root: &Path, path: &Path, id: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Unmounts the group's in-memory volumes (before its run directory is removed).
+/// Unmounts the group's in-memory, disk and nfs volumes (before its run directory is
+/// removed). A disk's filesystem is flushed and released once no container holds it.
 pub fn unmount_all(run_root: &Path) {
-    for e in std::fs::read_dir(run_root.join("volumes"))
+    let entries = std::fs::read_dir(run_root.join("volumes"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        match umount2(&e.path(), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(err) => {
-                tracing::warn!(volume = %e.path().display(), error = %err, "unmounting volume")
+        .map(|e| e.path());
+    for path in entries.chain([shm_dir(run_root)]) {
+        // Until nothing is mounted there (EINVAL): mounts stacked by an earlier agent
+        // go too.
+        for _ in 0..16 {
+            match umount2(&path, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(err) => {
+                    tracing::warn!(volume = %path.display(), error = %err, "unmounting volume")
+                }
             }
+            break;
         }
     }
+}
+
+/// Whether anything is still mounted among the group's volumes or `/dev/shm` (a
+/// teardown that a crash cut short leaves a disk mounted).
+pub fn has_mounts(run_root: &Path) -> bool {
+    let (dir, shm) = (run_root.join("volumes"), shm_dir(run_root));
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|at| Path::new(at).starts_with(&dir) || Path::new(at) == shm)
+        })
+    })
 }

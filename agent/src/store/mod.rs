@@ -23,6 +23,7 @@
 //! ([`Feed`]).
 
 mod caches;
+mod disks;
 mod feed;
 mod network;
 mod ranges;
@@ -719,6 +720,7 @@ fn create_tables(db: &Database) -> Result<()> {
         ranges::ID_RANGES.name(),
         network::ENIS.name(),
         network::DEV_ADDRESSES.name(),
+        disks::DISKS.name(),
         caches::CACHES.name(),
         caches::IMAGE_USED.name(),
     ];
@@ -736,6 +738,7 @@ fn create_tables(db: &Database) -> Result<()> {
     tx.open_table(ranges::ID_RANGES).map_err(db_err)?;
     tx.open_table(network::ENIS).map_err(db_err)?;
     tx.open_table(network::DEV_ADDRESSES).map_err(db_err)?;
+    tx.open_table(disks::DISKS).map_err(db_err)?;
     tx.open_table(caches::CACHES).map_err(db_err)?;
     tx.open_table(caches::IMAGE_USED).map_err(db_err)?;
     tx.commit().map_err(db_err)

@@ -112,11 +112,13 @@ impl WriteTx<'_> {
         })
     }
 
-    /// Forgets a group and gives back its id range (see [`super::ranges`]) and dev
-    /// address (see [`super::network`]); returns its last state.
+    /// Forgets a group and gives back its id range (see [`super::ranges`]), dev
+    /// address (see [`super::network`]) and disks (see [`super::disks`]); returns its
+    /// last state.
     pub fn delete_group(&mut self, name: &str) -> Result<Option<ContainerGroup>> {
         self.free_range_of(name)?;
         self.free_dev_address_of(name)?;
+        self.release_disks_of(name)?;
         let removed = {
             let mut t = self.tx.open_table(GROUPS).map_err(db_err)?;
             let v = t.remove(name).map_err(db_err)?;

@@ -41,6 +41,9 @@ impl Supervisor {
             if let StartError::Network(e) = &e {
                 return self.network_failed(&ctx, e).await;
             }
+            if let StartError::Mount(_) = &e {
+                return self.end_group(&ctx, "FailedMount", e.message()).await;
+            }
             let msg = e.message();
             tracing::warn!(group = %ctx.name, error = %msg, "group start failed");
             let name = ctx.name.clone();
@@ -367,6 +370,7 @@ impl Supervisor {
         let userns = self.userns_of(ctx);
         let owner = userns.map(|r| r.base);
         let ips = self.planned_addresses(ctx);
+        let shm_bytes = valid.shm_bytes;
         tokio::task::spawn_blocking(move || -> Result<(), StartError> {
             files::write(&c2.dir.etc(), &c2.spec, owner, &ips).map_err(|source| {
                 StartError::Io {
@@ -375,6 +379,7 @@ impl Supervisor {
                     source,
                 }
             })?;
+            volumes::prepare_shm(c2.dir.root(), shm_bytes, owner)?;
             Ok(volumes::prepare(&c2.spec, c2.dir.root(), &writable, owner)?)
         })
         .await
@@ -398,6 +403,8 @@ impl Supervisor {
         // The network before any container: an init container may need it.
         self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;
+        // Disk and nfs volumes: the user and network namespaces exist now.
+        self.mount_volumes(ctx).await?;
         let shm = valid.shm_bytes;
         // Init containers: one at a time, each to success; the app containers wait in
         // PodInitializing meanwhile (as kubelet shows them).
@@ -662,7 +669,7 @@ impl Supervisor {
 
     /// The group's user namespace range, as its record says: a group keeps the mode it
     /// was admitted with until it is deleted, whatever the agent's config says later.
-    fn userns_of(&self, ctx: &GroupCtx) -> Option<eci_runtime::userns::IdRange> {
+    pub(super) fn userns_of(&self, ctx: &GroupCtx) -> Option<eci_runtime::userns::IdRange> {
         let u = self.groups.get(&ctx.name).ok()?.status?.user_namespace?;
         Some(eci_runtime::userns::IdRange {
             base: u.host_id_base,
@@ -1034,6 +1041,7 @@ impl BundleJob {
         }
         let process = crate::images::process::merge(&self.defaults, &self.container)?;
         let etc = self.ctx.dir.etc();
+        let shm = volumes::shm_dir(self.ctx.dir.root());
         let config = spec::build(&spec::SpecInputs {
             group_id: &self.ctx.id,
             cgroup_parent: &self.cgroup_parent,
@@ -1041,6 +1049,8 @@ impl BundleJob {
             container: &self.container,
             process: &process,
             shm_bytes: self.shm,
+            // A group an older agent started has none: each container gets its own.
+            shm_dir: Some(shm.as_path()).filter(|d| volumes::is_mounted(d)),
             etc_dir: &etc,
             volumes: &self.volumes,
             oom_score_adj: self.oom_score_adj,

@@ -93,6 +93,7 @@ impl Supervisor {
             return;
         }
         let _ = namespaces::remove(&run.join("ns"));
+        crate::failpoint::hit("volumes-unmounting");
         volumes::unmount_all(&run);
         for d in [run, self.cfg.state_dir.join("groups").join(id)] {
             if let Err(e) = std::fs::remove_dir_all(&d)

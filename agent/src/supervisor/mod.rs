@@ -19,6 +19,7 @@ mod probes;
 mod start_error;
 mod teardown;
 mod transitions;
+mod volumes;
 
 pub use attach::no_stdin;
 pub use exec::{ExecExit, ExecResize, ExecSession};
@@ -50,6 +51,8 @@ pub struct SupervisorConfig {
     /// First restart back-off; doubles per restart up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Which block devices disk volumes may use.
+    pub disks: crate::sandbox::disk::DiskPolicy,
 }
 
 /// The supervisor of all groups of this node.
@@ -101,6 +104,14 @@ impl Supervisor {
     /// Where a group's writable layers live (`<state>/groups/<id>`).
     pub fn writable_dir(&self, group_id: &str) -> std::path::PathBuf {
         self.cfg.state_dir.join("groups").join(group_id)
+    }
+
+    /// Where a group's disk, nfs and in-memory volumes are mounted
+    /// (`<run>/groups/<id>/volumes`).
+    pub fn volumes_dir(&self, group_id: &str) -> PathBuf {
+        GroupDir::new(&self.cfg.run_dir, group_id)
+            .root()
+            .join("volumes")
     }
 
     /// What the shim counted of a container's output it could not log (current run).
@@ -407,7 +418,11 @@ impl Supervisor {
                     .ok()
                     .flatten()
                     .is_some();
-                if held || ctx.dir.namespaces().exists() || ctx.dir.shim_pid().exists() {
+                if held
+                    || ctx.dir.namespaces().exists()
+                    || ctx.dir.shim_pid().exists()
+                    || crate::sandbox::volumes::has_mounts(ctx.dir.root())
+                {
                     tracing::warn!(group = %ctx.name, "releasing the sandbox of a finished group");
                     let me = self.clone();
                     tokio::spawn(async move { me.teardown(&ctx, Duration::ZERO).await });

@@ -24,6 +24,9 @@ pub(crate) enum StartError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// A disk or nfs volume could not be mounted: the group fails with `FailedMount`.
+    #[error(transparent)]
+    Mount(VolumeError),
     /// The shim's own words (its RPC status message, or why it could not be reached).
     #[error("{0}")]
     Shim(String),

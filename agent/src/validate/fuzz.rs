@@ -234,6 +234,7 @@ fn build_config(
         container,
         process: &process,
         shm_bytes: 64 << 20,
+        shm_dir: None,
         etc_dir: std::path::Path::new("/run/eci/etc"),
         volumes: &volumes,
         oom_score_adj: 0,

@@ -23,6 +23,8 @@ const HONOURED: &[&str] = &[
     "containers.volumeMounts.readOnly",
     "containers.securityContext.readOnlyRootFilesystem",
     "containers.securityContext.allowPrivilegeEscalation",
+    "volumes.disk.readOnly",
+    "volumes.nfs.readOnly",
 ];
 
 struct Case {
@@ -200,8 +202,8 @@ fn cases() -> Vec<Case> {
             |s| s.termination_grace_period_seconds = Some(3601)
         ),
         case!("shmSize", Invalid, "shmSize", |s| s.shm_size = "1Gi".into()),
-        case!("ephemeralStorage", Unimplemented, "ephemeralStorage", |s| {
-            s.ephemeral_storage = "10Gi".into()
+        case!("ephemeralStorage", Invalid, "ephemeralStorage", |s| {
+            s.ephemeral_storage = "0".into()
         }),
         case!(
             "securityContext.sysctls.name",
@@ -559,10 +561,10 @@ fn cases() -> Vec<Case> {
         ),
         case!(
             "volumes.emptyDir.sizeLimit",
-            Unimplemented,
+            Invalid,
             "volumes[0].emptyDir.sizeLimit",
             |s| s.volumes[0].empty_dir = Some(EmptyDirVolume {
-                size_limit: "1Gi".into(),
+                size_limit: "1GB".into(),
                 ..Default::default()
             })
         ),
@@ -594,23 +596,54 @@ fn cases() -> Vec<Case> {
             "volumes[1].configFile.files[0].mode",
             |s| file(s).mode = 0o1777
         ),
-        case!("volumes.disk", Unimplemented, "volumes[0].disk", |s| s
-            .volumes[0] =
-            Volume {
+        case!(
+            "volumes.disk.device",
+            Invalid,
+            "volumes[0].disk.device",
+            |s| s.volumes[0] = Volume {
                 name: "v".into(),
                 disk: Some(DiskVolume {
-                    device: "/dev/vdb".into(),
+                    device: "vdb/../sda".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
-        case!("volumes.nfs", Unimplemented, "volumes[0].nfs", |s| s
+            }
+        ),
+        case!(
+            "volumes.disk.fsType",
+            Invalid,
+            "volumes[0].disk.fsType",
+            |s| s.volumes[0] = Volume {
+                name: "v".into(),
+                disk: Some(DiskVolume {
+                    device: "/dev/vdb".into(),
+                    fs_type: "btrfs".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        ),
+        case!(
+            "volumes.nfs.server",
+            Invalid,
+            "volumes[0].nfs.server",
+            |s| s.volumes[0] = Volume {
+                name: "v".into(),
+                nfs: Some(NfsVolume {
+                    server: "a/b".into(),
+                    path: "/export".into(),
+                    read_only: false
+                }),
+                ..Default::default()
+            }
+        ),
+        case!("volumes.nfs.path", Invalid, "volumes[0].nfs.path", |s| s
             .volumes[0] =
             Volume {
                 name: "v".into(),
                 nfs: Some(NfsVolume {
                     server: "10.0.0.9".into(),
-                    path: "/export".into(),
+                    path: "export".into(),
                     read_only: false
                 }),
                 ..Default::default()

@@ -22,7 +22,8 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         memory: _,
         termination_grace_period_seconds: _,
         shm_size: _,
-        ephemeral_storage,
+        // Enforced by eviction (`sandbox/usage.rs`).
+        ephemeral_storage: _,
         security_context: _,
         // Used by the puller (credentials; never shown back) and the supervisor (caches,
         // checked by `group.rs`).
@@ -35,12 +36,6 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
         init_containers,
         volumes,
     } = spec;
-    if !ephemeral_storage.is_empty() {
-        errs.add(
-            "ephemeralStorage",
-            "a size for the writable layers is not enforced yet (no quota on the layer directory)",
-        );
-    }
     for (list, containers) in [
         ("initContainers", init_containers),
         ("containers", containers),
@@ -49,39 +44,22 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) {
             container(&format!("{list}[{i}]"), c, errs);
         }
     }
-    for (i, v) in volumes.iter().enumerate() {
-        volume(i, v, errs);
+    for v in volumes {
+        volume(v);
     }
 }
 
-fn volume(i: usize, v: &Volume, errs: &mut Errors) {
-    // emptyDir and configFile are enforced; hostPath is refused by `volume.rs`.
+fn volume(v: &Volume) {
+    // Every source is built (a disk emptyDir's sizeLimit by eviction); hostPath is
+    // refused by `volume.rs`.
     let Volume {
         name: _,
-        empty_dir,
+        empty_dir: _,
         config_file: _,
-        disk,
-        nfs,
+        disk: _,
+        nfs: _,
         host_path: _,
     } = v;
-    if disk.is_some() {
-        errs.add(
-            format!("volumes[{i}].disk"),
-            "disk volumes are not built yet",
-        );
-    }
-    if nfs.is_some() {
-        errs.add(format!("volumes[{i}].nfs"), "nfs volumes are not built yet");
-    }
-    if let Some(e) = empty_dir
-        && e.medium.is_empty()
-        && !e.size_limit.is_empty()
-    {
-        errs.add(
-            format!("volumes[{i}].emptyDir.sizeLimit"),
-            "a size limit on a disk emptyDir is not enforced yet (medium Memory has one)",
-        );
-    }
 }
 
 fn container(path: &str, c: &Container, errs: &mut Errors) {

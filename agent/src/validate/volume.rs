@@ -132,8 +132,9 @@ pub(super) fn check_all(volumes: &[Volume], errs: &mut Errors) -> VolumeSet {
                     format!("{path}.disk.device"),
                     format!("{} is longer than {MAX_PATH} bytes", quote(&d.device)),
                 );
-            } else if !d.device.starts_with("/dev/")
-                && (d.device.is_empty() || d.device.contains('/'))
+            } else if (!d.device.starts_with("/dev/")
+                && (d.device.is_empty() || d.device.contains('/')))
+                || d.device.split('/').any(|c| c == "..")
             {
                 errs.add(
                     format!("{path}.disk.device"),
