@@ -3,55 +3,33 @@
 //! and a socket keeps the namespace it was created in, so the caller can use the stream
 //! anywhere (a tokio worker never enters a tenant's namespace).
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sched::{CloneFlags, setns};
+use crate::enter::{EnterError, run_in};
 
 /// Errors connecting from inside a namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("opening network namespace {path}")]
-    Open {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("entering network namespace {path}")]
-    Enter {
-        path: String,
-        #[source]
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] EnterError),
     #[error("dial tcp {addr}")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("the namespace thread panicked")]
-    Thread,
 }
 
 /// A TCP connection to `addr` made inside the namespace pinned at `netns`, within
 /// `timeout`. Blocking (the connect and a short-lived thread): call it from the
 /// blocking pool.
 pub fn tcp(netns: &Path, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let file = File::open(netns).map_err(|source| ConnectError::Open {
-        path: netns.display().to_string(),
-        source,
-    })?;
-    let path = netns.display().to_string();
-    std::thread::spawn(move || {
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|source| ConnectError::Enter { path, source })?;
+    run_in(netns, "eci-connect", move || {
         TcpStream::connect_timeout(&addr, timeout)
             .map_err(|source| ConnectError::Connect { addr, source })
     })
-    .join()
-    .map_err(|_| ConnectError::Thread)?
 }
 
 #[cfg(test)]
@@ -69,7 +47,11 @@ mod tests {
         });
         // This process's own namespace (entering it needs root, as the agent has).
         let mut s = match tcp(Path::new("/proc/self/ns/net"), addr, Duration::from_secs(5)) {
-            Err(ConnectError::Enter { .. }) if !nix::unistd::geteuid().is_root() => return,
+            Err(ConnectError::Netns(EnterError::Enter { .. }))
+                if !nix::unistd::geteuid().is_root() =>
+            {
+                return;
+            }
             r => r.expect("connect"),
         };
         let mut got = String::new();
@@ -83,7 +65,7 @@ mod tests {
         );
         assert!(matches!(
             tcp(Path::new("/nonexistent/ns"), addr, Duration::from_secs(1)),
-            Err(ConnectError::Open { .. })
+            Err(ConnectError::Netns(EnterError::Open { .. }))
         ));
     }
 }

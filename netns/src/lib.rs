@@ -10,6 +10,7 @@ pub mod attach;
 pub mod bridge;
 pub mod connect;
 pub mod eni;
+pub mod enter;
 pub mod link;
 pub mod loopback;
 pub mod nft;

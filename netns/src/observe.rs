@@ -2,33 +2,19 @@
 //! reports is observed rather than copied from the spec: an address a spec asked for but
 //! the kernel does not hold is never shown as the group's.
 
-use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
 
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
-use nix::sched::{CloneFlags, setns};
 
 /// Errors reading a namespace's links.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    #[error("opening network namespace {path}")]
-    Open {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("entering network namespace {path}")]
-    Enter {
-        path: String,
-        #[source]
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] crate::enter::EnterError),
     #[error("listing interface addresses")]
     List(#[source] nix::Error),
-    #[error("the namespace thread panicked")]
-    Thread,
 }
 
 /// One address held by a non-loopback link of the namespace.
@@ -46,18 +32,7 @@ pub struct LinkAddress {
 /// Runs on a thread of its own that enters the namespace and ends there, so no thread of
 /// the caller (a tokio worker, say) is ever left inside a tenant's namespace.
 pub fn addresses(netns: &Path) -> Result<Vec<LinkAddress>, ObserveError> {
-    let file = File::open(netns).map_err(|source| ObserveError::Open {
-        path: netns.display().to_string(),
-        source,
-    })?;
-    let path = netns.display().to_string();
-    std::thread::spawn(move || {
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|source| ObserveError::Enter { path, source })?;
-        list_here()
-    })
-    .join()
-    .map_err(|_| ObserveError::Thread)?
+    crate::enter::run_in(netns, "eci-observe", list_here)
 }
 
 /// The non-loopback addresses of the calling thread's namespace.
@@ -86,6 +61,9 @@ fn list_here() -> Result<Vec<LinkAddress>, ObserveError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
+    use nix::sched::CloneFlags;
     use std::os::fd::AsRawFd;
 
     use nix::mount::{MntFlags, MsFlags, mount, umount2};

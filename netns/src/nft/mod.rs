@@ -23,10 +23,7 @@ mod security_groups;
 mod socket;
 mod table;
 
-use std::fs::File;
 use std::path::Path;
-
-use nix::sched::{CloneFlags, setns};
 
 pub use masquerade::{MASQUERADE_TABLE, ensure_masquerade, remove_masquerade};
 pub use port_guard::{PortGuard, ensure_port_guard, port_guard_table, remove_port_guard};
@@ -39,18 +36,8 @@ use socket::NfSocket;
 /// Errors programming or reading nftables.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("opening network namespace {path}")]
-    Open {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("entering network namespace {path}")]
-    Enter {
-        path: String,
-        #[source]
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] crate::enter::EnterError),
     #[error("opening a netfilter netlink socket")]
     Socket(#[source] std::io::Error),
     #[error("sending to netfilter netlink")]
@@ -69,10 +56,6 @@ pub enum NftError {
     BridgeName(String),
     #[error("port guard: {0:?} is not a link name (1-15 bytes, no '/', ':', whitespace or NUL)")]
     PortName(String),
-    #[error("starting the namespace thread")]
-    Spawn(#[source] std::io::Error),
-    #[error("the namespace thread panicked")]
-    Thread,
 }
 
 /// Packets and bytes counted by one spec rule.
@@ -93,21 +76,7 @@ fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce(&NfSocket) -> Result<T, NftError> + Send + 'static,
 ) -> Result<T, NftError> {
-    let path = netns.display().to_string();
-    let file = File::open(netns).map_err(|source| NftError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    std::thread::Builder::new()
-        .name("eci-nft".into())
-        .spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|source| NftError::Enter { path, source })?;
-            f(&NfSocket::open()?)
-        })
-        .map_err(NftError::Spawn)?
-        .join()
-        .map_err(|_| NftError::Thread)?
+    crate::enter::run_in(netns, "eci-nft", move || f(&NfSocket::open()?))
 }
 
 /// Replaces the group's security-group table ([`SECURITY_GROUP_TABLE`], family inet) in
@@ -146,6 +115,7 @@ mod tests {
     use super::expr::{Expr, Verdict};
     use super::table::{Chain, Hook, NftRule, Table};
     use super::*;
+    use nix::sched::CloneFlags;
 
     /// Runs `f` on a thread in a new, empty network namespace. Needs root.
     fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -208,9 +178,15 @@ mod tests {
         assert_eq!(counters.expect("read"), vec![]);
         let err = apply_security_groups(Path::new("/nonexistent/ns/net"), &[])
             .expect_err("no such netns");
-        assert!(matches!(err, NftError::Open { .. }), "{err}");
+        assert!(
+            matches!(err, NftError::Netns(crate::enter::EnterError::Open { .. })),
+            "{err}"
+        );
         let err =
             apply_security_groups(Path::new("/proc/self/status"), &[]).expect_err("not a netns");
-        assert!(matches!(err, NftError::Enter { .. }), "{err}");
+        assert!(
+            matches!(err, NftError::Netns(crate::enter::EnterError::Enter { .. })),
+            "{err}"
+        );
     }
 }
