@@ -47,40 +47,11 @@ pub fn open_and_send() -> Result<(), ConsoleError> {
         .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let master = openat2(&root, "dev/pts/ptmx", how).map_err(io("opening /dev/pts/ptmx"))?;
-    let st = nix::sys::stat::fstat(&master).map_err(io("inspecting /dev/pts/ptmx"))?;
-    let on_devpts = nix::sys::statfs::fstatfs(&master)
-        .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
-    if !on_devpts
-        || SFlag::from_bits_truncate(st.st_mode) != SFlag::S_IFCHR
-        || libc::major(st.st_rdev) != 5
-        || libc::minor(st.st_rdev) != 2
-    {
+    if !is_devpts_ptmx(&master) {
         return Err(ConsoleError::NotPtmx);
     }
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(ConsoleError::Io(
-            "unlocking the pty",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd; no memory is passed.
-    let slave = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if slave < 0 {
-        return Err(ConsoleError::Io(
-            "opening the pty slave",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: the ioctl returned a new descriptor that nothing else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    unlock(&master).map_err(|e| ConsoleError::Io("unlocking the pty", e))?;
+    let slave = open_peer(&master).map_err(|e| ConsoleError::Io("opening the pty slave", e))?;
     for target in 0..=2 {
         // SAFETY: dup2 onto the stdio numbers; both descriptors are open.
         if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
@@ -95,6 +66,49 @@ pub fn open_and_send() -> Result<(), ConsoleError> {
     // socket; nothing else in this process owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(CONSOLE_FD) };
     send_fd(&sock, &master)
+}
+
+/// Whether `fd` (an `O_PATH` fd is enough) is the multiplexer, `/dev/pts/ptmx`, of a
+/// devpts instance: a tenant may plant anything at that path, and only the real
+/// multiplexer may be opened for I/O or used.
+pub fn is_devpts_ptmx(fd: impl AsFd) -> bool {
+    let fd = fd.as_fd();
+    let on_devpts = nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
+    on_devpts
+        && nix::sys::stat::fstat(fd).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) == SFlag::S_IFCHR
+                && libc::major(st.st_rdev) == 5
+                && libc::minor(st.st_rdev) == 2
+        })
+}
+
+/// Unlocks the pty of `master` (a new pty starts locked).
+pub fn unlock(master: impl AsFd) -> std::io::Result<()> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
+    if unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens the slave of `master` by the master itself (`TIOCGPTPEER`), never by a path a
+/// tenant could have replaced.
+pub fn open_peer(master: impl AsFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd; no memory is passed.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_fd().as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(slave) })
 }
 
 /// Sends `fd` over the Unix socket `sock`.

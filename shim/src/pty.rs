@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::{Mode, SFlag};
+use nix::sys::stat::Mode;
 use std::path::Path;
 
 /// A terminal being served for one process.
@@ -54,15 +54,7 @@ impl Pty {
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let path = openat2(&root, "dev/pts/ptmx", how)
             .map_err(|e| PtyError::Io("resolving the container's /dev/pts/ptmx", e.into()))?;
-        let st = nix::sys::stat::fstat(&path)
-            .map_err(|e| PtyError::Io("inspecting /dev/pts/ptmx", e.into()))?;
-        let on_devpts = nix::sys::statfs::fstatfs(&path)
-            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
-        if !on_devpts
-            || SFlag::from_bits_truncate(st.st_mode) != SFlag::S_IFCHR
-            || libc::major(st.st_rdev) != 5
-            || libc::minor(st.st_rdev) != 2
-        {
+        if !eci_runtime::console::is_devpts_ptmx(&path) {
             return Err(PtyError::NotPtmx);
         }
         let master = std::fs::OpenOptions::new()
@@ -71,31 +63,9 @@ impl Pty {
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
             .map_err(|e| PtyError::Io("opening the container's /dev/pts/ptmx", e))?;
-        let unlock: libc::c_int = 0;
-        // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
-        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-            return Err(PtyError::Io(
-                "unlocking the pty",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave; no
-        // memory is passed.
-        let slave = unsafe {
-            libc::ioctl(
-                master.as_raw_fd(),
-                libc::TIOCGPTPEER,
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        if slave < 0 {
-            return Err(PtyError::Io(
-                "opening the pty slave",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
-        let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+        eci_runtime::console::unlock(&master).map_err(|e| PtyError::Io("unlocking the pty", e))?;
+        let slave = eci_runtime::console::open_peer(&master)
+            .map_err(|e| PtyError::Io("opening the pty slave", e))?;
         // Blocking I/O from here on: the copy threads wait on it.
         let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)
             .map_err(|e| PtyError::Io("fcntl", e.into()))?;
@@ -116,23 +86,8 @@ impl Pty {
     /// The terminal of a container's first process, from the master its init sent.
     /// Keeps a slave open until [`Pty::release`] (see `slave`).
     pub fn from_master(master: OwnedFd) -> Result<Self, PtyError> {
-        // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave; no
-        // memory is passed.
-        let slave = unsafe {
-            libc::ioctl(
-                master.as_raw_fd(),
-                libc::TIOCGPTPEER,
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        if slave < 0 {
-            return Err(PtyError::Io(
-                "opening the pty slave",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
-        let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+        let slave = eci_runtime::console::open_peer(&master)
+            .map_err(|e| PtyError::Io("opening the pty slave", e))?;
         Ok(Pty {
             master: File::from(master),
             slave: std::sync::Mutex::new(Some(slave)),
