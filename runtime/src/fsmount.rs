@@ -117,28 +117,10 @@ impl FsMount<'_> {
         }
         // SAFETY: fsmount returned a fresh descriptor that nothing else owns.
         let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
-        if let Some(userns) = self.idmap {
-            let attr = libc::mount_attr {
-                attr_set: libc::MOUNT_ATTR_IDMAP,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: userns.as_raw_fd() as u64,
-            };
-            // SAFETY: `attr` is a valid mount_attr that lives across the call and its
-            // size is passed; the empty path with AT_EMPTY_PATH names `mnt` itself.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_mount_setattr,
-                    mnt.as_raw_fd(),
-                    c"".as_ptr(),
-                    libc::AT_EMPTY_PATH as libc::c_uint,
-                    &attr as *const libc::mount_attr,
-                    std::mem::size_of::<libc::mount_attr>(),
-                )
-            };
-            if rc < 0 {
-                return Err(self.err("idmapping the mount for the group's user namespace"));
-            }
+        if let Some(userns) = self.idmap
+            && crate::idmap::set_idmap(&mnt, userns, 0, false) < 0
+        {
+            return Err(self.err("idmapping the mount for the group's user namespace"));
         }
         let t = CString::new(target.as_os_str().as_bytes())
             .map_err(|_| FsMountError::Nul(target.display().to_string()))?;

@@ -81,32 +81,48 @@ pub fn idmapped_tree(
     }
     // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut set = libc::MOUNT_ATTR_IDMAP;
-    if read_only {
-        set |= libc::MOUNT_ATTR_RDONLY;
+    let extra = if read_only {
+        libc::MOUNT_ATTR_RDONLY
+    } else {
+        0
+    };
+    if set_idmap(&tree, userns, extra, true) < 0 {
+        return Err(last("idmapping (mount_setattr) a copy of", source));
     }
+    Ok(tree)
+}
+
+/// Idmaps the detached mount `mnt` (and, with `recursive`, the mounts below it) through
+/// `userns`, setting `extra` mount attributes with it. Returns mount_setattr's result
+/// (< 0: see `errno`), so each caller names its own step.
+pub(crate) fn set_idmap(
+    mnt: &OwnedFd,
+    userns: BorrowedFd<'_>,
+    extra: u64,
+    recursive: bool,
+) -> libc::c_long {
     let attr = libc::mount_attr {
-        attr_set: set,
+        attr_set: libc::MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
     // SAFETY: `attr` is a valid mount_attr that lives across the call and its size is
-    // passed; the path is the empty C string with AT_EMPTY_PATH, naming `tree` itself.
-    let rc = unsafe {
+    // passed; the path is the empty C string with AT_EMPTY_PATH, naming `mnt` itself.
+    unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
+            mnt.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            flags as libc::c_uint,
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
-    };
-    if rc < 0 {
-        return Err(last("idmapping (mount_setattr) a copy of", source));
     }
-    Ok(tree)
 }
 
 /// Attaches a detached mount (from [`idmapped_tree`]) at `target`, an existing

@@ -4,7 +4,6 @@
 //! disk per filesystem), read from the cgroups and the group's network namespace.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -135,67 +134,12 @@ fn network(pid: u32) -> Vec<NetworkInterfaceMetrics> {
         .collect()
 }
 
-/// Bytes below the directory `dir`. The tree is the tenant's (a writable layer, a
-/// volume) and changes while it is walked: every step is relative to a descriptor, no
-/// symlink is followed, and the walk stays on the directory's filesystem, so a
-/// directory swapped for a link to `/` never leads the agent out.
-fn du(dir: std::os::fd::OwnedFd) -> u64 {
-    use nix::fcntl::{AtFlags, OFlag};
-    let Ok(top) = nix::sys::stat::fstat(&dir) else {
-        return 0;
-    };
-    let mut total = top.st_size as u64;
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        let Ok(mut entries) = nix::dir::Dir::from_fd(d) else {
-            continue;
-        };
-        let parent = entries.as_raw_fd();
-        let mut subdirs = Vec::new();
-        for e in entries.iter().flatten() {
-            let name = e.file_name();
-            if name.to_bytes() == b"." || name.to_bytes() == b".." {
-                continue;
-            }
-            // SAFETY: `parent` stays open while `entries` lives, which outlives this use.
-            let at = unsafe { std::os::fd::BorrowedFd::borrow_raw(parent) };
-            let Ok(st) = nix::sys::stat::fstatat(at, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            total += st.st_size as u64;
-            let is_dir = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
-                == nix::sys::stat::SFlag::S_IFDIR;
-            if is_dir && st.st_dev == top.st_dev {
-                subdirs.push(name.to_owned());
-            }
-        }
-        for name in subdirs {
-            // SAFETY: as above.
-            let at = unsafe { std::os::fd::BorrowedFd::borrow_raw(parent) };
-            if let Ok(fd) = nix::fcntl::openat(
-                at,
-                name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            ) {
-                stack.push(fd);
-            }
-        }
-    }
-    total
-}
-
 /// The filesystem holding `path`, with `used` as measured below `path`.
 fn filesystem(path: &std::path::Path, mount_point: &str) -> Option<FilesystemMetrics> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     let block = st.fragment_size();
-    let used = nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map(du)
-    .unwrap_or(0);
+    // Measured as eviction measures it (`du`: allocated blocks, each inode once).
+    let used = crate::sandbox::usage::allocated_bytes(path);
     Some(FilesystemMetrics {
         mount_point: mount_point.to_string(),
         total_bytes: st.blocks() * block,
@@ -402,7 +346,7 @@ impl Metrics for MetricsApi {
 
 #[cfg(test)]
 mod du_tests {
-    use super::du;
+    use crate::sandbox::usage::allocated_bytes;
 
     #[test]
     fn the_walk_never_follows_a_link_out_of_the_tree() {
@@ -413,13 +357,7 @@ mod du_tests {
         // A tenant's links to the host's root and to a big host tree.
         std::os::unix::fs::symlink("/", dir.path().join("root")).expect("ln");
         std::os::unix::fs::symlink("/usr", dir.path().join("sub/usr")).expect("ln");
-        let fd = nix::fcntl::open(
-            dir.path(),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .expect("open");
-        let used = du(fd);
+        let used = allocated_bytes(dir.path());
         assert!((1500..1500 + 64 * 1024).contains(&used), "{used}");
     }
 }

@@ -108,22 +108,9 @@ pub async fn attach(
         });
     }
     if tty {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let Ok(mut winch) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-            else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                if let Some(size) = terminal_size() {
-                    let msg = AttachRequest {
-                        resize: Some(size),
-                        ..Default::default()
-                    };
-                    let _ = tx.send(msg).await;
-                }
-            }
+        crate::streams::forward_resizes(tx.clone(), |size| AttachRequest {
+            resize: Some(size),
+            ..Default::default()
         });
     }
     let mut code = 0;

@@ -56,6 +56,28 @@ impl Drop for RawMode {
     }
 }
 
+/// Sends the terminal's new size (as `msg` makes it) on every SIGWINCH, for `exec -t`
+/// and `attach -t`, until the stream's sender side goes.
+pub fn forward_resizes<M: Send + 'static>(
+    tx: mpsc::Sender<M>,
+    msg: impl Fn(TerminalSize) -> M + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let Ok(mut winch) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        else {
+            return;
+        };
+        while winch.recv().await.is_some() {
+            if let Some(size) = terminal_size()
+                && tx.send(msg(size)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
 /// The local terminal's size, when stdout is a terminal.
 pub fn terminal_size() -> Option<TerminalSize> {
     let mut ws = nix::libc::winsize {
@@ -134,23 +156,9 @@ pub async fn exec(
         });
     }
     if tty {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let Ok(mut winch) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-            else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                if let Some(size) = terminal_size() {
-                    let _ = tx
-                        .send(ExecRequest {
-                            resize: Some(size),
-                            ..Default::default()
-                        })
-                        .await;
-                }
-            }
+        forward_resizes(tx.clone(), |size| ExecRequest {
+            resize: Some(size),
+            ..Default::default()
         });
     }
     drop(tx);
