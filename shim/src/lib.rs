@@ -3,6 +3,7 @@
 //! v2 Task API (ttrpc) on a socket in the group's run directory.
 
 pub mod attach;
+pub mod guest_proto;
 pub mod kill;
 pub mod logs;
 pub mod process;
