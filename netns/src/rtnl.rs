@@ -431,13 +431,6 @@ pub(crate) async fn configure(
     link: &Link,
     cfg: &Eth0,
 ) -> Result<(), (&'static str, io::Error)> {
-    let mut b = change(link.index).up();
-    if let Some(mtu) = cfg.mtu.filter(|m| *m != link.mtu) {
-        b = b.mtu(mtu);
-    }
-    set(h, b.build())
-        .await
-        .map_err(|e| ("setting MTU and up on", e))?;
     let mut want = Vec::new();
     if let Some(n) = cfg.v4 {
         want.push(Addr {
@@ -451,22 +444,58 @@ pub(crate) async fn configure(
             prefix: n.prefix_len(),
         });
     }
-    converge_addresses(h, link.index, &want)
+    let mut gws = Vec::new();
+    gws.extend(cfg.v4_gw.map(IpAddr::V4));
+    gws.extend(cfg.v6_gw.map(IpAddr::V6));
+    configure_all(h, link, cfg.mtu, &want, &gws).await
+}
+
+/// As [`configure`], with any number of addresses and gateways: MTU, up, exactly `want`
+/// (plus the IPv6 link-local address), a default route via each gateway (`onlink` when
+/// no address of its family covers it and it is not link-local).
+pub(crate) async fn configure_all(
+    h: &Handle,
+    link: &Link,
+    mtu: Option<u32>,
+    want: &[Addr],
+    gateways: &[IpAddr],
+) -> Result<(), (&'static str, io::Error)> {
+    let mut b = change(link.index).up();
+    if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
+        b = b.mtu(mtu);
+    }
+    set(h, b.build())
+        .await
+        .map_err(|e| ("setting MTU and up on", e))?;
+    converge_addresses(h, link.index, want)
         .await
         .map_err(|e| ("setting the addresses of", e))?;
-    if let Some(gw) = cfg.v4_gw {
-        let onlink = !cfg.v4.is_some_and(|n| n.contains(&gw));
-        default_route(h, link.index, IpAddr::V4(gw), onlink)
+    for gw in gateways {
+        let covered = want.iter().any(|a| covers(a, *gw));
+        let onlink = !covered && !is_link_local(*gw);
+        let what = if gw.is_ipv4() {
+            "adding the IPv4 default route via"
+        } else {
+            "adding the IPv6 default route via"
+        };
+        default_route(h, link.index, *gw, onlink)
             .await
-            .map_err(|e| ("adding the IPv4 default route via", e))?;
-    }
-    if let Some(gw) = cfg.v6_gw {
-        let onlink = !is_link_local(IpAddr::V6(gw)) && !cfg.v6.is_some_and(|n| n.contains(&gw));
-        default_route(h, link.index, IpAddr::V6(gw), onlink)
-            .await
-            .map_err(|e| ("adding the IPv6 default route via", e))?;
+            .map_err(|e| (what, e))?;
     }
     Ok(())
+}
+
+/// Whether the prefix of `a` holds `ip`.
+fn covers(a: &Addr, ip: IpAddr) -> bool {
+    match (a.ip, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            ipnet::Ipv4Net::new(n, a.prefix).is_ok_and(|net| net.contains(&i))
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            ipnet::Ipv6Net::new(n, a.prefix).is_ok_and(|net| net.contains(&i))
+        }
+        _ => false,
+    }
 }
 
 /// The links that carry a default route of the main table (IPv4 or IPv6; every next hop
