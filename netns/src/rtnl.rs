@@ -182,6 +182,8 @@ pub(crate) struct Link {
     /// IFLA_MASTER: the bridge a port is enslaved to.
     pub master: Option<u32>,
     pub loopback: bool,
+    /// IFLA_IFALIAS: free text the kernel keeps with the link (a plug record, say).
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -196,6 +198,7 @@ impl Link {
             peer: None,
             master: None,
             loopback: m.header.flags.contains(LinkFlags::Loopback),
+            alias: None,
         };
         for a in &m.attributes {
             match a {
@@ -208,6 +211,7 @@ impl Link {
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Link(i) => link.peer = Some(*i),
                 LinkAttribute::Controller(i) => link.master = Some(*i),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -317,7 +321,7 @@ pub(crate) async fn flush(h: &Handle, index: u32) -> io::Result<()> {
     Ok(())
 }
 
-fn is_link_local(ip: IpAddr) -> bool {
+pub(crate) fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
         IpAddr::V4(_) => false,
@@ -536,5 +540,46 @@ pub(crate) async fn default_route_links(h: &Handle) -> io::Result<Vec<u32>> {
     }
     out.sort_unstable();
     out.dedup();
+    Ok(out)
+}
+
+/// The gateways of the main table's default routes out of link `index` (IPv4 and
+/// IPv6), in the kernel's order.
+pub(crate) async fn default_gateways(h: &Handle, index: u32) -> io::Result<Vec<IpAddr>> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
+    let mut out = Vec::new();
+    for msg in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut routes = h.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(io)? {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if r.header.destination_prefix_length != 0
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || r.header.kind != RouteType::Unicast
+                || !r.attributes.contains(&RouteAttribute::Oif(index))
+            {
+                continue;
+            }
+            for a in &r.attributes {
+                let gw = match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => IpAddr::V4(*v4),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => IpAddr::V6(*v6),
+                    _ => continue,
+                };
+                if !out.contains(&gw) {
+                    out.push(gw);
+                }
+            }
+        }
+    }
     Ok(out)
 }

@@ -7,9 +7,12 @@
 
 mod guest;
 mod guest_net;
+mod plug;
+mod tap;
 
 pub use guest::configure_guest;
 pub use guest_net::{GuestNet, MAX_ADDRS, MAX_CMDLINE};
+pub use plug::{BRIDGE, Plugged, TAP, plug, unplug};
 
 use crate::attach::AttachError;
 use crate::eni::MacAddress;
@@ -44,6 +47,8 @@ pub enum VmNetError {
     NoNic { mac: MacAddress, netns: String },
     #[error("{netns} already has a link named eth0 (ifindex {index}) that is not the NIC")]
     Eth0Taken { netns: String, index: u32 },
+    #[error("{netns} already has a link named {name} that is not a leftover of a plug")]
+    NameTaken { name: String, netns: String },
 }
 
 fn step(what: String) -> impl FnOnce(std::io::Error) -> VmNetError {
