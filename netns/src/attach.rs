@@ -51,6 +51,8 @@ pub enum AttachError {
         netns: String,
         other: u32,
     },
+    #[error("undoing the vm plug of the group's eth0")]
+    Unplug(#[source] Box<crate::vm::VmNetError>),
 }
 
 /// How the ENI is configured inside the group's netns.
@@ -289,7 +291,14 @@ async fn reset(
 /// clobbered: that is an error. Returns `Ok(false)` when the link is nowhere to be found
 /// (a missing or unmounted `netns` pin counts as an empty netns). Blocking; runs on a
 /// dedicated thread.
+///
+/// A vm group's eth0 may still be plugged into the guest's bridge (the shim died before
+/// its unplug): that is undone first ([`crate::vm::unplug`], a no-op otherwise), so the
+/// ENI leaves the bridge with its MAC back from the plug record.
 pub fn detach(rec: &EniRecord, netns: Option<&Path>) -> Result<bool, AttachError> {
+    if let Some(ns) = netns {
+        crate::vm::unplug(ns).map_err(|e| AttachError::Unplug(Box::new(e)))?;
+    }
     let rec = rec.clone();
     let target = netns.map_or(Target::None, Target::Optional);
     rtnl::run(target, move |s| async move {

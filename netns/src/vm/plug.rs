@@ -141,13 +141,15 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         rtnl::set(
             h,
             rtnl::change(br.index)
-                .append_extra_attribute(
-                    rtnetlink::packet_route::link::LinkAttribute::IfAlias(alias),
-                )
+                .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::IfAlias(
+                    alias,
+                ))
                 .build(),
         )
         .await
-        .map_err(step(format!("recording the plug as the alias of {BRIDGE} in {ns}")))?;
+        .map_err(step(format!(
+            "recording the plug as the alias of {BRIDGE} in {ns}"
+        )))?;
         set_v6_disabled(BRIDGE, true)?;
 
         // 2. The tap, created by this thread inside the netns.
@@ -311,9 +313,12 @@ async fn read_identity(
             out.push(net);
         }
     }
-    let gateways: Vec<IpAddr> = rtnl::default_gateways(h, eth0.index)
-        .await
-        .map_err(step(format!("reading the default routes of {ETH0} in {ns}")))?;
+    let gateways: Vec<IpAddr> =
+        rtnl::default_gateways(h, eth0.index)
+            .await
+            .map_err(step(format!(
+                "reading the default routes of {ETH0} in {ns}"
+            )))?;
     let net = GuestNet {
         mac,
         mtu: eth0.mtu,
