@@ -407,7 +407,8 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
             .is_some(),
         "without the table a SYN to 8081 arrives"
     );
-    std::thread::sleep(Duration::from_secs(3)); // that connect gives up
+    std::thread::sleep(Duration::from_secs(4)); // that connect gives up
+    while guest.rx.try_recv().is_ok() {} // and its SYNs are forgotten
 
     // 3. The security group, in the forward chain: ingress only TCP 8080.
     let rules =

@@ -139,11 +139,10 @@ fn addr_match(net: IpNet, src: bool) -> Vec<Expr> {
 }
 
 /// IPv6 link-local sources: the guest's own (made from its MAC) count as the guest's.
-fn link_local() -> IpNet {
-    IpNet::V6(
-        Ipv6Net::new(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10).unwrap_or_default(),
-    )
-}
+const LINK_LOCAL: IpNet = IpNet::V6(Ipv6Net::new_assert(
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+    10,
+));
 
 /// The rules of the `forward` chain of a vm group whose guest holds `guest`.
 fn forward_rules(rules: &[Rule], guest: &[IpAddr]) -> Vec<NftRule> {
@@ -151,7 +150,7 @@ fn forward_rules(rules: &[Rule], guest: &[IpAddr]) -> Vec<NftRule> {
     order.sort_by_key(|&i| rules[i].priority);
     let hosts: Vec<IpNet> = guest.iter().map(|a| IpNet::from(*a)).collect();
     let mut sources = hosts.clone();
-    sources.push(link_local());
+    sources.push(LINK_LOCAL);
 
     let mut out = base_rules(Direction::Egress)
         .into_iter()
@@ -453,6 +452,67 @@ mod tests {
             assert_eq!(c.rules[0].exprs[0], Expr::CtState);
         }
         assert_eq!(index_of("eci-sg rule 12"), Some(12));
+        assert_eq!(t.chains.len(), 2, "no forward chain outside a vm group");
         assert_eq!(index_of("eci-sg loopback"), None);
+    }
+
+    #[test]
+    fn a_vm_group_gets_a_forward_chain_split_by_the_guest_addresses() {
+        let rules = vec![
+            rule("ingress", "tcp", "8080/8080", "0.0.0.0/0", "", 1),
+            rule("egress", "udp", "53/53", "::/0", "drop", 2),
+        ];
+        let guest: Vec<IpAddr> = vec![
+            "10.0.0.5".parse().expect("v4"),
+            "fd00::5".parse().expect("v6"),
+        ];
+        let t = compile(&rules, Some(&guest));
+        let fwd = &t.chains[2];
+        assert_eq!(fwd.name, "forward");
+        assert_eq!(fwd.hook.num, NF_INET_FORWARD);
+        assert_eq!(fwd.hook.policy, Verdict::Drop);
+        assert_eq!(fwd.rules[0].exprs[0], Expr::CtState);
+        let tagged = |c: &str| -> Vec<&NftRule> {
+            fwd.rules
+                .iter()
+                .filter(|r| r.comment.as_deref() == Some(c))
+                .collect()
+        };
+        // The IPv4 ingress rule once, behind `ip daddr 10.0.0.5`.
+        let ingress = tagged("eci-sg rule 0");
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress[0].exprs[..4],
+            [
+                Expr::Meta(MetaKey::NfProto),
+                Expr::cmp_eq(&[NFPROTO_IPV4]),
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::cmp_eq(&[10, 0, 0, 5]),
+            ]
+        );
+        // The IPv6 egress rule behind `ip6 saddr fd00::5` and `ip6 saddr fe80::/10`.
+        let egress = tagged("eci-sg rule 1");
+        assert_eq!(egress.len(), 2);
+        assert!(egress.iter().all(|r| r.exprs[2]
+            == Expr::Payload {
+                base: Base::Network,
+                offset: 8,
+                len: 16
+            }));
+        // Ingress defaults to drop, egress to accept, per guest address, in that order.
+        let pos = |c: &str| {
+            fwd.rules
+                .iter()
+                .position(|r| r.comment.as_deref() == Some(c))
+        };
+        assert!(pos("eci-sg guest ingress default") < pos("eci-sg guest egress default"));
+        assert_eq!(tagged("eci-sg guest ingress default").len(), 2);
+        assert_eq!(tagged("eci-sg guest egress default").len(), 3);
+        assert!(pos("eci-sg rule 0") < pos("eci-sg guest ingress default"));
+        assert!(pos("eci-sg guest ingress default") < pos("eci-sg rule 1"));
     }
 }
