@@ -8,7 +8,7 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,8 @@ use eci_netns::{EniConfig, EniRecord, EniSelector, MacAddress, Rule};
 
 const VPC4: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 const GUEST4: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 5);
+const VPC6: Ipv6Addr = Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, 1);
+const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd78, 0, 0, 0, 0, 0, 0, 5);
 
 /// vpc (10.78.0.1/24, fd78::1/64) ←veth→ group eth0 (10.78.0.5/24, fd78::5/64, default
 /// routes via the vpc, a known MAC).
@@ -29,6 +31,8 @@ struct Fixture {
     group: Netns,
     mac: MacAddress,
     vpc_mac: [u8; 6],
+    /// The vpc end of the veth.
+    peer: String,
 }
 
 impl Fixture {
@@ -67,6 +71,7 @@ impl Fixture {
             group,
             mac,
             vpc_mac: vpc_mac.0,
+            peer,
         }
     }
 
@@ -240,7 +245,7 @@ fn guest_loop(
                 r.extend_from_slice(&a[8..18]);
                 let _ = writer.write_all(&r);
             }
-        } else if ethertype == 0x0800 && f[0..6] == mac {
+        } else if (ethertype == 0x0800 || ethertype == 0x86dd) && f[0..6] == mac {
             let _ = tx.send(f[14..].to_vec());
         }
     }
@@ -288,6 +293,49 @@ fn udp_frame(
     f.extend_from_slice(&[0x08, 0x00]);
     f.extend_from_slice(&ip);
     f
+}
+
+/// An Ethernet frame with an IPv6 UDP datagram (checksum over the pseudo-header).
+fn udp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&src.1.to_be_bytes());
+    udp.extend_from_slice(&dst.1.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.0.octets());
+    pseudo.extend_from_slice(&dst.0.octets());
+    pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&udp);
+    let c = checksum(&pseudo);
+    udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Whether `p` is an IPv6 UDP datagram to `port`.
+fn is_udp6_to(port: u16) -> impl Fn(&[u8]) -> bool {
+    move |p| {
+        p.len() >= 48 && p[0] >> 4 == 6 && p[6] == 17 && u16::from_be_bytes([p[42], p[43]]) == port
+    }
 }
 
 /// (protocol, source, destination port) of an IPv4 packet.
@@ -642,4 +690,99 @@ fn configure_guest_gives_the_nic_the_identity_in_the_group_netns() {
             .contains("no NIC with MAC 02:00:00:00:00:42"),
         "{err}"
     );
+}
+
+#[test]
+fn ipv6_is_bridged_and_filtered_in_forward_too() {
+    if !root() {
+        return;
+    }
+    let f = Fixture::new();
+    let plugged = plug(&f.group.path).expect("plug").expect("eth0");
+    // The vpc resolves the guest statically: this test does not answer neighbour
+    // solicitations.
+    f.vpc.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        "fd78::5",
+        "lladdr",
+        &f.mac.to_string(),
+        "dev",
+        &f.peer,
+        "nud",
+        "permanent",
+    ]);
+    let mut guest = Guest::start(plugged.tap, f.mac, GUEST4);
+    let vpc = in_netns(&f.vpc.path, || UdpSocket::bind((VPC6, 5000)).expect("bind"));
+    vpc.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+
+    // Open: both ways (the guest speaks first: the vpc learns nothing from it, but the
+    // bridge learns where the guest's MAC is).
+    guest.send(&udp6_frame(
+        f.mac.0,
+        f.vpc_mac,
+        (GUEST6, 4000),
+        (VPC6, 5000),
+        b"yo6",
+    ));
+    let (n, from) = vpc.recv_from(&mut buf).expect("the vpc receives");
+    assert_eq!(&buf[..n], b"yo6");
+    assert_eq!(from, SocketAddr::new(IpAddr::V6(GUEST6), 4000));
+    vpc.send_to(b"hi6", (GUEST6, 4000)).expect("send");
+    let p = guest
+        .expect(Duration::from_secs(3), is_udp6_to(4000))
+        .expect("IPv6 reaches the tap");
+    assert_eq!(&p[48..], b"hi6");
+
+    // With the security group (ingress only TCP 8080 from IPv6 anywhere).
+    let rules = vec![Rule::parse("ingress", "tcp", "8080/8080", "::/0", "", 1).expect("rule")];
+    eci_netns::nft::apply_vm_security_groups(
+        &f.group.path,
+        &rules,
+        &[IpAddr::V4(GUEST4), IpAddr::V6(GUEST6)],
+    )
+    .expect("apply");
+    vpc.send_to(b"unsolicited", (GUEST6, 4001)).expect("send");
+    assert!(
+        guest
+            .expect(Duration::from_secs(2), is_udp6_to(4001))
+            .is_none(),
+        "unsolicited IPv6 UDP is dropped in forward"
+    );
+    guest.send(&udp6_frame(
+        f.mac.0,
+        f.vpc_mac,
+        (GUEST6, 4002),
+        (VPC6, 5000),
+        b"ask6",
+    ));
+    let (n, from) = vpc
+        .recv_from(&mut buf)
+        .expect("the vpc receives the question");
+    assert_eq!(&buf[..n], b"ask6");
+    vpc.send_to(b"answer6", from).expect("answer");
+    let p = guest
+        .expect(Duration::from_secs(3), is_udp6_to(4002))
+        .expect("the IPv6 answer is established");
+    assert_eq!(&p[48..], b"answer6");
+    let spoof: Ipv6Addr = "fd78::99".parse().expect("v6");
+    guest.send(&udp6_frame(
+        f.mac.0,
+        f.vpc_mac,
+        (spoof, 4003),
+        (VPC6, 5000),
+        b"spoof",
+    ));
+    vpc.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    assert!(
+        vpc.recv_from(&mut buf).is_err(),
+        "a spoofed IPv6 source gets out"
+    );
+    drop(guest);
+    unplug(&f.group.path).expect("unplug");
+    assert_unplugged(&f);
 }

@@ -27,6 +27,8 @@ pub const BRIDGE: &str = "br0";
 pub const TAP: &str = "tap0";
 /// Prefix of `br0`'s alias that marks it as a plug record.
 const RECORD: &str = "eci-vm-plug";
+/// How long [`plug`] waits for the bridge ports to forward.
+const FORWARDING_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// IFALIASZ is 256 with the NUL.
 const MAX_ALIAS: usize = 255;
 
@@ -74,7 +76,8 @@ impl Record {
 /// default routes), records them as `br0`'s alias, creates `br0` (netfilter calls on,
 /// multicast snooping off, IPv6 off), creates `tap0` (MTU of eth0, IPv6 off), gives
 /// eth0 a fresh locally administered MAC, removes its addresses and switches IPv6 off
-/// on it, enslaves eth0 and tap0 and brings all up.
+/// on it, enslaves eth0 and tap0, brings all up and waits (at most 3 s) until both
+/// ports forward.
 ///
 /// `Ok(None)` when the netns has no eth0 (a group without network): nothing is created.
 /// A leftover plug (a crash, a second call) is undone first ([`unplug`]), so the
@@ -191,6 +194,21 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         rtnl::set(h, rtnl::change(br.index).up().build())
             .await
             .map_err(step(format!("setting {BRIDGE} up in {ns}")))?;
+        // A port forwards only once the kernel's link watcher has seen it up (up to a
+        // second later); frames before that are dropped. Wait for it, bounded: a port
+        // whose carrier is down (an ENI link down) never forwards, and that is no
+        // reason to fail the plug.
+        let deadline = std::time::Instant::now() + FORWARDING_WAIT;
+        loop {
+            let links = list().await?;
+            let ready = [eth0.index, tap.index]
+                .iter()
+                .all(|i| links.iter().any(|l| l.index == *i && l.forwarding));
+            if ready || std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         Ok(Some(Plugged {
             tap: tap_fd,
             guest: net,
