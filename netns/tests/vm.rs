@@ -144,6 +144,15 @@ fn assert_unplugged(f: &Fixture) {
     assert!(!has_link(&f.group, "tap0"));
 }
 
+/// `nft list tables` in `ns`.
+fn nft_tables(ns: &Netns) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "list", "tables"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 // ---- the guest: raw frames on the tap descriptor ----
 
 /// A received IPv4 packet (Ethernet header stripped).
@@ -447,6 +456,22 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
     assert_eq!(&buf[..n], b"hello vpc");
     assert_eq!(from, SocketAddr::new(IpAddr::V4(GUEST4), 4000));
 
+    // The tap's guard: a frame from another MAC never gets out, even with the guest's
+    // address.
+    assert!(nft_tables(&f.group).contains("bridge eci_guard_tap0"));
+    guest.send(&udp_frame(
+        [0x02, 0, 0, 0, 0, 0x99],
+        f.vpc_mac,
+        (GUEST4, 4000),
+        (VPC4, 5000),
+        b"other mac",
+    ));
+    vpc.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    assert!(vpc.recv_from(&mut buf).is_err(), "a foreign MAC gets out");
+    vpc.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+
     // Without a security-group table everything is bridged: a SYN to 8081 arrives.
     vpc_connect(&f, 8081);
     assert!(
@@ -523,9 +548,10 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
         "a spoofed source gets out"
     );
 
-    // 4. Unplug gives eth0 back, twice.
+    // 4. Unplug gives eth0 back, twice, and removes the tap's guard.
     unplug(&f.group.path).expect("unplug");
     assert_unplugged(&f);
+    assert!(!nft_tables(&f.group).contains("eci_guard_tap0"));
     unplug(&f.group.path).expect("unplug again");
     assert_unplugged(&f);
     drop(guest);

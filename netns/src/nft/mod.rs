@@ -26,6 +26,9 @@ mod table;
 use std::path::Path;
 
 pub use masquerade::{MASQUERADE_TABLE, ensure_masquerade, remove_masquerade};
+pub(crate) use port_guard::{
+    Guarded, ensure_here as ensure_guard_here, remove_here as remove_guard_here,
+};
 pub use port_guard::{PortGuard, ensure_port_guard, port_guard_table, remove_port_guard};
 pub use security_groups::TABLE as SECURITY_GROUP_TABLE;
 

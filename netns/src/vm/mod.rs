@@ -28,6 +28,8 @@ pub enum VmNetError {
     Enter(#[from] EnterError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error("the guard of the guest's tap")]
+    Guard(#[source] crate::nft::NftError),
     #[error("invalid eci.net value {value:?}: {why}")]
     BadCmdline { value: String, why: &'static str },
     #[error("invalid {field} {value}: {limit}")]

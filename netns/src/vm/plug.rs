@@ -5,6 +5,12 @@
 //! security-group table filters the guest's traffic in its forward chain, out of the
 //! tenant's reach (a tenant owns the guest kernel, never the host netns).
 //!
+//! The guest writes any frame it likes to the tap (a tenant owns the guest kernel), so
+//! the tap port carries the same guard as a dev-mode veth (`crate::nft::PortGuard`, a
+//! `bridge eci_guard_tap0` table in the group's netns): only the guest's MAC, its
+//! addresses (IPv6 link-local and `::` too), IPv4/IPv6/ARP, no router advertisements,
+//! nothing to the instance metadata service.
+//!
 //! What [`unplug`] needs to undo it (eth0's MAC, addresses, routes, IPv6 switch) is
 //! kept by the kernel as the alias of `br0`, written before eth0 is touched and gone
 //! only when `br0` is: it survives a crash of the shim and goes with the netns.
@@ -155,7 +161,17 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         )))?;
         set_v6_disabled(BRIDGE, true)?;
 
-        // 2. The tap, created by this thread inside the netns.
+        // 2. The tap's guard first (it matches the port by name), so no frame of the
+        //    guest ever crosses the bridge unguarded; then the tap, created by this
+        //    thread inside the netns.
+        let (v4, v6) = split(&net.addrs);
+        crate::nft::ensure_guard_here(&crate::nft::Guarded {
+            port: TAP,
+            mac: net.mac,
+            ipv4: &v4,
+            ipv6: &v6,
+        })
+        .map_err(VmNetError::Guard)?;
         let tap_fd = tap::open(TAP).map_err(step(format!("creating tap {TAP} in {ns}")))?;
         set_v6_disabled(TAP, true)?;
         let tap = find(&list().await?, TAP, ns)?;
@@ -243,13 +259,21 @@ pub fn unplug(netns: &Path) -> Result<(), VmNetError> {
         if let (Some(rec), Some(eth0)) = (&record, links.iter().find(|l| l.name == ETH0)) {
             restore_eth0(h, eth0, rec, ns).await?;
         }
+        let mut plugged = false;
         for (name, kind) in [(TAP, "tun"), (BRIDGE, "bridge")] {
             if let Some(l) = links.iter().find(|l| l.name == name && l.is_kind(kind)) {
+                plugged = true;
                 match rtnl::delete(h, l.index).await {
                     Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
                     r => r.map_err(step(format!("deleting {name} in {ns}")))?,
                 }
             }
+        }
+        // Only once the tap is gone: it never exists without its guard. (A guard left
+        // by a crash between the two is harmless: it only matches a tap0, which only a
+        // plug creates, after writing the guard again.)
+        if plugged {
+            crate::nft::remove_guard_here(TAP).map_err(VmNetError::Guard)?;
         }
         Ok(())
     })
@@ -345,6 +369,19 @@ async fn read_identity(
     };
     net.validate()?;
     Ok(net)
+}
+
+/// The IPv4 and IPv6 addresses of `addrs`.
+fn split(addrs: &[IpNet]) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv6Addr>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in addrs {
+        match a {
+            IpNet::V4(n) => v4.push(n.addr()),
+            IpNet::V6(n) => v6.push(n.addr()),
+        }
+    }
+    (v4, v6)
 }
 
 fn find(links: &[Link], name: &str, ns: &str) -> Result<Link, VmNetError> {
