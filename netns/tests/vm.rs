@@ -432,6 +432,34 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
         assert_eq!(v.trim(), "1", "{dev} speaks no IPv6 of its own");
     }
 
+    // The group's addresses, as the status observes them, are the guest's now.
+    assert_eq!(
+        eci_netns::vm::guest_of(&f.group.path).expect("guest_of"),
+        Some(f.expected())
+    );
+    let seen: Vec<String> = eci_netns::observe::addresses(&f.group.path)
+        .expect("observe")
+        .into_iter()
+        .filter(|a| a.link == "eth0" && a.up)
+        .map(|a| a.address.to_string())
+        .collect();
+    assert_eq!(seen, vec!["10.78.0.5", "fd78::5"]);
+    // The agent's ENI attach, re-run while plugged (adoption), leaves eth0 to the guest.
+    let rec = EniRecord {
+        mac: f.mac,
+        original_name: "unused".into(),
+        index: eth0["ifindex"].as_u64().expect("ifindex") as u32,
+        mtu: 1500,
+    };
+    let cfg = EniConfig {
+        mtu: Some(1500),
+        ipv4: Some("10.78.0.5/24".parse().expect("v4")),
+        ..Default::default()
+    };
+    eci_netns::attach(&rec, &f.group.path, &cfg).expect("attach while plugged");
+    assert!(addrs(&f.group, "eth0").is_empty());
+    assert_eq!(link(&f.group, "eth0")["address"], eth0["address"]);
+
     let mut guest = Guest::start(plugged.tap, f.mac, GUEST4);
 
     // 1. A datagram for the guest's address crosses the bridge onto the tap (the vpc
@@ -811,4 +839,89 @@ fn ipv6_is_bridged_and_filtered_in_forward_too() {
     drop(guest);
     unplug(&f.group.path).expect("unplug");
     assert_unplugged(&f);
+}
+
+#[test]
+fn a_dev_mode_group_plugs_too_and_adoption_leaves_it_plugged() {
+    if !root() {
+        return;
+    }
+    let u = unique();
+    let net = (std::process::id() % 250) as u8;
+    let br = name("xc", u);
+    let _br_guard = HostLinkGuard(br.clone());
+    let gw4: Ipv4Addr = format!("10.247.{net}.1").parse().expect("gw");
+    let guest4: Ipv4Addr = format!("10.247.{net}.2").parse().expect("guest");
+    eci_netns::ensure_bridge(&eci_netns::BridgeConfig {
+        name: br.clone(),
+        gateway_v4: format!("{gw4}/24").parse().expect("v4"),
+        gateway_v6: None,
+        mtu: None,
+    })
+    .expect("bridge");
+    let group = Netns::new("d");
+    let host = name("xd", unique());
+    let _host_guard = HostLinkGuard(host.clone());
+    let mac = MacAddress([0x02, 0xec, 10, 247, net, 2]);
+    let cfg = EniConfig {
+        mtu: None,
+        ipv4: Some(format!("{guest4}/24").parse().expect("v4")),
+        ipv4_gateway: Some(gw4),
+        ipv6: None,
+        ipv6_gateway: None,
+    };
+    let guard = eci_netns::nft::PortGuard {
+        port: host.clone(),
+        mac,
+        ipv4: guest4,
+        ipv6: None,
+    };
+    eci_netns::nft::ensure_port_guard(&guard).expect("guard");
+    struct Unguard(String);
+    impl Drop for Unguard {
+        fn drop(&mut self) {
+            let _ = eci_netns::nft::remove_port_guard(&self.0);
+        }
+    }
+    let _unguard = Unguard(host.clone());
+    eci_netns::attach_veth_with_mac(&host, &br, &group.path, &cfg, Some(mac)).expect("veth");
+
+    let plugged = plug(&group.path).expect("plug").expect("eth0");
+    assert_eq!(plugged.guest.mac, mac);
+    assert_eq!(plugged.guest.gateways, vec![IpAddr::V4(gw4)]);
+    // Adoption re-runs the veth setup: eth0 stays the guest's bridge port.
+    let before = link(&group, "eth0");
+    eci_netns::attach_veth_with_mac(&host, &br, &group.path, &cfg, Some(mac)).expect("veth again");
+    let after = link(&group, "eth0");
+    assert_eq!(after["address"], before["address"]);
+    assert_eq!(after["master"], "br0");
+    assert!(addrs(&group, "eth0").is_empty());
+
+    // The guest reaches the gateway through the host port's guard (its MAC and address
+    // are the group's).
+    let gw_mac: MacAddress = ip_json(&["link", "show", &br])[0]["address"]
+        .as_str()
+        .expect("mac")
+        .parse()
+        .expect("mac");
+    let sock = UdpSocket::bind((gw4, 0)).expect("bind on the gateway");
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let port = sock.local_addr().expect("addr").port();
+    let mut guest = Guest::start(plugged.tap, mac, guest4);
+    guest.send(&udp_frame(
+        mac.0,
+        gw_mac.0,
+        (guest4, 4000),
+        (gw4, port),
+        b"dev",
+    ));
+    let mut buf = [0u8; 16];
+    let (n, from) = sock.recv_from(&mut buf).expect("the gateway receives");
+    assert_eq!(&buf[..n], b"dev");
+    assert_eq!(from, SocketAddr::new(IpAddr::V4(guest4), 4000));
+    drop(guest);
+    unplug(&group.path).expect("unplug");
+    assert_eq!(link(&group, "eth0")["address"], mac.to_string());
+    eci_netns::detach_veth(&host).expect("detach");
 }

@@ -12,7 +12,7 @@ mod tap;
 
 pub use guest::configure_guest;
 pub use guest_net::{GuestNet, MAX_ADDRS, MAX_CMDLINE};
-pub use plug::{BRIDGE, Plugged, TAP, plug, unplug};
+pub use plug::{BRIDGE, Plugged, TAP, guest_of, plug, unplug};
 
 use crate::attach::AttachError;
 use crate::eni::MacAddress;

@@ -279,6 +279,26 @@ pub fn unplug(netns: &Path) -> Result<(), VmNetError> {
     })
 }
 
+/// The identity the guest of the netns pinned at `netns` took over, read from the plug
+/// record: what the group's addresses are while its eth0 holds none. `None` when the
+/// netns is not plugged (or gone). Blocking.
+pub fn guest_of(netns: &Path) -> Result<Option<GuestNet>, VmNetError> {
+    rtnl::run(Target::Optional(netns), move |s| async move {
+        let Some(g) = s.group else {
+            return Ok(None);
+        };
+        let links = rtnl::links(&g.handle)
+            .await
+            .map_err(step(format!("listing the links of {}", g.path)))?;
+        Ok(links
+            .iter()
+            .find(|l| l.name == BRIDGE && l.is_kind("bridge"))
+            .and_then(|b| b.alias.as_deref())
+            .and_then(Record::from_alias)
+            .map(|r| r.net))
+    })
+}
+
 /// Gives eth0 back what [`plug`] took: out of the bridge, its MAC, its IPv6 switch,
 /// its addresses and default routes, up.
 async fn restore_eth0(
