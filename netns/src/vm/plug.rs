@@ -86,6 +86,8 @@ impl Record {
 /// ports forward.
 ///
 /// `Ok(None)` when the netns has no eth0 (a group without network): nothing is created.
+/// (Contract change, vm-contract.md "Network": the contract's `guest: None`-like case is
+/// this `None`, so that a `Plugged` always holds both a tap and the guest's identity.)
 /// A leftover plug (a crash, a second call) is undone first ([`unplug`]), so the
 /// result is always a fresh tap and eth0's original identity. Blocking; runs on a
 /// dedicated thread.
@@ -461,5 +463,34 @@ fn set_v6_disabled(link: &str, off: bool) -> Result<(), VmNetError> {
             what: format!("writing {want} to {path}"),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_round_trips_and_refuses_strangers() {
+        let rec = Record {
+            net: GuestNet {
+                mac: MacAddress([2, 0, 0, 0, 0, 7]),
+                mtu: 9001,
+                addrs: vec!["10.1.2.3/20".parse().expect("v4")],
+                gateways: vec!["10.1.0.1".parse().expect("gw")],
+            },
+            v6_disabled: true,
+        };
+        let alias = rec.to_alias();
+        assert!(alias.starts_with("eci-vm-plug v6off=1 mac=02:00:00:00:00:07;"));
+        assert_eq!(Record::from_alias(&alias), Some(rec));
+        for other in [
+            "",
+            "uplink to the VPC",
+            "eci-vm-plug",
+            "eci-vm-plug v6off=2 mac=02:00:00:00:00:07;mtu=1500",
+        ] {
+            assert_eq!(Record::from_alias(other), None, "{other}");
+        }
     }
 }
