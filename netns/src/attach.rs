@@ -215,7 +215,7 @@ pub fn attach(rec: &EniRecord, netns: &Path, cfg: &EniConfig) -> Result<(), Atta
 
 /// Renames `link` to `name` unless it has it already; refuses to take a name another
 /// link of the same netns holds.
-async fn ensure_name(
+pub(crate) async fn ensure_name(
     h: &rtnetlink::Handle,
     all: &[Link],
     link: Link,

@@ -1,0 +1,56 @@
+//! The network of a vm group (sandbox kind "vm"): the group's `eth0` keeps living in the
+//! group's netns on the host, but its identity (MAC, addresses, routes) moves into the
+//! guest. The host shim bridges `eth0` with a tap QEMU serves ([`plug`]), so the
+//! security group, enforced by the netns' nftables table on the bridged traffic, stays
+//! out of the tenant's reach; `eci-guest` gives the virtio NIC that identity
+//! ([`configure_guest`]).
+
+mod guest;
+mod guest_net;
+mod plug;
+mod tap;
+
+pub use guest::configure_guest;
+pub use guest_net::{GuestNet, MAX_ADDRS, MAX_CMDLINE};
+pub use plug::{BRIDGE, Plugged, TAP, plug, unplug};
+
+use crate::attach::AttachError;
+use crate::eni::MacAddress;
+use crate::enter::EnterError;
+use crate::rtnl::ThreadError;
+
+/// Errors plugging a group's `eth0` into a VM, or configuring the guest's NIC.
+#[derive(Debug, thiserror::Error)]
+pub enum VmNetError {
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+    #[error(transparent)]
+    Enter(#[from] EnterError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("invalid eci.net value {value:?}: {why}")]
+    BadCmdline { value: String, why: &'static str },
+    #[error("invalid {field} {value}: {limit}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        limit: &'static str,
+    },
+    /// A kernel request failed; `what` names the step, the link and the netns.
+    #[error("{what}")]
+    Step {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no NIC with MAC {mac} in the guest's root netns or in {netns}")]
+    NoNic { mac: MacAddress, netns: String },
+    #[error("{netns} already has a link named eth0 (ifindex {index}) that is not the NIC")]
+    Eth0Taken { netns: String, index: u32 },
+    #[error("{netns} already has a link named {name} that is not a leftover of a plug")]
+    NameTaken { name: String, netns: String },
+}
+
+fn step(what: String) -> impl FnOnce(std::io::Error) -> VmNetError {
+    move |source| VmNetError::Step { what, source }
+}
