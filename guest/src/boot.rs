@@ -154,7 +154,13 @@ pub fn mount_kernel_filesystems() -> Result<(), BootError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    mount_at("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID, Some("mode=1777"))?;
+    mount_at(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=1777"),
+    )?;
     Ok(())
 }
 

@@ -77,19 +77,17 @@ pub fn mkdir_safe(dir: &Path) -> Result<(), OptionsError> {
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_dir() => {}
             Ok(_) => return Err(OptionsError::Link(at.display().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match std::fs::create_dir(&at) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(source) => {
-                        return Err(OptionsError::Io {
-                            step: "creating",
-                            path: at.display().to_string(),
-                            source,
-                        });
-                    }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(OptionsError::Io {
+                        step: "creating",
+                        path: at.display().to_string(),
+                        source,
+                    });
                 }
-            }
+            },
             Err(source) => {
                 return Err(OptionsError::Io {
                     step: "inspecting",
@@ -123,10 +121,7 @@ fn write_safe(path: &Path, mode: u32, data: &[u8]) -> Result<(), OptionsError> {
         .open(path)
         .map_err(io("opening"))?;
     f.write_all(data).map_err(io("writing"))?;
-    let _ = nix::sys::stat::fchmod(
-        &f,
-        nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
-    );
+    let _ = nix::sys::stat::fchmod(&f, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777));
     Ok(())
 }
 
@@ -202,7 +197,10 @@ pub fn apply(
     }
     for m in spec.mounts().iter().flatten() {
         let bind = m.typ().as_deref() == Some("bind")
-            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
         if let (true, Some(src)) = (bind, m.source())
             && is_clean_absolute(src)
         {

@@ -24,6 +24,8 @@ pub const PROBE_OK: &str = "ECI-GUEST-PROBE-OK";
 pub const TASK_SOCKET: &str = "/run/eci-guest/task.sock";
 /// How long the virtio-serial ports may take to appear after the modules load.
 const PORT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the NIC named by `eci.net` may take to appear.
+const NIC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the service phase (each ends the guest: the host sees QEMU exit).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,8 @@ pub enum Pid1Error {
     Cgroup(#[from] eci_runtime::cgroup::CgroupError),
     #[error(transparent)]
     Port(#[from] crate::ports::PortError),
+    #[error("guest network: {0}")]
+    Net(#[from] eci_netns::vm::VmNetError),
     #[error("{0}")]
     Other(String),
 }
@@ -86,10 +90,11 @@ fn run() -> Result<(), Pid1Error> {
     crate::options::mkdir_safe(&dir).map_err(|e| Pid1Error::Other(e.to_string()))?;
     let group = GroupDir::from_root(&dir);
     namespaces::create(&group.namespaces(), &args.host, None)?;
-    configure_network(&args, &group.namespaces());
+    configure_network(&args, &group.namespaces())?;
     let cgroup = format!("eci/{}", args.id);
     eci_runtime::cgroup::create(&cgroup, &eci_runtime::cgroup::Limits::default())?;
-    let seccomp = SeccompProfiles::new(&dir).map_err(|e| other("seccomp")(format_args!("{e:#}")))?;
+    let seccomp =
+        SeccompProfiles::new(&dir).map_err(|e| other("seccomp")(format_args!("{e:#}")))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -100,14 +105,22 @@ fn run() -> Result<(), Pid1Error> {
 }
 
 /// The group's network inside the guest: eth0 (found by the MAC on the command line)
-/// moved into the group's network namespace and configured there.
-fn configure_network(args: &BootArgs, _netns_dir: &Path) {
-    let Some(net) = &args.net else { return };
-    // NETWORK CALL SITE (helper "net", branch h-net): once
-    // `eci_netns::vm::{GuestNet, configure_guest}` is merged, this becomes
-    //   let guest = eci_netns::vm::GuestNet::from_cmdline(net)?;
-    //   eci_netns::vm::configure_guest(&guest, &_netns_dir.join("net"))?;
-    tracing::warn!(net = %net, "eci.net given but guest networking is not wired yet");
+/// moved into the group's network namespace and configured there. The NIC's driver
+/// binds asynchronously after its module loads, so a missing NIC is retried briefly.
+fn configure_network(args: &BootArgs, netns_dir: &Path) -> Result<(), Pid1Error> {
+    let Some(net) = &args.net else { return Ok(()) };
+    let guest = eci_netns::vm::GuestNet::from_cmdline(net)?;
+    let netns = netns_dir.join("net");
+    let until = std::time::Instant::now() + NIC_TIMEOUT;
+    loop {
+        match eci_netns::vm::configure_guest(&guest, &netns) {
+            Ok(()) => return Ok(()),
+            Err(eci_netns::vm::VmNetError::NoNic { .. }) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn serve(dir: PathBuf, cgroup: String, seccomp: SeccompProfiles) -> Result<(), Pid1Error> {

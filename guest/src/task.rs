@@ -199,7 +199,10 @@ impl GuestTask {
 fn record_of(w: &api::WaitResponse) -> ExitRecord {
     let at = w.exited_at.as_ref().map_or(SystemTime::UNIX_EPOCH, |t| {
         SystemTime::UNIX_EPOCH
-            + Duration::new(t.seconds.max(0) as u64, t.nanos.clamp(0, 999_999_999) as u32)
+            + Duration::new(
+                t.seconds.max(0) as u64,
+                t.nanos.clamp(0, 999_999_999) as u32,
+            )
     });
     let code = w.exit_status as i32;
     ExitRecord {
@@ -210,7 +213,6 @@ fn record_of(w: &api::WaitResponse) -> ExitRecord {
         started_at: String::new(),
     }
 }
-
 
 #[async_trait]
 impl Task for GuestTask {
