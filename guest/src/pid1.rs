@@ -69,7 +69,13 @@ pub fn main(args: &[String]) -> ExitCode {
         power_off();
     }
     if let Err(e) = run() {
-        console(&format!("eci-guest: {e}"));
+        let mut msg = format!("eci-guest: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        console(&msg);
     }
     power_off()
 }

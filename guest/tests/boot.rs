@@ -187,7 +187,7 @@ fn boots_and_runs_a_container() {
     }
     let erofs = tmp.path().join(format!("{hex}.erofs"));
     let st = Command::new("mkfs.erofs")
-        .arg("-q")
+        .arg("--quiet")
         .arg(&erofs)
         .arg(&layer_dir)
         .status()
