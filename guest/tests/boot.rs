@@ -117,6 +117,46 @@ fn qemu_args(image: &Path, vm: &Path, cmdline: &str, layers: &[(PathBuf, String)
     a
 }
 
+#[test]
+fn probe_prints_and_powers_off() {
+    let image = guest_dir();
+    if !nix::unistd::Uid::effective().is_root()
+        || !image.join("initrd.img").exists()
+        || !Path::new(QEMU).exists()
+    {
+        eprintln!(
+            "skipped: needs root, {QEMU} and the guest image at {}",
+            image.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cmdline = format!(
+        "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz={} eci.probe=1",
+        tsc_khz()
+    );
+    let mut args = qemu_args(&image, tmp.path(), &cmdline, &[]);
+    args.retain(|a| a != "-name" && a != "eci-boot-test");
+    let mut qemu = Qemu(
+        Command::new(QEMU)
+            .args(&args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu"),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Some(st) = qemu.0.try_wait().expect("qemu") {
+            let console = std::fs::read_to_string(tmp.path().join("console.log")).expect("log");
+            assert!(st.success(), "QEMU: {st}");
+            assert!(console.contains("ECI-GUEST-PROBE-OK"), "{console}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the probe boot did not power off");
+}
+
 struct Qemu(Child);
 
 impl Drop for Qemu {
@@ -299,6 +339,23 @@ fn boots_and_runs_a_container() {
         manifest.contains(&release) && release.ends_with("cloud-amd64"),
         "uname -r {release:?} is the guest kernel"
     );
+
+    // The host reconnects (a restarted proxy): a fresh connection serves at once.
+    drop(task);
+    let client = rt.block_on(async {
+        ttrpc::asynchronous::Client::connect(&format!("unix://{}", vm.join("ctl.sock").display()))
+            .await
+            .expect("ctl again")
+    });
+    let task = TaskClient::new(client);
+    let state = api::StateRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    let st = rt
+        .block_on(task.state(ctx(), &state))
+        .expect("state after reconnect");
+    assert_eq!(st.pid, created.pid);
 
     // An exec sees the group's network: eth0 with the eci.net address.
     let process = serde_json::json!({
