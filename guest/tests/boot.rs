@@ -177,11 +177,15 @@ fn connect(path: &Path, until: Instant) -> UnixStream {
 }
 
 fn config_json() -> Vec<u8> {
+    config_json_with("uname -r; echo hi; cat", serde_json::json!({}))
+}
+
+fn config_json_with(script: &str, resources: serde_json::Value) -> Vec<u8> {
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/sh", "-c", "uname -r; echo hi; cat"],
+            "args": ["/bin/sh", "-c", script],
             "env": ["PATH=/bin"],
             "cwd": "/"
         },
@@ -198,7 +202,8 @@ fn config_json() -> Vec<u8> {
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"},
-                           {"type": "ipc"}, {"type": "uts"}]
+                           {"type": "ipc"}, {"type": "uts"}],
+            "resources": resources
         }
     });
     serde_json::to_vec(&spec).expect("spec")
@@ -223,7 +228,7 @@ fn boots_and_runs_a_container() {
     let layer_dir = tmp.path().join("layer");
     std::fs::create_dir_all(layer_dir.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", layer_dir.join("bin/busybox")).expect("busybox-static");
-    for applet in ["sh", "uname", "echo", "cat", "ip"] {
+    for applet in ["sh", "uname", "echo", "cat", "ip", "tail"] {
         std::os::unix::fs::symlink("busybox", layer_dir.join("bin").join(applet)).expect("ln");
     }
     let erofs = tmp.path().join(format!("{hex}.erofs"));
@@ -279,6 +284,7 @@ fn boots_and_runs_a_container() {
         out: HashMap::new(),
         eofs: HashSet::new(),
         exits: Vec::new(),
+        ooms: 0,
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -409,6 +415,46 @@ fn boots_and_runs_a_container() {
     rt.block_on(task.delete(ctx(), &del("e1")))
         .expect("delete exec");
     rt.block_on(task.delete(ctx(), &del(""))).expect("delete");
+
+    // A container over its memory limit: OOM-killed, said in its exit record and by an
+    // `oom` control message.
+    let opts = CreateOptions {
+        config_json_b64: base64::engine::general_purpose::STANDARD.encode(config_json_with(
+            "tail /dev/zero",
+            serde_json::json!({"memory": {"limit": 32 << 20}}),
+        )),
+        layers: BTreeMap::from([(host_layer.clone(), serial.clone())]),
+        ..Default::default()
+    };
+    let mut req2 = req.clone();
+    req2.id = "c2".into();
+    req2.bundle = format!("{group_dir}/c2");
+    req2.stdin = String::new();
+    req2.stdout = io_uri(6);
+    req2.stderr = io_uri(7);
+    req2.rootfs[0].options[1] = "upperdir=/var/lib/eci-boot-test/writable/c2/upper".into();
+    req2.rootfs[0].options[2] = "workdir=/var/lib/eci-boot-test/writable/c2/work".into();
+    req2.options = MessageField::some(Any {
+        type_url: CREATE_OPTIONS_TYPE.into(),
+        value: serde_json::to_vec(&opts).expect("options"),
+        ..Default::default()
+    });
+    rt.block_on(task.create(ctx(), &req2))
+        .unwrap_or_else(|e| panic!("create c2: {e}\nconsole:\n{}", console()));
+    let start2 = api::StartRequest {
+        id: "c2".into(),
+        ..Default::default()
+    };
+    rt.block_on(task.start(ctx(), &start2)).expect("start c2");
+    let rec = frames.exit_of("c2", "");
+    assert!(rec.oom_killed, "{rec:?}");
+    frames.until(|f| f.ooms > 0);
+    let del2 = api::DeleteRequest {
+        id: "c2".into(),
+        ..Default::default()
+    };
+    rt.block_on(task.delete(ctx(), &del2)).expect("delete c2");
+
     rt.block_on(task.shutdown(ctx(), &api::ShutdownRequest::default()))
         .expect("shutdown");
     // The guest powers off: QEMU exits by itself.
@@ -428,6 +474,7 @@ struct Frames {
     out: HashMap<u32, Vec<u8>>,
     eofs: HashSet<u32>,
     exits: Vec<(String, String, ExitRecord)>,
+    ooms: usize,
 }
 
 impl Frames {
@@ -454,6 +501,7 @@ impl Frames {
                     } => {
                         self.exits.push((id, exec_id, record));
                     }
+                    Control::Oom => self.ooms += 1,
                     other => panic!("unexpected control {other:?}"),
                 }
             } else if f.is_eof() {
