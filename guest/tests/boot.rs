@@ -337,7 +337,13 @@ fn boots_and_runs_a_container() {
     };
     rt.block_on(task.start(ctx(), &start(""))).expect("start");
     frames.until(|f| f.text(stdout).contains("hi\n"));
-    eprintln!("first output after {:?}", booted.elapsed());
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", qemu.0.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    eprintln!("first output after {:?}; QEMU {rss}", booted.elapsed());
     let text = frames.text(stdout);
     let release = text.lines().next().unwrap_or_default().to_string();
     let manifest = std::fs::read_to_string(image.join("manifest.json")).expect("manifest");
