@@ -11,8 +11,9 @@
 #                      (decompressed) and /lib/modules/order (one file name per line, in
 #                      dependency order: eci-guest loads them top to bottom).
 # OUT_DIR/manifest.json {"kernel_release": ..., "eci_guest_sha256": ...}
-# OUT_DIR/modules/     the picked modules, their order and the wanted list (.wanted): a cache, a new eci-guest with
-#                      the same kernel re-packs the initramfs without a download).
+# OUT_DIR/modules/     the picked modules, their order and the wanted list (.wanted): a
+#                      cache, so a new eci-guest with the same kernel and wanted list
+#                      re-packs the initramfs without a download.
 #
 # eci-guest is built as the contract says (static glibc, --target-dir target/guest).
 # Work whose output is current (same kernel release and eci-guest hash as the manifest)
