@@ -3,7 +3,7 @@
 //! its output frames and exit on `eci.io`.
 //!
 //! Skipped unless run as root with the guest image built (`scripts/guest-image.sh`,
-//! or `ECI_GUEST_DIR`), QEMU and mkfs.erofs installed:
+//! or `ECI_TEST_GUEST_DIR`), QEMU and mkfs.erofs installed:
 //!
 //!   cargo test -p eci-guest --test boot -- --nocapture
 
@@ -27,7 +27,7 @@ const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const MAC: &str = "02:00:00:aa:bb:01";
 
 fn guest_dir() -> PathBuf {
-    std::env::var_os("ECI_GUEST_DIR")
+    std::env::var_os("ECI_TEST_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/eci/guest"))
 }
