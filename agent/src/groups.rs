@@ -63,6 +63,8 @@ pub struct Groups {
     network: Arc<crate::network::NetworkPlan>,
     /// Which block devices disk volumes may use (none unless [`Groups::with_disks`]).
     disks: crate::sandbox::disk::DiskPolicy,
+    /// The vm sandbox (unavailable unless [`Groups::with_vm`]).
+    vm: Arc<crate::vm::VmSandbox>,
 }
 
 /// Event type names.
@@ -161,7 +163,38 @@ impl Groups {
             userns: UserNamespaces::default(),
             network: Default::default(),
             disks: Default::default(),
+            vm: Arc::new(crate::vm::VmSandbox::unavailable(
+                crate::vm::VmSettings::from_config(&Default::default(), "/var/lib/eci".as_ref()),
+                "the vm sandbox is not set up on this node",
+            )),
         }
+    }
+
+    /// Sets the vm sandbox (its start probe may still be running).
+    pub fn with_vm(mut self, vm: Arc<crate::vm::VmSandbox>) -> Self {
+        self.vm = vm;
+        self
+    }
+
+    pub fn vm(&self) -> &Arc<crate::vm::VmSandbox> {
+        &self.vm
+    }
+
+    /// The sandbox kinds this node runs now: the host's, and `vm` once its probe
+    /// found an accelerator it may use.
+    pub fn sandbox_kinds(&self) -> Vec<SandboxKind> {
+        let mut kinds: Vec<SandboxKind> = self
+            .node
+            .facts
+            .sandbox_kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != SandboxKind::Vm)
+            .collect();
+        if self.vm.usable().is_ok() {
+            kinds.push(SandboxKind::Vm);
+        }
+        kinds
     }
 
     /// Sets which block devices disk volumes may use.
@@ -436,18 +469,18 @@ impl Groups {
             "vm" => SandboxKind::Vm,
             _ => SandboxKind::Namespaced,
         };
-        if self.node.facts.sandbox_kinds.contains(&kind) {
+        let kinds = self.sandbox_kinds();
+        if kinds.contains(&kind) {
             return Ok(());
         }
-        let offered: Vec<&str> = self
-            .node
-            .facts
-            .sandbox_kinds
-            .iter()
-            .map(|k| k.as_str())
-            .collect();
+        let offered: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        // The vm sandbox says why it is not there (no guest image, TCG not allowed...).
+        let why = match (kind, self.vm.usable()) {
+            (SandboxKind::Vm, Err(why)) => format!(": {why}"),
+            _ => String::new(),
+        };
         Err(Error::FailedPrecondition(format!(
-            "sandbox: {:?} is not available on this node (available: {})",
+            "sandbox: {:?} is not available on this node{why} (available: {})",
             kind.as_str(),
             offered.join(", ")
         )))

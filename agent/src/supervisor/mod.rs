@@ -101,6 +101,11 @@ impl Supervisor {
         &self.cfg.cgroup_parent
     }
 
+    /// The runtime directory (groups live under `<run>/groups/<id>`).
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.cfg.run_dir
+    }
+
     /// Where a group's writable layers live (`<state>/groups/<id>`).
     pub fn writable_dir(&self, group_id: &str) -> std::path::PathBuf {
         self.cfg.state_dir.join("groups").join(group_id)
