@@ -570,6 +570,7 @@ impl Groups {
             // The id range stays with the group for its whole life.
             status.user_namespace = prev.user_namespace;
             status.network = prev.network;
+            status.accelerator = prev.accelerator;
             status.observed_generation = group.generation;
             group.status = Some(status);
             group.spec = Some(spec);
@@ -739,6 +740,11 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
         // Read from the group's network namespace once it exists, never from the spec.
         ip_addresses: Vec::new(),
         observed_generation: 1,
+        sandbox_kind: if spec.sandbox.is_empty() {
+            SandboxKind::Namespaced.as_str().into()
+        } else {
+            spec.sandbox.clone()
+        },
         ..Default::default()
     }
 }

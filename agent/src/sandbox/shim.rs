@@ -163,6 +163,7 @@ pub struct Exited {
 
 impl Shim {
     /// Starts a shim for group `id` and connects to it. Blocks until it serves.
+    #[allow(clippy::too_many_arguments)]
     pub async fn launch(
         l: &ShimLaunch,
         id: &str,
@@ -170,11 +171,17 @@ impl Shim {
         cpu_millis: u64,
         memory_bytes: u64,
         userns_base: Option<u32>,
+        vm_config: Option<&Path>,
     ) -> Result<Self, ShimError> {
         let mut cmd = tokio::process::Command::new(&l.binary);
         cmd.arg("start");
         if let Some(base) = userns_base {
             cmd.args(["--userns-base", &base.to_string()]);
+        }
+        // A vm group: the shim boots the VM `vm.json` describes (contract "Host shim in
+        // vm mode") and forwards the Task API into it.
+        if let Some(path) = vm_config {
+            cmd.args(["--sandbox", "vm", "--vm-config"]).arg(path);
         }
         let out = cmd
             .args([

@@ -19,6 +19,7 @@ mod probes;
 mod start_error;
 mod teardown;
 mod transitions;
+mod vm;
 mod volumes;
 
 pub use attach::no_stdin;

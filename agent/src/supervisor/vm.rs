@@ -1,0 +1,65 @@
+//! Launching a vm group's sandbox: the erofs images of its layers and its `vm.json`,
+//! before its shim starts (the shim attaches every layer at boot).
+
+use super::containers::Resolved;
+use super::start_error::StartError;
+use super::{GroupCtx, Supervisor};
+use crate::sizes::Size;
+use crate::vm::launch::{VmJson, VmLayer};
+
+impl Supervisor {
+    /// Builds what the group's VM needs (erofs images of every layer of every image of
+    /// the group, shared with other vm groups) and writes `<group dir>/vm.json`;
+    /// returns its path. Records the accelerator in the group's status.
+    pub(super) async fn prepare_vm(
+        &self,
+        ctx: &GroupCtx,
+        images: &Resolved,
+        size: Size,
+    ) -> Result<std::path::PathBuf, StartError> {
+        let vm = self.groups.vm().clone();
+        let accel = vm.usable().map_err(StartError::Vm)?;
+        let image = vm.image().map_err(StartError::Vm)?;
+        let groups = self.groups.clone();
+        let records: Vec<_> = images.iter().map(|(_, i)| i.clone()).collect();
+        let layers = tokio::task::spawn_blocking(move || {
+            let mut out: Vec<VmLayer> = Vec::new();
+            for r in &records {
+                for l in groups.images().erofs_layers(r)? {
+                    if !out.iter().any(|o| o.path == l.dir) {
+                        out.push(VmLayer {
+                            path: l.dir,
+                            erofs: l.image,
+                        });
+                    }
+                }
+            }
+            Ok::<_, crate::images::ImageError>(out)
+        })
+        .await
+        .map_err(|e| StartError::Join("building the layers' erofs images", e))?
+        .map_err(StartError::Layers)?;
+        let json = VmJson::new(
+            &vm.settings,
+            &image,
+            accel,
+            size.cpu_millis,
+            size.memory_bytes,
+            layers,
+        );
+        let root = ctx.dir.root().to_path_buf();
+        let path = json.write(&root).map_err(|source| StartError::Io {
+            step: "writing",
+            path: root.join("vm.json"),
+            source,
+        })?;
+        let name = accel.as_str().to_string();
+        self.mutate(&ctx.name, move |g| {
+            let st = g.status.get_or_insert_with(Default::default);
+            st.accelerator = name.clone();
+            Vec::new()
+        })
+        .await;
+        Ok(path)
+    }
+}
