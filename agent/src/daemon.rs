@@ -121,8 +121,13 @@ async fn start_vm_probe(cfg: &Config) -> Arc<crate::vm::VmSandbox> {
     let vm = Arc::new(crate::vm::VmSandbox::new(settings));
     let v = vm.clone();
     let mut probe = tokio::spawn(async move { v.probe().await });
-    if tokio::time::timeout(VM_PROBE_WAIT, &mut probe).await.is_err() {
-        tracing::info!("probing the vm sandbox in the background (a probe boot of the guest image)");
+    if tokio::time::timeout(VM_PROBE_WAIT, &mut probe)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "probing the vm sandbox in the background (a probe boot of the guest image)"
+        );
     }
     vm
 }

@@ -1,5 +1,6 @@
-//! `sandbox: vm` is refused until a real VM backend exists: running it in namespaces
-//! would be a false claim of isolation. The node advertises only what really runs.
+//! `sandbox: vm` is refused where the node cannot run it (here: no guest image in the
+//! agent's state directory): running it in namespaces would be a false claim of
+//! isolation. The node advertises only what really runs, and the refusal says why.
 
 use eci_api::v1::container_groups_client::ContainerGroupsClient;
 use eci_api::v1::node_client::NodeClient;
@@ -16,6 +17,12 @@ async fn a_vm_request_is_refused_and_not_advertised() {
         .expect("node info")
         .into_inner();
     assert_eq!(info.sandbox_kinds, vec!["namespaced".to_string()]);
+    let vm = info.vm.expect("vm facts");
+    assert!(!vm.available && !vm.emulated && vm.accelerator.is_empty(), "{vm:?}");
+    assert!(
+        vm.reason.starts_with("no guest image at ") && vm.reason.contains("guest-image.sh"),
+        "{vm:?}"
+    );
     let err = ContainerGroupsClient::new(ch)
         .create(CreateGroupRequest {
             spec: Some(GroupSpec {
@@ -34,6 +41,13 @@ async fn a_vm_request_is_refused_and_not_advertised() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains("sandbox") && err.message().contains("vm"),
+        "{err:?}"
+    );
+    // The refusal names the missing image and how to make it.
+    assert!(
+        err.message().contains("no guest image at ")
+            && err.message().contains("/var/lib/eci/guest")
+            && err.message().contains("scripts/guest-image.sh"),
         "{err:?}"
     );
     assert!(!agent.ctl(&["get", "hard"]).status.success());

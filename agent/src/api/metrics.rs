@@ -298,7 +298,12 @@ impl MetricsApi {
                     .first()
                     .map(|p| network(*p))
                     .unwrap_or_default(),
-                disk: group_disks(&layers, &sup.volumes_dir(&id), &spec),
+                // A vm group's files are in its guest: the host dirs say nothing.
+                disk: if vm_usage.is_some() {
+                    Vec::new()
+                } else {
+                    group_disks(&layers, &sup.volumes_dir(&id), &spec)
+                },
                 containers: Vec::new(),
                 security_group_rules: Vec::new(),
                 sandbox_overhead_bytes: overhead,
@@ -319,7 +324,11 @@ impl MetricsApi {
                     name: c.name.clone(),
                     cpu: Some(cpu_metrics(&samples, &crel, &cu, cpu_limit)),
                     memory: Some(memory_metrics(&cu, mem_limit)),
-                    disk: filesystem(&layers.join(&c.name), "/").into_iter().collect(),
+                    disk: if vm_usage.is_some() {
+                        Vec::new()
+                    } else {
+                        filesystem(&layers.join(&c.name), "/").into_iter().collect()
+                    },
                     log_dropped_bytes: sup.log_stats(&id, &c.name).dropped_bytes,
                 });
             }
