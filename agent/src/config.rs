@@ -610,9 +610,8 @@ impl Config {
         self.state_dir = under(&self.state_dir);
         self.run_dir = under(&self.run_dir);
         self.log_dir = under(&self.log_dir);
-        if !self.vm.guest_dir.as_os_str().is_empty() {
-            self.vm.guest_dir = under(&self.vm.guest_dir);
-        }
+        // An explicit `vm.guest_dir` stays: several agents (tests) share one guest
+        // image; the default follows `state_dir`.
         if !self.api.socket.as_os_str().is_empty() {
             self.api.socket = under(&self.api.socket);
         }

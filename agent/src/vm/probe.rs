@@ -174,12 +174,17 @@ pub fn probe_args(image: &GuestImage, accel: Accel, tsc_khz: Option<u64>) -> Vec
     let mut args: Vec<String> = vec![
         "-accel".into(),
         accel.as_str().into(),
+        // The machine and CPU the shim boots groups with (shim/src/vm/qemu.rs), so
+        // that what the probe shows holds for them.
         "-M".into(),
-        "microvm,x-option-roms=off".into(),
+        "microvm,x-option-roms=off,rtc=on".into(),
+        "-cpu".into(),
+        match accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        }
+        .into(),
     ];
-    if accel == Accel::Kvm {
-        args.extend(["-cpu".into(), "host".into()]);
-    }
     args.extend(
         [
             "-m",
