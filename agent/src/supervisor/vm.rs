@@ -7,6 +7,10 @@ use super::{GroupCtx, Supervisor};
 use crate::sizes::Size;
 use crate::vm::launch::{VmJson, VmLayer};
 
+/// Longest a vm group's start waits for the agent's start probe (a TCG probe boot
+/// takes up to 60 s, a KVM one 20 s; both may run).
+const PROBE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(90);
+
 impl Supervisor {
     /// Builds what the group's VM needs (erofs images of every layer of every image of
     /// the group, shared with other vm groups) and writes `<group dir>/vm.json`;
@@ -18,6 +22,12 @@ impl Supervisor {
         size: Size,
     ) -> Result<std::path::PathBuf, StartError> {
         let vm = self.groups.vm().clone();
+        // A group admitted before an agent restart may start again while the restarted
+        // agent's probe still runs: wait for its verdict rather than fail the group.
+        let waited = tokio::time::Instant::now();
+        while vm.facts().state == crate::vm::VmState::Probing && waited.elapsed() < PROBE_WAIT_MAX {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         let accel = vm.usable().map_err(StartError::Vm)?;
         let image = vm.image().map_err(StartError::Vm)?;
         let groups = self.groups.clone();
