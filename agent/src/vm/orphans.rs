@@ -134,4 +134,37 @@ mod tests {
         assert_eq!(group_of(&dots, run), None);
         assert_eq!(group_of(b"", run), None);
     }
+
+    /// A stand-in QEMU (bash renamed by `exec -a`, blocked in its `read` builtin, so
+    /// no child outlives it) of a group under a temp run dir: killed once its group
+    /// is not live, left alone while it is.
+    #[test]
+    fn an_orphan_is_killed_and_a_live_vm_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        let id = "00c0ffee00c0ffee";
+        let sock = format!("path={}/groups/{id}/vm/ctl.sock", run.display());
+        let script = format!(
+            "exec -a /usr/bin/qemu-system-x86_64 bash -c 'read -t 60 x' stand-in -name eci-{id} {sock}"
+        );
+        let mut child = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn bash");
+        let pid = child.id() as i32;
+        let seen = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            qemus(&run).iter().any(|(p, _)| *p == pid)
+        });
+        assert!(seen, "the stand-in is found: {:?}", qemus(&run));
+        let live: HashSet<String> = [id.to_string()].into();
+        assert!(kill_orphans(&run, &live).is_empty(), "a live group's VM stays");
+        assert!(kill_orphans(&dir.path().join("other"), &HashSet::new()).is_empty());
+        let killed = kill_orphans(&run, &HashSet::new());
+        assert_eq!(killed, vec![(pid, id.to_string())]);
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "killed: {status:?}");
+    }
 }
