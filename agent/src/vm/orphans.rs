@@ -160,7 +160,10 @@ mod tests {
         });
         assert!(seen, "the stand-in is found: {:?}", qemus(&run));
         let live: HashSet<String> = [id.to_string()].into();
-        assert!(kill_orphans(&run, &live).is_empty(), "a live group's VM stays");
+        assert!(
+            kill_orphans(&run, &live).is_empty(),
+            "a live group's VM stays"
+        );
         assert!(kill_orphans(&dir.path().join("other"), &HashSet::new()).is_empty());
         let killed = kill_orphans(&run, &HashSet::new());
         assert_eq!(killed, vec![(pid, id.to_string())]);
