@@ -17,6 +17,7 @@ pub mod nft;
 pub mod observe;
 mod rtnl;
 pub mod security_group;
+pub mod vm;
 
 pub use attach::{AttachError, EniConfig, EniRecord, attach, detach};
 pub use bridge::{

@@ -20,7 +20,10 @@ use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    BridgePortState, InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::eni::MacAddress;
@@ -182,6 +185,10 @@ pub(crate) struct Link {
     /// IFLA_MASTER: the bridge a port is enslaved to.
     pub master: Option<u32>,
     pub loopback: bool,
+    /// IFLA_IFALIAS: free text the kernel keeps with the link (a plug record, say).
+    pub alias: Option<String>,
+    /// A bridge port in the forwarding state (IFLA_BRPORT_STATE).
+    pub forwarding: bool,
 }
 
 impl Link {
@@ -196,6 +203,8 @@ impl Link {
             peer: None,
             master: None,
             loopback: m.header.flags.contains(LinkFlags::Loopback),
+            alias: None,
+            forwarding: false,
         };
         for a in &m.attributes {
             match a {
@@ -208,10 +217,17 @@ impl Link {
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Link(i) => link.peer = Some(*i),
                 LinkAttribute::Controller(i) => link.master = Some(*i),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            link.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                link.forwarding = port.iter().any(|p| {
+                                    matches!(p, InfoBridgePort::State(BridgePortState::Forwarding))
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -317,7 +333,7 @@ pub(crate) async fn flush(h: &Handle, index: u32) -> io::Result<()> {
     Ok(())
 }
 
-fn is_link_local(ip: IpAddr) -> bool {
+pub(crate) fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
         IpAddr::V4(_) => false,
@@ -431,13 +447,6 @@ pub(crate) async fn configure(
     link: &Link,
     cfg: &Eth0,
 ) -> Result<(), (&'static str, io::Error)> {
-    let mut b = change(link.index).up();
-    if let Some(mtu) = cfg.mtu.filter(|m| *m != link.mtu) {
-        b = b.mtu(mtu);
-    }
-    set(h, b.build())
-        .await
-        .map_err(|e| ("setting MTU and up on", e))?;
     let mut want = Vec::new();
     if let Some(n) = cfg.v4 {
         want.push(Addr {
@@ -451,22 +460,58 @@ pub(crate) async fn configure(
             prefix: n.prefix_len(),
         });
     }
-    converge_addresses(h, link.index, &want)
+    let mut gws = Vec::new();
+    gws.extend(cfg.v4_gw.map(IpAddr::V4));
+    gws.extend(cfg.v6_gw.map(IpAddr::V6));
+    configure_all(h, link, cfg.mtu, &want, &gws).await
+}
+
+/// As [`configure`], with any number of addresses and gateways: MTU, up, exactly `want`
+/// (plus the IPv6 link-local address), a default route via each gateway (`onlink` when
+/// no address of its family covers it and it is not link-local).
+pub(crate) async fn configure_all(
+    h: &Handle,
+    link: &Link,
+    mtu: Option<u32>,
+    want: &[Addr],
+    gateways: &[IpAddr],
+) -> Result<(), (&'static str, io::Error)> {
+    let mut b = change(link.index).up();
+    if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
+        b = b.mtu(mtu);
+    }
+    set(h, b.build())
+        .await
+        .map_err(|e| ("setting MTU and up on", e))?;
+    converge_addresses(h, link.index, want)
         .await
         .map_err(|e| ("setting the addresses of", e))?;
-    if let Some(gw) = cfg.v4_gw {
-        let onlink = !cfg.v4.is_some_and(|n| n.contains(&gw));
-        default_route(h, link.index, IpAddr::V4(gw), onlink)
+    for gw in gateways {
+        let covered = want.iter().any(|a| covers(a, *gw));
+        let onlink = !covered && !is_link_local(*gw);
+        let what = if gw.is_ipv4() {
+            "adding the IPv4 default route via"
+        } else {
+            "adding the IPv6 default route via"
+        };
+        default_route(h, link.index, *gw, onlink)
             .await
-            .map_err(|e| ("adding the IPv4 default route via", e))?;
-    }
-    if let Some(gw) = cfg.v6_gw {
-        let onlink = !is_link_local(IpAddr::V6(gw)) && !cfg.v6.is_some_and(|n| n.contains(&gw));
-        default_route(h, link.index, IpAddr::V6(gw), onlink)
-            .await
-            .map_err(|e| ("adding the IPv6 default route via", e))?;
+            .map_err(|e| (what, e))?;
     }
     Ok(())
+}
+
+/// Whether the prefix of `a` holds `ip`.
+fn covers(a: &Addr, ip: IpAddr) -> bool {
+    match (a.ip, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            ipnet::Ipv4Net::new(n, a.prefix).is_ok_and(|net| net.contains(&i))
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            ipnet::Ipv6Net::new(n, a.prefix).is_ok_and(|net| net.contains(&i))
+        }
+        _ => false,
+    }
 }
 
 /// The links that carry a default route of the main table (IPv4 or IPv6; every next hop
@@ -507,5 +552,46 @@ pub(crate) async fn default_route_links(h: &Handle) -> io::Result<Vec<u32>> {
     }
     out.sort_unstable();
     out.dedup();
+    Ok(out)
+}
+
+/// The gateways of the main table's default routes out of link `index` (IPv4 and
+/// IPv6), in the kernel's order.
+pub(crate) async fn default_gateways(h: &Handle, index: u32) -> io::Result<Vec<IpAddr>> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
+    let mut out = Vec::new();
+    for msg in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut routes = h.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(io)? {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if r.header.destination_prefix_length != 0
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || r.header.kind != RouteType::Unicast
+                || !r.attributes.contains(&RouteAttribute::Oif(index))
+            {
+                continue;
+            }
+            for a in &r.attributes {
+                let gw = match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => IpAddr::V4(*v4),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => IpAddr::V6(*v6),
+                    _ => continue,
+                };
+                if !out.contains(&gw) {
+                    out.push(gw);
+                }
+            }
+        }
+    }
     Ok(out)
 }
