@@ -518,6 +518,9 @@ impl Groups {
                         .into(),
                 ));
             }
+            if spec.sandbox == "vm" {
+                check_vm_update(&old, &spec, normalized_of(&group), valid.normalized)?;
+            }
             if old.network.as_ref().and_then(|n| n.eni.clone())
                 != spec.network.as_ref().and_then(|n| n.eni.clone())
             {
@@ -722,6 +725,34 @@ pub(crate) fn parse_selector(s: &str) -> Result<Selector> {
 }
 
 /// The status of a just-admitted spec: every container Waiting.
+/// What an Update cannot change in a vm group yet: its VM boots with the disks of its
+/// images' layers and with its size, both fixed for the VM's life (the group keeps its
+/// sandbox across an Update).
+fn check_vm_update(old: &GroupSpec, new: &GroupSpec, was: Size, now: Size) -> Result<()> {
+    let images = |s: &GroupSpec| -> Vec<String> {
+        s.init_containers
+            .iter()
+            .chain(&s.containers)
+            .map(|c| c.image.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    if images(old) != images(new) {
+        return Err(Error::FailedPrecondition(
+            "sandbox: vm: an update cannot change a vm group's images yet (its VM boots with their layers as disks); delete and create it".into(),
+        ));
+    }
+    if was != now {
+        return Err(Error::FailedPrecondition(format!(
+            "sandbox: vm: an update cannot resize a vm group yet (its VM has {} fixed at boot, the update asks for {}); delete and create it",
+            describe_size(was),
+            describe_size(now)
+        )));
+    }
+    Ok(())
+}
+
 fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
     let waiting = |c: &eci_api::v1::Container| ContainerStatus {
         name: c.name.clone(),
@@ -832,6 +863,51 @@ mod tests {
             1,
             "refused update changed nothing"
         );
+    }
+
+    #[test]
+    fn vm_groups_need_the_sandbox_and_keep_their_images_and_size() {
+        use crate::vm::{VmFacts, VmSandbox, VmSettings, VmState, probe::Accel};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = VmSettings::from_config(&Default::default(), dir.path());
+        let mut vm = spec("v", "1", "2Gi");
+        vm.sandbox = "vm".into();
+        // Unavailable: refused, naming why.
+        let g = groups(dir.path(), 4, 8);
+        let err = g.create(vm.clone()).expect_err("no vm sandbox");
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("not set up"), "{err}");
+        drop(g);
+        let g = groups(dir.path(), 4, 8).with_vm(Arc::new(VmSandbox::with_facts(
+            settings,
+            VmFacts {
+                state: VmState::Available { accel: Accel::Tcg },
+                guest_kernel: "6.1.0".into(),
+                qemu_version: "QEMU 7.2".into(),
+            },
+        )));
+        assert!(g.sandbox_kinds().contains(&SandboxKind::Vm));
+        let created = g.create(vm.clone()).expect("vm group");
+        assert_eq!(created.status.expect("status").sandbox_kind, "vm");
+        let mut other_image = vm.clone();
+        other_image.containers[0].image = "busybox:2".into();
+        let err = g.update(other_image).expect_err("new image");
+        assert!(err.to_string().contains("images"), "{err}");
+        let err = g.update(spec_vm("v", "2", "4Gi")).expect_err("resize");
+        assert!(err.to_string().contains("resize"), "{err}");
+        let mut env_only = vm.clone();
+        env_only.containers[0].env = vec![eci_api::v1::EnvVar {
+            name: "A".into(),
+            value: "1".into(),
+        }];
+        g.update(env_only).expect("same images and size");
+    }
+
+    fn spec_vm(name: &str, cpu: &str, memory: &str) -> GroupSpec {
+        GroupSpec {
+            sandbox: "vm".into(),
+            ..spec(name, cpu, memory)
+        }
     }
 
     #[test]

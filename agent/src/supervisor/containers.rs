@@ -406,6 +406,9 @@ impl Supervisor {
                 .await?
             }
         };
+        if ctx.spec.sandbox == "vm" {
+            self.check_vm_layers(ctx, &images).await?;
+        }
         // The network before any container: an init container may need it.
         self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;

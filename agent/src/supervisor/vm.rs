@@ -73,3 +73,44 @@ impl Supervisor {
         Ok(path)
     }
 }
+
+impl Supervisor {
+    /// For a vm group whose shim (and VM) already runs: every layer its images need must
+    /// be among the disks its VM booted with (`vm.json`); an image that moved since
+    /// (a pull with policy Always) cannot be attached to a running VM.
+    pub(super) async fn check_vm_layers(
+        &self,
+        ctx: &GroupCtx,
+        images: &Resolved,
+    ) -> Result<(), StartError> {
+        let path = ctx.dir.root().join("vm.json");
+        let groups = self.groups.clone();
+        let records: Vec<_> = images
+            .iter()
+            .map(|(c, i)| (c.image.clone(), i.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let booted: VmJson = std::fs::read(&path)
+                .ok()
+                .filter(|b| b.len() < (1 << 20))
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| {
+                    StartError::Vm(format!("{} is missing or unreadable", path.display()))
+                })?;
+            for (name, image) in &records {
+                for l in &image.layers {
+                    let dir = groups.images().layer_dir(&l.diff_id);
+                    if !booted.layers.iter().any(|b| b.path == dir) {
+                        return Err(StartError::Vm(format!(
+                            "image {name:?} now has layer {}, which the group's running VM was not booted with; delete and create the group",
+                            l.diff_id
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StartError::Join("checking the VM's layers", e))?
+    }
+}

@@ -89,6 +89,13 @@ impl VmSandbox {
         }
     }
 
+    /// A sandbox whose facts are already known (tests, tools).
+    pub fn with_facts(settings: VmSettings, facts: VmFacts) -> Self {
+        let s = VmSandbox::new(settings);
+        s.set(facts);
+        s
+    }
+
     /// A sandbox known to be unavailable (tests; a node that never probes).
     pub fn unavailable(settings: VmSettings, reason: &str) -> Self {
         let s = VmSandbox::new(settings);
