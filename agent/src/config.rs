@@ -50,6 +50,89 @@ pub struct Config {
     pub registries: std::collections::BTreeMap<String, RegistryConfig>,
     pub network: NetworkConfig,
     pub volumes: VolumesConfig,
+    /// The `vm` sandbox (issue 15).
+    pub vm: VmConfig,
+}
+
+/// The `vm` sandbox: where its guest image is, which QEMU runs it, and which
+/// accelerator may (issue 15).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// The guest image (`vmlinux`, `initrd.img`, `manifest.json`, as
+    /// `scripts/guest-image.sh` writes them); empty: `<state_dir>/guest`.
+    pub guest_dir: PathBuf,
+    /// The QEMU binary: a path, or a name looked up on `PATH`.
+    pub qemu: PathBuf,
+    /// Run `vm` groups under TCG (QEMU's emulator) where KVM does not boot a guest.
+    /// Off by default: QEMU does not treat TCG as a security boundary, and its guests
+    /// run 6-15x slower. `Node.Info` labels a TCG node as emulated.
+    pub allow_tcg: bool,
+    /// `auto` (KVM when a probe boot works under it, else TCG if `allow_tcg`), `kvm`
+    /// or `tcg` (only that one; `tcg` needs `allow_tcg`).
+    pub accel: String,
+    /// Memory given to each VM on top of the group's normalized memory: the guest
+    /// kernel and `eci-guest` live in it, so the containers keep their full size.
+    pub guest_overhead_memory: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            guest_dir: PathBuf::new(),
+            qemu: "qemu-system-x86_64".into(),
+            allow_tcg: false,
+            accel: "auto".into(),
+            guest_overhead_memory: "64Mi".into(),
+        }
+    }
+}
+
+/// Which accelerators the `vm` sandbox may use (`[vm] accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM when it boots a guest, else TCG when allowed.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl VmConfig {
+    /// The guest image directory after defaults.
+    pub fn guest_dir(&self, state_dir: &Path) -> PathBuf {
+        if self.guest_dir.as_os_str().is_empty() {
+            state_dir.join("guest")
+        } else {
+            self.guest_dir.clone()
+        }
+    }
+
+    /// `accel`, checked.
+    pub fn accel(&self) -> Result<AccelChoice, ConfigError> {
+        match self.accel.as_str() {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" if self.allow_tcg => Ok(AccelChoice::Tcg),
+            "tcg" => Err(ConfigError::Invalid {
+                key: "vm.accel",
+                message: "\"tcg\" needs vm.allow_tcg = true".into(),
+            }),
+            other => Err(ConfigError::Invalid {
+                key: "vm.accel",
+                message: format!("{other:?} is not one of auto, kvm, tcg"),
+            }),
+        }
+    }
+
+    /// `guest_overhead_memory` in bytes.
+    pub fn overhead_bytes(&self) -> Result<u64, ConfigError> {
+        crate::quantity::parse_memory_bytes(&self.guest_overhead_memory).map_err(|e| {
+            ConfigError::Invalid {
+                key: "vm.guest_overhead_memory",
+                message: e.to_string(),
+            }
+        })
+    }
 }
 
 /// Disk volumes and local storage limits (issue 9).
@@ -457,6 +540,7 @@ impl Default for Config {
             registries: Default::default(),
             network: NetworkConfig::default(),
             volumes: VolumesConfig::default(),
+            vm: VmConfig::default(),
         }
     }
 }
@@ -526,6 +610,8 @@ impl Config {
         self.state_dir = under(&self.state_dir);
         self.run_dir = under(&self.run_dir);
         self.log_dir = under(&self.log_dir);
+        // An explicit `vm.guest_dir` stays: several agents (tests) share one guest
+        // image; the default follows `state_dir`.
         if !self.api.socket.as_os_str().is_empty() {
             self.api.socket = under(&self.api.socket);
         }
@@ -610,6 +696,14 @@ impl Config {
         self.network.dev()?;
         self.network.reserved()?;
         self.images.policy()?;
+        self.vm.accel()?;
+        self.vm.overhead_bytes()?;
+        if self.vm.qemu.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "vm.qemu",
+                message: "must name the QEMU binary".into(),
+            });
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -698,6 +792,38 @@ mod tests {
             n.reserved_links = vec!["ok".into(), bad.into()];
             let e = n.reserved().expect_err(bad).to_string();
             assert!(e.contains("network.reserved_links"), "{e}");
+        }
+    }
+
+    #[test]
+    fn vm_defaults_and_checks() {
+        let c = Config::default();
+        assert_eq!(
+            c.vm.guest_dir(&c.state_dir),
+            Path::new("/var/lib/eci/guest")
+        );
+        assert_eq!(c.vm.accel().expect("auto"), AccelChoice::Auto);
+        assert!(!c.vm.allow_tcg, "TCG is an opt-in");
+        let c: Config = toml::from_str("[vm]\naccel = \"tcg\"").expect("parses");
+        let e = c.check().expect_err("tcg without allow_tcg").to_string();
+        assert!(e.contains("vm.accel") && e.contains("allow_tcg"), "{e}");
+        let c: Config =
+            toml::from_str("[vm]\naccel = \"tcg\"\nallow_tcg = true\nguest_dir = \"/g\"")
+                .expect("parses");
+        c.check().expect("tcg allowed");
+        assert_eq!(c.vm.accel().expect("tcg"), AccelChoice::Tcg);
+        assert_eq!(c.vm.guest_dir(&c.state_dir), Path::new("/g"));
+        for (text, key) in [
+            ("accel = \"hvf\"", "vm.accel"),
+            (
+                "guest_overhead_memory = \"lots\"",
+                "vm.guest_overhead_memory",
+            ),
+            ("qemu = \"\"", "vm.qemu"),
+        ] {
+            let c: Config = toml::from_str(&format!("[vm]\n{text}")).expect("parses");
+            let e = c.check().expect_err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 

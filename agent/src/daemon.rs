@@ -109,6 +109,42 @@ fn spawn_storage_checks(sup: Arc<Supervisor>, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How long start waits for the vm probe before serving without it: the quick
+/// answers (no guest image, no QEMU, a cached result) come well within it; a probe
+/// boot finishes in the background, and `vm` is neither advertised nor accepted
+/// until it has.
+const VM_PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Starts the vm sandbox's probe (see [`crate::vm::detect`]).
+async fn start_vm_probe(cfg: &Config) -> Arc<crate::vm::VmSandbox> {
+    let settings = crate::vm::VmSettings::from_config(&cfg.vm, &cfg.state_dir);
+    let vm = Arc::new(crate::vm::VmSandbox::new(settings));
+    let v = vm.clone();
+    let mut probe = tokio::spawn(async move { v.probe().await });
+    if tokio::time::timeout(VM_PROBE_WAIT, &mut probe)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "probing the vm sandbox in the background (a probe boot of the guest image)"
+        );
+    }
+    vm
+}
+
+/// Every minute, kills the QEMU of any vm group the store no longer has.
+fn spawn_vm_janitor(sup: Arc<Supervisor>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let s = sup.clone();
+            let _ = tokio::task::spawn_blocking(move || s.kill_orphan_vms()).await;
+        }
+    });
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.check()?;
@@ -151,6 +187,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             "user namespaces"
         );
     }
+    let vm = start_vm_probe(&cfg).await;
     let network = crate::network::NetworkPlan::from_config(&cfg.network)?;
     tracing::info!(dev_bridge = %network.describe_dev(), "group networking");
     let groups = Arc::new(
@@ -158,6 +195,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             .with_user_namespaces(userns)
             .with_network(network)
             .with_disks(disk_policy(&cfg))
+            .with_vm(vm)
             .with_puller(cfg.pull.clone(), cfg.registries.clone()),
     );
     let g = groups.clone();
@@ -191,6 +229,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     health.spawn(cfg.socket_path()).await;
     spawn_supervisor_loop(sup.clone(), health.clone(), &cfg)?;
     spawn_storage_checks(sup.clone(), &cfg)?;
+    spawn_vm_janitor(sup.clone());
     // Caches a crash left Creating continue; then expiry and garbage collection run
     // periodically.
     match caches.resume().await {

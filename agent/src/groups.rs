@@ -63,6 +63,8 @@ pub struct Groups {
     network: Arc<crate::network::NetworkPlan>,
     /// Which block devices disk volumes may use (none unless [`Groups::with_disks`]).
     disks: crate::sandbox::disk::DiskPolicy,
+    /// The vm sandbox (unavailable unless [`Groups::with_vm`]).
+    vm: Arc<crate::vm::VmSandbox>,
 }
 
 /// Event type names.
@@ -161,7 +163,38 @@ impl Groups {
             userns: UserNamespaces::default(),
             network: Default::default(),
             disks: Default::default(),
+            vm: Arc::new(crate::vm::VmSandbox::unavailable(
+                crate::vm::VmSettings::from_config(&Default::default(), "/var/lib/eci".as_ref()),
+                "the vm sandbox is not set up on this node",
+            )),
         }
+    }
+
+    /// Sets the vm sandbox (its start probe may still be running).
+    pub fn with_vm(mut self, vm: Arc<crate::vm::VmSandbox>) -> Self {
+        self.vm = vm;
+        self
+    }
+
+    pub fn vm(&self) -> &Arc<crate::vm::VmSandbox> {
+        &self.vm
+    }
+
+    /// The sandbox kinds this node runs now: the host's, and `vm` once its probe
+    /// found an accelerator it may use.
+    pub fn sandbox_kinds(&self) -> Vec<SandboxKind> {
+        let mut kinds: Vec<SandboxKind> = self
+            .node
+            .facts
+            .sandbox_kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != SandboxKind::Vm)
+            .collect();
+        if self.vm.usable().is_ok() {
+            kinds.push(SandboxKind::Vm);
+        }
+        kinds
     }
 
     /// Sets which block devices disk volumes may use.
@@ -436,18 +469,18 @@ impl Groups {
             "vm" => SandboxKind::Vm,
             _ => SandboxKind::Namespaced,
         };
-        if self.node.facts.sandbox_kinds.contains(&kind) {
+        let kinds = self.sandbox_kinds();
+        if kinds.contains(&kind) {
             return Ok(());
         }
-        let offered: Vec<&str> = self
-            .node
-            .facts
-            .sandbox_kinds
-            .iter()
-            .map(|k| k.as_str())
-            .collect();
+        let offered: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        // The vm sandbox says why it is not there (no guest image, TCG not allowed...).
+        let why = match (kind, self.vm.usable()) {
+            (SandboxKind::Vm, Err(why)) => format!(": {why}"),
+            _ => String::new(),
+        };
         Err(Error::FailedPrecondition(format!(
-            "sandbox: {:?} is not available on this node (available: {})",
+            "sandbox: {:?} is not available on this node{why} (available: {})",
             kind.as_str(),
             offered.join(", ")
         )))
@@ -484,6 +517,9 @@ impl Groups {
                     "sandbox: the sandbox kind of a group cannot change; delete and create it"
                         .into(),
                 ));
+            }
+            if spec.sandbox == "vm" {
+                check_vm_update(&old, &spec, normalized_of(&group), valid.normalized)?;
             }
             if old.network.as_ref().and_then(|n| n.eni.clone())
                 != spec.network.as_ref().and_then(|n| n.eni.clone())
@@ -537,6 +573,7 @@ impl Groups {
             // The id range stays with the group for its whole life.
             status.user_namespace = prev.user_namespace;
             status.network = prev.network;
+            status.accelerator = prev.accelerator;
             status.observed_generation = group.generation;
             group.status = Some(status);
             group.spec = Some(spec);
@@ -688,6 +725,34 @@ pub(crate) fn parse_selector(s: &str) -> Result<Selector> {
 }
 
 /// The status of a just-admitted spec: every container Waiting.
+/// What an Update cannot change in a vm group yet: its VM boots with the disks of its
+/// images' layers and with its size, both fixed for the VM's life (the group keeps its
+/// sandbox across an Update).
+fn check_vm_update(old: &GroupSpec, new: &GroupSpec, was: Size, now: Size) -> Result<()> {
+    let images = |s: &GroupSpec| -> Vec<String> {
+        s.init_containers
+            .iter()
+            .chain(&s.containers)
+            .map(|c| c.image.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    if images(old) != images(new) {
+        return Err(Error::FailedPrecondition(
+            "sandbox: vm: an update cannot change a vm group's images yet (its VM boots with their layers as disks); delete and create it".into(),
+        ));
+    }
+    if was != now {
+        return Err(Error::FailedPrecondition(format!(
+            "sandbox: vm: an update cannot resize a vm group yet (its VM has {} fixed at boot, the update asks for {}); delete and create it",
+            describe_size(was),
+            describe_size(now)
+        )));
+    }
+    Ok(())
+}
+
 fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
     let waiting = |c: &eci_api::v1::Container| ContainerStatus {
         name: c.name.clone(),
@@ -706,6 +771,11 @@ fn initial_status(spec: &GroupSpec, valid: &ValidSpec) -> GroupStatus {
         // Read from the group's network namespace once it exists, never from the spec.
         ip_addresses: Vec::new(),
         observed_generation: 1,
+        sandbox_kind: if spec.sandbox.is_empty() {
+            SandboxKind::Namespaced.as_str().into()
+        } else {
+            spec.sandbox.clone()
+        },
         ..Default::default()
     }
 }
@@ -793,6 +863,51 @@ mod tests {
             1,
             "refused update changed nothing"
         );
+    }
+
+    #[test]
+    fn vm_groups_need_the_sandbox_and_keep_their_images_and_size() {
+        use crate::vm::{VmFacts, VmSandbox, VmSettings, VmState, probe::Accel};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = VmSettings::from_config(&Default::default(), dir.path());
+        let mut vm = spec("v", "1", "2Gi");
+        vm.sandbox = "vm".into();
+        // Unavailable: refused, naming why.
+        let g = groups(dir.path(), 4, 8);
+        let err = g.create(vm.clone()).expect_err("no vm sandbox");
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("not set up"), "{err}");
+        drop(g);
+        let g = groups(dir.path(), 4, 8).with_vm(Arc::new(VmSandbox::with_facts(
+            settings,
+            VmFacts {
+                state: VmState::Available { accel: Accel::Tcg },
+                guest_kernel: "6.1.0".into(),
+                qemu_version: "QEMU 7.2".into(),
+            },
+        )));
+        assert!(g.sandbox_kinds().contains(&SandboxKind::Vm));
+        let created = g.create(vm.clone()).expect("vm group");
+        assert_eq!(created.status.expect("status").sandbox_kind, "vm");
+        let mut other_image = vm.clone();
+        other_image.containers[0].image = "busybox:2".into();
+        let err = g.update(other_image).expect_err("new image");
+        assert!(err.to_string().contains("images"), "{err}");
+        let err = g.update(spec_vm("v", "2", "4Gi")).expect_err("resize");
+        assert!(err.to_string().contains("resize"), "{err}");
+        let mut env_only = vm.clone();
+        env_only.containers[0].env = vec![eci_api::v1::EnvVar {
+            name: "A".into(),
+            value: "1".into(),
+        }];
+        g.update(env_only).expect("same images and size");
+    }
+
+    fn spec_vm(name: &str, cpu: &str, memory: &str) -> GroupSpec {
+        GroupSpec {
+            sandbox: "vm".into(),
+            ..spec(name, cpu, memory)
+        }
     }
 
     #[test]

@@ -29,3 +29,4 @@ pub mod sizes;
 pub mod store;
 pub mod supervisor;
 pub mod validate;
+pub mod vm;

@@ -260,10 +260,35 @@ impl MetricsApi {
         let samples = self.samples.clone();
         let id = group.id.clone();
         let sup = self.sup.clone();
+        // A vm group's containers are guest processes: their use comes from inside the
+        // guest, through the shim's Stats; the host cgroups hold the VM, not them.
+        let vm_usage = if spec.sandbox == "vm" {
+            let mut per = HashMap::new();
+            if let Ok(shim) = crate::sandbox::Shim::connect(
+                &eci_runtime::layout::GroupDir::new(sup.run_dir(), &group.id).shim_socket(),
+            )
+            .await
+            {
+                for c in &spec.containers {
+                    if let Ok(u) = shim.stats(&c.name).await {
+                        per.insert(c.name.clone(), u);
+                    }
+                }
+            }
+            Some(per)
+        } else {
+            None
+        };
         let out = tokio::task::spawn_blocking(move || {
             let rel = format!("{parent}/{id}");
             let had_history = has_history(&samples, &rel);
-            let u = cgroup::usage(&rel);
+            let (u, overhead) = match &vm_usage {
+                None => (cgroup::usage(&rel), 0),
+                Some(per) => (
+                    sum_usage(per.values()),
+                    cgroup::usage(&format!("{rel}/{}", crate::vm::VM_CGROUP)).memory_bytes,
+                ),
+            };
             let mut m = GroupMetrics {
                 group: name.clone(),
                 timestamp: crate::clock::now(),
@@ -273,16 +298,25 @@ impl MetricsApi {
                     .first()
                     .map(|p| network(*p))
                     .unwrap_or_default(),
-                disk: group_disks(&layers, &sup.volumes_dir(&id), &spec),
+                // A vm group's files are in its guest: the host dirs say nothing.
+                disk: if vm_usage.is_some() {
+                    Vec::new()
+                } else {
+                    group_disks(&layers, &sup.volumes_dir(&id), &spec)
+                },
                 containers: Vec::new(),
                 security_group_rules: Vec::new(),
+                sandbox_overhead_bytes: overhead,
             };
             if status.network.as_ref().is_some_and(|n| n.mode != "none") {
                 m.security_group_rules = rule_counters(&sup.netns_of(&id), &spec);
             }
             for c in &spec.containers {
                 let crel = format!("{rel}/{}", c.name);
-                let cu = cgroup::usage(&crel);
+                let cu = match &vm_usage {
+                    None => cgroup::usage(&crel),
+                    Some(per) => per.get(&c.name).cloned().unwrap_or_default(),
+                };
                 let res = c.resources.clone().unwrap_or_default();
                 let cpu_limit = parse_cpu_millis(&res.cpu).unwrap_or(group_cpu);
                 let mem_limit = parse_memory_bytes(&res.memory).unwrap_or(group_mem);
@@ -290,7 +324,11 @@ impl MetricsApi {
                     name: c.name.clone(),
                     cpu: Some(cpu_metrics(&samples, &crel, &cu, cpu_limit)),
                     memory: Some(memory_metrics(&cu, mem_limit)),
-                    disk: filesystem(&layers.join(&c.name), "/").into_iter().collect(),
+                    disk: if vm_usage.is_some() {
+                        Vec::new()
+                    } else {
+                        filesystem(&layers.join(&c.name), "/").into_iter().collect()
+                    },
                     log_dropped_bytes: sup.log_stats(&id, &c.name).dropped_bytes,
                 });
             }
@@ -300,6 +338,19 @@ impl MetricsApi {
         .map_err(|e| Status::internal(e.to_string()))?;
         Ok(out)
     }
+}
+
+/// The sum of containers' use: a vm group's use as the guest sees it.
+fn sum_usage<'a>(all: impl Iterator<Item = &'a cgroup::Usage>) -> cgroup::Usage {
+    let mut t = cgroup::Usage::default();
+    for u in all {
+        t.memory_bytes = t.memory_bytes.saturating_add(u.memory_bytes);
+        t.cache_bytes = t.cache_bytes.saturating_add(u.cache_bytes);
+        t.rss_bytes = t.rss_bytes.saturating_add(u.rss_bytes);
+        t.inactive_file_bytes = t.inactive_file_bytes.saturating_add(u.inactive_file_bytes);
+        t.cpu_nanos = t.cpu_nanos.saturating_add(u.cpu_nanos);
+    }
+    t
 }
 
 #[tonic::async_trait]

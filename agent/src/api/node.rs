@@ -40,6 +40,24 @@ fn resources(s: Size, gpus: u32) -> Resources {
     }
 }
 
+/// The vm sandbox as `Node.Info` reports it.
+fn node_vm(f: &crate::vm::VmFacts) -> NodeVm {
+    use crate::vm::VmState;
+    let (available, accelerator, reason) = match &f.state {
+        VmState::Available { accel } => (true, accel.as_str().to_string(), String::new()),
+        VmState::Probing => (false, String::new(), "probing".to_string()),
+        VmState::Unavailable { reason } => (false, String::new(), reason.clone()),
+    };
+    NodeVm {
+        available,
+        emulated: accelerator == "tcg",
+        accelerator,
+        guest_kernel_release: f.guest_kernel.clone(),
+        reason,
+        qemu_version: f.qemu_version.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl NodeService for NodeApi {
     async fn info(&self, _: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
@@ -67,9 +85,10 @@ impl NodeService for NodeApi {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: node.facts.kernel_release.clone(),
             cgroup_mode: node.facts.cgroup_mode.as_str().into(),
-            sandbox_kinds: node
-                .facts
-                .sandbox_kinds
+            sandbox_kinds: self
+                .groups
+                .groups()
+                .sandbox_kinds()
                 .iter()
                 .map(|k| k.as_str().to_string())
                 .collect(),
@@ -81,6 +100,7 @@ impl NodeService for NodeApi {
             user_namespaces: Some(self.groups.groups().user_namespaces().report(&held)),
             enis,
             dev_bridge: self.groups.groups().network().describe_dev(),
+            vm: Some(node_vm(&self.groups.groups().vm().facts())),
         }))
     }
 

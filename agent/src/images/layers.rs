@@ -118,6 +118,8 @@ impl ImageStore {
             );
             remove_path(&dest)?;
         }
+        // An erofs image made from a directory that is being replaced goes with it.
+        remove_path(&self.erofs_path(&layer.diff_id))?;
         self.unpack_verified(layer, &dest)?;
         let record = UnpackedLayer {
             blob: layer.digest.clone(),
@@ -216,8 +218,10 @@ impl ImageStore {
         for e in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let stale_unpack = name.starts_with(UNPACK_PREFIX);
+            // A layer's erofs image (vm groups) goes with the layer.
+            let layer = name.strip_suffix(super::erofs::SUFFIX).unwrap_or(&name);
             // Other dot files are in-flight spools of archives being received.
-            if stale_unpack || (!name.starts_with('.') && !names.contains(&name)) {
+            if stale_unpack || (!name.starts_with('.') && !names.contains(layer)) {
                 remove_path(&e.path())?;
             }
         }

@@ -13,6 +13,7 @@ pub(crate) mod archive;
 pub mod content;
 pub mod digest;
 pub mod documents;
+pub mod erofs;
 pub mod gc;
 mod import;
 pub mod layers;
@@ -87,6 +88,9 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `mkfs.erofs` could not turn an unpacked layer into an image for vm groups.
+    #[error("layer {layer}: building its erofs image: {message}")]
+    Erofs { layer: Digest, message: String },
 }
 
 /// One layer of an image.

@@ -961,3 +961,53 @@ fn held_layers_and_blobs_survive_garbage_collection_until_released() {
         assert!(!images.has_blob(&l.digest), "released blob kept");
     }
 }
+
+#[test]
+fn erofs_images_are_built_once_shared_and_collected_with_their_layer() {
+    let (dir, images) = image_store();
+    let a = images
+        .import(
+            &oci::archive(&hello_image(), Some("demo/hello:1"))[..],
+            None,
+        )
+        .expect("import");
+    let mut other = hello_image();
+    other.layers.truncate(1);
+    other.cmd = vec!["x".into()];
+    let b = images
+        .import(&oci::archive(&other, Some("demo/other:1"))[..], None)
+        .expect("import b");
+    let layers = images.erofs_layers(&a[0]).expect("erofs");
+    assert_eq!(layers.len(), 2);
+    for (l, rec) in layers.iter().zip(&a[0].layers) {
+        assert_eq!(l.dir, images.layer_dir(&rec.diff_id));
+        assert_eq!(l.image, images.erofs_path(&rec.diff_id));
+        assert!(l.image.is_file(), "{}", l.image.display());
+    }
+    // Built once: the shared bottom image is the same file for b.
+    let ino = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"))
+    };
+    let bottom = layers[0].image.clone();
+    let before = ino(&bottom);
+    let again = images.erofs_layers(&b[0]).expect("erofs b");
+    assert_eq!(again[0].image, bottom);
+    assert_eq!(ino(&bottom), before, "not rebuilt");
+    // No temp files are left beside them.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("layers"))
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Removing a keeps the shared image, drops a's own.
+    images
+        .remove("demo/hello:1", |_, _| Ok(None))
+        .expect("remove a");
+    assert!(bottom.is_file(), "shared layer image kept for b");
+    assert!(!layers[1].image.exists(), "a's own layer image collected");
+    images
+        .remove("demo/other:1", |_, _| Ok(None))
+        .expect("remove b");
+    assert!(!bottom.exists());
+}

@@ -63,6 +63,25 @@ pub fn record_of(h: &HeldEni) -> Result<EniRecord, NetworkError> {
     })
 }
 
+/// Replaces the security-group table of the netns at `netns` with `rules`. For a vm
+/// group (`vm`) the table also filters what is bridged between the guest's tap and
+/// `eth0` (the guest holds the group's addresses, so the input chain sees none of its
+/// traffic): directions come from the group's addresses, read from the netns (or, once
+/// the shim plugged the guest in, from the plug record).
+pub fn apply_rules(netns: &Path, rules: &[Rule], vm: bool) -> Result<(), NetworkError> {
+    let sg = |e: eci_netns::nft::NftError| NetworkError::SecurityGroup(crate::error::chain(&e));
+    if !vm {
+        return eci_netns::nft::apply_security_groups(netns, rules).map_err(sg);
+    }
+    let addrs: Vec<std::net::IpAddr> = eci_netns::observe::addresses(netns)
+        .map_err(|e| NetworkError::SecurityGroup(crate::error::chain(&e)))?
+        .into_iter()
+        .map(|a| a.address)
+        .filter(|a| !matches!(a, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .collect();
+    eci_netns::nft::apply_vm_security_groups(netns, rules, &addrs).map_err(sg)
+}
+
 /// Sets up group `id`'s (named `name`) network in the netns pinned at `netns`.
 pub fn setup(
     store: &Store,
@@ -71,6 +90,7 @@ pub fn setup(
     name: &str,
     net: Option<&NetworkSpec>,
     netns: &Path,
+    vm: bool,
 ) -> Result<Setup, NetworkError> {
     let started = Instant::now();
     let net = net.cloned().unwrap_or_default();
@@ -112,8 +132,7 @@ pub fn setup(
         });
     };
     let rules = rules_of(&net);
-    eci_netns::nft::apply_security_groups(netns, &rules)
-        .map_err(|e| NetworkError::SecurityGroup(crate::error::chain(&e)))?;
+    apply_rules(netns, &rules, vm)?;
     Ok(Setup {
         status: GroupNetworkStatus {
             mode: mode.into(),

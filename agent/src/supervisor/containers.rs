@@ -23,7 +23,7 @@ use crate::sandbox::{Shim, ShimError, files, spec, volumes};
 const CACHE_POLL_MAX: Duration = Duration::from_secs(10);
 
 /// Each container (init first) with the image it runs.
-type Resolved = Vec<(Container, ImageRecord)>;
+pub(super) type Resolved = Vec<(Container, ImageRecord)>;
 
 /// `<bundle>/exit.json` as the shim writes it.
 #[derive(serde::Deserialize)]
@@ -389,6 +389,11 @@ impl Supervisor {
             // There, but silent: never start a second shim for the group; wait for it.
             Err(ShimError::Unresponsive { .. }) => self.shim_answering(ctx).await,
             Err(_) => {
+                let vm_config = if ctx.spec.sandbox == "vm" {
+                    Some(self.prepare_vm(ctx, &images, valid.normalized).await?)
+                } else {
+                    None
+                };
                 Shim::launch(
                     &self.cfg.shim,
                     &ctx.id,
@@ -396,10 +401,14 @@ impl Supervisor {
                     valid.normalized.cpu_millis,
                     valid.normalized.memory_bytes,
                     owner,
+                    vm_config.as_deref(),
                 )
                 .await?
             }
         };
+        if ctx.spec.sandbox == "vm" {
+            self.check_vm_layers(ctx, &images).await?;
+        }
         // The network before any container: an init container may need it.
         self.setup_network(ctx).await?;
         self.observe_addresses(ctx).await;

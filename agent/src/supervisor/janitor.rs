@@ -70,6 +70,8 @@ impl Supervisor {
     /// directories. Blocking; safe to run twice.
     pub(crate) fn remove_leftovers(&self, id: &str) {
         self.kill_shims_of(id);
+        // A vm group's QEMU (in `<group cgroup>/vm`, which the loop below misses).
+        crate::vm::orphans::kill_of(&self.cfg.run_dir, id);
         let group_cg = format!("{}/{id}", self.cfg.cgroup_parent);
         for p in cgroup::procs(&group_cg) {
             kill(p as i32);
@@ -112,6 +114,12 @@ impl Supervisor {
             .map(|(_, id)| id)
             .collect();
         ids.extend(dir_names(&self.cfg.run_dir.join("groups")));
+        // A QEMU outlives its run directory if its shim was killed first.
+        ids.extend(
+            crate::vm::orphans::qemus(&self.cfg.run_dir)
+                .into_iter()
+                .map(|(_, id)| id),
+        );
         ids.extend(dir_names(&self.cfg.state_dir.join("groups")));
         ids.extend(cgroup_children_of(&self.cfg.cgroup_parent));
         // An ENI record outlives everything else of its group until the ENI is back.
@@ -125,6 +133,21 @@ impl Supervisor {
             self.remove_leftovers(id);
         }
         cleaned
+    }
+}
+
+impl Supervisor {
+    /// Kills the QEMU of every vm group the store no longer has (run periodically: a
+    /// VM must never outlive its group). Returns the group ids whose QEMU was killed.
+    pub(crate) fn kill_orphan_vms(&self) -> Vec<String> {
+        let Ok((groups, _)) = self.groups.store().list_groups() else {
+            return Vec::new();
+        };
+        let live: HashSet<String> = groups.into_iter().map(|g| g.id).collect();
+        crate::vm::orphans::kill_orphans(&self.cfg.run_dir, &live)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
     }
 }
 

@@ -19,6 +19,7 @@ mod probes;
 mod start_error;
 mod teardown;
 mod transitions;
+mod vm;
 mod volumes;
 
 pub use attach::no_stdin;
@@ -99,6 +100,11 @@ impl Supervisor {
     /// The cgroup subtree groups live under.
     pub fn cgroup_parent(&self) -> &str {
         &self.cfg.cgroup_parent
+    }
+
+    /// The runtime directory (groups live under `<run>/groups/<id>`).
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.cfg.run_dir
     }
 
     /// Where a group's writable layers live (`<state>/groups/<id>`).

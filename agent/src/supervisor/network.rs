@@ -19,8 +19,9 @@ impl Supervisor {
         let (id, name) = (ctx.id.clone(), ctx.name.clone());
         let net = ctx.spec.network.clone();
         let netns = crate::network::netns_path(&ctx.dir);
+        let vm = ctx.spec.sandbox == "vm";
         let done = tokio::task::spawn_blocking(move || {
-            setup::setup(&store, &plan, &id, &name, net.as_ref(), &netns)
+            setup::setup(&store, &plan, &id, &name, net.as_ref(), &netns, vm)
         })
         .await
         .map_err(|_| NetworkError::Join("setting up the group's network"))??;
@@ -96,11 +97,10 @@ impl Supervisor {
         if !has_link {
             return Ok(0);
         }
+        let vm = ctx.spec.sandbox == "vm";
         tokio::task::spawn_blocking(move || {
             let rules = setup::rules_of(&net);
-            eci_netns::nft::apply_security_groups(&netns, &rules)
-                .map(|()| rules.len())
-                .map_err(|e| NetworkError::SecurityGroup(crate::error::chain(&e)))
+            setup::apply_rules(&netns, &rules, vm).map(|()| rules.len())
         })
         .await
         .map_err(|_| NetworkError::Join("applying security-group rules"))?

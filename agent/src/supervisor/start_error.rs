@@ -42,6 +42,9 @@ pub(crate) enum StartError {
     Join(&'static str, #[source] tokio::task::JoinError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// The node cannot run this vm group (its sandbox went away since admission).
+    #[error("sandbox: \"vm\": {0}")]
+    Vm(String),
 }
 
 impl From<ShimError> for StartError {

@@ -105,6 +105,11 @@ impl Supervisor {
             if phase::is_final(p) || p == phase::TERMINATING {
                 continue;
             }
+            // A vm group's writable layers and emptyDirs live on its guest's own
+            // tmpfs, bounded by the VM's memory: the host directories hold none of it.
+            if g.spec.as_ref().is_some_and(|s| s.sandbox == "vm") {
+                continue;
+            }
             let ctx = self.ctx(&g);
             let (spec, dir) = (ctx.spec.clone(), self.writable_dir(&ctx.id));
             let Ok(Some(why)) =

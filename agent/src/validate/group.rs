@@ -33,6 +33,9 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
             format!("{} is not one of namespaced, vm", quote(&spec.sandbox)),
         );
     }
+    if spec.sandbox == "vm" {
+        check_vm(spec, errs);
+    }
     let grace = spec
         .termination_grace_period_seconds
         .unwrap_or(DEFAULT_GRACE_SECONDS);
@@ -271,6 +274,39 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
 
 /// GPUs a group needs: init containers run alone, so the larger of the app containers'
 /// sum and the largest init container.
+/// What a `vm` group cannot have yet: its containers run in a guest that has no
+/// host block devices, NFS client mounts or GPUs passed through to it. Refused by
+/// field rather than accepted and silently missing.
+fn check_vm(spec: &GroupSpec, errs: &mut Errors) {
+    for (i, v) in spec.volumes.iter().enumerate() {
+        if v.disk.is_some() {
+            errs.add(
+                format!("volumes[{i}].disk"),
+                "disk volumes are not supported with sandbox: vm yet",
+            );
+        }
+        if v.nfs.is_some() {
+            errs.add(
+                format!("volumes[{i}].nfs"),
+                "nfs volumes are not supported with sandbox: vm yet",
+            );
+        }
+    }
+    let all = spec.init_containers.iter().chain(&spec.containers);
+    for (c, field) in all.zip(
+        (0..spec.init_containers.len())
+            .map(|i| format!("initContainers[{i}]"))
+            .chain((0..spec.containers.len()).map(|i| format!("containers[{i}]"))),
+    ) {
+        if c.resources.as_ref().is_some_and(|r| r.gpu > 0) {
+            errs.add(
+                format!("{field}.resources.gpu"),
+                "GPUs are not passed through to sandbox: vm groups",
+            );
+        }
+    }
+}
+
 pub fn group_gpus(spec: &GroupSpec) -> u32 {
     let gpus = |c: &eci_api::v1::Container| c.resources.as_ref().map_or(0, |r| r.gpu);
     let app = spec

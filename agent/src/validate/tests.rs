@@ -159,3 +159,46 @@ fn a_stored_spec_breaking_a_newer_rule_still_reads_back() {
     });
     assert!(stored(&s).is_err());
 }
+
+#[test]
+fn a_vm_group_refuses_what_its_guest_cannot_have_by_field() {
+    use eci_api::v1::{DiskVolume, NfsVolume, Volume};
+    let mut s = spec();
+    s.sandbox = "vm".into();
+    validate(&s).expect("a plain vm group is valid");
+    s.volumes = vec![
+        Volume {
+            name: "data".into(),
+            disk: Some(DiskVolume {
+                device: "/dev/vdb".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "share".into(),
+            nfs: Some(NfsVolume {
+                server: "10.0.0.2".into(),
+                path: "/export".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    s.containers[0].resources.as_mut().expect("resources").gpu = 1;
+    let f = fields(&s);
+    for want in [
+        "volumes[0].disk",
+        "volumes[1].nfs",
+        "containers[0].resources.gpu",
+    ] {
+        assert!(f.iter().any(|x| x == want), "{want} not in {f:?}");
+    }
+    // The same spec namespaced has none of these refusals.
+    s.sandbox = String::new();
+    let f = validate(&s).err().map(|e| e.0).unwrap_or_default();
+    assert!(
+        !f.iter().any(|e| e.message.contains("sandbox: vm")),
+        "{f:?}"
+    );
+}

@@ -253,8 +253,15 @@ pub async fn describe(ch: Channel, name: &str) -> Result<ExitCode> {
         spec.cpu, spec.memory
     );
     println!("Size:            {} vCPU / {}", size.cpu, size.memory);
+    let accel = if st.accelerator.is_empty() {
+        String::new()
+    } else if st.accelerator == "tcg" {
+        " (tcg, emulated)".to_string()
+    } else {
+        format!(" ({})", st.accelerator)
+    };
     println!(
-        "Sandbox:         {}",
+        "Sandbox:         {}{accel}",
         if spec.sandbox.is_empty() {
             "namespaced"
         } else {

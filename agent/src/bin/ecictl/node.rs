@@ -41,6 +41,19 @@ pub async fn node(ch: Channel, format: Option<Format>) -> Result<ExitCode> {
     );
     println!("Cgroup mode:    {}", info.cgroup_mode);
     println!("Sandbox kinds:  {}", info.sandbox_kinds.join(", "));
+    if let Some(vm) = &info.vm {
+        let line = if vm.available {
+            format!(
+                "{}{}, guest kernel {}",
+                vm.accelerator,
+                if vm.emulated { " (emulated)" } else { "" },
+                vm.guest_kernel_release
+            )
+        } else {
+            format!("not available: {}", vm.reason)
+        };
+        println!("VM sandbox:     {line}");
+    }
     if let Some(u) = &info.user_namespaces {
         let mut line = format!(
             "{} ({} of {} id ranges free from host id {})",

@@ -214,6 +214,15 @@ pub async fn top(ch: Channel, name: Option<String>) -> Result<ExitCode> {
         for c in &gm.containers {
             t.row(vec![n.clone(), c.name.clone(), cpu(&c.cpu), mem(&c.memory)]);
         }
+        // A vm group: the VM's own memory on the host, apart from the containers'.
+        if gm.sandbox_overhead_bytes > 0 {
+            t.row(vec![
+                n.clone(),
+                "(vm overhead)".into(),
+                "-".into(),
+                output::bytes(gm.sandbox_overhead_bytes),
+            ]);
+        }
     }
     print!("{}", t.render());
     Ok(ExitCode::SUCCESS)
