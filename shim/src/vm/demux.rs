@@ -292,7 +292,7 @@ mod tests {
         // Stream 1's reader never reads: its pipe fills, then its queue.
         let (_r1, w1) = pipe();
         let (mut r2, w2) = pipe();
-        let _ = d.add_output(1, w1).expect("sink");
+        let _done1 = d.add_output(1, w1).expect("sink");
         let done2 = d.add_output(2, w2).expect("sink");
         let chunk = vec![b'x'; MAX_FRAME as usize];
         let mut fs = Vec::new();

@@ -2,7 +2,7 @@
 //! the group's containers run in a lightweight VM (QEMU microvm) whose PID 1,
 //! `eci-guest`, serves the same Task API; this shim is its host-side proxy.
 //!
-//! - [`config`]: `vm.json`.
+//! - [`config`](config): `vm.json`.
 //! - [`vmm`]: the VMM seam ([`vmm::Vmm`]); [`qemu`]: the QEMU implementation.
 //! - [`net`]: the guest's network (the net helper's tap in the group netns).
 //! - [`boot`]: the lazy boot at the first Create and the end of the VM.

@@ -161,16 +161,20 @@ fn open_below(
     flags: OFlag,
 ) -> Result<OwnedFd, OptionsError> {
     let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
-    openat(dir, name, flags, Mode::empty()).map_err(|e| match e {
-        nix::Error::ELOOP => OptionsError::Symlink(path.display().to_string()),
-        nix::Error::ENOTDIR if flags.contains(OFlag::O_DIRECTORY) => {
-            OptionsError::NotRegular(path.display().to_string())
+    openat(dir, name, flags, Mode::empty()).map_err(|e| {
+        // With O_DIRECTORY a symbolic link fails as ENOTDIR, not ELOOP: look.
+        let link = e == nix::Error::ELOOP
+            || nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits());
+        match e {
+            _ if link => OptionsError::Symlink(path.display().to_string()),
+            nix::Error::ENOTDIR => OptionsError::NotRegular(path.display().to_string()),
+            e => OptionsError::Io {
+                path: path.display().to_string(),
+                step: "opening",
+                source: e.into(),
+            },
         }
-        e => OptionsError::Io {
-            path: path.display().to_string(),
-            step: "opening",
-            source: e.into(),
-        },
     })
 }
 
@@ -325,7 +329,13 @@ mod tests {
             ],
         );
         let layer = t.path().join(format!("layers/{}", "ef".repeat(32)));
-        let o = build(&b, &[layer.clone()], &[g.clone()], &vm(&layer)).expect("build");
+        let o = build(
+            &b,
+            std::slice::from_ref(&layer),
+            std::slice::from_ref(&g),
+            &vm(&layer),
+        )
+        .expect("build");
         let files: Vec<&str> = o.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             files,
@@ -344,7 +354,7 @@ mod tests {
 
         let other = t.path().join("layers/other");
         assert!(matches!(
-            build(&b, &[other], &[g.clone()], &vm(&layer)),
+            build(&b, &[other], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::UnknownLayer(_))
         ));
     }
@@ -359,32 +369,32 @@ mod tests {
         let layer = t.path().join("l");
         let b = bundle(&g, &[&g.join("volumes/v")]);
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::Symlink(_))
         ));
         // As the source itself.
         std::os::unix::fs::symlink("/etc/shadow", g.join("hosts")).expect("link");
         let b = bundle(&g, &[&g.join("hosts")]);
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::Symlink(_))
         ));
         // As a directory on the way.
         std::os::unix::fs::symlink("/etc", g.join("etcdir")).expect("link");
         let b = bundle(&g, &[&g.join("etcdir/passwd")]);
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::Symlink(_))
         ));
         // config.json itself.
         let b2 = g.join("containers/evil");
         std::fs::create_dir_all(&b2).expect("mkdir");
         std::os::unix::fs::symlink("/etc/passwd", b2.join("config.json")).expect("link");
-        assert!(build(&b2, &[], &[g.clone()], &vm(&layer)).is_err());
+        assert!(build(&b2, &[], std::slice::from_ref(&g), &vm(&layer)).is_err());
         // `..` in a source.
         let b = bundle(&g, &[&g.join("volumes/../../x")]);
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::BadPath(_))
         ));
     }
@@ -398,13 +408,13 @@ mod tests {
         let layer = t.path().join("l");
         let b = bundle(&g, &[&g.join("v")]);
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::NotRegular(_))
         ));
         std::fs::remove_file(g.join("v/p")).expect("rm");
         std::fs::write(g.join("v/big"), vec![0u8; MAX_CREATE_FILES_BYTES + 1]).expect("big");
         assert!(matches!(
-            build(&b, &[], &[g.clone()], &vm(&layer)),
+            build(&b, &[], std::slice::from_ref(&g), &vm(&layer)),
             Err(OptionsError::TooLarge)
         ));
     }
