@@ -57,9 +57,16 @@ pub fn argv(spec: &BootSpec<'_>) -> Result<Vec<String>, VmmError> {
         "-name".into(),
         format!("eci-{}", spec.id),
         "-M".into(),
-        "microvm,x-option-roms=off".into(),
+        // rtc=on: the guest's wall clock (as helper "guest" measured the image).
+        "microvm,x-option-roms=off,rtc=on".into(),
         "-accel".into(),
         c.accel.as_str().into(),
+        "-cpu".into(),
+        match c.accel {
+            super::config::Accel::Kvm => "host",
+            super::config::Accel::Tcg => "max",
+        }
+        .into(),
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
@@ -356,7 +363,7 @@ mod tests {
         let a = argv(&spec).expect("argv").join(" ");
         for want in [
             "-name eci-g1 ",
-            "-M microvm,x-option-roms=off",
+            "-M microvm,x-option-roms=off,rtc=on -accel tcg -cpu max",
             "-accel tcg",
             "-nodefaults -no-user-config -nographic",
             "-smp 2 -m 512M",
