@@ -1,0 +1,268 @@
+//! The host shim in vm mode, end to end: `eci-shim start --sandbox vm` boots the guest
+//! image under QEMU (TCG) at the first Create, runs a container whose output lands in
+//! the agent's log file, an exec whose output comes through a FIFO, records the exit
+//! in `exit.json`, and leaves no QEMU, cgroup or VM directory after Shutdown.
+//!
+//! Skipped unless run as root with QEMU, mkfs.erofs, busybox-static and the guest
+//! image (`scripts/guest-image.sh DIR`, then `ECI_GUEST_DIR=DIR`; default
+//! /var/lib/eci/guest):
+//!
+//!   ECI_GUEST_DIR=/tmp/guest cargo test -p eci-shim --test vm_boot -- --nocapture
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::TaskClient;
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+fn guest_dir() -> PathBuf {
+    std::env::var_os("ECI_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/eci/guest"))
+}
+
+fn tsc_khz() -> u64 {
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        && let Ok(k) = s.trim().parse()
+    {
+        return k;
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_duration(Duration::from_secs(120))
+}
+
+fn qemu_running(id: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|a| a == format!("eci-{id}").as_bytes())
+            })
+        })
+}
+
+#[test]
+fn a_container_and_an_exec_run_in_the_vm() {
+    let image = guest_dir();
+    let ready = nix::unistd::Uid::effective().is_root()
+        && image.join("initrd.img").exists()
+        && Path::new(QEMU).exists()
+        && Path::new("/bin/busybox").exists();
+    if !ready {
+        eprintln!(
+            "skipped: needs root, {QEMU}, busybox and the guest image at {}",
+            image.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let id = format!("vmt{}", std::process::id());
+    let run = root.join("run");
+    let group = run.join("groups").join(&id);
+    let state = root.join("state");
+    // A busybox layer and its erofs image, as the agent caches them.
+    let hex = "5eed".repeat(16);
+    let layer = state.join("layers").join(&hex);
+    std::fs::create_dir_all(layer.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "uname", "echo", "cat", "sleep"] {
+        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).expect("ln");
+    }
+    let erofs = state.join("layers").join(format!("{hex}.erofs"));
+    let st = Command::new("mkfs.erofs")
+        .arg("-q")
+        .arg(&erofs)
+        .arg(&layer)
+        .status()
+        .expect("mkfs.erofs");
+    assert!(st.success());
+    std::fs::create_dir_all(group.join("etc")).expect("mkdir");
+    std::fs::write(
+        group.join("etc/hosts"),
+        "127.0.0.1 localhost\n10.9.9.9 planted\n",
+    )
+    .expect("hosts");
+    let vm_json = group.join("vm.json");
+    std::fs::write(
+        &vm_json,
+        serde_json::json!({
+            "qemu": QEMU, "kernel": image.join("vmlinux"), "initrd": image.join("initrd.img"),
+            "accel": "tcg", "tsc_khz": tsc_khz(), "vcpus": 1, "memory_mib": 384,
+            "layers": [{"path": layer, "erofs": erofs}],
+        })
+        .to_string(),
+    )
+    .expect("vm.json");
+    let bundle = group.join("containers/c1");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+            "args": ["/bin/sh", "-c", "uname -r; cat /etc/hosts; echo to-stderr >&2; sleep 3; exit 7"]},
+        "root": {"path": "rootfs"},
+        "hostname": "vmt",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": group.join("etc/hosts"),
+             "options": ["rbind", "rprivate", "nosuid", "nodev"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config");
+    let log = root.join("logs/c1/0.log");
+    std::fs::create_dir_all(log.parent().expect("parent")).expect("logs");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_eci-shim"))
+        .args([
+            "start",
+            "--id",
+            &id,
+            "--hostname",
+            "vmt",
+            "--cgroup-parent",
+            "eci-shim-vmtest",
+        ])
+        .arg("--run-dir")
+        .arg(&run)
+        .args([
+            "--cpu-millis",
+            "2000",
+            "--memory-bytes",
+            "268435456",
+            "--sandbox",
+            "vm",
+        ])
+        .arg("--vm-config")
+        .arg(&vm_json)
+        .output()
+        .expect("eci-shim start");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shim_log = || std::fs::read_to_string(group.join("shim.log")).unwrap_or_default();
+    let console = || std::fs::read_to_string(group.join("vm/console.log")).unwrap_or_default();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let c = ttrpc::asynchronous::Client::connect(&format!("unix://{}", group.join("shim.sock").display()))
+            .await
+            .expect("connect");
+        let task = TaskClient::new(c);
+        let t0 = Instant::now();
+        let req = api::CreateTaskRequest {
+            id: "c1".into(),
+            bundle: bundle.display().to_string(),
+            rootfs: vec![api::Mount {
+                type_: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("lowerdir={}", layer.display()),
+                    format!("upperdir={}", state.join("groups").join(&id).join("c1/upper").display()),
+                    format!("workdir={}", state.join("groups").join(&id).join("c1/work").display()),
+                ],
+                ..Default::default()
+            }],
+            stdout: format!("file://{}", log.display()),
+            stderr: format!("file://{}", log.display()),
+            ..Default::default()
+        };
+        let created = task.create(ctx(), &req).await;
+        let created = created.unwrap_or_else(|e| panic!("create: {e}\nshim:\n{}\nconsole:\n{}", shim_log(), console()));
+        eprintln!("created (boot included) in {:?}, guest pid {}", t0.elapsed(), created.pid);
+        let started = task.start(ctx(), &api::StartRequest { id: "c1".into(), ..Default::default() }).await;
+        started.unwrap_or_else(|e| panic!("start: {e}\nshim:\n{}", shim_log()));
+
+        // An exec with its output through a FIFO, while the container sleeps.
+        let fifo = root.join("exec-out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        let f2 = fifo.clone();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::fs::File::open(&f2).expect("open fifo").read_to_string(&mut s).expect("read fifo");
+            s
+        });
+        let process = serde_json::json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+            "args": ["/bin/echo", "exec-ok"]});
+        let exec = api::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            stdout: fifo.display().to_string(),
+            spec: containerd_shim_protos::protobuf::MessageField::some(
+                containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: process.to_string().into_bytes(),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        };
+        task.exec(ctx(), &exec).await.unwrap_or_else(|e| panic!("exec: {e}\nshim:\n{}", shim_log()));
+        task.start(ctx(), &api::StartRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("exec start: {e}\nshim:\n{}", shim_log()));
+        let w = task.wait(ctx(), &api::WaitRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() }).await;
+        assert_eq!(w.expect("exec wait").exit_status, 0);
+        assert_eq!(reader.join().expect("reader").trim(), "exec-ok");
+        task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() })
+            .await
+            .expect("exec delete");
+
+        let w = task.wait(ctx(), &api::WaitRequest { id: "c1".into(), ..Default::default() }).await;
+        let w = w.unwrap_or_else(|e| panic!("wait: {e}\nshim:\n{}", shim_log()));
+        assert_eq!(w.exit_status, 7);
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("exit.json")).expect("exit.json")).expect("json");
+        assert_eq!(rec["exit_code"], 7);
+        let text = std::fs::read_to_string(&log).expect("log");
+        eprintln!("log:\n{text}");
+        let manifest = std::fs::read_to_string(image.join("manifest.json")).unwrap_or_default();
+        let release = text.lines().next().and_then(|l| l.splitn(4, ' ').nth(3)).unwrap_or_default();
+        assert!(!release.is_empty() && manifest.contains(release), "uname -r {release:?} is the guest's");
+        assert!(text.contains(" stdout F 10.9.9.9 planted"), "the bind-mounted hosts file");
+        assert!(text.contains(" stderr F to-stderr"));
+        task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), ..Default::default() })
+            .await
+            .expect("delete");
+        task.shutdown(ctx(), &api::ShutdownRequest::default()).await.expect("shutdown");
+    });
+    let until = Instant::now() + Duration::from_secs(30);
+    while (group.join("vm").exists() || qemu_running(&id)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!qemu_running(&id), "QEMU is gone\n{}", shim_log());
+    assert!(!group.join("vm").exists(), "the VM directory is gone");
+    assert!(
+        !eci_runtime::cgroup::exists(&format!("eci-shim-vmtest/{id}")),
+        "the group cgroup is gone"
+    );
+    let _ = eci_runtime::cgroup::destroy("eci-shim-vmtest");
+}
