@@ -286,7 +286,13 @@ async fn serve_vm(
         .context("binding the shim socket")?
         .register_service(create_task(svc.clone()));
     server.start().await.context("serving")?;
-    // Attach is not served for vm groups yet: Attach answers UNAVAILABLE.
+    let attaching = svc.clone();
+    if let Err(e) = crate::attach::listen(&dir.attach_socket(), move |conn| {
+        let svc = attaching.clone();
+        async move { svc.serve_attach(conn).await }
+    }) {
+        tracing::error!(error = %e, socket = %dir.attach_socket().display(), "binding the attach socket");
+    }
     std::fs::write(dir.shim_pid(), std::process::id().to_string())?;
     ready.write_all(b"ok")?;
     tracing::info!(group = %id, socket = %sock.display(), "shim serving (vm)");

@@ -55,7 +55,9 @@ struct PortEvents {
     inner: Weak<Inner>,
     ready: Mutex<Option<oneshot::Sender<()>>>,
     rt: tokio::runtime::Handle,
-    pid: Mutex<i32>,
+    pid: i32,
+    /// QEMU was reaped: its pid may belong to someone else now.
+    dead: watch::Receiver<bool>,
 }
 
 impl Events for PortEvents {
@@ -92,10 +94,10 @@ impl Events for PortEvents {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        if !inner.stopping.load(Ordering::SeqCst) {
+        if !inner.stopping.load(Ordering::SeqCst) && !*self.dead.borrow() {
             // Without the io port there is no output and no exit: the VM is of no use.
             tracing::error!(%why, "io port ended; stopping the VM");
-            crate::kill::sigkill(*self.pid.lock().unwrap_or_else(|p| p.into_inner()));
+            crate::kill::sigkill(self.pid);
         }
     }
 }
@@ -191,13 +193,16 @@ impl Inner {
                 inner.vm_ended(pid, exit).await;
             }
         });
+        let reaped = dead.clone();
         match self.connect(running, &paths, dead, t0).await {
             Ok(vm) => {
                 tracing::info!(pid, ms = t0.elapsed().as_millis() as u64, "VM ready");
                 Ok(vm)
             }
             Err((running, e)) => {
-                running.kill();
+                if !*reaped.borrow() {
+                    running.kill();
+                }
                 let netns = self.netns();
                 let _ = tokio::task::spawn_blocking(move || net::unplug(&netns)).await;
                 Err(e)
@@ -224,7 +229,8 @@ impl Inner {
             inner: Arc::downgrade(self),
             ready: Mutex::new(Some(ready_tx)),
             rt: tokio::runtime::Handle::current(),
-            pid: Mutex::new(running.pid()),
+            pid: running.pid(),
+            dead: dead.clone(),
         });
         let demux = Demux::new(STALL, events);
         let (reader, writer) = match io.try_clone() {

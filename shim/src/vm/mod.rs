@@ -10,7 +10,7 @@
 //! - [`options`]: what a forwarded Create carries (config.json, bind sources, layers).
 //! - [`stdio`]: a process's stdio on the host side (logs, FIFOs, stdin pumps).
 //! - [`procs`]: the host's table of guest processes and their exits.
-//! - [`service`]: the Task API, forwarded.
+//! - [`service`]: the Task API, forwarded; `attach`: the attach socket.
 //!
 //! Overhead accounting: QEMU runs in the host cgroup `<group cgroup>/vm`; its usage
 //! (memory is QEMU's RSS: guest RAM touched plus the VMM's own) is what the group costs
@@ -18,6 +18,7 @@
 //! agent reads the `vm` child cgroup (`eci_runtime::cgroup::usage("<group cgroup>/vm")`)
 //! for the sandbox overhead.
 
+mod attach;
 pub mod boot;
 pub mod config;
 pub mod demux;
