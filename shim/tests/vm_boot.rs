@@ -61,6 +61,32 @@ fn qemu_running(id: &str) -> bool {
         })
 }
 
+/// Ends a shim the test left running (a failed assertion): kills it (QEMU follows it,
+/// PR_SET_PDEATHSIG) and removes its namespaces and cgroups.
+struct Cleanup {
+    group: PathBuf,
+    cgroup: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.group.join("shim.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = eci_runtime::namespaces::remove(&self.group.join("ns"));
+        let _ = eci_shim::kill::kill_cgroup_and_remove(&format!("{}/vm", self.cgroup));
+        let _ = eci_shim::kill::kill_cgroup_and_remove(&self.cgroup);
+        let _ = eci_runtime::cgroup::destroy("eci-shim-vmtest");
+    }
+}
+
 #[test]
 fn a_container_and_an_exec_run_in_the_vm() {
     let image = guest_dir();
@@ -91,7 +117,7 @@ fn a_container_and_an_exec_run_in_the_vm() {
     }
     let erofs = state.join("layers").join(format!("{hex}.erofs"));
     let st = Command::new("mkfs.erofs")
-        .arg("-q")
+        .arg("--quiet")
         .arg(&erofs)
         .arg(&layer)
         .status()
@@ -164,6 +190,10 @@ fn a_container_and_an_exec_run_in_the_vm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _cleanup = Cleanup {
+        group: group.clone(),
+        cgroup: format!("eci-shim-vmtest/{id}"),
+    };
     let shim_log = || std::fs::read_to_string(group.join("shim.log")).unwrap_or_default();
     let console = || std::fs::read_to_string(group.join("vm/console.log")).unwrap_or_default();
 
