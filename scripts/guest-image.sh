@@ -104,21 +104,41 @@ else
   }
   moddir="$work/root/lib/modules/$release"
   [ -d "$moddir" ] || moddir="$work/root/usr/lib/modules/$release"
-  mkdir -p "$tmp_out/modules"
-  # Depth first over modules.dep: every module after the modules it needs.
+  # Every module file by module name ('-' and '_' are the same in module names).
+  declare -A path_of=()
+  while IFS= read -r f; do
+    n=$(basename "$f")
+    n=${n%%.ko*}
+    path_of[${n//-/_}]=${f#"$moddir/"}
+  done < <(find "$moddir/kernel" -name '*.ko*')
+  # A module's direct dependencies, from its own .modinfo ("depends=a,b"): the package
+  # ships no modules.dep (its postinst runs depmod), and depmod need not be installed.
+  depends_of() {
+    local f="$moddir/$1"
+    case $f in
+    *.xz) xz -dc "$f" ;;
+    *.zst) zstd -qdc "$f" ;;
+    *.gz) gzip -dc "$f" ;;
+    *) cat "$f" ;;
+    esac | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n1 | tr ',' ' '
+  }
+  # Depth first: every module after the modules it needs.
   declare -A done_=()
   order=()
   visit() {
     local rel=$1 dep
     [ -n "${done_[$rel]:-}" ] && return 0
     done_[$rel]=1
-    for dep in $(sed -n "s|^$rel: *||p" "$moddir/modules.dep"); do
-      visit "$dep"
+    for dep in $(depends_of "$rel"); do
+      dep=${dep//-/_}
+      if [ -n "${path_of[$dep]:-}" ]; then
+        visit "${path_of[$dep]}"
+      fi
     done
     order+=("$rel")
   }
   for name in "${wanted[@]}"; do
-    rel=$(grep -E "(^|/)${name}\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep" | cut -d: -f1 | head -n1 || true)
+    rel=${path_of[$name]:-}
     if [ -z "$rel" ]; then
       if grep -qE "(^|/)${name}\.ko$" "$moddir/modules.builtin" 2>/dev/null; then
         log "$name is built in"
@@ -129,6 +149,7 @@ else
     fi
     visit "$rel"
   done
+  mkdir -p "$tmp_out/modules"
   : >"$tmp_out/modules/order"
   for rel in "${order[@]}"; do
     base=$(basename "$rel")
@@ -143,12 +164,21 @@ else
     esac
     echo "$ko" >>"$tmp_out/modules/order"
   done
+  for need in virtio_console virtio_blk erofs overlay; do
+    if ! grep -q "^$need.ko$" "$tmp_out/modules/order" &&
+      ! grep -qE "(^|/)$need\.ko$" "$moddir/modules.builtin"; then
+      log "$need is neither a module nor built in: this kernel cannot run the guest"
+      exit 1
+    fi
+  done
   log "modules: $(tr '\n' ' ' <"$tmp_out/modules/order")"
 fi
 
 # The initramfs: /init, /lib/modules.
 root="$work/initramfs"
-mkdir -p "$root/lib/modules"
+mkdir -p "$root/lib/modules" "$root/dev"
+# init's stdio: the kernel opens /dev/console of the initramfs for it.
+mknod -m 600 "$root/dev/console" c 5 1
 install -m 0755 "$guest_bin" "$root/init"
 cp "$tmp_out/modules/"* "$root/lib/modules/"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |

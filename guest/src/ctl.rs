@@ -43,13 +43,14 @@ pub fn bridge(port: File, socket: PathBuf) {
             }
         };
         tracing::info!("host connected to the ctl port");
-        session(&mut port_in, conn, &buf[..n].to_vec(), &mut buf);
+        let first = buf[..n].to_vec();
+        session(&mut port_in, conn, first, &mut buf);
         tracing::info!("host left the ctl port");
     }
 }
 
 /// One host session: `first` bytes already read from the port.
-fn session(port: &mut File, conn: UnixStream, first: &[u8], buf: &mut [u8]) {
+fn session(port: &mut File, conn: UnixStream, first: Vec<u8>, buf: &mut [u8]) {
     let (Ok(mut to_server), Ok(mut from_server), Ok(mut port_out)) =
         (conn.try_clone(), conn.try_clone(), port.try_clone())
     else {
@@ -68,7 +69,7 @@ fn session(port: &mut File, conn: UnixStream, first: &[u8], buf: &mut [u8]) {
             }
         }
     });
-    if to_server.write_all(first).is_ok() {
+    if to_server.write_all(&first).is_ok() {
         loop {
             match port.read(buf) {
                 Ok(0) => break,

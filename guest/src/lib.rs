@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod ctl;
 pub mod io;
+pub mod oom;
 pub mod options;
 pub mod pid1;
 pub mod ports;

@@ -152,6 +152,15 @@ fn overlay_dirs(rootfs: &[api::Mount]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (lower, writable)
 }
 
+/// Creates the rootfs overlay's upper and work directories at their host paths (on the
+/// guest's tmpfs: a container's writes never reach the host's disk).
+pub fn create_writable(rootfs: &[api::Mount]) -> Result<(), OptionsError> {
+    for w in overlay_dirs(rootfs).1 {
+        mkdir_safe(&clean(&w.display().to_string())?)?;
+    }
+    Ok(())
+}
+
 /// What one Create may write, and where.
 pub struct Scope {
     roots: Vec<PathBuf>,
@@ -211,9 +220,7 @@ pub fn apply(
 
     mkdir_safe(&bundle)?;
     write_safe(&bundle.join("config.json"), 0o600, &config)?;
-    for w in &writable {
-        mkdir_safe(&scope.check(&w.display().to_string())?)?;
-    }
+    create_writable(rootfs)?;
     for d in &opts.dirs {
         mkdir_safe(&scope.check(d)?)?;
     }

@@ -69,7 +69,13 @@ pub fn main(args: &[String]) -> ExitCode {
         power_off();
     }
     if let Err(e) = run() {
-        console(&format!("eci-guest: {e}"));
+        let mut msg = format!("eci-guest: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        console(&msg);
     }
     power_off()
 }
@@ -124,6 +130,7 @@ fn configure_network(args: &BootArgs, netns_dir: &Path) -> Result<(), Pid1Error>
 }
 
 async fn serve(dir: PathBuf, cgroup: String, seccomp: SeccompProfiles) -> Result<(), Pid1Error> {
+    let svc_cgroup = cgroup.clone();
     let reaper = Reaper::start().map_err(|e| other("reaper")(format_args!("{e}")))?;
     let svc = Arc::new(TaskService::new(
         GroupConfig {
@@ -144,6 +151,9 @@ async fn serve(dir: PathBuf, cgroup: String, seccomp: SeccompProfiles) -> Result
     .await
     .map_err(|e| other("ports")(format_args!("{e}")))??;
     let io = IoPort::start(io_port).map_err(|e| other("io port")(format_args!("{e}")))?;
+    let group_cgroup = svc_cgroup.clone();
+    crate::oom::watch(&group_cgroup, io.clone())
+        .map_err(|e| other("oom watch")(format_args!("{e}")))?;
     let guest = Arc::new(GuestTask::new(svc.clone(), io.clone(), dir));
 
     let sock = Path::new(TASK_SOCKET);

@@ -236,6 +236,9 @@ impl Task for GuestTask {
             )
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
             req.options = MessageField::none();
+        } else {
+            crate::options::create_writable(&req.rootfs)
+                .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
         }
         let streams = prepare(&mut req.stdin, &mut req.stdout, &mut req.stderr)?;
         let (id, bundle) = (req.id.clone(), PathBuf::from(&req.bundle));

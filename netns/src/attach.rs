@@ -51,6 +51,8 @@ pub enum AttachError {
         netns: String,
         other: u32,
     },
+    #[error("undoing the vm plug of the group's eth0")]
+    Unplug(#[source] Box<crate::vm::VmNetError>),
 }
 
 /// How the ENI is configured inside the group's netns.
@@ -150,7 +152,8 @@ fn step(what: String) -> impl FnOnce(std::io::Error) -> AttachError {
 /// routes via the gateways, and brings it up.
 ///
 /// Idempotent: if the link (found by ifindex, else by MAC) is already inside that netns
-/// — a retry after a crash at any step — it finishes the job there. Blocking; runs on a
+/// — a retry after a crash at any step — it finishes the job there; if it is a bridge
+/// port there (a vm group's plugged eth0, [`crate::vm::plug`]), it is left as it is. Blocking; runs on a
 /// dedicated thread (see [`crate::rtnl`]).
 pub fn attach(rec: &EniRecord, netns: &Path, cfg: &EniConfig) -> Result<(), AttachError> {
     cfg.validate()?;
@@ -167,8 +170,19 @@ pub fn attach(rec: &EniRecord, netns: &Path, cfg: &EniConfig) -> Result<(), Atta
                 .await
                 .map_err(step(format!("listing the links of {ns}")))
         };
+        // The ENI inside the netns: by ifindex and MAC, else by MAC, else a vm group's
+        // plugged eth0 (a bridge port whose MAC the guest took) by ifindex.
+        let in_group = |links: &[Link]| {
+            rtnl::by_index_or_mac(links, rec.index, rec.mac)
+                .or_else(|| {
+                    links
+                        .iter()
+                        .find(|l| l.index == rec.index && l.name == ETH0 && l.master.is_some())
+                })
+                .cloned()
+        };
         let mut group_links = list_group().await?;
-        if rtnl::by_index_or_mac(&group_links, rec.index, rec.mac).is_none() {
+        if in_group(&group_links).is_none() {
             let host_links = rtnl::links(&s.host)
                 .await
                 .map_err(step(format!("listing the links of {HOST}")))?;
@@ -196,13 +210,18 @@ pub fn attach(rec: &EniRecord, netns: &Path, cfg: &EniConfig) -> Result<(), Atta
                 )))?;
             group_links = list_group().await?;
         }
-        let Some(link) = rtnl::by_index_or_mac(&group_links, rec.index, rec.mac).cloned() else {
+        let Some(link) = in_group(&group_links) else {
             return Err(AttachError::NotFound {
                 mac: rec.mac,
                 index: rec.index,
                 netns: ns.to_string(),
             });
         };
+        // A vm group's eth0 plugged into its guest's bridge (`crate::vm::plug`) lends
+        // its MAC and addresses to the guest: a re-run must not take them back.
+        if link.master.is_some() && link.name == ETH0 {
+            return Ok(());
+        }
         let link = ensure_name(&g.handle, &group_links, link, ETH0, rec.mac, ns).await?;
         rtnl::configure(&g.handle, &link, &eth0)
             .await
@@ -289,7 +308,14 @@ async fn reset(
 /// clobbered: that is an error. Returns `Ok(false)` when the link is nowhere to be found
 /// (a missing or unmounted `netns` pin counts as an empty netns). Blocking; runs on a
 /// dedicated thread.
+///
+/// A vm group's eth0 may still be plugged into the guest's bridge (the shim died before
+/// its unplug): that is undone first ([`crate::vm::unplug`], a no-op otherwise), so the
+/// ENI leaves the bridge with its MAC back from the plug record.
 pub fn detach(rec: &EniRecord, netns: Option<&Path>) -> Result<bool, AttachError> {
+    if let Some(ns) = netns {
+        crate::vm::unplug(ns).map_err(|e| AttachError::Unplug(Box::new(e)))?;
+    }
     let rec = rec.clone();
     let target = netns.map_or(Target::None, Target::Optional);
     rtnl::run(target, move |s| async move {

@@ -194,7 +194,8 @@ pub fn ensure_bridge(cfg: &BridgeConfig) -> Result<(), BridgeError> {
 /// and MTU of `cfg`, up.
 ///
 /// Idempotent: a leftover pair whose ends are each other's peers is reused and
-/// reconfigured; a leftover host end whose peer is not the netns's `eth0` is deleted and
+/// reconfigured (but a peer that is a bridge port, a vm group's plugged eth0, keeps its
+/// MAC and has no addresses: the guest holds them); a leftover host end whose peer is not the netns's `eth0` is deleted and
 /// the pair recreated. Blocking; runs on a dedicated thread.
 pub fn attach_veth(
     host_name: &str,
@@ -310,6 +311,12 @@ pub fn attach_veth_with_mac(
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
             });
         };
+        // A vm group's eth0 plugged into its guest's bridge (`crate::vm::plug`) lends
+        // its MAC and addresses to the guest: a re-run (adoption) must not take them
+        // back.
+        if peer.master.is_some() {
+            return Ok(());
+        }
         if let Some(mac) = mac.filter(|m| peer.mac != Some(*m)) {
             rtnl::set(
                 &g.handle,

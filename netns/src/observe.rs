@@ -15,6 +15,8 @@ pub enum ObserveError {
     Netns(#[from] crate::enter::EnterError),
     #[error("listing interface addresses")]
     List(#[source] nix::Error),
+    #[error("reading the plug record of a vm group")]
+    Vm(#[source] Box<crate::vm::VmNetError>),
 }
 
 /// One address held by a non-loopback link of the namespace.
@@ -31,14 +33,34 @@ pub struct LinkAddress {
 ///
 /// Runs on a thread of its own that enters the namespace and ends there, so no thread of
 /// the caller (a tokio worker, say) is ever left inside a tenant's namespace.
+///
+/// A vm group's netns, once plugged ([`crate::vm::plug`]), holds no address of the
+/// group's: its guest does. Those are read from the plug record and reported on `eth0`,
+/// up while the bridge is.
 pub fn addresses(netns: &Path) -> Result<Vec<LinkAddress>, ObserveError> {
-    crate::enter::run_in(netns, "eci-observe", list_here)
+    let (mut out, bridge_up) = crate::enter::run_in(netns, "eci-observe", list_here)?;
+    if let Some(up) = bridge_up
+        && let Some(guest) =
+            crate::vm::guest_of(netns).map_err(|e| ObserveError::Vm(Box::new(e)))?
+    {
+        out.extend(guest.addrs.iter().map(|a| LinkAddress {
+            link: crate::attach::ETH0.into(),
+            address: a.addr(),
+            up,
+        }));
+    }
+    Ok(out)
 }
 
-/// The non-loopback addresses of the calling thread's namespace.
-fn list_here() -> Result<Vec<LinkAddress>, ObserveError> {
+/// The non-loopback addresses of the calling thread's namespace, and whether it has a
+/// vm bridge (up or not).
+fn list_here() -> Result<(Vec<LinkAddress>, Option<bool>), ObserveError> {
     let mut out = Vec::new();
+    let mut bridge_up = None;
     for ifa in getifaddrs().map_err(ObserveError::List)? {
+        if ifa.interface_name == crate::vm::BRIDGE {
+            bridge_up = Some(ifa.flags.contains(InterfaceFlags::IFF_UP));
+        }
         if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
             continue;
         }
@@ -56,7 +78,7 @@ fn list_here() -> Result<Vec<LinkAddress>, ObserveError> {
             up: ifa.flags.contains(InterfaceFlags::IFF_UP),
         });
     }
-    Ok(out)
+    Ok((out, bridge_up))
 }
 
 #[cfg(test)]
@@ -149,7 +171,7 @@ mod tests {
                 up: false,
             }]
         );
-        let host = list_here().expect("host addresses");
+        let (host, _) = list_here().expect("host addresses");
         assert!(host.iter().all(|a| a.link != "ecitest0"), "{host:?}");
     }
 }

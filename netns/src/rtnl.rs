@@ -20,7 +20,10 @@ use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    BridgePortState, InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::eni::MacAddress;
@@ -184,6 +187,8 @@ pub(crate) struct Link {
     pub loopback: bool,
     /// IFLA_IFALIAS: free text the kernel keeps with the link (a plug record, say).
     pub alias: Option<String>,
+    /// A bridge port in the forwarding state (IFLA_BRPORT_STATE).
+    pub forwarding: bool,
 }
 
 impl Link {
@@ -199,6 +204,7 @@ impl Link {
             master: None,
             loopback: m.header.flags.contains(LinkFlags::Loopback),
             alias: None,
+            forwarding: false,
         };
         for a in &m.attributes {
             match a {
@@ -214,8 +220,14 @@ impl Link {
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            link.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                link.forwarding = port.iter().any(|p| {
+                                    matches!(p, InfoBridgePort::State(BridgePortState::Forwarding))
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -54,6 +54,9 @@ pub struct Limits {
 /// use: memory, CPU, pids, devices.
 pub const CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
 
+/// The same on cgroup v2 (where `io` also exists and is enabled for the tree).
+pub const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "io"];
+
 fn load(rel: &str) -> Cgroup {
     Cgroup::load(hierarchies::auto(), rel)
 }
@@ -102,7 +105,20 @@ pub fn create(rel: &str, limits: &Limits) -> Result<(), CgroupError> {
             source,
         }
     };
-    let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+    let controllers = if hierarchies::is_cgroup2_unified_mode() {
+        // cgroup v2 (the vm sandbox's guest, modern hosts): cpuacct and devices are no
+        // v2 controllers (CPU accounting is in `cpu`, devices a BPF program), and
+        // cgroups-rs refuses a name the root's cgroup.controllers lacks.
+        let root = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        let available: Vec<&str> = root.split_whitespace().collect();
+        V2_CONTROLLERS
+            .iter()
+            .filter(|c| available.contains(c))
+            .map(|c| c.to_string())
+            .collect()
+    } else {
+        CONTROLLERS.iter().map(|c| c.to_string()).collect()
+    };
     let cg = Cgroup::new_with_specified_controllers(hierarchies::auto(), rel, Some(controllers))
         .map_err(op("create"))?;
     let mut res = Resources {
@@ -273,6 +289,16 @@ pub fn usage(rel: &str) -> Usage {
     u.cpu_nanos = cg
         .controller_of::<cgroups_rs::fs::cpuacct::CpuAcctController>()
         .map_or(0, |c| c.cpuacct().usage);
+    if hierarchies::is_cgroup2_unified_mode() {
+        // No cpuacct on v2: `cpu.stat` has the usage in microseconds.
+        let stat = std::fs::read_to_string(hierarchies::auto().root().join(rel).join("cpu.stat"))
+            .unwrap_or_default();
+        u.cpu_nanos = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(u.cpu_nanos, |us| us.saturating_mul(1000));
+    }
     u
 }
 

@@ -20,6 +20,16 @@ pub(crate) fn read(s: &NfSocket) -> Result<Vec<RuleCounter>, NftError> {
     };
     let mut out: Vec<RuleCounter> = rules.iter().filter_map(|r| counter_of(r)).collect();
     out.sort_by_key(|c| c.index);
+    // A vm group's table holds a rule in the input or output chain and again in the
+    // forward chain (once per guest address): one counter per spec rule, the sum.
+    out.dedup_by(|b, a| {
+        if a.index != b.index {
+            return false;
+        }
+        a.packets += b.packets;
+        a.bytes += b.bytes;
+        true
+    });
     Ok(out)
 }
 

@@ -26,6 +26,9 @@ mod table;
 use std::path::Path;
 
 pub use masquerade::{MASQUERADE_TABLE, ensure_masquerade, remove_masquerade};
+pub(crate) use port_guard::{
+    Guarded, ensure_here as ensure_guard_here, remove_here as remove_guard_here,
+};
 pub use port_guard::{PortGuard, ensure_port_guard, port_guard_table, remove_port_guard};
 pub use security_groups::TABLE as SECURITY_GROUP_TABLE;
 
@@ -87,7 +90,27 @@ fn in_netns<T: Send + 'static>(
 /// ICMPv6 errors and neighbour discovery, and what a rule accepts; egress is allowed
 /// unless a rule drops it.
 pub fn apply_security_groups(netns: &Path, rules: &[Rule]) -> Result<(), NftError> {
-    let table = security_groups::compile(rules);
+    replace_security_groups(netns, security_groups::compile(rules, None))
+}
+
+/// As [`apply_security_groups`], for a vm group whose guest holds `guest_addrs` (the
+/// group's addresses, those of its `eth0` before `crate::vm::plug`): the table also
+/// gets a `forward` chain that filters the traffic bridged between the guest's tap and
+/// `eth0`, ingress being what goes to a guest address, egress what comes from one (or
+/// from the guest's IPv6 link-local address), with the same defaults (ingress denied
+/// but established/related, ICMP errors, neighbour discovery and what a rule accepts;
+/// egress allowed unless a rule drops it); other forwarded traffic (spoofed sources) is
+/// dropped. Apply it before or after the plug: it does not depend on the bridge.
+pub fn apply_vm_security_groups(
+    netns: &Path,
+    rules: &[Rule],
+    guest_addrs: &[std::net::IpAddr],
+) -> Result<(), NftError> {
+    replace_security_groups(netns, security_groups::compile(rules, Some(guest_addrs)))
+}
+
+/// Replaces the security-group table with `table` in one batch.
+fn replace_security_groups(netns: &Path, table: table::Table) -> Result<(), NftError> {
     let mut b = Batch::new();
     table::delete_table(&mut b, table.family, &table.name);
     table::add_table(&mut b, &table);

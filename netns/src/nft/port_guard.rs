@@ -106,9 +106,9 @@ fn ether_type(t: [u8; 2]) -> Vec<Expr> {
 
 /// The loaded IPv6 address (in the register) is none of: `own`, `::` (when
 /// `unspecified`), link-local. The link-local mask comes last: it changes the register.
-fn v6_not_allowed(own: Option<Ipv6Addr>, unspecified: bool) -> Vec<Expr> {
+fn v6_not_allowed(own: &[Ipv6Addr], unspecified: bool) -> Vec<Expr> {
     let mut e = Vec::new();
-    if let Some(a) = own {
+    for a in own {
         e.push(Expr::cmp_ne(&a.octets()));
     }
     if unspecified {
@@ -138,7 +138,30 @@ fn icmpv6_type(t: u8) -> Vec<Expr> {
 }
 
 pub(crate) fn compile(g: &PortGuard) -> Table {
-    let port = ifname(&g.port);
+    compile_for(&Guarded {
+        port: &g.port,
+        mac: g.mac,
+        ipv4: &[g.ipv4],
+        ipv6: g.ipv6.as_slice(),
+    })
+}
+
+/// What a guard lets out of a port: frames from `mac`, packets from these addresses
+/// (none of a family: nothing of it, ARP included for IPv4).
+pub(crate) struct Guarded<'a> {
+    pub port: &'a str,
+    pub mac: MacAddress,
+    pub ipv4: &'a [Ipv4Addr],
+    pub ipv6: &'a [Ipv6Addr],
+}
+
+/// `cmp != a` for each of `addrs`: the loaded address is none of them.
+fn none_of<const N: usize>(addrs: impl IntoIterator<Item = [u8; N]>) -> Vec<Expr> {
+    addrs.into_iter().map(|a| Expr::cmp_ne(&a)).collect()
+}
+
+pub(crate) fn compile_for(g: &Guarded<'_>) -> Table {
+    let port = ifname(g.port);
     let drop = |what: &str, matches: Vec<Expr>| {
         let mut exprs = vec![Expr::Meta(MetaKey::IifName), Expr::cmp_eq(&port)];
         exprs.extend(matches);
@@ -150,7 +173,7 @@ pub(crate) fn compile(g: &PortGuard) -> Table {
         }
     };
     let mac = g.mac.0.to_vec();
-    let v4 = g.ipv4.octets();
+    let v4 = || none_of(g.ipv4.iter().map(|a| a.octets()));
     let with = |mut a: Vec<Expr>, b: Vec<Expr>| {
         a.extend(b);
         a
@@ -173,11 +196,11 @@ pub(crate) fn compile(g: &PortGuard) -> Table {
         ),
         drop(
             "ARP sender IP",
-            with(ether_type(ETH_P_ARP), vec![nh(14, 4), Expr::cmp_ne(&v4)]),
+            with(ether_type(ETH_P_ARP), with(vec![nh(14, 4)], v4())),
         ),
         drop(
             "IPv4 source",
-            with(ether_type(ETH_P_IP), vec![nh(12, 4), Expr::cmp_ne(&v4)]),
+            with(ether_type(ETH_P_IP), with(vec![nh(12, 4)], v4())),
         ),
         drop(
             "IPv6 source",
@@ -223,7 +246,7 @@ pub(crate) fn compile(g: &PortGuard) -> Table {
         ),
     ));
     Table {
-        name: port_guard_table(&g.port),
+        name: port_guard_table(g.port),
         family: NFPROTO_BRIDGE,
         chains: vec![Chain {
             name: "prerouting",
@@ -255,6 +278,22 @@ pub fn ensure_port_guard(g: &PortGuard) -> Result<(), NftError> {
 /// nftables' bridge family, where no guard can exist). Call it only once the port is
 /// gone.
 pub fn remove_port_guard(port: &str) -> Result<(), NftError> {
+    remove_here(port)
+}
+
+/// The calling thread's netns (a vm group's, from `crate::vm`): writes the guard of
+/// `g.port` (a tap the guest writes to). Idempotent.
+pub(crate) fn ensure_here(g: &Guarded<'_>) -> Result<(), NftError> {
+    check_port(g.port)?;
+    let t = compile_for(g);
+    let mut b = Batch::new();
+    table::delete_table(&mut b, t.family, &t.name);
+    table::add_table(&mut b, &t);
+    NfSocket::open()?.apply(b)
+}
+
+/// The calling thread's netns: deletes the guard of `port` if present.
+pub(crate) fn remove_here(port: &str) -> Result<(), NftError> {
     check_port(port)?;
     let mut b = Batch::new();
     table::delete_table(&mut b, NFPROTO_BRIDGE, &port_guard_table(port));

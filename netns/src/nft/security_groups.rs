@@ -10,10 +10,23 @@
 //!   established,related accept (replies to admitted connections always leave);
 //!   oifname "lo" accept; ICMPv6 neighbour discovery accept; then the egress rules.
 //!
+//! - chain `forward` (hook forward, priority filter, policy drop), only for a vm group
+//!   (`guest` addresses given): the guest's traffic, bridged between the tap and `eth0`
+//!   with the bridge's netfilter calls on (`crate::vm::plug`). Direction is by the
+//!   guest's addresses: ct state established,related accept; ICMP/ICMPv6 errors,
+//!   neighbour discovery and multicast listener messages accept; each ingress rule
+//!   matched on `daddr == guest address` (one copy per guest address of the rule's
+//!   family), then `daddr == guest address` drop; each egress rule matched on `saddr ==
+//!   guest address` (IPv6 also from `fe80::/10`, the guest's link-local), then those
+//!   sources accept. Everything else (spoofed sources, traffic to other addresses) is
+//!   dropped by the policy.
+//!
 //! Each spec rule carries its own counter and the comment `eci-sg rule N`, N its index
 //! in the slice given to `apply_security_groups`; counters are read back by that comment.
 
-use ipnet::IpNet;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv6Net};
 
 use super::consts::*;
 use super::expr::{Base, Expr, MetaKey, Verdict};
@@ -32,8 +45,9 @@ pub(crate) fn index_of(comment: &str) -> Option<usize> {
     comment.strip_prefix(COMMENT_PREFIX)?.parse().ok()
 }
 
-/// The whole table for `rules`.
-pub(crate) fn compile(rules: &[Rule]) -> Table {
+/// The whole table for `rules`; with a `forward` chain for the guest's traffic when
+/// `guest` holds a vm group's addresses.
+pub(crate) fn compile(rules: &[Rule], guest: Option<&[IpAddr]>) -> Table {
     let mut order: Vec<usize> = (0..rules.len()).collect();
     // Stable: ties keep spec order.
     order.sort_by_key(|&i| rules[i].priority);
@@ -50,32 +64,144 @@ pub(crate) fn compile(rules: &[Rule]) -> Table {
             Direction::Egress => output.push(rule),
         }
     }
+    let mut chains = vec![
+        Chain {
+            name: "input",
+            hook: Hook {
+                num: NF_INET_LOCAL_IN,
+                priority: PRIORITY_FILTER,
+                kind: "filter",
+                policy: Verdict::Drop,
+            },
+            rules: input,
+        },
+        Chain {
+            name: "output",
+            hook: Hook {
+                num: NF_INET_LOCAL_OUT,
+                priority: PRIORITY_FILTER,
+                kind: "filter",
+                policy: Verdict::Accept,
+            },
+            rules: output,
+        },
+    ];
+    if let Some(guest) = guest {
+        chains.push(Chain {
+            name: "forward",
+            hook: Hook {
+                num: NF_INET_FORWARD,
+                priority: PRIORITY_FILTER,
+                kind: "filter",
+                policy: Verdict::Drop,
+            },
+            rules: forward_rules(rules, guest),
+        });
+    }
     Table {
         name: TABLE.into(),
         family: NFPROTO_INET,
-        chains: vec![
-            Chain {
-                name: "input",
-                hook: Hook {
-                    num: NF_INET_LOCAL_IN,
-                    priority: PRIORITY_FILTER,
-                    kind: "filter",
-                    policy: Verdict::Drop,
-                },
-                rules: input,
-            },
-            Chain {
-                name: "output",
-                hook: Hook {
-                    num: NF_INET_LOCAL_OUT,
-                    priority: PRIORITY_FILTER,
-                    kind: "filter",
-                    policy: Verdict::Accept,
-                },
-                rules: output,
-            },
-        ],
+        chains,
     }
+}
+
+/// `meta nfproto F payload network OFF == ADDR/PREFIX` for the source (`src`) or
+/// destination address.
+fn addr_match(net: IpNet, src: bool) -> Vec<Expr> {
+    let (nfproto, offset, len) = match (net, src) {
+        (IpNet::V4(_), true) => (NFPROTO_IPV4, 12, 4),
+        (IpNet::V4(_), false) => (NFPROTO_IPV4, 16, 4),
+        (IpNet::V6(_), true) => (NFPROTO_IPV6, 8, 16),
+        (IpNet::V6(_), false) => (NFPROTO_IPV6, 24, 16),
+    };
+    let mut e = vec![
+        Expr::Meta(MetaKey::NfProto),
+        Expr::cmp_eq(&[nfproto]),
+        Expr::Payload {
+            base: Base::Network,
+            offset,
+            len,
+        },
+    ];
+    let net = net.trunc();
+    let (addr, mask) = match net {
+        IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+        IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+    };
+    if net.prefix_len() < net.max_prefix_len() {
+        e.push(Expr::Bitwise {
+            xor: vec![0; mask.len()],
+            mask,
+        });
+    }
+    e.push(Expr::cmp_eq(&addr));
+    e
+}
+
+/// IPv6 link-local sources: the guest's own (made from its MAC) count as the guest's.
+const LINK_LOCAL: IpNet = IpNet::V6(Ipv6Net::new_assert(
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+    10,
+));
+
+/// The rules of the `forward` chain of a vm group whose guest holds `guest`.
+fn forward_rules(rules: &[Rule], guest: &[IpAddr]) -> Vec<NftRule> {
+    let mut order: Vec<usize> = (0..rules.len()).collect();
+    order.sort_by_key(|&i| rules[i].priority);
+    let hosts: Vec<IpNet> = guest.iter().map(|a| IpNet::from(*a)).collect();
+    let mut sources = hosts.clone();
+    sources.push(LINK_LOCAL);
+
+    let mut out = base_rules(Direction::Egress)
+        .into_iter()
+        .take(1)
+        .collect::<Vec<_>>();
+    out.push(accept(icmp_types(false, 3, 3), "eci-sg icmp errors"));
+    out.push(accept(icmp_types(false, 11, 12), "eci-sg icmp errors"));
+    out.push(accept(icmp_types(true, 1, 4), "eci-sg icmpv6 errors"));
+    out.push(accept(icmp_types(true, 133, 136), "eci-sg icmpv6 nd"));
+    // Multicast listener query/report/done (130-132) and MLDv2 report (143).
+    out.push(accept(icmp_types(true, 130, 132), "eci-sg icmpv6 mld"));
+    out.push(accept(icmp_types(true, 143, 143), "eci-sg icmpv6 mld"));
+    // Copies of a spec rule, each behind a match on one guest address.
+    let copies = |dir: Direction, nets: &[IpNet], src: bool, out: &mut Vec<NftRule>| {
+        for &i in &order {
+            let r = &rules[i];
+            if r.direction != dir {
+                continue;
+            }
+            for net in nets.iter().filter(|n| same_family(n, &r.cidr)) {
+                let mut exprs = addr_match(*net, src);
+                // rule_exprs starts with the same `meta nfproto` compare: skip it.
+                exprs.extend(rule_exprs(r).into_iter().skip(2));
+                out.push(NftRule {
+                    exprs,
+                    comment: Some(format!("{COMMENT_PREFIX}{i}")),
+                });
+            }
+        }
+    };
+    copies(Direction::Ingress, &hosts, false, &mut out);
+    for h in &hosts {
+        let mut e = addr_match(*h, false);
+        e.push(Expr::Verdict(Verdict::Drop));
+        out.push(NftRule {
+            exprs: e,
+            comment: Some("eci-sg guest ingress default".into()),
+        });
+    }
+    copies(Direction::Egress, &sources, true, &mut out);
+    for s in &sources {
+        out.push(accept(addr_match(*s, true), "eci-sg guest egress default"));
+    }
+    out
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 fn accept(mut exprs: Vec<Expr>, comment: &str) -> NftRule {
@@ -307,7 +433,7 @@ mod tests {
             rule("ingress", "tcp", "3/3", "0.0.0.0/0", "", 10),
             rule("ingress", "tcp", "4/4", "0.0.0.0/0", "", 50),
         ];
-        let t = compile(&rules);
+        let t = compile(&rules, None);
         let comments = |chain: usize| -> Vec<usize> {
             t.chains[chain]
                 .rules
@@ -326,6 +452,67 @@ mod tests {
             assert_eq!(c.rules[0].exprs[0], Expr::CtState);
         }
         assert_eq!(index_of("eci-sg rule 12"), Some(12));
+        assert_eq!(t.chains.len(), 2, "no forward chain outside a vm group");
         assert_eq!(index_of("eci-sg loopback"), None);
+    }
+
+    #[test]
+    fn a_vm_group_gets_a_forward_chain_split_by_the_guest_addresses() {
+        let rules = vec![
+            rule("ingress", "tcp", "8080/8080", "0.0.0.0/0", "", 1),
+            rule("egress", "udp", "53/53", "::/0", "drop", 2),
+        ];
+        let guest: Vec<IpAddr> = vec![
+            "10.0.0.5".parse().expect("v4"),
+            "fd00::5".parse().expect("v6"),
+        ];
+        let t = compile(&rules, Some(&guest));
+        let fwd = &t.chains[2];
+        assert_eq!(fwd.name, "forward");
+        assert_eq!(fwd.hook.num, NF_INET_FORWARD);
+        assert_eq!(fwd.hook.policy, Verdict::Drop);
+        assert_eq!(fwd.rules[0].exprs[0], Expr::CtState);
+        let tagged = |c: &str| -> Vec<&NftRule> {
+            fwd.rules
+                .iter()
+                .filter(|r| r.comment.as_deref() == Some(c))
+                .collect()
+        };
+        // The IPv4 ingress rule once, behind `ip daddr 10.0.0.5`.
+        let ingress = tagged("eci-sg rule 0");
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress[0].exprs[..4],
+            [
+                Expr::Meta(MetaKey::NfProto),
+                Expr::cmp_eq(&[NFPROTO_IPV4]),
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::cmp_eq(&[10, 0, 0, 5]),
+            ]
+        );
+        // The IPv6 egress rule behind `ip6 saddr fd00::5` and `ip6 saddr fe80::/10`.
+        let egress = tagged("eci-sg rule 1");
+        assert_eq!(egress.len(), 2);
+        assert!(egress.iter().all(|r| r.exprs[2]
+            == Expr::Payload {
+                base: Base::Network,
+                offset: 8,
+                len: 16
+            }));
+        // Ingress defaults to drop, egress to accept, per guest address, in that order.
+        let pos = |c: &str| {
+            fwd.rules
+                .iter()
+                .position(|r| r.comment.as_deref() == Some(c))
+        };
+        assert!(pos("eci-sg guest ingress default") < pos("eci-sg guest egress default"));
+        assert_eq!(tagged("eci-sg guest ingress default").len(), 2);
+        assert_eq!(tagged("eci-sg guest egress default").len(), 3);
+        assert!(pos("eci-sg rule 0") < pos("eci-sg guest ingress default"));
+        assert!(pos("eci-sg guest ingress default") < pos("eci-sg rule 1"));
     }
 }

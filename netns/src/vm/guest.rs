@@ -9,7 +9,10 @@ use super::{GuestNet, VmNetError, step};
 use crate::attach::ETH0;
 use crate::rtnl::{self, Addr, Target, fd};
 
-/// Finds the NIC whose MAC is `net.mac` (in the caller's network namespace, or already
+/// How long [`configure_guest`] waits for the NIC to show up.
+const NIC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Finds the NIC whose MAC is `net.mac` (waiting up to 5 s for it to appear) (in the caller's network namespace, or already
 /// in the group's), moves it into the netns pinned at `netns` as `eth0`, sets its MTU,
 /// exactly `net.addrs` (IPv6 without duplicate address detection), a default route via
 /// each gateway, and brings `lo` and `eth0` up.
@@ -38,14 +41,22 @@ pub fn configure_guest(net: &GuestNet, netns: &Path) -> Result<(), VmNetError> {
         };
         let mut group_links = list_group().await?;
         if by_mac(&group_links).is_none() {
-            let root = rtnl::links(&s.host)
-                .await
-                .map_err(step("listing the links of the guest's root netns".into()))?;
-            let Some(nic) = by_mac(&root) else {
-                return Err(VmNetError::NoNic {
-                    mac: net.mac,
-                    netns: ns.to_string(),
-                });
+            // The NIC appears when its driver has probed it; give it a moment.
+            let deadline = std::time::Instant::now() + NIC_WAIT;
+            let nic = loop {
+                let root = rtnl::links(&s.host)
+                    .await
+                    .map_err(step("listing the links of the guest's root netns".into()))?;
+                if let Some(nic) = by_mac(&root) {
+                    break nic;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(VmNetError::NoNic {
+                        mac: net.mac,
+                        netns: ns.to_string(),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             };
             if let Some(other) = group_links.iter().find(|l| l.name == ETH0) {
                 return Err(VmNetError::Eth0Taken {

@@ -4,6 +4,18 @@
 //! security group, enforced by the netns' nftables table on the bridged traffic, stays
 //! out of the tenant's reach; `eci-guest` gives the virtio NIC that identity
 //! ([`configure_guest`]).
+//!
+//! How the pieces use it:
+//! - host shim, before booting QEMU: `plug(netns)?` → `Some(Plugged { tap, guest })`;
+//!   QEMU gets the tap as `-netdev tap,id=net0,fd=N` (N = `tap` without close-on-exec
+//!   in the child) and `-device virtio-net-device,netdev=net0,mac=<guest.mac>`, the
+//!   kernel `eci.net=<guest.to_cmdline()>`; `None` (no eth0): no NIC at all. At
+//!   teardown, after QEMU is gone: `unplug(netns)` (safe twice, after a crash).
+//! - guest (`eci-guest`, PID 1, /proc mounted): `GuestNet::from_cmdline(value)` then
+//!   `configure_guest(&net, <pinned group netns>)` from the guest's root netns.
+//! - agent: `crate::nft::apply_vm_security_groups(netns, rules, group addresses)`
+//!   instead of `apply_security_groups` for a vm group; the ENI return
+//!   (`crate::eni::detach`) undoes a leftover plug itself.
 
 mod guest;
 mod guest_net;
@@ -12,7 +24,7 @@ mod tap;
 
 pub use guest::configure_guest;
 pub use guest_net::{GuestNet, MAX_ADDRS, MAX_CMDLINE};
-pub use plug::{BRIDGE, Plugged, TAP, plug, unplug};
+pub use plug::{BRIDGE, Plugged, TAP, guest_of, plug, unplug};
 
 use crate::attach::AttachError;
 use crate::eni::MacAddress;
@@ -28,6 +40,8 @@ pub enum VmNetError {
     Enter(#[from] EnterError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error("the guard of the guest's tap")]
+    Guard(#[source] crate::nft::NftError),
     #[error("invalid eci.net value {value:?}: {why}")]
     BadCmdline { value: String, why: &'static str },
     #[error("invalid {field} {value}: {limit}")]

@@ -5,6 +5,12 @@
 //! security-group table filters the guest's traffic in its forward chain, out of the
 //! tenant's reach (a tenant owns the guest kernel, never the host netns).
 //!
+//! The guest writes any frame it likes to the tap (a tenant owns the guest kernel), so
+//! the tap port carries the same guard as a dev-mode veth (`crate::nft::PortGuard`, a
+//! `bridge eci_guard_tap0` table in the group's netns): only the guest's MAC, its
+//! addresses (IPv6 link-local and `::` too), IPv4/IPv6/ARP, no router advertisements,
+//! nothing to the instance metadata service.
+//!
 //! What [`unplug`] needs to undo it (eth0's MAC, addresses, routes, IPv6 switch) is
 //! kept by the kernel as the alias of `br0`, written before eth0 is touched and gone
 //! only when `br0` is: it survives a crash of the shim and goes with the netns.
@@ -27,6 +33,8 @@ pub const BRIDGE: &str = "br0";
 pub const TAP: &str = "tap0";
 /// Prefix of `br0`'s alias that marks it as a plug record.
 const RECORD: &str = "eci-vm-plug";
+/// How long [`plug`] waits for the bridge ports to forward.
+const FORWARDING_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// IFALIASZ is 256 with the NUL.
 const MAX_ALIAS: usize = 255;
 
@@ -74,9 +82,12 @@ impl Record {
 /// default routes), records them as `br0`'s alias, creates `br0` (netfilter calls on,
 /// multicast snooping off, IPv6 off), creates `tap0` (MTU of eth0, IPv6 off), gives
 /// eth0 a fresh locally administered MAC, removes its addresses and switches IPv6 off
-/// on it, enslaves eth0 and tap0 and brings all up.
+/// on it, enslaves eth0 and tap0, brings all up and waits (at most 3 s) until both
+/// ports forward.
 ///
 /// `Ok(None)` when the netns has no eth0 (a group without network): nothing is created.
+/// (Contract change, vm-contract.md "Network": the contract's `guest: None`-like case is
+/// this `None`, so that a `Plugged` always holds both a tap and the guest's identity.)
 /// A leftover plug (a crash, a second call) is undone first ([`unplug`]), so the
 /// result is always a fresh tap and eth0's original identity. Blocking; runs on a
 /// dedicated thread.
@@ -141,16 +152,28 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         rtnl::set(
             h,
             rtnl::change(br.index)
-                .append_extra_attribute(
-                    rtnetlink::packet_route::link::LinkAttribute::IfAlias(alias),
-                )
+                .append_extra_attribute(rtnetlink::packet_route::link::LinkAttribute::IfAlias(
+                    alias,
+                ))
                 .build(),
         )
         .await
-        .map_err(step(format!("recording the plug as the alias of {BRIDGE} in {ns}")))?;
+        .map_err(step(format!(
+            "recording the plug as the alias of {BRIDGE} in {ns}"
+        )))?;
         set_v6_disabled(BRIDGE, true)?;
 
-        // 2. The tap, created by this thread inside the netns.
+        // 2. The tap's guard first (it matches the port by name), so no frame of the
+        //    guest ever crosses the bridge unguarded; then the tap, created by this
+        //    thread inside the netns.
+        let (v4, v6) = split(&net.addrs);
+        crate::nft::ensure_guard_here(&crate::nft::Guarded {
+            port: TAP,
+            mac: net.mac,
+            ipv4: &v4,
+            ipv6: &v6,
+        })
+        .map_err(VmNetError::Guard)?;
         let tap_fd = tap::open(TAP).map_err(step(format!("creating tap {TAP} in {ns}")))?;
         set_v6_disabled(TAP, true)?;
         let tap = find(&list().await?, TAP, ns)?;
@@ -189,6 +212,21 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         rtnl::set(h, rtnl::change(br.index).up().build())
             .await
             .map_err(step(format!("setting {BRIDGE} up in {ns}")))?;
+        // A port forwards only once the kernel's link watcher has seen it up (up to a
+        // second later); frames before that are dropped. Wait for it, bounded: a port
+        // whose carrier is down (an ENI link down) never forwards, and that is no
+        // reason to fail the plug.
+        let deadline = std::time::Instant::now() + FORWARDING_WAIT;
+        loop {
+            let links = list().await?;
+            let ready = [eth0.index, tap.index]
+                .iter()
+                .all(|i| links.iter().any(|l| l.index == *i && l.forwarding));
+            if ready || std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         Ok(Some(Plugged {
             tap: tap_fd,
             guest: net,
@@ -223,15 +261,43 @@ pub fn unplug(netns: &Path) -> Result<(), VmNetError> {
         if let (Some(rec), Some(eth0)) = (&record, links.iter().find(|l| l.name == ETH0)) {
             restore_eth0(h, eth0, rec, ns).await?;
         }
+        let mut plugged = false;
         for (name, kind) in [(TAP, "tun"), (BRIDGE, "bridge")] {
             if let Some(l) = links.iter().find(|l| l.name == name && l.is_kind(kind)) {
+                plugged = true;
                 match rtnl::delete(h, l.index).await {
                     Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
                     r => r.map_err(step(format!("deleting {name} in {ns}")))?,
                 }
             }
         }
+        // Only once the tap is gone: it never exists without its guard. (A guard left
+        // by a crash between the two is harmless: it only matches a tap0, which only a
+        // plug creates, after writing the guard again.)
+        if plugged {
+            crate::nft::remove_guard_here(TAP).map_err(VmNetError::Guard)?;
+        }
         Ok(())
+    })
+}
+
+/// The identity the guest of the netns pinned at `netns` took over, read from the plug
+/// record: what the group's addresses are while its eth0 holds none. `None` when the
+/// netns is not plugged (or gone). Blocking.
+pub fn guest_of(netns: &Path) -> Result<Option<GuestNet>, VmNetError> {
+    rtnl::run(Target::Optional(netns), move |s| async move {
+        let Some(g) = s.group else {
+            return Ok(None);
+        };
+        let links = rtnl::links(&g.handle)
+            .await
+            .map_err(step(format!("listing the links of {}", g.path)))?;
+        Ok(links
+            .iter()
+            .find(|l| l.name == BRIDGE && l.is_kind("bridge"))
+            .and_then(|b| b.alias.as_deref())
+            .and_then(Record::from_alias)
+            .map(|r| r.net))
     })
 }
 
@@ -311,9 +377,12 @@ async fn read_identity(
             out.push(net);
         }
     }
-    let gateways: Vec<IpAddr> = rtnl::default_gateways(h, eth0.index)
-        .await
-        .map_err(step(format!("reading the default routes of {ETH0} in {ns}")))?;
+    let gateways: Vec<IpAddr> =
+        rtnl::default_gateways(h, eth0.index)
+            .await
+            .map_err(step(format!(
+                "reading the default routes of {ETH0} in {ns}"
+            )))?;
     let net = GuestNet {
         mac,
         mtu: eth0.mtu,
@@ -322,6 +391,19 @@ async fn read_identity(
     };
     net.validate()?;
     Ok(net)
+}
+
+/// The IPv4 and IPv6 addresses of `addrs`.
+fn split(addrs: &[IpNet]) -> (Vec<std::net::Ipv4Addr>, Vec<std::net::Ipv6Addr>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in addrs {
+        match a {
+            IpNet::V4(n) => v4.push(n.addr()),
+            IpNet::V6(n) => v6.push(n.addr()),
+        }
+    }
+    (v4, v6)
 }
 
 fn find(links: &[Link], name: &str, ns: &str) -> Result<Link, VmNetError> {
@@ -381,5 +463,34 @@ fn set_v6_disabled(link: &str, off: bool) -> Result<(), VmNetError> {
             what: format!("writing {want} to {path}"),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_round_trips_and_refuses_strangers() {
+        let rec = Record {
+            net: GuestNet {
+                mac: MacAddress([2, 0, 0, 0, 0, 7]),
+                mtu: 9001,
+                addrs: vec!["10.1.2.3/20".parse().expect("v4")],
+                gateways: vec!["10.1.0.1".parse().expect("gw")],
+            },
+            v6_disabled: true,
+        };
+        let alias = rec.to_alias();
+        assert!(alias.starts_with("eci-vm-plug v6off=1 mac=02:00:00:00:00:07;"));
+        assert_eq!(Record::from_alias(&alias), Some(rec));
+        for other in [
+            "",
+            "uplink to the VPC",
+            "eci-vm-plug",
+            "eci-vm-plug v6off=2 mac=02:00:00:00:00:07;mtu=1500",
+        ] {
+            assert_eq!(Record::from_alias(other), None, "{other}");
+        }
     }
 }
