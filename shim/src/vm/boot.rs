@@ -58,6 +58,8 @@ struct PortEvents {
     pid: i32,
     /// QEMU was reaped: its pid may belong to someone else now.
     dead: watch::Receiver<bool>,
+    /// OOM reports so far (logged at powers of two: the guest decides how many come).
+    ooms: std::sync::atomic::AtomicU64,
 }
 
 impl Events for PortEvents {
@@ -86,7 +88,12 @@ impl Events for PortEvents {
                     self.rt.spawn(async move { p.finish(end).await });
                 }
             }
-            Control::Oom => tracing::warn!("the guest kernel's OOM killer ran"),
+            Control::Oom => {
+                let n = self.ooms.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(times = n, "the guest kernel's OOM killer ran");
+                }
+            }
         }
     }
 
@@ -231,6 +238,7 @@ impl Inner {
             rt: tokio::runtime::Handle::current(),
             pid: running.pid(),
             dead: dead.clone(),
+            ooms: std::sync::atomic::AtomicU64::new(0),
         });
         let demux = Demux::new(STALL, events);
         let (reader, writer) = match io.try_clone() {
