@@ -61,6 +61,18 @@ fn qemu_running(id: &str) -> bool {
         })
 }
 
+/// Removes the test's veth (its host end).
+struct Veth(String);
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Ends a shim the test left running (a failed assertion): kills it (QEMU follows it,
 /// PR_SET_PDEATHSIG) and removes its namespaces and cgroups.
 struct Cleanup {
@@ -112,7 +124,7 @@ fn a_container_and_an_exec_run_in_the_vm() {
     let layer = state.join("layers").join(&hex);
     std::fs::create_dir_all(layer.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", layer.join("bin/busybox")).expect("busybox");
-    for applet in ["sh", "uname", "echo", "cat", "sleep"] {
+    for applet in ["sh", "uname", "echo", "cat", "sleep", "ping"] {
         std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).expect("ln");
     }
     let erofs = state.join("layers").join(format!("{hex}.erofs"));
@@ -145,7 +157,8 @@ fn a_container_and_an_exec_run_in_the_vm() {
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
-            "args": ["/bin/sh", "-c", "uname -r; cat /etc/hosts; echo to-stderr >&2; sleep 3; exit 7"]},
+            "args": ["/bin/sh", "-c", "uname -r; cat /etc/hosts; echo to-stderr >&2; ping -c 1 -W 20 10.213.77.1 && echo ping-ok; sleep 3; exit 7"],
+            "capabilities": {"bounding": ["CAP_NET_RAW"], "effective": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]}},
         "root": {"path": "rootfs"},
         "hostname": "vmt",
         "mounts": [
@@ -196,6 +209,39 @@ fn a_container_and_an_exec_run_in_the_vm() {
     };
     let shim_log = || std::fs::read_to_string(group.join("shim.log")).unwrap_or_default();
     let console = || std::fs::read_to_string(group.join("vm/console.log")).unwrap_or_default();
+
+    // The group's network, as the agent gives it before the first Create: eth0 in the
+    // group netns (a veth whose host end answers pings).
+    let host_if = format!("vh{}", std::process::id());
+    let _veth = Veth(host_if.clone());
+    let netns = group.join("ns/net");
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "vg-tmp",
+    ]);
+    ip(&[
+        "link",
+        "set",
+        "vg-tmp",
+        "netns",
+        netns.to_str().expect("utf8"),
+    ]);
+    ip(&["addr", "add", "10.213.77.1/24", "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    let nsx = |args: &[&str]| {
+        let mut a = vec!["--net=", "ip"];
+        let n = format!("--net={}", netns.display());
+        a[0] = &n;
+        a.extend_from_slice(args);
+        let st = Command::new("nsenter").args(&a).status().expect("nsenter");
+        assert!(st.success(), "nsenter {a:?}");
+    };
+    nsx(&["link", "set", "vg-tmp", "name", "eth0"]);
+    nsx(&["addr", "add", "10.213.77.2/24", "dev", "eth0"]);
+    nsx(&["link", "set", "eth0", "up"]);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -279,6 +325,7 @@ fn a_container_and_an_exec_run_in_the_vm() {
         assert!(!release.is_empty() && manifest.contains(release), "uname -r {release:?} is the guest's");
         assert!(text.contains(" stdout F 10.9.9.9 planted"), "the bind-mounted hosts file");
         assert!(text.contains(" stderr F to-stderr"));
+        assert!(text.contains(" stdout F ping-ok"), "the guest reaches the host through the tap");
         task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), ..Default::default() })
             .await
             .expect("delete");
