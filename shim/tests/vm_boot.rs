@@ -171,6 +171,12 @@ fn a_container_and_an_exec_run_in_the_vm() {
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
     });
     std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config");
+    // c2: `cat` on an attach stdin.
+    let bundle2 = group.join("containers/c2");
+    std::fs::create_dir_all(&bundle2).expect("bundle");
+    let mut spec2 = spec.clone();
+    spec2["process"]["args"] = serde_json::json!(["/bin/cat"]);
+    std::fs::write(bundle2.join("config.json"), spec2.to_string()).expect("config");
     let log = root.join("logs/c1/0.log");
     std::fs::create_dir_all(log.parent().expect("parent")).expect("logs");
 
@@ -329,6 +335,73 @@ fn a_container_and_an_exec_run_in_the_vm() {
         task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), ..Default::default() })
             .await
             .expect("delete");
+
+        // Attach: input through the attach socket reaches the guest's `cat`, whose
+        // output comes back to the attacher (and the log).
+        let rw = |c: &str| state.join("groups").join(&id).join(c).display().to_string();
+        let req2 = api::CreateTaskRequest {
+            id: "c2".into(),
+            bundle: bundle2.display().to_string(),
+            rootfs: vec![api::Mount {
+                type_: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("lowerdir={}", layer.display()),
+                    format!("upperdir={}", rw("c2/upper")),
+                    format!("workdir={}", rw("c2/work")),
+                ],
+                ..Default::default()
+            }],
+            stdin: eci_runtime::attach::STDIN_URI.into(),
+            stdout: format!("file://{}", log.with_extension("c2").display()),
+            stderr: format!("file://{}", log.with_extension("c2").display()),
+            ..Default::default()
+        };
+        task.create(ctx(), &req2).await.unwrap_or_else(|e| panic!("create c2: {e}\n{}", shim_log()));
+        task.start(ctx(), &api::StartRequest { id: "c2".into(), ..Default::default() })
+            .await
+            .expect("start c2");
+        let sock = group.join("attach.sock");
+        let got = tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Write};
+            use eci_runtime::attach::{Frame, Hello};
+            let mut conn = std::os::unix::net::UnixStream::connect(&sock).expect("attach");
+            conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut hello = serde_json::to_vec(&Hello { container: "c2".into(), stdin: true }).expect("hello");
+            hello.push(b'\n');
+            conn.write_all(&hello).expect("hello");
+            let mut r = std::io::BufReader::new(conn.try_clone().expect("clone"));
+            let mut welcome = String::new();
+            r.read_line(&mut welcome).expect("welcome");
+            assert!(welcome.contains("\"error\":\"\""), "welcome {welcome}");
+            conn.write_all(&Frame::Stdin(b"hello-attach\n".to_vec()).encode()).expect("stdin");
+            let mut buf = Vec::new();
+            let mut out = Vec::new();
+            while !String::from_utf8_lossy(&out).contains("hello-attach") {
+                let mut chunk = [0u8; 4096];
+                let n = r.read(&mut chunk).expect("attach output");
+                assert!(n > 0, "attach closed");
+                buf.extend_from_slice(&chunk[..n]);
+                while let Ok(Some((f, used))) = Frame::decode(&buf) {
+                    buf.drain(..used);
+                    if let Frame::Stdout(d) = f {
+                        out.extend_from_slice(&d);
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .await
+        .expect("attach thread");
+        assert!(got.contains("hello-attach"));
+        task.kill(ctx(), &api::KillRequest { id: "c2".into(), signal: 9, ..Default::default() })
+            .await
+            .expect("kill c2");
+        let w2 = task.wait(ctx(), &api::WaitRequest { id: "c2".into(), ..Default::default() }).await;
+        assert_eq!(w2.expect("wait c2").exit_status, 137);
+        task.delete(ctx(), &api::DeleteRequest { id: "c2".into(), ..Default::default() })
+            .await
+            .expect("delete c2");
         task.shutdown(ctx(), &api::ShutdownRequest::default()).await.expect("shutdown");
     });
     let until = Instant::now() + Duration::from_secs(30);
