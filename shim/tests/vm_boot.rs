@@ -1,7 +1,9 @@
 //! The host shim in vm mode, end to end: `eci-shim start --sandbox vm` boots the guest
 //! image under QEMU (TCG) at the first Create, runs a container whose output lands in
-//! the agent's log file, an exec whose output comes through a FIFO, records the exit
-//! in `exit.json`, and leaves no QEMU, cgroup or VM directory after Shutdown.
+//! the agent's log file (with a bind-mounted host file, and pinging the host through
+//! the net helper's tap), an exec whose output comes through a FIFO, an attach to a
+//! container's stdin and output, records the exit in `exit.json`, and leaves no QEMU,
+//! cgroup or VM directory after Shutdown; a shim that is killed takes its QEMU along.
 //!
 //! Skipped unless run as root with QEMU, mkfs.erofs, busybox-static and the guest
 //! image (`scripts/guest-image.sh DIR`, then `ECI_GUEST_DIR=DIR`; default
@@ -100,7 +102,7 @@ impl Drop for Cleanup {
 }
 
 #[test]
-fn a_container_and_an_exec_run_in_the_vm() {
+fn containers_exec_attach_and_network_in_the_vm_and_no_qemu_outlives_its_shim() {
     let image = guest_dir();
     let ready = nix::unistd::Uid::effective().is_root()
         && image.join("initrd.img").exists()
@@ -180,35 +182,38 @@ fn a_container_and_an_exec_run_in_the_vm() {
     let log = root.join("logs/c1/0.log");
     std::fs::create_dir_all(log.parent().expect("parent")).expect("logs");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_eci-shim"))
-        .args([
-            "start",
-            "--id",
-            &id,
-            "--hostname",
-            "vmt",
-            "--cgroup-parent",
-            "eci-shim-vmtest",
-        ])
-        .arg("--run-dir")
-        .arg(&run)
-        .args([
-            "--cpu-millis",
-            "2000",
-            "--memory-bytes",
-            "268435456",
-            "--sandbox",
-            "vm",
-        ])
-        .arg("--vm-config")
-        .arg(&vm_json)
-        .output()
-        .expect("eci-shim start");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let start_shim = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_eci-shim"))
+            .args([
+                "start",
+                "--id",
+                &id,
+                "--hostname",
+                "vmt",
+                "--cgroup-parent",
+                "eci-shim-vmtest",
+            ])
+            .arg("--run-dir")
+            .arg(&run)
+            .args([
+                "--cpu-millis",
+                "2000",
+                "--memory-bytes",
+                "268435456",
+                "--sandbox",
+                "vm",
+            ])
+            .arg("--vm-config")
+            .arg(&vm_json)
+            .output()
+            .expect("eci-shim start");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    start_shim();
     let _cleanup = Cleanup {
         group: group.clone(),
         cgroup: format!("eci-shim-vmtest/{id}"),
@@ -249,6 +254,25 @@ fn a_container_and_an_exec_run_in_the_vm() {
     nsx(&["addr", "add", "10.213.77.2/24", "dev", "eth0"]);
     nsx(&["link", "set", "eth0", "up"]);
 
+    let rw = |c: &str| state.join("groups").join(&id).join(c).display().to_string();
+    let req2 = api::CreateTaskRequest {
+        id: "c2".into(),
+        bundle: bundle2.display().to_string(),
+        rootfs: vec![api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", layer.display()),
+                format!("upperdir={}", rw("c2/upper")),
+                format!("workdir={}", rw("c2/work")),
+            ],
+            ..Default::default()
+        }],
+        stdin: eci_runtime::attach::STDIN_URI.into(),
+        stdout: format!("file://{}", log.with_extension("c2").display()),
+        stderr: format!("file://{}", log.with_extension("c2").display()),
+        ..Default::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -338,25 +362,7 @@ fn a_container_and_an_exec_run_in_the_vm() {
 
         // Attach: input through the attach socket reaches the guest's `cat`, whose
         // output comes back to the attacher (and the log).
-        let rw = |c: &str| state.join("groups").join(&id).join(c).display().to_string();
-        let req2 = api::CreateTaskRequest {
-            id: "c2".into(),
-            bundle: bundle2.display().to_string(),
-            rootfs: vec![api::Mount {
-                type_: "overlay".into(),
-                source: "overlay".into(),
-                options: vec![
-                    format!("lowerdir={}", layer.display()),
-                    format!("upperdir={}", rw("c2/upper")),
-                    format!("workdir={}", rw("c2/work")),
-                ],
-                ..Default::default()
-            }],
-            stdin: eci_runtime::attach::STDIN_URI.into(),
-            stdout: format!("file://{}", log.with_extension("c2").display()),
-            stderr: format!("file://{}", log.with_extension("c2").display()),
-            ..Default::default()
-        };
+        let req2 = req2.clone();
         task.create(ctx(), &req2).await.unwrap_or_else(|e| panic!("create c2: {e}\n{}", shim_log()));
         task.start(ctx(), &api::StartRequest { id: "c2".into(), ..Default::default() })
             .await
@@ -405,7 +411,7 @@ fn a_container_and_an_exec_run_in_the_vm() {
         task.shutdown(ctx(), &api::ShutdownRequest::default()).await.expect("shutdown");
     });
     let until = Instant::now() + Duration::from_secs(30);
-    while (group.join("vm").exists() || qemu_running(&id)) && Instant::now() < until {
+    while (group.join("shim.pid").exists() || qemu_running(&id)) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!qemu_running(&id), "QEMU is gone\n{}", shim_log());
@@ -415,4 +421,36 @@ fn a_container_and_an_exec_run_in_the_vm() {
         "the group cgroup is gone"
     );
     let _ = eci_runtime::cgroup::destroy("eci-shim-vmtest");
+
+    // Crash: a shim that dies takes its QEMU along (PR_SET_PDEATHSIG), so a VM never
+    // outlives the shim that could stop it.
+    start_shim();
+    rt.block_on(async {
+        let c = ttrpc::asynchronous::Client::connect(&format!(
+            "unix://{}",
+            group.join("shim.sock").display()
+        ))
+        .await
+        .expect("connect");
+        let task = TaskClient::new(c);
+        task.create(ctx(), &req2)
+            .await
+            .unwrap_or_else(|e| panic!("create again: {e}\n{}", shim_log()));
+    });
+    assert!(qemu_running(&id));
+    let shim_pid: i32 = std::fs::read_to_string(group.join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill shim");
+    let until = Instant::now() + Duration::from_secs(10);
+    while qemu_running(&id) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!qemu_running(&id), "QEMU died with its shim");
 }
