@@ -162,6 +162,10 @@ impl Inner {
         let bp = paths.clone();
         let running = tokio::task::spawn_blocking(move || {
             let netns = me.netns();
+            // A VM of a shim that died (its pid file is left): its plug may be left too.
+            if bp.pid.exists() {
+                net::unplug(&netns);
+            }
             let net = net::plug(&netns)
                 .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
             let cgroup = format!("{}/vm", me.s.cgroup);

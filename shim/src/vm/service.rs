@@ -251,13 +251,14 @@ impl Task for VmTaskService {
         let mut resp = match (&exit, self.inner.current_vm().await) {
             (None, Some(vm)) => vm.client.state(fwd(ctx), &req).await?,
             _ => api::StateResponse {
-                id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
                 pid: *p.pid.lock().unwrap_or_else(|e| e.into_inner()),
                 status: EnumOrUnknown::new(Status::STOPPED),
                 ..Default::default()
             },
         };
+        // What the host asked about, not what the guest says it answered.
+        resp.id = req.id;
+        resp.exec_id = req.exec_id;
         resp.bundle = p.bundle.clone();
         resp.stdin = p.stdin.clone();
         resp.stdout = p.stdout.clone();
