@@ -11,8 +11,9 @@
 #                      (decompressed) and /lib/modules/order (one file name per line, in
 #                      dependency order: eci-guest loads them top to bottom).
 # OUT_DIR/manifest.json {"kernel_release": ..., "eci_guest_sha256": ...}
-# OUT_DIR/modules/     the picked modules and their order (a cache: a new eci-guest with
-#                      the same kernel re-packs the initramfs without a download).
+# OUT_DIR/modules/     the picked modules, their order and the wanted list (.wanted): a
+#                      cache, so a new eci-guest with the same kernel and wanted list
+#                      re-packs the initramfs without a download.
 #
 # eci-guest is built as the contract says (static glibc, --target-dir target/guest).
 # Work whose output is current (same kernel release and eci-guest hash as the manifest)
@@ -88,7 +89,8 @@ extract_vmlinux() {
 }
 
 if [ "$current_release" = "$release" ] && [ -f "$out_dir/vmlinux" ] &&
-  [ -f "$out_dir/modules/order" ]; then
+  [ -s "$out_dir/modules/order" ] &&
+  [ "$(cat "$out_dir/modules/.wanted" 2>/dev/null)" = "${wanted[*]}" ]; then
   log "kernel $release is current: reusing vmlinux and modules"
   cp "$out_dir/vmlinux" "$tmp_out/vmlinux"
   cp -r "$out_dir/modules" "$tmp_out/modules"
@@ -171,6 +173,7 @@ else
       exit 1
     fi
   done
+  echo "${wanted[*]}" >"$tmp_out/modules/.wanted"
   log "modules: $(tr '\n' ' ' <"$tmp_out/modules/order")"
 fi
 

@@ -24,8 +24,6 @@ pub const PROBE_OK: &str = "ECI-GUEST-PROBE-OK";
 pub const TASK_SOCKET: &str = "/run/eci-guest/task.sock";
 /// How long the virtio-serial ports may take to appear after the modules load.
 const PORT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the NIC named by `eci.net` may take to appear.
-const NIC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the service phase (each ends the guest: the host sees QEMU exit).
 #[derive(Debug, thiserror::Error)]
@@ -110,23 +108,14 @@ fn run() -> Result<(), Pid1Error> {
     rt.block_on(serve(dir, cgroup, seccomp))
 }
 
-/// The group's network inside the guest: eth0 (found by the MAC on the command line)
-/// moved into the group's network namespace and configured there. The NIC's driver
-/// binds asynchronously after its module loads, so a missing NIC is retried briefly.
+/// The group's network inside the guest: eth0 (found by the MAC on the command line;
+/// `configure_guest` waits a little for its driver to bind) moved into the group's
+/// network namespace and configured there.
 fn configure_network(args: &BootArgs, netns_dir: &Path) -> Result<(), Pid1Error> {
     let Some(net) = &args.net else { return Ok(()) };
     let guest = eci_netns::vm::GuestNet::from_cmdline(net)?;
-    let netns = netns_dir.join("net");
-    let until = std::time::Instant::now() + NIC_TIMEOUT;
-    loop {
-        match eci_netns::vm::configure_guest(&guest, &netns) {
-            Ok(()) => return Ok(()),
-            Err(eci_netns::vm::VmNetError::NoNic { .. }) if std::time::Instant::now() < until => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    eci_netns::vm::configure_guest(&guest, &netns_dir.join("net"))?;
+    Ok(())
 }
 
 async fn serve(dir: PathBuf, cgroup: String, seccomp: SeccompProfiles) -> Result<(), Pid1Error> {

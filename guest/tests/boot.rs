@@ -228,7 +228,7 @@ fn boots_and_runs_a_container() {
     let layer_dir = tmp.path().join("layer");
     std::fs::create_dir_all(layer_dir.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", layer_dir.join("bin/busybox")).expect("busybox-static");
-    for applet in ["sh", "uname", "echo", "cat", "ip", "tail"] {
+    for applet in ["sh", "uname", "echo", "cat", "ip", "tail", "tty"] {
         std::os::unix::fs::symlink("busybox", layer_dir.join("bin").join(applet)).expect("ln");
     }
     let erofs = tmp.path().join(format!("{hex}.erofs"));
@@ -396,6 +396,37 @@ fn boots_and_runs_a_container() {
     let ip = frames.text(exec_out);
     assert_eq!(rec.exit_code, 0, "ip: {ip} {}", frames.text(exec_err));
     assert!(ip.contains("10.0.2.15/24"), "eth0 in the group netns: {ip}");
+
+    // An exec with a terminal: its output comes as stdout.
+    let process = serde_json::json!({
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh", "-c", "tty; echo T"],
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "terminal": true
+    });
+    let exec = api::ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "t1".into(),
+        terminal: true,
+        stdout: io_uri(8),
+        spec: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&process).expect("process"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.block_on(task.exec(ctx(), &exec)).expect("exec tty");
+    rt.block_on(task.start(ctx(), &start("t1")))
+        .expect("start exec tty");
+    let rec = frames.exit_of("c1", "t1");
+    let out = frames.text(8);
+    assert_eq!(rec.exit_code, 0, "{out}");
+    assert!(
+        out.contains("/dev/pts/") && out.contains("T\r\n"),
+        "{out:?}"
+    );
 
     // stdin frames reach the container; its EOF ends `cat`.
     frames.send(&Frame {
