@@ -87,6 +87,13 @@ fn read_nofollow(path: &Path, max: u64) -> Result<Vec<u8>, OptionsError> {
     Ok(out)
 }
 
+/// Whether `p` is absolute and has no `.` or `..` component.
+pub fn is_clean_absolute(p: &Path) -> bool {
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
 /// The lowerdirs of the rootfs overlay mount.
 pub fn lowerdirs(
     mounts: &[containerd_shim_protos::api::Mount],
@@ -129,7 +136,7 @@ pub fn build(
         let Some(src) = m.source().as_ref().filter(|_| bind) else {
             continue;
         };
-        if !src.is_absolute() || src.components().any(|c| c == Component::ParentDir) {
+        if !is_clean_absolute(src) {
             return Err(OptionsError::BadPath(src.display().to_string()));
         }
         let Some(root) = roots.iter().find(|r| src.starts_with(r)) else {

@@ -100,29 +100,6 @@ impl Inner {
         }
     }
 
-    /// Directories whose files a Create may send: the group directory and the group's
-    /// writable directory (`<state>/groups/<id>`, the parent of the container's
-    /// `<container>/upper`), which holds the on-disk volumes.
-    fn roots(&self, rootfs: &[api::Mount]) -> Vec<PathBuf> {
-        let mut roots = vec![self.s.dir.clone()];
-        let upper = rootfs
-            .iter()
-            .filter(|m| m.type_ == "overlay")
-            .flat_map(|m| m.options.iter())
-            .find_map(|o| o.strip_prefix("upperdir="))
-            .map(PathBuf::from);
-        if let Some(w) = upper
-            .as_deref()
-            .and_then(Path::parent)
-            .and_then(Path::parent)
-            && w.file_name().is_some_and(|n| n == self.s.id.as_str())
-            && w.is_absolute()
-        {
-            roots.push(w.to_path_buf());
-        }
-        roots
-    }
-
     async fn create(
         self: Arc<Self>,
         ctx_timeout: i64,
@@ -146,7 +123,7 @@ impl Inner {
         }
         let lower = options::lowerdirs(&req.rootfs)
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let roots = self.roots(&req.rootfs);
+        let roots = roots(&self.s.dir, &self.s.id, &req.rootfs);
         let me = self.clone();
         let b = bundle.clone();
         let opts =
@@ -202,6 +179,29 @@ impl Inner {
             }
         }
     }
+}
+
+/// Directories whose files a Create may send: the group directory and the group's
+/// writable directory (`<state>/groups/<id>`, the parent of the container's
+/// `<container>/upper`), which holds the on-disk volumes.
+fn roots(group_dir: &Path, id: &str, rootfs: &[api::Mount]) -> Vec<PathBuf> {
+    let mut roots = vec![group_dir.to_path_buf()];
+    let upper = rootfs
+        .iter()
+        .filter(|m| m.type_ == "overlay")
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from);
+    if let Some(w) = upper
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        && w.file_name().is_some_and(|n| n == id)
+        && crate::vm::options::is_clean_absolute(w)
+    {
+        roots.push(w.to_path_buf());
+    }
+    roots
 }
 
 impl VmTaskService {
@@ -499,5 +499,56 @@ impl Task for VmTaskService {
             inner.shutdown.notify_one();
         });
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(upper: &str) -> Vec<api::Mount> {
+        vec![api::Mount {
+            type_: "overlay".into(),
+            options: vec![
+                "lowerdir=/l/a".into(),
+                format!("upperdir={upper}"),
+                "workdir=/w".into(),
+            ],
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn the_writable_directory_is_a_root_only_when_it_is_the_groups() {
+        let g = Path::new("/run/eci/groups/g1");
+        assert_eq!(
+            roots(g, "g1", &overlay("/var/lib/eci/groups/g1/app/upper")),
+            [g.to_path_buf(), PathBuf::from("/var/lib/eci/groups/g1")]
+        );
+        // Another group's, a relative one, one with `..`: the group directory only.
+        for upper in [
+            "/var/lib/eci/groups/g2/app/upper",
+            "groups/g1/app/upper",
+            "/x/../g1/app/upper",
+        ] {
+            assert_eq!(
+                roots(g, "g1", &overlay(upper)),
+                [g.to_path_buf()],
+                "{upper}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_guest_exit_report_keeps_only_what_it_may_say() {
+        let rec = ExitRecord {
+            exit_code: 3,
+            signal: Some(999),
+            oom_killed: true,
+            exited_at: "whenever".into(),
+            started_at: "x".repeat(1000),
+        };
+        let e = Ending::from_guest(&rec);
+        assert_eq!((e.exit_code, e.signal, e.oom_killed), (3, None, true));
     }
 }
