@@ -436,6 +436,59 @@ fn containers_exec_attach_and_network_in_the_vm_and_no_qemu_outlives_its_shim() 
         task.create(ctx(), &req2)
             .await
             .unwrap_or_else(|e| panic!("create again: {e}\n{}", shim_log()));
+        task.start(
+            ctx(),
+            &api::StartRequest {
+                id: "c2".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("start c2 again");
+        // QEMU dies under the shim: its processes end as killed, recorded on the host;
+        // the next Create boots a new VM.
+        let qemu: i32 = std::fs::read_to_string(group.join("vm/qemu.pid"))
+            .expect("qemu.pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill qemu");
+        let w = task
+            .wait(
+                ctx(),
+                &api::WaitRequest {
+                    id: "c2".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert_eq!(w.expect("wait after the VM died").exit_status, 137);
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle2.join("exit.json")).expect("exit.json"))
+                .expect("json");
+        assert_eq!(rec["signal"], 9);
+        task.delete(
+            ctx(),
+            &api::DeleteRequest {
+                id: "c2".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("delete after the VM died");
+        task.create(ctx(), &req2)
+            .await
+            .unwrap_or_else(|e| panic!("create in a new VM: {e}\n{}", shim_log()));
+        let again: i32 = std::fs::read_to_string(group.join("vm/qemu.pid"))
+            .expect("qemu.pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        assert_ne!(again, qemu, "a new VM");
     });
     assert!(qemu_running(&id));
     let shim_pid: i32 = std::fs::read_to_string(group.join("shim.pid"))

@@ -48,6 +48,14 @@ impl Vm {
     pub fn pid(&self) -> i32 {
         self.running.pid()
     }
+
+    /// Whether QEMU has exited, or does within `d`.
+    pub async fn died_within(&self, d: Duration) -> bool {
+        let mut dead = self.dead.clone();
+        tokio::time::timeout(d, dead.wait_for(|x| *x))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// The port's control messages, for the service.

@@ -35,6 +35,8 @@ pub fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 
 /// How long Wait waits for the guest's exit report once the guest's own Wait returned.
 const EXIT_REPORT_WAIT: Duration = Duration::from_secs(10);
+/// How long a call that failed waits to learn whether the VM died under it.
+const VM_DEATH_WAIT: Duration = Duration::from_secs(1);
 
 fn timestamp(rfc3339: &str) -> MessageField<Timestamp> {
     let t = humantime::parse_rfc3339(rfc3339).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
@@ -297,7 +299,23 @@ impl Task for VmTaskService {
                 rec.map(answer).ok_or_else(|| status(Code::INTERNAL, "no exit record"))
             }
             g = guest => {
-                let g = g?;
+                let g = match g {
+                    Ok(g) => g,
+                    // The VM died under the call: its end records every process.
+                    Err(e) => return match &vm {
+                        Some(vm) if vm.died_within(VM_DEATH_WAIT).await => {
+                            let r = tokio::time::timeout(EXIT_REPORT_WAIT, async {
+                                later.wait_for(Option::is_some).await.map(|r| r.clone())
+                            })
+                            .await;
+                            match r {
+                                Ok(Ok(Some(rec))) => Ok(answer(rec)),
+                                _ => Err(e),
+                            }
+                        }
+                        _ => Err(e),
+                    },
+                };
                 // The guest's Wait returned: its exit report is on its way (sent after
                 // the process's output); wait for it, so exit.json is written first.
                 let reported = match tokio::time::timeout(EXIT_REPORT_WAIT, later.wait_for(Option::is_some)).await {
@@ -338,8 +356,23 @@ impl Task for VmTaskService {
             ..Default::default()
         };
         if let Some(vm) = &vm {
-            let r = vm.client.delete(fwd(ctx), &req).await?;
-            resp = r;
+            match vm.client.delete(fwd(ctx), &req).await {
+                Ok(r) => resp = r,
+                // The VM died under the call: its end records every process.
+                Err(e) => {
+                    if !vm.died_within(VM_DEATH_WAIT).await {
+                        return Err(e);
+                    }
+                    let mut rx = p.exited.subscribe();
+                    let recorded =
+                        tokio::time::timeout(EXIT_REPORT_WAIT, rx.wait_for(Option::is_some))
+                            .await
+                            .is_ok_and(|r| r.is_ok());
+                    if !recorded {
+                        return Err(e);
+                    }
+                }
+            }
             if !p.is_exited() {
                 let mut rx = p.exited.subscribe();
                 let reported =
