@@ -5,9 +5,10 @@
 //! header ends the port: the framing cannot be trusted after it); each sink queues at
 //! most [`QUEUE_FRAMES`] frames, written by a thread of its own, and a frame for a full
 //! queue waits for room, but each stream may hold the router for at most [`STALL`] in
-//! all over its life: past that, its frames are dropped (and counted) while its queue
-//! is full. So a sink whose reader stalls (an exec client that stopped reading) delays
-//! the other streams by one stall at most, then they flow. Frames of a stream the host did
+//! every [`STALL_WINDOW`]: past that, its frames are dropped (and counted) while its
+//! queue is full. So a sink whose reader stalls (an exec client that stopped reading)
+//! delays the other streams by one stall per window at most, and a busy log whose
+//! copier is briefly behind is waited for, not cut. Frames of a stream the host did
 //! not open (or already closed) are dropped. Streams are opened only by the host, so
 //! memory is bounded by the host's own processes.
 
@@ -26,8 +27,10 @@ use crate::guest_proto::{CONTROL_STREAM, Control, Frame, FrameError};
 
 /// Frames queued per sink (of at most [`MAX_FRAME`] bytes each).
 pub const QUEUE_FRAMES: usize = 16;
-/// How long frames for a full sink may hold the router, per stream, in all.
+/// How long frames for a full sink may hold the router, per stream and window.
 pub const STALL: Duration = Duration::from_secs(1);
+/// The window [`STALL`] is counted over.
+pub const STALL_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the router does with control messages and the end of the port.
 pub trait Events: Send + Sync {
@@ -38,8 +41,9 @@ pub trait Events: Send + Sync {
 
 struct Route {
     tx: SyncSender<Vec<u8>>,
-    /// How long frames of this stream have held the router, waiting for room.
+    /// How long frames of this stream have held the router in this window.
     waited: Duration,
+    window: Instant,
     dropped: u64,
 }
 
@@ -93,6 +97,7 @@ impl Demux {
                 Route {
                     tx,
                     waited: Duration::ZERO,
+                    window: Instant::now(),
                     dropped: 0,
                 },
             );
@@ -151,9 +156,13 @@ impl Demux {
         let eof = f.is_eof();
         let (tx, waited) = {
             let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(r) = routes.get(&f.stream) else {
+            let Some(r) = routes.get_mut(&f.stream) else {
                 return false;
             };
+            if r.window.elapsed() >= STALL_WINDOW {
+                r.window = Instant::now();
+                r.waited = Duration::ZERO;
+            }
             let got = (r.tx.clone(), r.waited);
             if eof {
                 // Whatever follows for this stream is unknown; the sink ends after
