@@ -128,11 +128,14 @@ impl Inner {
     pub(super) async fn ensure_vm(self: &Arc<Self>) -> ttrpc::Result<Arc<Vm>> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut slot = me.vm.lock().await;
-            if let Some(vm) = slot.as_ref()
+            // One boot at a time; the slot itself is only ever locked briefly, so calls
+            // about other containers are answered during a boot.
+            let _booting = me.booting.lock().await;
+            let current = me.slot().clone();
+            if let Some(vm) = current
                 && !vm.is_dead()
             {
-                return Ok(vm.clone());
+                return Ok(vm);
             }
             if me.stopping.load(Ordering::SeqCst) {
                 return Err(super::service::status(
@@ -140,12 +143,14 @@ impl Inner {
                     "the group is shutting down",
                 ));
             }
-            if slot.take().is_some() {
+            let ended = me.slot().take();
+            if ended.is_some() {
+                drop(ended);
                 let netns = me.netns();
                 let _ = tokio::task::spawn_blocking(move || net::unplug(&netns)).await;
             }
             let vm = me.boot().await?;
-            *slot = Some(vm.clone());
+            *me.slot() = Some(vm.clone());
             Ok(vm)
         })
         .await
@@ -154,7 +159,11 @@ impl Inner {
 
     /// The VM if it runs (never boots one).
     pub(super) async fn current_vm(&self) -> Option<Arc<Vm>> {
-        self.vm.lock().await.clone().filter(|vm| !vm.is_dead())
+        self.slot().clone().filter(|vm| !vm.is_dead())
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Vm>>> {
+        self.vm.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn netns(&self) -> std::path::PathBuf {
@@ -350,7 +359,10 @@ impl Inner {
     /// Stops the VM: asks the guest to power off, then kills QEMU.
     pub(super) async fn stop_vm(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let Some(vm) = self.vm.lock().await.take() else {
+        // A boot under way finishes first (then its VM is stopped here).
+        let _booting = self.booting.lock().await;
+        let taken = self.slot().take();
+        let Some(vm) = taken else {
             return;
         };
         if !vm.is_dead() {

@@ -60,9 +60,10 @@ struct Inner {
     s: VmSettings,
     vmm: Arc<dyn vmm::Vmm>,
     reaper: Reaper,
-    /// The VM, once booted; the lock is held through a boot, so there is never more
-    /// than one.
-    vm: tokio::sync::Mutex<Option<Arc<boot::Vm>>>,
+    /// The VM, once booted.
+    vm: Mutex<Option<Arc<boot::Vm>>>,
+    /// Held through a boot (and a stop), so there is never more than one VM.
+    booting: tokio::sync::Mutex<()>,
     procs: Mutex<HashMap<(String, String), Arc<procs::VmProc>>>,
     next_stream: AtomicU32,
     shutdown: tokio::sync::Notify,
@@ -76,7 +77,8 @@ impl VmTaskService {
                 s,
                 vmm,
                 reaper,
-                vm: tokio::sync::Mutex::new(None),
+                vm: Mutex::new(None),
+                booting: tokio::sync::Mutex::new(()),
                 procs: Mutex::new(HashMap::new()),
                 next_stream: AtomicU32::new(1),
                 shutdown: tokio::sync::Notify::new(),
