@@ -126,7 +126,7 @@ fn containers_exec_attach_and_network_in_the_vm_and_no_qemu_outlives_its_shim() 
     let layer = state.join("layers").join(&hex);
     std::fs::create_dir_all(layer.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", layer.join("bin/busybox")).expect("busybox");
-    for applet in ["sh", "uname", "echo", "cat", "sleep", "ping"] {
+    for applet in ["sh", "uname", "echo", "cat", "sleep", "ping", "tty"] {
         std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).expect("ln");
     }
     let erofs = state.join("layers").join(format!("{hex}.erofs"));
@@ -166,6 +166,8 @@ fn containers_exec_attach_and_network_in_the_vm_and_no_qemu_outlives_its_shim() 
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/etc/hosts", "type": "bind", "source": group.join("etc/hosts"),
              "options": ["rbind", "rprivate", "nosuid", "nodev"]}
@@ -341,6 +343,42 @@ fn containers_exec_attach_and_network_in_the_vm_and_no_qemu_outlives_its_shim() 
         task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() })
             .await
             .expect("exec delete");
+        // An exec with a terminal: its output (the pty's) comes as stdout.
+        let tty_fifo = root.join("exec-tty");
+        nix::unistd::mkfifo(&tty_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        let f3 = tty_fifo.clone();
+        let tty_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::fs::File::open(&f3).expect("open fifo").read_to_string(&mut s);
+            s
+        });
+        let tty_process = serde_json::json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+            "terminal": true, "args": ["/bin/tty"]});
+        let exec2 = api::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: "e2".into(),
+            terminal: true,
+            stdout: tty_fifo.display().to_string(),
+            spec: containerd_shim_protos::protobuf::MessageField::some(
+                containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: tty_process.to_string().into_bytes(),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        };
+        task.exec(ctx(), &exec2).await.unwrap_or_else(|e| panic!("exec tty: {e}\nshim:\n{}", shim_log()));
+        task.start(ctx(), &api::StartRequest { id: "c1".into(), exec_id: "e2".into(), ..Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("exec tty start: {e}\nshim:\n{}", shim_log()));
+        let w = task.wait(ctx(), &api::WaitRequest { id: "c1".into(), exec_id: "e2".into(), ..Default::default() }).await;
+        assert_eq!(w.expect("exec tty wait").exit_status, 0);
+        let tty_out = tty_reader.join().expect("reader");
+        assert!(tty_out.contains("/dev/pts/"), "tty output {tty_out:?}");
+        task.delete(ctx(), &api::DeleteRequest { id: "c1".into(), exec_id: "e2".into(), ..Default::default() })
+            .await
+            .expect("exec tty delete");
 
         let w = task.wait(ctx(), &api::WaitRequest { id: "c1".into(), ..Default::default() }).await;
         let w = w.unwrap_or_else(|e| panic!("wait: {e}\nshim:\n{}", shim_log()));
