@@ -53,6 +53,15 @@ fn opt(v: &Path) -> String {
 pub fn argv(spec: &BootSpec<'_>) -> Result<Vec<String>, VmmError> {
     let c = spec.config;
     let p = spec.paths;
+    // The id lands in QEMU's option syntax (`-name`) and the kernel command line.
+    if spec.id.is_empty()
+        || !spec
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
+        return Err(VmmError::Invalid(format!("group id {:?}", spec.id)));
+    }
     let mut a: Vec<String> = vec![
         "-name".into(),
         format!("eci-{}", spec.id),
@@ -387,6 +396,11 @@ mod tests {
         let bad = BootSpec {
             hostname: "a b",
             ..spec
+        };
+        assert!(argv(&bad).is_err());
+        let bad = BootSpec {
+            id: "g1,process=x",
+            ..bad
         };
         assert!(argv(&bad).is_err());
     }
