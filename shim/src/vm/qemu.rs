@@ -400,6 +400,7 @@ mod tests {
         assert!(argv(&bad).is_err());
         let bad = BootSpec {
             id: "g1,process=x",
+            hostname: "web",
             ..bad
         };
         assert!(argv(&bad).is_err());
