@@ -12,5 +12,6 @@ pub mod reaper;
 pub mod seccomp_profiles;
 pub mod start;
 pub mod task;
+pub mod vm;
 
 pub use eci_runtime::layout::GroupDir;

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: eci-shim start --id ID --run-dir DIR --hostname NAME --cpu-millis N --memory-bytes N\n\
+                 \x20      [--sandbox namespaced|vm --vm-config GROUP_DIR/vm.json]\n\
                  eci-shim is started by eci-agent, one per container group"
             );
             ExitCode::from(2)

@@ -44,7 +44,14 @@ pub struct StartArgs {
     /// First host id of the group's user namespace range (65536 ids); none: the group
     /// runs without a user namespace.
     pub userns_base: Option<u32>,
+    /// `--sandbox vm --vm-config <group dir>/vm.json`: the containers run in a VM (see
+    /// [`crate::vm`]); None: namespaced.
+    pub vm_config: Option<PathBuf>,
 }
+
+/// Memory the group cgroup allows beyond the guest's RAM in vm mode: QEMU's own
+/// (device emulation, TCG translation cache, page tables).
+pub const VM_OVERHEAD_BYTES: u64 = 256 << 20;
 
 impl StartArgs {
     /// Parses `--key value` pairs.
@@ -77,6 +84,11 @@ impl StartArgs {
             userns_base: match get("--userns-base") {
                 Ok(v) => Some(v.parse().context("--userns-base must be a host uid")?),
                 Err(_) => None,
+            },
+            vm_config: match get("--sandbox").as_deref() {
+                Err(_) | Ok("namespaced") => None,
+                Ok("vm") => Some(get("--vm-config")?.into()),
+                Ok(other) => bail!("--sandbox {other}: expected namespaced or vm"),
             },
         })
     }
@@ -162,12 +174,24 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
     }
 
     let cgroup = format!("{}/{}", args.cgroup_parent, args.id);
+    let vm_config = match &args.vm_config {
+        Some(p) => Some(crate::vm::VmConfig::load(p).context("--vm-config")?),
+        None => None,
+    };
     let userns = args.userns_base.map(eci_runtime::userns::IdRange::group);
     namespaces::create(&dir.namespaces(), &args.hostname, userns)
         .context("creating the group namespaces")?;
     // CPU as a CFS quota over a 100 ms period; memory hard, swap off.
+    // In vm mode QEMU runs in the group cgroup (`<cgroup>/vm`): the limit holds the
+    // guest's RAM and QEMU's own memory.
+    let memory_bytes = match &vm_config {
+        Some(c) => args
+            .memory_bytes
+            .max((c.memory_mib << 20) + VM_OVERHEAD_BYTES),
+        None => args.memory_bytes,
+    };
     let limits = Limits {
-        memory_bytes: Some(args.memory_bytes as i64),
+        memory_bytes: Some(memory_bytes as i64),
         cpu_quota_us: Some((args.cpu_millis * 100) as i64),
         cpu_period_us: Some(100_000),
         cpu_shares: Some((args.cpu_millis * 1024 / 1000).max(2)),
@@ -181,6 +205,22 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(config) = vm_config {
+        let settings = crate::vm::VmSettings {
+            id: args.id.clone(),
+            hostname: args.hostname.clone(),
+            dir: dir.root().to_path_buf(),
+            cgroup: cgroup.clone(),
+            config,
+            log_rotation: crate::logs::Rotation {
+                max_bytes: args.log_max_bytes,
+                max_files: args.log_max_files,
+                compress: args.log_compress,
+            },
+        };
+        drop(seccomp);
+        return rt.block_on(serve_vm(settings, &dir, &cgroup, ready));
+    }
     rt.block_on(async move {
         let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
         let svc = Arc::new(TaskService::new(
@@ -223,6 +263,46 @@ fn daemon(args: StartArgs, dir: GroupDir, ready: &mut std::fs::File) -> Result<(
         teardown(&dir, &cgroup);
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Serves the Task API of a vm-mode group until Shutdown (see [`crate::vm`]).
+async fn serve_vm(
+    settings: crate::vm::VmSettings,
+    dir: &GroupDir,
+    cgroup: &str,
+    ready: &mut std::fs::File,
+) -> Result<()> {
+    let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
+    let id = settings.id.clone();
+    let svc = Arc::new(crate::vm::VmTaskService::new(
+        settings,
+        Arc::new(crate::vm::qemu::Qemu),
+        reaper,
+    ));
+    let sock = dir.shim_socket();
+    let _ = std::fs::remove_file(&sock);
+    let mut server = ttrpc::asynchronous::Server::new()
+        .bind(&format!("unix://{}", sock.display()))
+        .context("binding the shim socket")?
+        .register_service(create_task(svc.clone()));
+    server.start().await.context("serving")?;
+    let attaching = svc.clone();
+    if let Err(e) = crate::attach::listen(&dir.attach_socket(), move |conn| {
+        let svc = attaching.clone();
+        async move { svc.serve_attach(conn).await }
+    }) {
+        tracing::error!(error = %e, socket = %dir.attach_socket().display(), "binding the attach socket");
+    }
+    std::fs::write(dir.shim_pid(), std::process::id().to_string())?;
+    ready.write_all(b"ok")?;
+    tracing::info!(group = %id, socket = %sock.display(), "shim serving (vm)");
+    svc.shutdown_requested().await;
+    tracing::info!("shutdown requested");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let _ = server.shutdown().await;
+    svc.teardown().await;
+    teardown(dir, cgroup);
+    Ok(())
 }
 
 /// Removes what the group sandbox holds on the host. Safe to run twice.

@@ -27,6 +27,8 @@ use ttrpc::{Code, Error as TtrpcError, Status as RpcStatus};
 use crate::reaper::Reaper;
 use crate::seccomp_profiles::SeccompProfiles;
 
+pub use attach::{Attachable, serve as serve_attach};
+pub(crate) use exits::write_durably;
 pub use exits::{EXIT_FILE, ExitRecord};
 use procs::Proc;
 
