@@ -6,10 +6,10 @@
 //! cgroup or VM directory after Shutdown; a shim that is killed takes its QEMU along.
 //!
 //! Skipped unless run as root with QEMU, mkfs.erofs, busybox-static and the guest
-//! image (`scripts/guest-image.sh DIR`, then `ECI_GUEST_DIR=DIR`; default
+//! image (`scripts/guest-image.sh DIR`, then `ECI_TEST_GUEST_DIR=DIR`; default
 //! /var/lib/eci/guest):
 //!
-//!   ECI_GUEST_DIR=/tmp/guest cargo test -p eci-shim --test vm_boot -- --nocapture
+//!   ECI_TEST_GUEST_DIR=/tmp/guest cargo test -p eci-shim --test vm_boot -- --nocapture
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use containerd_shim_protos::shim_async::TaskClient;
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 fn guest_dir() -> PathBuf {
-    std::env::var_os("ECI_GUEST_DIR")
+    std::env::var_os("ECI_TEST_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/eci/guest"))
 }
