@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use eci_tests::netspec::{group_netns, wait_ip_addresses};
+use eci_tests::netspec::{Net, SgRule, group_netns, wait_ip_addresses};
 use eci_tests::scenario::{busybox_agent_with, group, group_id, logs, phase};
 use eci_tests::vpc::{BannerServer, DevNet, banner_in, links_in};
 use eci_tests::{Agent, cgroup_dirs, free_port, text, wait_for};
@@ -177,7 +177,9 @@ fn a_two_container_vm_group_runs_on_the_guest_kernel_with_exec_logs_and_metrics(
     wait_log_vm(&agent, "vmpair", "server", "served");
 
     // Exec runs in the guest too.
-    let out = agent.ctl(&["exec", "vmpair", "-c", "server", "--", "uname", "-r"]);
+    let out = agent.ctl(&[
+        "exec", "vmpair", "-c", "server", "--", "sh", "-c", "uname -r",
+    ]);
     assert!(out.status.success(), "exec: {}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), release);
     let out = agent.ctl(&["exec", "vmpair", "-c", "client", "--", "sh", "-c", "exit 5"]);
@@ -232,16 +234,27 @@ fn a_vm_group_is_reached_through_its_tap_at_the_group_address() {
     let port = free_port();
     let _host = BannerServer::start(None, SocketAddr::from(([0, 0, 0, 0], port)), "hello-host")
         .expect("host server");
+    // The security group stays on the host side of the tap: 8080 is let in, 8081 not.
+    let rules = Net {
+        rules: vec![SgRule::allow_tcp_in(8080, &dev.subnet)],
+        ..Default::default()
+    };
     let script = format!(
         "ip -o addr show eth0; echo hello-from-guest > /tmp/b; \
          while true; do nc -l -p 8080 < /tmp/b; done & \
+         while true; do nc -l -p 8081 < /tmp/b; done & \
          sleep 1; echo \"host said: $(nc {} {port})\"; sleep 3600",
         dev.gateway
     );
     apply_ok(
         &agent,
         "vmnet",
-        &group("vmnet", "Always", &[("app", &script)], "sandbox: vm\n"),
+        &group(
+            "vmnet",
+            "Always",
+            &[("app", &script)],
+            &format!("sandbox: vm\n{}", rules.yaml()),
+        ),
     );
     wait_phase_vm(&agent, "vmnet", "Running");
     let addrs = wait_ip_addresses(&agent, "vmnet");
