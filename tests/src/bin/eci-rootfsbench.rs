@@ -376,7 +376,8 @@ fn wait_line(vm: &mut Vm) -> anyhow::Result<(Duration, Line)> {
         let text = std::fs::read_to_string(&vm.console).unwrap_or_default();
         if let Some(l) = text.lines().find(|l| l.starts_with("ECI-BENCH")) {
             // Read the whole line: it may be caught half written.
-            if text.contains(&format!("{l}\n")) {
+            // (The serial console ends lines with "\r\n".)
+            if text.contains(&format!("{l}\n")) || text.contains(&format!("{l}\r")) {
                 let at = vm.t0.elapsed();
                 ensure!(!l.starts_with("ECI-BENCH error"), "guest: {l}");
                 let mut line = Line::default();
