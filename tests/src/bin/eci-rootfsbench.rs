@@ -5,8 +5,10 @@
 //! regular file, print `ECI-BENCH …` on the console, idle 3 s, power off. Measured:
 //! QEMU spawn (virtiofs: daemon spawn) to that line, the guest's mount and walk times,
 //! and host memory during the idle (RSS and Pss of QEMU and virtiofsd with their
-//! children); also the one-off mkfs.erofs of the layer, and two VMs at once. Rounds
-//! alternate the order so machine noise hits both alike; medians are printed.
+//! children); also the one-off mkfs.erofs of the layer, and two VMs at once. A third
+//! column boots the erofs disk with guest RAM on the shared memfd virtiofs needs, to
+//! tell the memory backend's cost from the rootfs's. Rounds rotate the order so machine
+//! noise hits all alike; medians are printed.
 //!
 //! Run (root): `eci-rootfsbench --guest-dir DIR [--rounds N] [--pair-rounds N]
 //! [--virtiofsd PATH] [--sandbox none|namespace] [--accel tcg|kvm]`, the guest image
@@ -197,8 +199,21 @@ fn mkfs_erofs(dir: &Path, out: &Path) -> anyhow::Result<Duration> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
+    /// The product's line: erofs disk, guest RAM anonymous (THP where the host allows).
     Erofs,
+    /// The erofs disk with guest RAM on a shared memfd as virtiofs needs: separates the
+    /// memory backend's cost from the rootfs's.
+    ErofsMemfd,
     Virtiofs,
+}
+
+const KINDS: [Kind; 3] = [Kind::Erofs, Kind::ErofsMemfd, Kind::Virtiofs];
+
+/// Round `r`'s order: rotated, so that each kind runs first, second and last alike.
+fn order(r: usize) -> [Kind; 3] {
+    let mut k = KINDS;
+    k.rotate_left(r % 3);
+    k
 }
 
 /// A booted VM (and its virtiofsd): killed on drop, so nothing outlives the bench.
@@ -271,7 +286,7 @@ fn spawn(ctx: &Ctx, kind: Kind, n: usize, idle_s: u64) -> anyhow::Result<Vm> {
     }
     let g = &ctx.opts.guest_dir;
     let spec = match kind {
-        Kind::Erofs => format!("erofs:{SERIAL}"),
+        Kind::Erofs | Kind::ErofsMemfd => format!("erofs:{SERIAL}"),
         Kind::Virtiofs => format!("virtiofs:{TAG}"),
     };
     let append = format!(
@@ -281,7 +296,9 @@ fn spawn(ctx: &Ctx, kind: Kind, n: usize, idle_s: u64) -> anyhow::Result<Vm> {
     );
     let machine = match kind {
         Kind::Erofs => "microvm,x-option-roms=off,rtc=on".to_string(),
-        Kind::Virtiofs => "microvm,x-option-roms=off,rtc=on,memory-backend=mem".to_string(),
+        Kind::ErofsMemfd | Kind::Virtiofs => {
+            "microvm,x-option-roms=off,rtc=on,memory-backend=mem".to_string()
+        }
     };
     let (accel, cpu) = if ctx.opts.accel == "kvm" {
         ("kvm", "host")
@@ -325,8 +342,14 @@ fn spawn(ctx: &Ctx, kind: Kind, n: usize, idle_s: u64) -> anyhow::Result<Vm> {
         a.push("-device".into());
         a.push(format!("virtserialport,chardev={id},name={port}"));
     }
+    if kind != Kind::Erofs {
+        a.push("-object".into());
+        a.push(format!(
+            "memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"
+        ));
+    }
     match kind {
-        Kind::Erofs => {
+        Kind::Erofs | Kind::ErofsMemfd => {
             a.push("-drive".into());
             a.push(format!(
                 "id=layer0,if=none,readonly=on,format=raw,file={}",
@@ -336,10 +359,6 @@ fn spawn(ctx: &Ctx, kind: Kind, n: usize, idle_s: u64) -> anyhow::Result<Vm> {
             a.push(format!("virtio-blk-device,drive=layer0,serial={SERIAL}"));
         }
         Kind::Virtiofs => {
-            a.push("-object".into());
-            a.push(format!(
-                "memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"
-            ));
             a.push("-chardev".into());
             a.push(format!("socket,id=vfs,path={}", vfs_sock.display()));
             a.push("-device".into());
@@ -544,9 +563,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn row(name: &str, e: f64, v: f64) {
-    let ratio = if e > 0.0 { v / e } else { f64::NAN };
-    println!("{name:<34} {e:>10.1} {v:>10.1} {ratio:>8.2}");
+fn row(name: &str, [e, m, v]: [f64; 3]) {
+    let ratio = |a: f64| if a > 0.0 { v / a } else { f64::NAN };
+    println!(
+        "{name:<38} {e:>8.1} {m:>8.1} {v:>8.1} {:>6.2} {:>6.2}",
+        ratio(e),
+        ratio(m)
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -589,12 +612,7 @@ fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     for r in 0..ctx.opts.rounds {
         mkfs.push(mkfs_erofs(&ctx.layer, &ctx.erofs)?.as_secs_f64() * 1000.0);
-        let order = if r % 2 == 0 {
-            [Kind::Erofs, Kind::Virtiofs]
-        } else {
-            [Kind::Virtiofs, Kind::Erofs]
-        };
-        for kind in order {
+        for kind in order(r) {
             let s = once(&ctx, kind)?;
             eprintln!(
                 "round {r} {kind:?}: line {:?} (daemon {:?}), mount {} us, walk {} us, {} files {} bytes; qemu rss {} pss {} KiB, virtiofsd rss {} pss {} KiB",
@@ -614,12 +632,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut pairs: Vec<(Kind, Duration, Mem)> = Vec::new();
     for r in 0..ctx.opts.pair_rounds {
-        let order = if r % 2 == 0 {
-            [Kind::Erofs, Kind::Virtiofs]
-        } else {
-            [Kind::Virtiofs, Kind::Erofs]
-        };
-        for kind in order {
+        for kind in order(r) {
             let (t, m) = pair(&ctx, kind)?;
             eprintln!(
                 "pair {r} {kind:?}: slower line {t:?}, rss {} pss {} KiB",
@@ -634,7 +647,7 @@ fn main() -> anyhow::Result<()> {
         median(samples.iter().filter(|s| s.kind == kind).map(f).collect())
     };
     let both = |name: &str, f: &dyn Fn(&Sample) -> f64| {
-        row(name, med(Kind::Erofs, f), med(Kind::Virtiofs, f));
+        row(name, KINDS.map(|k| med(k, f)));
     };
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
@@ -644,8 +657,13 @@ fn main() -> anyhow::Result<()> {
         samples.first().map_or(0, |s| s.line.files)
     );
     println!(
-        "medians of {} rounds          {:>10} {:>10} {:>8}",
-        ctx.opts.rounds, "erofs", "virtiofs", "v/e"
+        "{:<38} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        format!("medians of {} rounds", ctx.opts.rounds),
+        "erofs",
+        "e+memfd",
+        "virtiofs",
+        "v/e",
+        "v/e+m"
     );
     both("spawn -> ECI-BENCH line (ms)", &|s| {
         s.to_line.as_secs_f64() * 1000.0
@@ -672,23 +690,11 @@ fn main() -> anyhow::Result<()> {
         };
         println!("2 VMs at once, {} rounds:", ctx.opts.pair_rounds);
         let f1 = |p: &(Kind, Duration, Mem)| p.1.as_secs_f64() * 1000.0;
-        row(
-            "  slower spawn -> line (ms)",
-            pm(Kind::Erofs, &f1),
-            pm(Kind::Virtiofs, &f1),
-        );
+        row("  slower spawn -> line (ms)", KINDS.map(|k| pm(k, &f1)));
         let f2 = |p: &(Kind, Duration, Mem)| mib(p.2.rss);
-        row(
-            "  RSS of both (MiB)",
-            pm(Kind::Erofs, &f2),
-            pm(Kind::Virtiofs, &f2),
-        );
+        row("  RSS of both (MiB)", KINDS.map(|k| pm(k, &f2)));
         let f3 = |p: &(Kind, Duration, Mem)| mib(p.2.pss);
-        row(
-            "  Pss of both (MiB)",
-            pm(Kind::Erofs, &f3),
-            pm(Kind::Virtiofs, &f3),
-        );
+        row("  Pss of both (MiB)", KINDS.map(|k| pm(k, &f3)));
     }
     Ok(())
 }
