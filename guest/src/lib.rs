@@ -3,6 +3,7 @@
 //! through the same Task service as the host shim, over the virtio-serial ports the
 //! host shim talks to (see docs/vm.md and the contract in `eci_shim::guest_proto`).
 
+pub mod bench;
 pub mod boot;
 pub mod cmdline;
 pub mod ctl;

@@ -253,7 +253,7 @@ pub fn apply(
 }
 
 /// The virtio-blk disk whose serial is `serial`.
-fn disk_with_serial(serial: &str) -> Option<PathBuf> {
+pub(crate) fn disk_with_serial(serial: &str) -> Option<PathBuf> {
     for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if !name.starts_with("vd") {

@@ -85,6 +85,12 @@ fn run() -> Result<(), Pid1Error> {
         .with_writer(std::io::stderr)
         .init();
     let loaded = boot::load_modules();
+    // The rootfs benchmark (eci-rootfsbench) needs only the early boot above.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(spec) = crate::bench::requested(&cmdline) {
+        crate::bench::run(spec, crate::bench::idle(&cmdline));
+        return Ok(());
+    }
     let args = BootArgs::read()?;
     tracing::info!(modules = loaded, group = %args.id, "eci-guest booting");
     boot::enable_controllers();

@@ -6,7 +6,7 @@
 //!
 //! Run: `eci-vmbench --guest-dir DIR [--rounds N]` (default 5) as root, with the guest
 //! image built by `scripts/guest-image.sh DIR`. The erofs / virtiofs rootfs comparison
-//! is `scripts/vm-rootfs-bench.sh` (it boots the guest directly).
+//! is `eci-rootfsbench` (it boots the guest directly).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
