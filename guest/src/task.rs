@@ -209,6 +209,7 @@ fn record_of(w: &api::WaitResponse) -> ExitRecord {
         exit_code: code,
         signal: (code > 128 && code < 128 + 65).then_some(code - 128),
         oom_killed: false,
+        vm_oom_killed: false,
         exited_at: humantime::format_rfc3339_nanos(at).to_string(),
         started_at: String::new(),
     }

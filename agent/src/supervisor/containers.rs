@@ -30,6 +30,8 @@ pub(super) type Resolved = Vec<(Container, ImageRecord)>;
 struct ExitRecord {
     exit_code: i32,
     oom_killed: bool,
+    #[serde(default)]
+    vm_oom_killed: bool,
     exited_at: String,
     started_at: String,
 }
@@ -850,6 +852,7 @@ impl Supervisor {
             Some(r) => Ended {
                 code: r.exit_code,
                 oom: r.oom_killed,
+                vm_oom: r.vm_oom_killed,
                 started_at: r.started_at,
                 finished_at: r.exited_at,
                 message: String::new(),

@@ -28,15 +28,20 @@ pub(crate) fn wants_restart(policy: &str, exit_code: i32) -> bool {
 pub(crate) struct Ended {
     pub code: i32,
     pub oom: bool,
+    /// The group's VM was OOM-killed on the host (not the container's own limit).
+    pub vm_oom: bool,
     pub started_at: String,
     pub finished_at: String,
     pub message: String,
 }
 
 impl Ended {
-    /// The Terminated reason: OOMKilled, Completed or Error.
+    /// The Terminated reason: OOMKilled (the container's limit), VMOOMKilled (the vm
+    /// group's QEMU was killed by the host's OOM killer), Completed or Error.
     pub(crate) fn reason(&self) -> &'static str {
-        if self.oom {
+        if self.vm_oom {
+            "VMOOMKilled"
+        } else if self.oom {
             "OOMKilled"
         } else if self.code == 0 {
             "Completed"
@@ -245,6 +250,20 @@ pub(crate) fn shim_responsive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_oom_is_its_own_reason() {
+        let ended = |oom, vm_oom, code| Ended {
+            code,
+            oom,
+            vm_oom,
+            ..Default::default()
+        };
+        assert_eq!(ended(true, false, 137).reason(), "OOMKilled");
+        assert_eq!(ended(false, true, 137).reason(), "VMOOMKilled");
+        assert_eq!(ended(false, false, 137).reason(), "Error");
+        assert_eq!(ended(false, false, 0).reason(), "Completed");
+    }
 
     #[test]
     fn restart_policy_decides_once() {

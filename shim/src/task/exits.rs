@@ -19,6 +19,10 @@ pub struct ExitRecord {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub oom_killed: bool,
+    /// The group's VM (QEMU) was OOM-killed on the host, taking the process with it: a
+    /// different event from the container's own limit (`oom_killed`) in the guest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vm_oom_killed: bool,
     /// RFC 3339.
     pub exited_at: String,
     pub started_at: String,
@@ -64,6 +68,7 @@ impl TaskService {
                 exit_code: exit.code,
                 signal: exit.signal,
                 oom_killed,
+                vm_oom_killed: false,
                 exited_at: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
                 started_at,
             };
@@ -104,6 +109,7 @@ pub(super) fn unreachable_exit() -> ExitRecord {
         exit_code: 255,
         signal: None,
         oom_killed: false,
+        vm_oom_killed: false,
         exited_at: String::new(),
         started_at: String::new(),
     }

@@ -328,8 +328,8 @@ impl Inner {
         }))
     }
 
-    /// QEMU ended: every process not yet recorded ends as killed (OOM when QEMU's
-    /// cgroup saw the OOM killer).
+    /// QEMU ended: every process not yet recorded ends as killed, with the VM's OOM
+    /// (QEMU's cgroup saw the OOM killer) told apart from a container's own.
     async fn vm_ended(&self, pid: i32, exit: Option<crate::reaper::Exit>) {
         let console = VmPaths::new(&self.s.dir).console;
         let cg = format!("{}/vm", self.s.cgroup);
@@ -349,7 +349,8 @@ impl Inner {
                 p.finish(Ending {
                     exit_code: 128 + libc::SIGKILL,
                     signal: Some(libc::SIGKILL),
-                    oom_killed: oom,
+                    oom_killed: false,
+                    vm_oom_killed: oom,
                 })
                 .await;
             }

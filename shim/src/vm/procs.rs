@@ -45,6 +45,8 @@ pub(super) struct Ending {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub oom_killed: bool,
+    /// QEMU itself was OOM-killed on the host (see `ExitRecord::vm_oom_killed`).
+    pub vm_oom_killed: bool,
 }
 
 impl Ending {
@@ -55,6 +57,7 @@ impl Ending {
             exit_code: r.exit_code,
             signal: r.signal.filter(|s| (1..=64).contains(s)),
             oom_killed: r.oom_killed,
+            vm_oom_killed: false,
         }
     }
 }
@@ -119,6 +122,7 @@ impl VmProc {
             exit_code: end.exit_code,
             signal: end.signal,
             oom_killed: end.oom_killed,
+            vm_oom_killed: end.vm_oom_killed,
             exited_at: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
             started_at: self
                 .started_at

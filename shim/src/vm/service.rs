@@ -327,7 +327,7 @@ impl Task for VmTaskService {
                 }
                 tracing::warn!(id = %req.id, exec = %req.exec_id, "the guest reported no exit; recording its Wait answer");
                 if p.take_exit() {
-                    p.finish(Ending { exit_code: g.exit_status as i32, signal: None, oom_killed: false }).await;
+                    p.finish(Ending { exit_code: g.exit_status as i32, signal: None, oom_killed: false, vm_oom_killed: false }).await;
                 }
                 let rec = p.exited.borrow().clone();
                 rec.map(answer).ok_or_else(|| status(Code::INTERNAL, "no exit record"))
@@ -384,6 +384,7 @@ impl Task for VmTaskService {
                         exit_code: resp.exit_status as i32,
                         signal: None,
                         oom_killed: false,
+                        vm_oom_killed: false,
                     })
                     .await;
                 }
@@ -578,10 +579,12 @@ mod tests {
             exit_code: 3,
             signal: Some(999),
             oom_killed: true,
+            vm_oom_killed: true,
             exited_at: "whenever".into(),
             started_at: "x".repeat(1000),
         };
         let e = Ending::from_guest(&rec);
         assert_eq!((e.exit_code, e.signal, e.oom_killed), (3, None, true));
+        assert!(!e.vm_oom_killed, "only the host can tell that QEMU was OOM-killed");
     }
 }
