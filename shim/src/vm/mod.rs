@@ -23,6 +23,8 @@ mod attach;
 pub mod boot;
 pub mod config;
 pub mod console;
+#[cfg(test)]
+mod ctl_tests;
 pub mod demux;
 pub mod net;
 pub mod options;
