@@ -10,7 +10,7 @@
 //!   `no_new_privs` and its seccomp filter.
 //! - On the dev bridge: a vm container with `CAP_NET_RAW` writes forged frames from
 //!   the guest (another source IP the victim trusts, another source MAC, gratuitous
-//!   ARP for the gateway and the victim): the port guard drops them (a genuine frame
+//!   ARP for the gateway and the victim, router advertisements): the port guard drops them (a genuine frame
 //!   over the same raw path arrives), the victim's neighbour entry keeps the gateway's
 //!   MAC, the victim's closed port stays closed and the metadata service is out of
 //!   reach while an ordinary address behind the host answers; `ip addr add`/`ip link
@@ -467,6 +467,7 @@ fn a_vm_guest_cannot_spoof_or_reach_what_its_network_forbids() {
          /eci-attack spoof-udp self 02:ec:de:ad:be:ef {vip} {vmac} 9001 spoofed-mac; \
          /eci-attack spoof-udp {vip} {vmac} {gw} ff:ff:ff:ff:ff:ff 9 stolen-mac; \
          /eci-attack spoof-arp {gw}; /eci-attack spoof-arp {vip}; \
+         /eci-attack spoof-ra fd66:6666:6666:6666:: | sed 's/^sent$/ra-sent/'; \
          nc -w 2 {vip} 9002 </dev/null | grep -q hello-closed && echo closed-port-reached; \
          nc -w 2 169.254.{n}.2 {port} </dev/null | grep -q md-banner && echo metadata-reached; \
          i=$((i+1)); sleep 0.5; done; echo spoof-done; exec sleep 3600"
@@ -507,6 +508,26 @@ fn a_vm_guest_cannot_spoof_or_reach_what_its_network_forbids() {
     );
     assert!(!alog.contains("closed-port-reached"), "{alog}");
     assert!(!alog.contains("metadata-reached"), "{alog}");
+    // Router advertisements from the guest give the victim no route and no address.
+    assert!(alog.contains("ra-sent"), "{alog}");
+    let v6 = |args: &[&str]| {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", vns.display()))
+            .args(args)
+            .output()
+            .expect("nsenter");
+        text(&o)
+    };
+    let routes = v6(&["ip", "-6", "route", "show"]);
+    assert!(
+        !routes.contains("proto ra"),
+        "a route from the guest: {routes}"
+    );
+    let addrs = v6(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+    assert!(
+        !addrs.contains("fd66:"),
+        "an address from the guest: {addrs}"
+    );
     // The victim still knows the gateway by the bridge's MAC.
     let neigh = std::process::Command::new("nsenter")
         .arg(format!("--net={}", vns.display()))
