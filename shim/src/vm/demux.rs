@@ -293,6 +293,51 @@ mod tests {
         assert!(seen.0.lock().expect("lock")[0].contains("broke the framing"));
     }
 
+    #[tokio::test]
+    async fn a_frame_cut_short_ends_the_port_after_delivering_what_came_whole() {
+        let seen = Arc::new(Seen::default());
+        let d = Demux::new(STALL, seen.clone());
+        let (mut r1, w1) = pipe();
+        let done1 = d.add_output(1, w1).expect("sink");
+        // The largest frame allowed, then one whose body never comes whole.
+        let mut wire = frames(&[Frame {
+            stream: 1,
+            data: vec![b'a'; MAX_FRAME as usize],
+        }]);
+        wire.extend_from_slice(&1u32.to_be_bytes());
+        wire.extend_from_slice(&1000u32.to_be_bytes());
+        wire.extend_from_slice(b"short");
+        d.run(&wire[..]);
+        done1.await.expect("drained");
+        let mut got = Vec::new();
+        r1.read_to_end(&mut got).expect("read");
+        assert_eq!(got.len(), MAX_FRAME as usize);
+        let seen = seen.0.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].starts_with("reading the io port"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_guest_spraying_control_garbage_and_unknown_streams_reaches_no_sink() {
+        let seen = Arc::new(Seen::default());
+        let d = Demux::new(STALL, seen.clone());
+        let mut fs = Vec::new();
+        for i in 0..5000u32 {
+            fs.push(Frame {
+                stream: 0,
+                data: format!("{{\"kind\":\"exit\",\"id\":{i}}}").into_bytes(),
+            });
+            fs.push(Frame {
+                stream: i.wrapping_mul(2_654_435_761) | 1,
+                data: vec![0; 64],
+            });
+        }
+        d.run(&frames(&fs)[..]);
+        assert!(d.routes.lock().expect("lock").is_empty());
+        let seen = seen.0.lock().expect("lock").clone();
+        assert_eq!(seen, ["the guest closed the io port"]);
+    }
+
     #[test]
     fn a_stalled_sink_costs_one_stall_then_drops_while_others_flow() {
         let seen = Arc::new(Seen::default());

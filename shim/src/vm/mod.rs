@@ -5,6 +5,7 @@
 //! - [`config`](config): `vm.json`.
 //! - [`vmm`]: the VMM seam ([`vmm::Vmm`]); [`qemu`]: the QEMU implementation.
 //! - [`net`]: the guest's network (the net helper's tap in the group netns).
+//! - [`console`]: the guest's serial console, copied into `console.log` with a bound.
 //! - [`boot`]: the lazy boot at the first Create and the end of the VM.
 //! - [`demux`]: the `eci.io` port: frames to log pipes and FIFOs, control messages.
 //! - [`options`]: what a forwarded Create carries (config.json, bind sources, layers).
@@ -21,6 +22,9 @@
 mod attach;
 pub mod boot;
 pub mod config;
+pub mod console;
+#[cfg(test)]
+mod ctl_tests;
 pub mod demux;
 pub mod net;
 pub mod options;

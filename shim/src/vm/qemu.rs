@@ -76,6 +76,12 @@ pub fn argv(spec: &BootSpec<'_>) -> Result<Vec<String>, VmmError> {
             super::config::Accel::Tcg => "max",
         }
         .into(),
+        // QEMU's own seccomp filter: no exec/fork, no privilege changes, no obsolete
+        // calls, no scheduler or resource changes. With the empty capability bounding
+        // set (see `spawn`), a guest that escapes into QEMU is a process without
+        // capabilities and without those calls (docs/security.md, "The vm sandbox").
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
@@ -91,8 +97,10 @@ pub fn argv(spec: &BootSpec<'_>) -> Result<Vec<String>, VmmError> {
         c.initrd.display().to_string(),
         "-append".into(),
         kernel_cmdline(spec)?,
+        // QEMU's stdout: a pipe the shim copies into `console.log`, bounded (see
+        // `super::console`): the guest kernel is the tenant's and may print for ever.
         "-chardev".into(),
-        format!("file,id=console,path={},append=on", opt(&p.console)),
+        "stdio,id=console,signal=off".into(),
         "-serial".into(),
         "chardev:console".into(),
         "-device".into(),
@@ -196,6 +204,25 @@ pub fn is_ours(pid: i32, id: &str) -> bool {
     })
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3` (two 32-bit words per set).
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
 struct Prepared {
     binary: PathBuf,
     args: Vec<String>,
@@ -220,11 +247,16 @@ impl Vmm for Qemu {
             .into();
         eci_runtime::cgroup::create(spec.cgroup, &eci_runtime::cgroup::Limits::default())
             .map_err(|e| VmmError::Invalid(format!("{e}: {:?}", std::error::Error::source(&e))))?;
-        let console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.paths.console)
-            .map_err(io(format!("opening {}", spec.paths.console.display())))?;
+        let (console_r, console): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| io("a pipe for the console".into())(std::io::Error::from(e)))?;
+        super::console::spawn_copier(
+            console_r.into(),
+            spec.paths.console.clone(),
+            super::console::CONSOLE_MAX,
+        )
+        .map_err(io("starting the console copier".into()))?;
+        let console = std::fs::File::from(console);
         let prepared = Prepared {
             binary: spec.config.qemu.clone(),
             args,
@@ -265,6 +297,28 @@ fn spawn(p: Prepared) -> Result<i32, VmmError> {
     let netns = p.netns.as_raw_fd();
     let tap = p.tap.as_ref().map_or(-1, |t| t.as_raw_fd());
     let files = p.cgroup_files;
+    // The highest capability number the kernel knows (read before the fork).
+    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    // This thread's capability sets with the inheritable ones cleared, for capset in
+    // the child: root's permitted set after exec is (inheritable | file ∩ bounding).
+    let mut caps = [CapData::default(); 2];
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capget writes two CapData (version 3) through a valid pointer.
+    if unsafe { libc::syscall(libc::SYS_capget, &header, caps.as_mut_ptr()) } != 0 {
+        return Err(VmmError::Io {
+            what: "capget".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    for c in &mut caps {
+        c.inheritable = 0;
+    }
     let err_out = p.console.try_clone().map_err(|source| VmmError::Io {
         what: "duplicating the console log".into(),
         source,
@@ -275,7 +329,7 @@ fn spawn(p: Prepared) -> Result<i32, VmmError> {
         .stdout(Stdio::from(p.console))
         .stderr(Stdio::from(err_out));
     // SAFETY: between fork and exec this calls only async-signal-safe functions
-    // (prctl, getppid, setns, open, write, close, dup2, fcntl) on descriptors and
+    // (prctl, getppid, setns, open, write, close, capset, dup2, fcntl) on descriptors and
     // strings prepared before the fork, which stay alive until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
@@ -306,6 +360,19 @@ fn spawn(p: Prepared) -> Result<i32, VmmError> {
                 if n != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // An empty bounding set: QEMU runs as uid 0 but execs with no
+            // capabilities at all (it needs none: the tap, the sockets' directory, the
+            // layer images and /dev/kvm are all open to it without one).
+            for cap in 0..=last_cap {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::syscall(libc::SYS_capset, &header, caps.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if tap >= 0 {
                 if tap == TAP_FD {
@@ -377,7 +444,7 @@ mod tests {
             "-nodefaults -no-user-config -nographic",
             "-smp 2 -m 512M",
             "tsc_early_khz=2400000 eci.id=g1 eci.dir=/run/eci/groups/g1 eci.host=web eci.net=mac=02:00:00:00:00:05;mtu=1500;a=10.0.0.5/24;g=10.0.0.1",
-            "file,id=console,path=/run/eci/groups/g1/vm/console.log,append=on",
+            "stdio,id=console,signal=off",
             "socket,id=ctl,path=/run/eci/groups/g1/vm/ctl.sock,server=on,wait=off -device virtserialport,chardev=ctl,name=eci.ctl",
             "socket,id=io,path=/run/eci/groups/g1/vm/io.sock,server=on,wait=off -device virtserialport,chardev=io,name=eci.io",
             "if=none,id=layer0,readonly=on,format=raw,file=/l/x,,y.erofs -device virtio-blk-device,drive=layer0,serial=cdcdcdcdcdcdcdcdcdcd",
