@@ -15,6 +15,7 @@ pub mod oci;
 pub mod peers;
 pub mod registry;
 pub mod scenario;
+pub mod vm;
 pub mod vpc;
 
 /// Where cargo put the binaries: `ECI_BIN_DIR`, else the target dir of this test binary

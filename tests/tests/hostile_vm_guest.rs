@@ -24,116 +24,18 @@
 //! without it unless `CI` is set. Under TCG everything in the guest is slow: long waits.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use eci_tests::netspec::{Net, SgRule, group_netns, wait_ip_addresses};
-use eci_tests::scenario::{attack_agent_with, busybox_agent_with, group, group_id, logs, phase};
+use eci_tests::scenario::{attack_agent_with, busybox_agent_with, group, group_id, logs};
+use eci_tests::vm::{VM_WAIT, delete_vm, guest_dir, qemu_of, vm_toml, wait_log_vm, wait_vm_usable};
 use eci_tests::vpc::{BannerServer, DevNet, Netns, host_link, ip, links_in, next_seq};
-use eci_tests::{Agent, cgroup_dirs, text, wait_for};
-
-/// Longest wait for a VM group to get somewhere (boot, first output, exit).
-const VM_WAIT: Duration = Duration::from_secs(240);
-
-/// The guest image the tests boot, or `None` to skip.
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ECI_TEST_GUEST_DIR").map(PathBuf::from);
-    let ok = dir
-        .as_ref()
-        .is_some_and(|d| d.join("vmlinux").is_file() && d.join("initrd.img").is_file());
-    if ok {
-        return dir;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must build the guest image (scripts/guest-image.sh) and set ECI_TEST_GUEST_DIR"
-    );
-    eprintln!("skipped: no guest image (set ECI_TEST_GUEST_DIR, see scripts/guest-image.sh)");
-    None
-}
-
-fn vm_toml(dir: &Path) -> String {
-    format!(
-        "\n[vm]\nguest_dir = {:?}\nallow_tcg = true\n",
-        dir.display().to_string()
-    )
-}
-
-/// Waits until the agent's probe boot is done and `vm` is among its sandbox kinds.
-fn wait_vm_usable(agent: &Agent) {
-    let ok = wait_for(VM_WAIT, || {
-        let out = text(&agent.ctl(&["node"]));
-        out.lines()
-            .any(|l| l.starts_with("Sandbox kinds:") && l.contains("vm"))
-            .then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "vm never usable: {}",
-        text(&agent.ctl(&["node"]))
-    );
-}
+use eci_tests::{Agent, text, wait_for};
 
 fn apply_ok(agent: &Agent, name: &str, spec: &str) {
     let out = agent.apply(name, spec);
     assert!(out.status.success(), "apply {name}: {}", text(&out));
-}
-
-fn wait_log_vm(agent: &Agent, name: &str, container: &str, needle: &str) -> String {
-    wait_for(VM_WAIT, || {
-        let l = logs(agent, name, container);
-        l.contains(needle).then_some(l)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{container} never logged {needle:?} (phase {}): {}\n{}",
-            phase(agent, name),
-            logs(agent, name, container),
-            text(&agent.ctl(&["describe", name]))
-        )
-    })
-}
-
-/// Host processes whose command line names the group's VM (`-name eci-<id>`).
-fn qemu_of(id: &str) -> Vec<u32> {
-    let needle = format!("eci-{id}");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let is_qemu = args
-            .first()
-            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
-        if is_qemu
-            && args
-                .iter()
-                .any(|a| String::from_utf8_lossy(a).contains(&needle))
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Deletes the group and checks that no QEMU and no cgroup of it is left.
-fn delete_vm(agent: &Agent, name: &str) {
-    let id = group_id(agent, name);
-    let out = agent.ctl(&["delete", name, "--wait", "--timeout", "120s"]);
-    assert!(out.status.success(), "delete {name}: {}", text(&out));
-    let gone = wait_for(Duration::from_secs(30), || {
-        qemu_of(&id).is_empty().then_some(())
-    });
-    assert!(gone.is_some(), "QEMU left running: {:?}", qemu_of(&id));
-    let left: Vec<_> = cgroup_dirs(&agent.cgroup_parent())
-        .into_iter()
-        .filter(|d| d.display().to_string().contains(&id))
-        .collect();
-    assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
 /// Every layer's erofs image of the agent's state, with its bytes.

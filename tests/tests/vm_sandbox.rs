@@ -2,134 +2,22 @@
 //! the guest kernel of the guest image (`scripts/guest-image.sh`), under TCG here
 //! (`[vm] allow_tcg = true`; this machine's KVM cannot boot a guest, see DESIGN.md).
 //!
-//! Needs root and the guest image: `ECI_TEST_GUEST_DIR` names it (CI builds it in
-//! `.ci/run`). Without it the tests skip, unless `CI` is set, where they fail.
-//!
-//! Guest CPU work is 6–15× slower under TCG than on the host, so waits are long.
+//! Needs root and the guest image (`ECI_TEST_GUEST_DIR`, see `eci_tests::vm`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use eci_tests::netspec::{Net, SgRule, group_netns, wait_ip_addresses};
-use eci_tests::scenario::{busybox_agent_with, group, group_id, logs, phase};
+use eci_tests::scenario::{group, group_id};
+use eci_tests::vm::{
+    delete_vm, guest_dir, guest_release, qemu_of, vm_agent, wait_log_vm, wait_phase_vm,
+};
 use eci_tests::vpc::{BannerServer, DevNet, banner_in, links_in};
-use eci_tests::{Agent, cgroup_dirs, free_port, text, wait_for};
-
-/// Longest wait for a VM group to get somewhere (boot, first output, exit).
-const VM_WAIT: Duration = Duration::from_secs(180);
-
-/// The guest image the tests boot, or `None` to skip.
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ECI_TEST_GUEST_DIR").map(PathBuf::from);
-    let ok = dir
-        .as_ref()
-        .is_some_and(|d| d.join("vmlinux").is_file() && d.join("initrd.img").is_file());
-    if ok {
-        return dir;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must build the guest image (scripts/guest-image.sh) and set ECI_TEST_GUEST_DIR"
-    );
-    eprintln!("skipped: no guest image (set ECI_TEST_GUEST_DIR, see scripts/guest-image.sh)");
-    None
-}
-
-/// The guest kernel's release, from the image's manifest.
-fn guest_release(dir: &std::path::Path) -> String {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
-            .expect("manifest json");
-    m["kernel_release"]
-        .as_str()
-        .expect("kernel_release")
-        .to_string()
-}
-
-/// An agent with the busybox image that may run vm groups under TCG; `extra` is more
-/// TOML (e.g. a dev network).
-fn vm_agent(dir: &std::path::Path, extra: &str) -> Agent {
-    busybox_agent_with(&format!(
-        "{extra}\n[vm]\nguest_dir = {:?}\nallow_tcg = true\n",
-        dir.display().to_string()
-    ))
-}
+use eci_tests::{Agent, free_port, text, wait_for};
 
 fn apply_ok(agent: &Agent, name: &str, spec: &str) {
     let out = agent.apply(name, spec);
     assert!(out.status.success(), "apply {name}: {}", text(&out));
-}
-
-fn wait_phase_vm(agent: &Agent, name: &str, want: &str) {
-    let got = wait_for(VM_WAIT, || (phase(agent, name) == want).then_some(()));
-    assert!(
-        got.is_some(),
-        "group {name} never reached {want}: {}\n{}",
-        phase(agent, name),
-        text(&agent.ctl(&["describe", name]))
-    );
-}
-
-fn wait_log_vm(agent: &Agent, name: &str, container: &str, needle: &str) -> String {
-    wait_for(VM_WAIT, || {
-        let l = logs(agent, name, container);
-        l.contains(needle).then_some(l)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{container} never logged {needle:?}: {}\n{}",
-            logs(agent, name, container),
-            text(&agent.ctl(&["describe", name]))
-        )
-    })
-}
-
-/// Host processes whose command line names the group's VM (`-name eci-<id>`).
-fn qemu_of(id: &str) -> Vec<u32> {
-    let needle = format!("eci-{id}");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let is_qemu = args
-            .first()
-            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
-        if is_qemu
-            && args
-                .iter()
-                .any(|a| String::from_utf8_lossy(a).contains(&needle))
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Deletes the group and checks that nothing of its VM is left on the host: no QEMU,
-/// no cgroup, no run directory (which held the netns pins, sockets and console log).
-fn delete_and_check_clean(agent: &Agent, name: &str, id: &str) {
-    assert!(!qemu_of(id).is_empty(), "the group's QEMU runs");
-    let out = agent.ctl(&["delete", name, "--wait", "--timeout", "120s"]);
-    assert!(out.status.success(), "delete: {}", text(&out));
-    let gone = wait_for(Duration::from_secs(30), || {
-        qemu_of(id).is_empty().then_some(())
-    });
-    assert!(gone.is_some(), "QEMU left running: {:?}", qemu_of(id));
-    let parent = agent.cgroup_parent();
-    let left: Vec<_> = cgroup_dirs(&parent)
-        .into_iter()
-        .filter(|d| d.display().to_string().contains(id))
-        .collect();
-    assert!(left.is_empty(), "cgroups left: {left:?}");
-    let ns = group_netns(agent, id);
-    let run = ns.parent().and_then(|p| p.parent()).expect("group dir");
-    assert!(!run.exists(), "run directory left: {}", run.display());
 }
 
 #[test]
@@ -195,7 +83,8 @@ fn a_two_container_vm_group_runs_on_the_guest_kernel_with_exec_logs_and_metrics(
 
     let g = agent.get_json("vmpair").expect("get");
     assert_eq!(g["spec"]["sandbox"], "vm", "{g}");
-    delete_and_check_clean(&agent, "vmpair", &id);
+    assert!(!qemu_of(&id).is_empty(), "the group\'s QEMU runs");
+    delete_vm(&agent, "vmpair");
 }
 
 #[test]
@@ -283,5 +172,6 @@ fn a_vm_group_is_reached_through_its_tap_at_the_group_address() {
         links.iter().any(|l| l.name == "tap0"),
         "the group netns holds the tap: {links:?}"
     );
-    delete_and_check_clean(&agent, "vmnet", &id);
+    assert!(!qemu_of(&id).is_empty(), "the group\'s QEMU runs");
+    delete_vm(&agent, "vmnet");
 }

@@ -585,6 +585,9 @@ mod tests {
         };
         let e = Ending::from_guest(&rec);
         assert_eq!((e.exit_code, e.signal, e.oom_killed), (3, None, true));
-        assert!(!e.vm_oom_killed, "only the host can tell that QEMU was OOM-killed");
+        assert!(
+            !e.vm_oom_killed,
+            "only the host can tell that QEMU was OOM-killed"
+        );
     }
 }
