@@ -8,19 +8,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("init") => match args.get(1) {
-            Some(config) => {
-                // As in eci-shim: Rust's runtime ignores SIGPIPE and that survives exec;
-                // containers must start with the default disposition.
-                // SAFETY: restoring the default disposition installs no handler; this
-                // process is single-threaded here.
-                let _ = unsafe {
-                    nix::sys::signal::signal(
-                        nix::sys::signal::Signal::SIGPIPE,
-                        nix::sys::signal::SigHandler::SigDfl,
-                    )
-                };
-                eci_runtime::init::main(Path::new(config))
-            }
+            Some(config) => eci_runtime::init::main(Path::new(config)),
             None => {
                 eprintln!("usage: eci-guest init CONFIG");
                 ExitCode::from(2)

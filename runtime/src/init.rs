@@ -110,8 +110,19 @@ fn send(sync: &mut std::fs::File, msg: &Sync) {
     }
 }
 
-/// Entry point of `eci-shim init CONFIG`. Never returns.
+/// Entry point of `eci-shim init CONFIG` and `eci-guest init CONFIG`. Never returns.
 pub fn main(config: &Path) -> ! {
+    // Rust's runtime ignores SIGPIPE in every binary; a disposition set to "ignore"
+    // survives exec, so without this every container and exec would run with SIGPIPE
+    // ignored, unlike under any other runtime.
+    // SAFETY: restoring the default disposition installs no handler; this process is
+    // single-threaded here.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     // Nothing this process inherited above stdio may reach the container's program:
     // a leaked descriptor to a host directory is an escape. The start and sync pipes
     // (3, 4) are closed or meant to close at exec too.

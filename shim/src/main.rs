@@ -8,20 +8,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("init") => match args.get(1) {
-            Some(config) => {
-                // Rust's runtime ignores SIGPIPE in every binary; a disposition set to
-                // "ignore" survives exec, so without this every container and exec
-                // would run with SIGPIPE ignored, unlike under any other runtime.
-                // SAFETY: restoring the default disposition installs no handler; this
-                // process is single-threaded here.
-                let _ = unsafe {
-                    nix::sys::signal::signal(
-                        nix::sys::signal::Signal::SIGPIPE,
-                        nix::sys::signal::SigHandler::SigDfl,
-                    )
-                };
-                eci_runtime::init::main(Path::new(config))
-            }
+            Some(config) => eci_runtime::init::main(Path::new(config)),
             None => {
                 eprintln!("usage: eci-shim init CONFIG");
                 ExitCode::from(2)
