@@ -22,5 +22,6 @@ pub mod sealed_exe;
 pub mod seccomp;
 pub mod user;
 pub mod userns;
+pub mod vm_config;
 
 pub use host::{CgroupMode, HostFacts, SandboxKind};

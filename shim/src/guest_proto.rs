@@ -154,11 +154,7 @@ pub struct CreateOptions {
     pub layers: BTreeMap<String, String>,
 }
 
-/// The virtio-blk serial of a layer: the first 20 hex characters of its digest (the
-/// longest serial virtio-blk carries).
-pub fn layer_serial(hex: &str) -> String {
-    hex.chars().take(20).collect()
-}
+pub use eci_runtime::vm_config::layer_serial;
 
 /// The stream number of an `eci-io://<n>` URI.
 pub fn parse_io_uri(uri: &str) -> Option<u32> {

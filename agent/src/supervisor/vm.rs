@@ -49,7 +49,7 @@ impl Supervisor {
         .await
         .map_err(|e| StartError::Join("building the layers' erofs images", e))?
         .map_err(StartError::Layers)?;
-        let json = VmJson::new(
+        let json = crate::vm::launch::vm_json(
             &vm.settings,
             &image,
             accel,
@@ -58,7 +58,7 @@ impl Supervisor {
             layers,
         );
         let root = ctx.dir.root().to_path_buf();
-        let path = json.write(&root).map_err(|source| StartError::Io {
+        let path = crate::vm::launch::write(&json, &root).map_err(|source| StartError::Io {
             step: "writing",
             path: root.join("vm.json"),
             source,

@@ -4,32 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 
 use super::VmSettings;
 use super::image::GuestImage;
 use super::probe::Accel;
 
-/// One image layer as the guest sees it: the host path it is mounted at, and its erofs
-/// image attached as a virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmLayer {
-    pub path: PathBuf,
-    pub erofs: PathBuf,
-}
-
-/// The contents of `vm.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmJson {
-    pub qemu: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub accel: Accel,
-    pub tsc_khz: u64,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub layers: Vec<VmLayer>,
-}
+pub use eci_runtime::vm_config::{VmConfig as VmJson, VmLayer};
 
 /// vCPUs of a VM for a group of `cpu_millis`: whole vCPUs, rounded up, at least 1.
 pub fn vcpus(cpu_millis: u64) -> u32 {
@@ -61,36 +41,34 @@ pub fn resolve_binary(name: &Path) -> PathBuf {
         .unwrap_or_else(|| name.to_path_buf())
 }
 
-impl VmJson {
-    /// The VM of a group of the given normalized size with these layers.
-    pub fn new(
-        s: &VmSettings,
-        image: &GuestImage,
-        accel: Accel,
-        cpu_millis: u64,
-        memory_bytes: u64,
-        layers: Vec<VmLayer>,
-    ) -> Self {
-        VmJson {
-            qemu: resolve_binary(&s.qemu),
-            kernel: image.kernel.clone(),
-            initrd: image.initrd.clone(),
-            accel,
-            tsc_khz: super::probe::host_tsc_khz().unwrap_or(0),
-            vcpus: vcpus(cpu_millis),
-            memory_mib: memory_mib(memory_bytes, s.overhead_bytes),
-            layers,
-        }
+/// The VM of a group of the given normalized size with these layers.
+pub fn vm_json(
+    s: &VmSettings,
+    image: &GuestImage,
+    accel: Accel,
+    cpu_millis: u64,
+    memory_bytes: u64,
+    layers: Vec<VmLayer>,
+) -> VmJson {
+    VmJson {
+        qemu: resolve_binary(&s.qemu),
+        kernel: image.kernel.clone(),
+        initrd: image.initrd.clone(),
+        accel,
+        tsc_khz: super::probe::host_tsc_khz().unwrap_or(0),
+        vcpus: vcpus(cpu_millis),
+        memory_mib: memory_mib(memory_bytes, s.overhead_bytes),
+        layers,
     }
+}
 
-    /// Writes `<group dir>/vm.json` atomically; returns its path.
-    pub fn write(&self, group_dir: &Path) -> std::io::Result<PathBuf> {
-        let path = group_dir.join("vm.json");
-        std::fs::create_dir_all(group_dir)?;
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        super::write_atomic(&path, &json)?;
-        Ok(path)
-    }
+/// Writes `<group dir>/vm.json` atomically; returns its path.
+pub fn write(vm: &VmJson, group_dir: &Path) -> std::io::Result<PathBuf> {
+    let path = group_dir.join("vm.json");
+    std::fs::create_dir_all(group_dir)?;
+    let json = serde_json::to_vec_pretty(vm).map_err(std::io::Error::other)?;
+    super::write_atomic(&path, &json)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -123,8 +101,8 @@ mod tests {
             path: "/var/lib/eci/layers/ab".into(),
             erofs: "/var/lib/eci/layers/ab.erofs".into(),
         }];
-        let vm = VmJson::new(&s, &image, Accel::Tcg, 1500, 1 << 30, layers);
-        let path = vm.write(dir.path()).expect("write");
+        let vm = vm_json(&s, &image, Accel::Tcg, 1500, 1 << 30, layers);
+        let path = write(&vm, dir.path()).expect("write");
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
         assert_eq!(v["accel"], "tcg");

@@ -29,28 +29,13 @@ const MAX_CONSOLE: usize = 1 << 20;
 /// Most bytes of QEMU's stderr kept as the reason a probe failed.
 const MAX_DETAIL: usize = 400;
 
-/// A QEMU accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
+pub use eci_runtime::vm_config::Accel;
 
-impl Accel {
-    /// The name QEMU's `-accel` and the API use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-
-    fn timeout(self) -> Duration {
-        match self {
-            Accel::Kvm => KVM_TIMEOUT,
-            Accel::Tcg => TCG_TIMEOUT,
-        }
+/// How long a probe boot under `accel` may take to print [`PROBE_OK`].
+fn timeout_of(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => KVM_TIMEOUT,
+        Accel::Tcg => TCG_TIMEOUT,
     }
 }
 
@@ -221,7 +206,7 @@ pub async fn boot(
     accel: Accel,
     tsc_khz: Option<u64>,
 ) -> BootResult {
-    boot_within(qemu, image, accel, tsc_khz, accel.timeout()).await
+    boot_within(qemu, image, accel, tsc_khz, timeout_of(accel)).await
 }
 
 async fn boot_within(
