@@ -3,7 +3,10 @@
 //! (issue 15, docs/benchmark.md): besides the `eci.ctl` port, the same Task service is
 //! served by a second ttrpc server on the vsock listener `<port>`, and `<port>+1` is a
 //! sink-less source: each connection gets [`SOURCE_BYTES`] bytes, then EOF (the stream
-//! throughput of vsock without the container stdio path around it). Nothing here runs
+//! throughput of vsock without the container stdio path around it). When the VM also has
+//! a virtio-serial port named [`RAW_PORT`], the same source serves it (one byte from the
+//! host asks for the next [`SOURCE_BYTES`]): the raw virtio-serial channel, to set
+//! against vsock without the stdio path on either side. Nothing here runs
 //! unless the command line asks for it; production guests only use virtio-serial.
 
 use std::io::Write;
@@ -17,6 +20,10 @@ use nix::sys::socket::{
 
 /// Bytes the source port sends per connection (64 MiB, as the stdio benchmark).
 pub const SOURCE_BYTES: usize = 64 << 20;
+/// The optional virtio-serial port of the raw source (benchmark only).
+pub const RAW_PORT: &str = "eci.bench";
+/// How long the raw port may take to appear (it is there at boot, if at all).
+const RAW_PORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// `VMADDR_CID_ANY`: listen on the guest's own CID, whatever the host assigned.
 const CID_ANY: u32 = u32::MAX;
 
@@ -31,6 +38,8 @@ pub enum VsockError {
     },
     #[error("starting the source thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Port(crate::ports::PortError),
     #[error("ttrpc on vsock port {port}: {source}")]
     Ttrpc {
         port: u32,
@@ -68,6 +77,13 @@ pub async fn start<T: Task + Send + Sync + 'static>(
         .name("vsock-source".into())
         .spawn(move || serve_source(listener))
         .map_err(VsockError::Thread)?;
+    if crate::ports::find(RAW_PORT).is_some() {
+        let raw = crate::ports::open(RAW_PORT, RAW_PORT_TIMEOUT).map_err(VsockError::Port)?;
+        std::thread::Builder::new()
+            .name("serial-source".into())
+            .spawn(move || serve_raw_port(raw))
+            .map_err(VsockError::Thread)?;
+    }
     tracing::info!(port, "benchmark: Task API and byte source on vsock");
     Ok(server)
 }
@@ -109,6 +125,36 @@ fn serve_source(listener: OwnedFd) {
             left -= n;
         }
         drop(conn);
+    }
+}
+
+/// The raw virtio-serial source: every byte the host sends asks for [`SOURCE_BYTES`]
+/// more (the port reads EOF while no host is connected: poll).
+fn serve_raw_port(mut port: std::fs::File) {
+    use std::io::Read;
+    let chunk = vec![0u8; 64 * 1024];
+    let mut req = [0u8; 1];
+    loop {
+        match port.read(&mut req) {
+            Ok(0) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "raw bench port");
+                return;
+            }
+        }
+        let mut left = SOURCE_BYTES;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if port.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
     }
 }
 
