@@ -6,9 +6,9 @@
 //! too, and a 64 MiB byte source on 1025. Measured, alternating between the channels:
 //! - ttrpc round trips of a cheap call (`State` of an unknown id → NOT_FOUND), median
 //!   and p90;
-//! - 64 MiB of stdout: a busybox container's `dd` through its FIFO and `eci.io` frames,
-//!   against the guest's byte source on a vsock stream (no container, no FIFO: the raw
-//!   channel);
+//! - 64 MiB of stdout: a busybox container's `dd` through its FIFO and `eci.io` frames
+//!   (the product path); and the raw channels: the guest's byte source on a third
+//!   virtio-serial port `eci.bench` against the same source on a vsock stream;
 //! - host memory (RSS and Pss of QEMU; of vhost-device-vsock) and boot time to the
 //!   guest's `ready`, for the contract line against the same line with the memfd
 //!   memory backend and the vhost-user-vsock device (daemon spawn included).
@@ -278,6 +278,13 @@ fn boot(
             format!("socket,id=vs,path={}", p(&dir.join("vhost.sock"))),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vs".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=bench,path={},server=on,wait=off",
+                p(&dir.join("bench.sock"))
+            ),
+            "-device".into(),
+            "virtserialport,chardev=bench,name=eci.bench".into(),
         ]);
     }
     let qemu = Command::new(&o.qemu)
@@ -466,6 +473,21 @@ async fn stdout_run(
     Ok((bytes as f64 / secs / 1e6, bytes))
 }
 
+/// Asks the guest's raw source on the `eci.bench` port for 64 MiB and reads them. MB/s.
+fn serial_source(port: &mut UnixStream) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    port.write_all(b"g")?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut bytes = 0u64;
+    while bytes < STDOUT_BYTES {
+        let want = (STDOUT_BYTES - bytes).min(buf.len() as u64) as usize;
+        let n = port.read(&mut buf[..want])?;
+        ensure!(n > 0, "eci.bench port closed after {bytes} bytes");
+        bytes += n as u64;
+    }
+    Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
+
 /// Reads the guest's byte source on vsock port `VSOCK_PORT + 1` to EOF. MB/s.
 fn vsock_source(dir: &Path) -> anyhow::Result<f64> {
     let t = Instant::now();
@@ -547,6 +569,7 @@ struct Results {
     tp_serial: Vec<f64>,
     tp_vsock: Vec<f64>,
     tp_serial_only: Vec<f64>,
+    tp_serial_raw: Vec<f64>,
     ready_serial: Vec<f64>,
     ready_vsock: Vec<f64>,
     qemu_serial: Vec<Mem>,
@@ -596,6 +619,16 @@ fn round(o: &Opts, layer: &Layer, tmp: &Path, r: usize, res: &mut Results) -> an
             &dir.join("ctl.sock"),
             Instant::now() + Duration::from_secs(5),
         )?;
+        let mut bench = if kind == Kind::Vsock {
+            let b = connect(
+                &dir.join("bench.sock"),
+                Instant::now() + Duration::from_secs(5),
+            )?;
+            b.set_read_timeout(Some(Duration::from_secs(300)))?;
+            Some(b)
+        } else {
+            None
+        };
         let result = rt.block_on(async {
             let serial = task_client(ctl)?;
             let vsock = if kind == Kind::Vsock {
@@ -616,13 +649,15 @@ fn round(o: &Opts, layer: &Layer, tmp: &Path, r: usize, res: &mut Results) -> an
             }
             for k in 0..2u32 {
                 let id = format!("c{k}");
-                if let Some(_v) = &vsock {
+                if let (Some(_v), Some(bench)) = (&vsock, &mut bench) {
                     if k % 2 == 0 {
                         let (mbs, _) = stdout_run(&serial, &mut io, layer, &id, 10 + k).await?;
                         res.tp_serial.push(mbs);
+                        res.tp_serial_raw.push(serial_source(bench)?);
                         res.tp_vsock.push(vsock_source(&dir)?);
                     } else {
                         res.tp_vsock.push(vsock_source(&dir)?);
+                        res.tp_serial_raw.push(serial_source(bench)?);
                         let (mbs, _) = stdout_run(&serial, &mut io, layer, &id, 10 + k).await?;
                         res.tp_serial.push(mbs);
                     }
@@ -706,7 +741,12 @@ fn main() -> anyhow::Result<()> {
         pct(&res.lat_vsock, 0.99),
     );
     row(
-        "64 MiB stdout (MB/s; serial: container+frames)",
+        "64 MiB raw stream, guest → host (MB/s)",
+        median(&res.tp_serial_raw),
+        median(&res.tp_vsock),
+    );
+    row(
+        "64 MiB stdout: container+frames vs raw vsock",
         median(&res.tp_serial),
         median(&res.tp_vsock),
     );
