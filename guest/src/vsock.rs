@@ -2,7 +2,7 @@
 //! `eci-chanbench` to compare virtio-serial with vsock as the host↔guest channel
 //! (issue 15, docs/benchmark.md): besides the `eci.ctl` port, the same Task service is
 //! served by a second ttrpc server on the vsock listener `<port>`, and `<port>+1` is a
-//! sink-less source: each connection gets [`SOURCE_BYTES`] bytes, then EOF (the stream
+//! byte source: each connection gets [`SOURCE_BYTES`] bytes, then EOF (the stream
 //! throughput of vsock without the container stdio path around it). When the VM also has
 //! a virtio-serial port named [`RAW_PORT`], the same source serves it (one byte from the
 //! host asks for the next [`SOURCE_BYTES`]): the raw virtio-serial channel, to set

@@ -587,7 +587,7 @@ fn round(o: &Opts, layer: &Layer, tmp: &Path, r: usize, res: &mut Results) -> an
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let kinds = if r % 2 == 0 {
+    let kinds = if r.is_multiple_of(2) {
         [Kind::Serial, Kind::Vsock]
     } else {
         [Kind::Vsock, Kind::Serial]
@@ -650,7 +650,7 @@ fn round(o: &Opts, layer: &Layer, tmp: &Path, r: usize, res: &mut Results) -> an
             for k in 0..2u32 {
                 let id = format!("c{k}");
                 if let (Some(_v), Some(bench)) = (&vsock, &mut bench) {
-                    if k % 2 == 0 {
+                    if k.is_multiple_of(2) {
                         let (mbs, _) = stdout_run(&serial, &mut io, layer, &id, 10 + k).await?;
                         res.tp_serial.push(mbs);
                         res.tp_serial_raw.push(serial_source(bench)?);
