@@ -13,3 +13,4 @@ pub mod options;
 pub mod pid1;
 pub mod ports;
 pub mod task;
+pub mod vsock;

@@ -150,6 +150,16 @@ async fn serve(dir: PathBuf, cgroup: String, seccomp: SeccompProfiles) -> Result
     crate::oom::watch(&group_cgroup, io.clone())
         .map_err(|e| other("oom watch")(format_args!("{e}")))?;
     let guest = Arc::new(GuestTask::new(svc.clone(), io.clone(), dir));
+    // eci-chanbench only: the same Task service on vsock too (docs/benchmark.md).
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let _vsock = match crate::vsock::requested(&cmdline) {
+        Some(port) => Some(
+            crate::vsock::start(guest.clone(), port)
+                .await
+                .map_err(|e| other("vsock benchmark")(format_args!("{e}")))?,
+        ),
+        None => None,
+    };
 
     let sock = Path::new(TASK_SOCKET);
     if let Some(parent) = sock.parent() {
