@@ -87,6 +87,7 @@ impl Fixture {
                 "10.78.0.1".parse().expect("gw"),
                 "fd78::1".parse().expect("gw6"),
             ],
+            probe_source: Some(eci_netns::vm::PROBE_SOURCE),
         }
     }
 }
@@ -401,7 +402,7 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
     assert_eq!(
         plugged.guest.to_cmdline(),
         format!(
-            "mac={};mtu=1500;a=10.78.0.5/24;a=fd78::5/64;g=10.78.0.1;g=fd78::1",
+            "mac={};mtu=1500;a=10.78.0.5/24;a=fd78::5/64;g=10.78.0.1;g=fd78::1;p=192.0.0.8",
             f.mac
         )
     );
