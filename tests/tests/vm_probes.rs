@@ -116,7 +116,16 @@ fn http_tcp_and_exec_probes_and_hooks_reach_the_guest() {
          terminationGracePeriodSeconds: 20\n{}containers:\n{web}{flaky}",
         net.yaml()
     );
-    let out = agent.apply("vmprobe", &spec);
+    // A fresh agent probe-boots the guest image first (TCG: up to a minute).
+    let out = wait_for(VM_WAIT, || {
+        let out = agent.apply("vmprobe", &spec);
+        let probing = text(&out).contains("still being probed");
+        if probing {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        (!probing).then_some(out)
+    })
+    .expect("the vm sandbox is probed");
     assert!(out.status.success(), "apply: {}", text(&out));
     let running = wait_for(VM_WAIT, || {
         (phase(&agent, "vmprobe") == "Running").then_some(())
@@ -183,6 +192,7 @@ fn http_tcp_and_exec_probes_and_hooks_reach_the_guest() {
     let ns = group_netns(&agent, &id);
     assert!(ns.exists(), "{}", ns.display());
     let g = agent.get_json("vmprobe").expect("get");
+    assert_eq!(g["status"]["sandboxKind"], "vm", "{g}");
     let ips = g["status"]["ipAddresses"].to_string();
     assert!(!ips.contains("192.0.0.8"), "{ips}");
 
