@@ -32,6 +32,7 @@ pub struct GuestNet {
     /// (`br0`'s [`super::PROBE_SOURCE`] in the group netns): the guest routes it on-link
     /// through eth0, so its replies go back over the bridge instead of to the default
     /// gateway. `None` from an older host shim (or a group whose addresses hold it).
+    /// (Contract change, vm-contract.md "Network": `eci.net` gains `;p=<IPv4>`.)
     pub probe_source: Option<std::net::Ipv4Addr>,
 }
 
