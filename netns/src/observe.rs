@@ -61,7 +61,11 @@ fn list_here() -> Result<(Vec<LinkAddress>, Option<bool>), ObserveError> {
         if ifa.interface_name == crate::vm::BRIDGE {
             bridge_up = Some(ifa.flags.contains(InterfaceFlags::IFF_UP));
         }
-        if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+        // A vm group's br0 holds only the host-only probe source: not an address of
+        // the group.
+        if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+            || ifa.interface_name == crate::vm::BRIDGE
+        {
             continue;
         }
         let Some(addr) = ifa.address else { continue };

@@ -87,6 +87,7 @@ impl Fixture {
                 "10.78.0.1".parse().expect("gw"),
                 "fd78::1".parse().expect("gw6"),
             ],
+            probe_source: Some(eci_netns::vm::PROBE_SOURCE),
         }
     }
 }
@@ -401,7 +402,7 @@ fn plug_bridges_the_guest_and_the_security_group_filters_it() {
     assert_eq!(
         plugged.guest.to_cmdline(),
         format!(
-            "mac={};mtu=1500;a=10.78.0.5/24;a=fd78::5/64;g=10.78.0.1;g=fd78::1",
+            "mac={};mtu=1500;a=10.78.0.5/24;a=fd78::5/64;g=10.78.0.1;g=fd78::1;p=192.0.0.8",
             f.mac
         )
     );
@@ -696,7 +697,7 @@ fn configure_guest_gives_the_nic_the_identity_in_the_group_netns() {
     other.ip(&["link", "set", "peer0", "up"]);
     group.ip(&["link", "set", "lo", "down"]);
     let net = GuestNet::from_cmdline(&format!(
-        "mac={mac};mtu=1450;a=10.80.0.5/24;a=fd80::5/64;g=10.80.0.1;g=fd80::1"
+        "mac={mac};mtu=1450;a=10.80.0.5/24;a=fd80::5/64;g=10.80.0.1;g=fd80::1;p=192.0.0.8"
     ))
     .expect("cmdline");
     let (n2, gp) = (net.clone(), group.path.clone());
@@ -721,6 +722,11 @@ fn configure_guest_gives_the_nic_the_identity_in_the_group_netns() {
         group.ip_json(&["-6", "route", "show", "default"])[0]["gateway"],
         "fd80::1"
     );
+    // The host's probe source is on-link through eth0, not behind the gateway.
+    let probe = &group.ip_json(&["route", "show", "192.0.0.8/32"])[0];
+    assert_eq!(probe["dev"], "eth0", "{probe}");
+    assert!(probe.get("gateway").is_none(), "{probe}");
+    assert_eq!(probe["scope"], "link", "{probe}");
     let lo = link(&group, "lo");
     assert!(
         lo["flags"]
@@ -924,4 +930,178 @@ fn a_dev_mode_group_plugs_too_and_adoption_leaves_it_plugged() {
     unplug(&group.path).expect("unplug");
     assert_eq!(link(&group, "eth0")["address"], mac.to_string());
     eci_netns::detach_veth(&host).expect("detach");
+}
+
+/// An Ethernet frame with an IPv4 TCP segment without payload (`flags`: 0x02 SYN,
+/// 0x12 SYN+ACK).
+fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq_ack: (u32, u32),
+    flags: u8,
+) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&src.1.to_be_bytes());
+    tcp.extend_from_slice(&dst.1.to_be_bytes());
+    tcp.extend_from_slice(&seq_ack.0.to_be_bytes());
+    tcp.extend_from_slice(&seq_ack.1.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.0.octets());
+    pseudo.extend_from_slice(&dst.0.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// Whether `p` is an IPv4 TCP segment from `src`:`port` to port `to` with SYN and ACK
+/// set.
+fn is_syn_ack_from(src: Ipv4Addr, port: u16, to: u16) -> impl Fn(&[u8]) -> bool {
+    move |p| {
+        let ihl = usize::from(p.first().map_or(0, |b| b & 0xf)) * 4;
+        ports(p).is_some_and(|(proto, s, d)| proto == 6 && s == src && d == to)
+            && p.get(ihl..ihl + 2) == Some(&port.to_be_bytes()[..])
+            && p.get(ihl + 13).is_some_and(|f| f & 0x12 == 0x12)
+    }
+}
+
+#[test]
+fn probes_reach_the_guest_from_the_probe_source_and_nothing_else_does() {
+    if !root() {
+        return;
+    }
+    let f = Fixture::new();
+    let plugged = plug(&f.group.path).expect("plug").expect("eth0 present");
+    let probe_src = eci_netns::vm::PROBE_SOURCE;
+    assert_eq!(plugged.guest.probe_source, Some(probe_src));
+    // br0 holds the probe source and routes each guest IPv4 address.
+    assert_eq!(addrs(&f.group, "br0"), vec!["192.0.0.8/32"]);
+    let r = &f.group.ip_json(&["route", "show", "10.78.0.5/32"])[0];
+    assert_eq!(
+        (&r["dev"], &r["prefsrc"]),
+        (&"br0".into(), &"192.0.0.8".into()),
+        "{r}"
+    );
+    // ...which is not a group address.
+    let seen: Vec<IpAddr> = eci_netns::observe::addresses(&f.group.path)
+        .expect("observe")
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
+    assert!(!seen.contains(&IpAddr::V4(probe_src)), "{seen:?}");
+    let br_mac: MacAddress = link(&f.group, "br0")["address"]
+        .as_str()
+        .expect("mac")
+        .parse()
+        .expect("mac");
+    let mut guest = Guest::start(plugged.tap, f.mac, GUEST4);
+    // A listener of the netns' own stack, which neither the guest nor the vpc may reach.
+    let listener = in_netns(&f.group.path, || {
+        std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7777)).expect("bind")
+    });
+    listener.set_nonblocking(true).expect("nonblocking");
+
+    // The vpc cannot reach the probe source even with a route to it (no security
+    // group yet: the tap guard's uplink chains alone keep br0 off eth0).
+    f.vpc.ip(&["route", "add", "192.0.0.8/32", "dev", &f.peer]);
+    let vpc_path = f.vpc.path.clone();
+    let reached = in_netns(&vpc_path, move || {
+        TcpStream::connect_timeout(&(probe_src, 7777).into(), Duration::from_secs(2)).is_ok()
+    });
+    assert!(!reached, "the vpc reached the netns' stack at 192.0.0.8");
+
+    // Without a table the guest's SYN to 192.0.0.8 is answered (the control)...
+    let guest_syn = |g: &mut Guest, sport: u16| {
+        g.send(&tcp_frame(
+            f.mac.0,
+            br_mac.0,
+            (GUEST4, sport),
+            (probe_src, 7777),
+            (1000, 0),
+            0x02,
+        ))
+    };
+    guest_syn(&mut guest, 40001);
+    assert!(
+        guest
+            .expect(
+                Duration::from_secs(3),
+                is_syn_ack_from(probe_src, 7777, 40001)
+            )
+            .is_some(),
+        "control: without the table the netns' stack answers"
+    );
+
+    // With the vm table (no rule admits anything): ...
+    let rules = vec![Rule::parse("ingress", "all", "", "0.0.0.0/0", "accept", 1).expect("rule")];
+    let guest_addrs: Vec<IpAddr> = vec![IpAddr::V4(GUEST4), IpAddr::V6(GUEST6)];
+    eci_netns::nft::apply_vm_security_groups(&f.group.path, &rules, &guest_addrs).expect("apply");
+    // ...the guest cannot open a connection to the netns' stack, even with a rule
+    // admitting everything (the spec's rules are the guest's, in forward)...
+    guest_syn(&mut guest, 40002);
+    assert!(
+        guest
+            .expect(
+                Duration::from_secs(2),
+                is_syn_ack_from(probe_src, 7777, 40002)
+            )
+            .is_none(),
+        "the guest opened a connection to the netns' stack"
+    );
+    // ...while a probe from the netns reaches the guest from 192.0.0.8 and its answer
+    // comes back (established).
+    let gp = f.group.path.clone();
+    let probe = std::thread::spawn(move || {
+        eci_netns::connect::tcp(
+            &gp,
+            SocketAddr::new(IpAddr::V4(GUEST4), 8080),
+            Duration::from_secs(5),
+        )
+    });
+    let syn = guest
+        .expect(Duration::from_secs(3), is_tcp_to(8080))
+        .expect("the probe's SYN reaches the guest");
+    let (_, from, _) = ports(&syn).expect("tcp");
+    assert_eq!(from, probe_src);
+    let sport = u16::from_be_bytes([syn[20], syn[21]]);
+    let seq = u32::from_be_bytes([syn[24], syn[25], syn[26], syn[27]]);
+    guest.send(&tcp_frame(
+        f.mac.0,
+        br_mac.0,
+        (GUEST4, 8080),
+        (probe_src, sport),
+        (5000, seq.wrapping_add(1)),
+        0x12,
+    ));
+    let stream = probe.join().expect("probe thread");
+    assert!(stream.is_ok(), "the probe connected: {stream:?}");
+    // A probe elsewhere has no route: the netns' stack talks to the guest only.
+    let err = eci_netns::connect::tcp(
+        &f.group.path,
+        SocketAddr::new(IpAddr::V4(VPC4), 80),
+        Duration::from_secs(2),
+    )
+    .expect_err("no route to the vpc");
+    assert!(err.to_string().contains("10.78.0.1:80"), "{err}");
+    assert!(
+        listener.accept().is_err(),
+        "nothing ever connected to the netns' listener"
+    );
+    drop(guest);
+    unplug(&f.group.path).expect("unplug");
 }

@@ -1,7 +1,9 @@
 //! Running one probe or lifecycle-hook action and saying how it went: `exec` inside the
 //! container through the shim (its namespaces, cgroup, user and env, as `ecictl exec`),
 //! `httpGet` and `tcpSocket` over a connection made inside the group's network namespace
-//! (on a thread of its own: see `eci_netns::connect`), never from a tokio worker.
+//! (on a thread of its own: see `eci_netns::connect`), never from a tokio worker. For a
+//! vm group that connection leaves the netns from `br0`'s host-only probe source to the
+//! guest (`eci_netns::vm`), so the same code serves both sandboxes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -121,7 +123,23 @@ impl Supervisor {
     /// The address an HTTP or TCP action connects to: its `host` (an IP address), else
     /// the group's first IPv4 address, else loopback (a group with only `lo`; the
     /// connection is made inside the group's namespace, so loopback reaches it).
+    ///
+    /// A vm group's containers are in the guest: the group netns reaches them only at
+    /// the guest's IPv4 addresses (from `br0`'s probe source, `eci_netns::vm`), never
+    /// over its own loopback, so a loopback target fails naming why.
     fn target_host(&self, ctx: &GroupCtx, host: &str) -> Result<IpAddr, Outcome> {
+        let ip = self.target_host_any(ctx, host)?;
+        if ctx.spec.sandbox == "vm" && ip.is_loopback() {
+            return Err(Outcome::fail(format!(
+                "{ip} is the guest's loopback, which the host cannot reach: a vm group's \
+                 httpGet and tcpSocket actions reach the guest at its IPv4 address (the \
+                 group needs a network), or use exec"
+            )));
+        }
+        Ok(ip)
+    }
+
+    fn target_host_any(&self, ctx: &GroupCtx, host: &str) -> Result<IpAddr, Outcome> {
         if !host.is_empty() {
             return host
                 .parse()

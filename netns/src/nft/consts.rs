@@ -40,6 +40,10 @@ pub const NF_INET_POST_ROUTING: u32 = 4;
 
 /// `NF_BR_PRE_ROUTING`: every frame entering a bridge port, bridged or for the host.
 pub const NF_BR_PRE_ROUTING: u32 = 0;
+/// `NF_BR_LOCAL_IN`: frames a bridge delivers to its own (the host's) stack.
+pub const NF_BR_LOCAL_IN: u32 = 1;
+/// `NF_BR_LOCAL_OUT`: frames the host's stack sends through a bridge, per port.
+pub const NF_BR_LOCAL_OUT: u32 = 3;
 /// `NF_BR_PRI_FILTER_BRIDGED`.
 pub const NF_BR_PRI_FILTER: i32 = -200;
 

@@ -100,7 +100,10 @@ pub fn apply_security_groups(netns: &Path, rules: &[Rule]) -> Result<(), NftErro
 /// from the guest's IPv6 link-local address), with the same defaults (ingress denied
 /// but established/related, ICMP errors, neighbour discovery and what a rule accepts;
 /// egress allowed unless a rule drops it); other forwarded traffic (spoofed sources) is
-/// dropped. Apply it before or after the plug: it does not depend on the bridge.
+/// dropped. The netns' own stack gets none of the spec's rules: it may only open TCP
+/// connections from `crate::vm::PROBE_SOURCE` to a guest IPv4 address (the agent's
+/// probes and hooks) and take in replies. Apply it before or after the plug: it does
+/// not depend on the bridge.
 pub fn apply_vm_security_groups(
     netns: &Path,
     rules: &[Rule],

@@ -143,6 +143,7 @@ pub(crate) fn compile(g: &PortGuard) -> Table {
         mac: g.mac,
         ipv4: &[g.ipv4],
         ipv6: g.ipv6.as_slice(),
+        uplink: None,
     })
 }
 
@@ -153,6 +154,12 @@ pub(crate) struct Guarded<'a> {
     pub mac: MacAddress,
     pub ipv4: &'a [Ipv4Addr],
     pub ipv6: &'a [Ipv6Addr],
+    /// A vm group's netns: the bridge port towards the VPC (`eth0`). The netns' own
+    /// stack (`br0`, which holds only the host-only probe source address) talks to the
+    /// guest alone: nothing it sends leaves by this port (its ARP requests, a probe
+    /// SYN flooded before the bridge learnt the guest's MAC) and nothing that comes in
+    /// by it is delivered to it (ARP for the probe address, packets to it).
+    pub uplink: Option<&'a str>,
 }
 
 /// `cmp != a` for each of `addrs`: the loaded address is none of them.
@@ -245,20 +252,57 @@ pub(crate) fn compile_for(g: &Guarded<'_>) -> Table {
             vec![nh(24, 16), Expr::cmp_eq(&METADATA_V6.octets())],
         ),
     ));
+    let mut chains = vec![Chain {
+        name: "prerouting",
+        hook: Hook {
+            num: NF_BR_PRE_ROUTING,
+            priority: NF_BR_PRI_FILTER,
+            kind: "filter",
+            policy: Verdict::Accept,
+        },
+        rules,
+    }];
+    if let Some(uplink) = g.uplink {
+        chains.extend(uplink_isolation(uplink));
+    }
     Table {
         name: port_guard_table(g.port),
         family: NFPROTO_BRIDGE,
-        chains: vec![Chain {
-            name: "prerouting",
-            hook: Hook {
-                num: NF_BR_PRE_ROUTING,
-                priority: NF_BR_PRI_FILTER,
-                kind: "filter",
-                policy: Verdict::Accept,
-            },
-            rules,
-        }],
+        chains,
     }
+}
+
+/// Chains that keep the bridge's own stack off `uplink`: frames from it are not
+/// delivered locally (`input`), frames of the local stack do not leave by it
+/// (`output`). Bridged frames (guest ↔ VPC) take neither hook.
+fn uplink_isolation(uplink: &str) -> [Chain; 2] {
+    let rule = |key: MetaKey, what: &str| NftRule {
+        exprs: vec![
+            Expr::Meta(key),
+            Expr::cmp_eq(&ifname(uplink)),
+            Expr::Counter,
+            Expr::Verdict(Verdict::Drop),
+        ],
+        comment: Some(format!("eci-guard {what}")),
+    };
+    let hook = |num| Hook {
+        num,
+        priority: NF_BR_PRI_FILTER,
+        kind: "filter",
+        policy: Verdict::Accept,
+    };
+    [
+        Chain {
+            name: "input",
+            hook: hook(NF_BR_LOCAL_IN),
+            rules: vec![rule(MetaKey::IifName, "uplink to the local stack")],
+        },
+        Chain {
+            name: "output",
+            hook: hook(NF_BR_LOCAL_OUT),
+            rules: vec![rule(MetaKey::OifName, "local stack to the uplink")],
+        },
+    ]
 }
 
 /// Host netns: writes (or rewrites, atomically) the guard of `g.port`. Call it before
@@ -343,6 +387,20 @@ mod tests {
                 nh(12, 4),
                 Expr::cmp_ne(&[172, 16, 0, 2])
             ]
+        );
+        assert_eq!(t.chains.len(), 1, "a dev port's guard has no uplink chains");
+        let vm = compile_for(&Guarded {
+            port: "tap0",
+            mac: g.mac,
+            ipv4: &[g.ipv4],
+            ipv6: &[],
+            uplink: Some("eth0"),
+        });
+        let hooks: Vec<u32> = vm.chains.iter().map(|c| c.hook.num).collect();
+        assert_eq!(hooks, [NF_BR_PRE_ROUTING, NF_BR_LOCAL_IN, NF_BR_LOCAL_OUT]);
+        assert_eq!(
+            vm.chains[2].rules[0].exprs[..2],
+            [Expr::Meta(MetaKey::OifName), Expr::cmp_eq(&ifname("eth0"))]
         );
         assert!(check_port("a/b").is_err());
         assert!(check_port("").is_err());

@@ -10,6 +10,12 @@
 //!   established,related accept (replies to admitted connections always leave);
 //!   oifname "lo" accept; ICMPv6 neighbour discovery accept; then the egress rules.
 //!
+//! For a vm group the netns' own stack holds no address of the group (the guest does),
+//! only `br0`'s host-only probe source (`crate::vm::PROBE_SOURCE`), so the spec's rules
+//! go to `forward` alone: `input` keeps only its defaults (replies to probes come in as
+//! established), and `output` (policy drop) accepts, after its defaults, only TCP from
+//! the probe source to a guest IPv4 address — the agent's probes and hooks.
+//!
 //! - chain `forward` (hook forward, priority filter, policy drop), only for a vm group
 //!   (`guest` addresses given): the guest's traffic, bridged between the tap and `eth0`
 //!   with the bridge's netfilter calls on (`crate::vm::plug`). Direction is by the
@@ -53,15 +59,23 @@ pub(crate) fn compile(rules: &[Rule], guest: Option<&[IpAddr]>) -> Table {
     order.sort_by_key(|&i| rules[i].priority);
     let mut input = base_rules(Direction::Ingress);
     let mut output = base_rules(Direction::Egress);
-    for i in order {
-        let r = &rules[i];
-        let rule = NftRule {
-            exprs: rule_exprs(r),
-            comment: Some(format!("{COMMENT_PREFIX}{i}")),
-        };
-        match r.direction {
-            Direction::Ingress => input.push(rule),
-            Direction::Egress => output.push(rule),
+    let mut output_policy = Verdict::Accept;
+    if let Some(guest) = guest {
+        // A vm group: the spec's rules are the guest's, in `forward`. The netns' own
+        // stack only sends the agent's probes to the guest; it takes in replies only.
+        output.extend(probe_rules(guest));
+        output_policy = Verdict::Drop;
+    } else {
+        for i in order {
+            let r = &rules[i];
+            let rule = NftRule {
+                exprs: rule_exprs(r),
+                comment: Some(format!("{COMMENT_PREFIX}{i}")),
+            };
+            match r.direction {
+                Direction::Ingress => input.push(rule),
+                Direction::Egress => output.push(rule),
+            }
         }
     }
     let mut chains = vec![
@@ -81,7 +95,7 @@ pub(crate) fn compile(rules: &[Rule], guest: Option<&[IpAddr]>) -> Table {
                 num: NF_INET_LOCAL_OUT,
                 priority: PRIORITY_FILTER,
                 kind: "filter",
-                policy: Verdict::Accept,
+                policy: output_policy,
             },
             rules: output,
         },
@@ -136,6 +150,25 @@ fn addr_match(net: IpNet, src: bool) -> Vec<Expr> {
     }
     e.push(Expr::cmp_eq(&addr));
     e
+}
+
+/// `output` of a vm group: TCP from the probe source (`crate::vm::PROBE_SOURCE`, the
+/// only address of the netns' `br0`) to each guest IPv4 address: the agent's httpGet
+/// and tcpSocket probes and hooks.
+fn probe_rules(guest: &[IpAddr]) -> Vec<NftRule> {
+    let src = IpNet::from(IpAddr::V4(crate::vm::PROBE_SOURCE));
+    guest
+        .iter()
+        .filter(|a| a.is_ipv4())
+        .map(|a| {
+            let mut e = addr_match(src, true);
+            // addr_match starts with the same `meta nfproto` compare: skip it.
+            e.extend(addr_match(IpNet::from(*a), false).into_iter().skip(2));
+            e.push(Expr::Meta(MetaKey::L4Proto));
+            e.push(Expr::cmp_eq(&[IPPROTO_TCP]));
+            accept(e, "eci-sg probe")
+        })
+        .collect()
 }
 
 /// IPv6 link-local sources: the guest's own (made from its MAC) count as the guest's.
@@ -514,5 +547,38 @@ mod tests {
         assert_eq!(tagged("eci-sg guest egress default").len(), 3);
         assert!(pos("eci-sg rule 0") < pos("eci-sg guest ingress default"));
         assert!(pos("eci-sg guest ingress default") < pos("eci-sg rule 1"));
+        // The netns' own stack: no spec rule, only the probes out.
+        for c in &t.chains[..2] {
+            assert!(
+                c.rules
+                    .iter()
+                    .all(|r| r.comment.as_deref().and_then(index_of).is_none())
+            );
+        }
+        let out = &t.chains[1];
+        assert_eq!(out.hook.policy, Verdict::Drop);
+        let probes: Vec<&NftRule> = out
+            .rules
+            .iter()
+            .filter(|r| r.comment.as_deref() == Some("eci-sg probe"))
+            .collect();
+        assert_eq!(probes.len(), 1, "one per guest IPv4 address");
+        assert_eq!(
+            probes[0].exprs[2..6],
+            [
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 12,
+                    len: 4
+                },
+                Expr::cmp_eq(&[192, 0, 0, 8]),
+                Expr::Payload {
+                    base: Base::Network,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::cmp_eq(&[10, 0, 0, 5]),
+            ]
+        );
     }
 }

@@ -15,7 +15,8 @@ const NIC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Finds the NIC whose MAC is `net.mac` (waiting up to 5 s for it to appear) (in the caller's network namespace, or already
 /// in the group's), moves it into the netns pinned at `netns` as `eth0`, sets its MTU,
 /// exactly `net.addrs` (IPv6 without duplicate address detection), a default route via
-/// each gateway, and brings `lo` and `eth0` up.
+/// each gateway, an on-link route to the host's probe source (when given), and brings
+/// `lo` and `eth0` up.
 ///
 /// Idempotent: a retry finds the NIC wherever the last run left it. Blocking; runs on a
 /// dedicated thread, so no caller thread enters the group's netns.
@@ -99,6 +100,26 @@ pub fn configure_guest(net: &GuestNet, netns: &Path) -> Result<(), VmNetError> {
             .map_err(|(what, source)| VmNetError::Step {
                 what: format!("{what} eth0 ({}) in {ns}", net.mac),
                 source,
-            })
+            })?;
+        if let Some(src) = net.probe_source {
+            // The host's probes come from `src` on the bridge: answer them on-link, not
+            // through the default gateway (where they would leave for the VPC).
+            let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(src, 32)
+                .output_interface(nic.index)
+                .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                .build();
+            g.handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(rtnl::io)
+                .map_err(step(format!(
+                    "adding the route to the probe source {src} in {ns}"
+                )))?;
+        }
+        Ok(())
     })
 }

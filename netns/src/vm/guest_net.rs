@@ -28,11 +28,17 @@ pub struct GuestNet {
     pub addrs: Vec<IpNet>,
     /// Default route gateways, at most one per family in practice.
     pub gateways: Vec<IpAddr>,
+    /// The host-only address the agent's httpGet/tcpSocket probes and hooks come from
+    /// (`br0`'s [`super::PROBE_SOURCE`] in the group netns): the guest routes it on-link
+    /// through eth0, so its replies go back over the bridge instead of to the default
+    /// gateway. `None` from an older host shim (or a group whose addresses hold it).
+    /// (Contract change, vm-contract.md "Network": `eci.net` gains `;p=<IPv4>`.)
+    pub probe_source: Option<std::net::Ipv4Addr>,
 }
 
 impl GuestNet {
-    /// The `eci.net=` value: `mac=aa:..;mtu=1500;a=10.0.0.5/24;a=fd00::5/64;g=10.0.0.1`
-    /// (no spaces, so it is one command-line word).
+    /// The `eci.net=` value: `mac=aa:..;mtu=1500;a=10.0.0.5/24;a=fd00::5/64;g=10.0.0.1;
+    /// p=192.0.0.8` (no spaces, so it is one command-line word).
     pub fn to_cmdline(&self) -> String {
         let mut s = format!("mac={};mtu={}", self.mac, self.mtu);
         for a in &self.addrs {
@@ -40,6 +46,9 @@ impl GuestNet {
         }
         for g in &self.gateways {
             let _ = write!(s, ";g={g}");
+        }
+        if let Some(p) = self.probe_source {
+            let _ = write!(s, ";p={p}");
         }
         s
     }
@@ -56,6 +65,7 @@ impl GuestNet {
         }
         let (mut mac, mut mtu) = (None, None);
         let (mut addrs, mut gateways) = (Vec::new(), Vec::new());
+        let mut probe_source = None;
         for item in s.split(';').filter(|i| !i.is_empty()) {
             let (k, v) = item
                 .split_once('=')
@@ -75,6 +85,15 @@ impl GuestNet {
                     }
                     gateways.push(v.parse::<IpAddr>().map_err(|_| bad("bad gateway"))?);
                 }
+                "p" => {
+                    if probe_source.is_some() {
+                        return Err(bad("more than one probe source"));
+                    }
+                    probe_source = Some(
+                        v.parse::<std::net::Ipv4Addr>()
+                            .map_err(|_| bad("bad probe source"))?,
+                    );
+                }
                 _ => return Err(bad("unknown key")),
             }
         }
@@ -83,6 +102,7 @@ impl GuestNet {
             mtu: mtu.ok_or_else(|| bad("no mtu"))?,
             addrs,
             gateways,
+            probe_source,
         };
         net.validate()?;
         Ok(net)
@@ -126,6 +146,16 @@ impl GuestNet {
                 return invalid("gateway", g.to_string(), "a unicast address");
             }
         }
+        if let Some(p) = self.probe_source {
+            let own = self.addrs.iter().any(|a| a.addr() == IpAddr::V4(p));
+            if p.is_unspecified() || p.is_multicast() || p.is_broadcast() || own {
+                return invalid(
+                    "probe source",
+                    p.to_string(),
+                    "a unicast address that is not the guest's",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -147,11 +177,12 @@ mod tests {
                 "10.0.0.1".parse().expect("gw"),
                 "fd00::1".parse().expect("gw6"),
             ],
+            probe_source: Some(std::net::Ipv4Addr::new(192, 0, 0, 8)),
         };
         let s = net.to_cmdline();
         assert_eq!(
             s,
-            "mac=02:00:00:00:00:05;mtu=1500;a=10.0.0.5/24;a=fd00::5/64;g=10.0.0.1;g=fd00::1"
+            "mac=02:00:00:00:00:05;mtu=1500;a=10.0.0.5/24;a=fd00::5/64;g=10.0.0.1;g=fd00::1;p=192.0.0.8"
         );
         assert_eq!(GuestNet::from_cmdline(&s).expect("parses"), net);
     }
@@ -167,6 +198,9 @@ mod tests {
             "mac=02:00:00:00:00:05;mtu=20",
             "mac=01:00:00:00:00:05;mtu=1500",
             "mac=02:00:00:00:00:05;mtu=1000;a=fd00::5/64",
+            "mac=02:00:00:00:00:05;mtu=1500;p=fd00::8",
+            "mac=02:00:00:00:00:05;mtu=1500;p=192.0.0.8;p=192.0.0.8",
+            "mac=02:00:00:00:00:05;mtu=1500;a=192.0.0.8/24;p=192.0.0.8",
         ] {
             assert!(GuestNet::from_cmdline(bad).is_err(), "{bad}");
         }

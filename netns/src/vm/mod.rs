@@ -17,6 +17,14 @@
 //!   instead of `apply_security_groups` for a vm group; the ENI return
 //!   (`crate::eni::detach`) undoes a leftover plug itself.
 
+//! - agent, httpGet/tcpSocket probes and hooks: connect from the group netns to the
+//!   guest's address as for any group (`crate::connect::tcp`). The netns holds no
+//!   address of the group any more, so `plug` gives `br0` the host-only
+//!   [`PROBE_SOURCE`] and a /32 route to each guest IPv4 address; the guest routes that
+//!   source on-link (`GuestNet::probe_source`). The tap's guard keeps the netns' stack
+//!   off `eth0` (it talks to the guest only), the security group's input and output
+//!   chains of a vm group admit only that and replies (see `crate::nft`).
+
 mod guest;
 mod guest_net;
 mod plug;
@@ -25,6 +33,12 @@ mod tap;
 pub use guest::configure_guest;
 pub use guest_net::{GuestNet, MAX_ADDRS, MAX_CMDLINE};
 pub use plug::{BRIDGE, Plugged, TAP, guest_of, plug, unplug};
+
+/// The source of the agent's probes in a vm group's netns (`br0`'s only address):
+/// 192.0.0.8, the IPv4 dummy address of RFC 7600, meant for a host that has no
+/// address of its own on a link. It is never routed beyond the bridge, and the same
+/// in every group netns.
+pub const PROBE_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 0, 8);
 
 use crate::attach::AttachError;
 use crate::eni::MacAddress;

@@ -172,6 +172,7 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
             mac: net.mac,
             ipv4: &v4,
             ipv6: &v6,
+            uplink: Some(ETH0),
         })
         .map_err(VmNetError::Guard)?;
         let tap_fd = tap::open(TAP).map_err(step(format!("creating tap {TAP} in {ns}")))?;
@@ -212,6 +213,13 @@ pub fn plug(netns: &Path) -> Result<Option<Plugged>, VmNetError> {
         rtnl::set(h, rtnl::change(br.index).up().build())
             .await
             .map_err(step(format!("setting {BRIDGE} up in {ns}")))?;
+        // 5. The probe path: br0 holds the host-only probe source, with a route to each
+        //    of the guest's IPv4 addresses (br0 must be up for the routes).
+        if let Some(src) = net.probe_source {
+            probe_path(h, br.index, src, &v4)
+                .await
+                .map_err(step(format!("adding the probe path on {BRIDGE} in {ns}")))?;
+        }
         // A port forwards only once the kernel's link watcher has seen it up (up to a
         // second later); frames before that are dropped. Wait for it, bounded: a port
         // whose carrier is down (an ENI link down) never forwards, and that is no
@@ -383,14 +391,54 @@ async fn read_identity(
             .map_err(step(format!(
                 "reading the default routes of {ETH0} in {ns}"
             )))?;
+    // Only for a guest with IPv4 (probes target the first IPv4 address) that does not
+    // hold the probe source itself.
+    let probe_source = Some(super::PROBE_SOURCE).filter(|p| {
+        out.iter().any(|a| a.addr().is_ipv4()) && !out.iter().any(|a| a.addr() == IpAddr::V4(*p))
+    });
     let net = GuestNet {
         mac,
         mtu: eth0.mtu,
         addrs: out,
         gateways,
+        probe_source,
     };
     net.validate()?;
     Ok(net)
+}
+
+/// `src`/32 on the bridge (index `br`) and a link-scope route to each of `guests`
+/// through it with `src` as preferred source: what the agent's probes and hooks,
+/// connecting from the group netns, leave by. Replaces what is there (a retry).
+async fn probe_path(
+    h: &rtnetlink::Handle,
+    br: u32,
+    src: std::net::Ipv4Addr,
+    guests: &[std::net::Ipv4Addr],
+) -> std::io::Result<()> {
+    use rtnetlink::RouteMessageBuilder;
+    use rtnetlink::packet_route::route::RouteScope;
+    h.address()
+        .add(br, IpAddr::V4(src), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(rtnl::io)?;
+    for g in guests {
+        let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(*g, 32)
+            .output_interface(br)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(rtnl::io)?;
+    }
+    Ok(())
 }
 
 /// The IPv4 and IPv6 addresses of `addrs`.
@@ -478,6 +526,7 @@ mod tests {
                 mtu: 9001,
                 addrs: vec!["10.1.2.3/20".parse().expect("v4")],
                 gateways: vec!["10.1.0.1".parse().expect("gw")],
+                probe_source: Some(crate::vm::PROBE_SOURCE),
             },
             v6_disabled: true,
         };
