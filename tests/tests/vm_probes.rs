@@ -8,33 +8,13 @@
 //! skipped without it unless `CI` is set.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use eci_tests::netspec::{Net, SgRule, group_netns, wait_ip_addresses};
-use eci_tests::scenario::{IMAGE, busybox_agent_with, group_id, phase};
+use eci_tests::scenario::{IMAGE, group_id};
+use eci_tests::vm::{VM_WAIT, guest_dir, vm_agent, wait_phase_vm};
 use eci_tests::vpc::{DevNet, banner_in};
 use eci_tests::{Agent, text, wait_for};
-
-/// Longest wait for a VM group to get somewhere (boot, probes under TCG).
-const VM_WAIT: Duration = Duration::from_secs(180);
-
-/// The guest image the tests boot, or `None` to skip.
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ECI_TEST_GUEST_DIR").map(PathBuf::from);
-    let ok = dir
-        .as_ref()
-        .is_some_and(|d| d.join("vmlinux").is_file() && d.join("initrd.img").is_file());
-    if ok {
-        return dir;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must build the guest image (scripts/guest-image.sh) and set ECI_TEST_GUEST_DIR"
-    );
-    eprintln!("skipped: no guest image (set ECI_TEST_GUEST_DIR, see scripts/guest-image.sh)");
-    None
-}
 
 fn status(agent: &Agent, group: &str, container: &str) -> serde_json::Value {
     let g = agent.get_json(group).unwrap_or_default();
@@ -79,11 +59,7 @@ fn container(name: &str, script: &str, extra: &str) -> String {
 fn http_tcp_and_exec_probes_and_hooks_reach_the_guest() {
     let Some(dir) = guest_dir() else { return };
     let dev = DevNet::new();
-    let agent = busybox_agent_with(&format!(
-        "{}\n[vm]\nguest_dir = {:?}\nallow_tcg = true\n",
-        dev.config(),
-        dir.display().to_string()
-    ));
+    let agent = vm_agent(&dir, &dev.config());
     // The security group admits nothing the probes use: they do not cross it (as a
     // namespaced group's probes, which come over its loopback).
     let net = Net {
@@ -116,25 +92,9 @@ fn http_tcp_and_exec_probes_and_hooks_reach_the_guest() {
          terminationGracePeriodSeconds: 20\n{}containers:\n{web}{flaky}",
         net.yaml()
     );
-    // A fresh agent probe-boots the guest image first (TCG: up to a minute).
-    let out = wait_for(VM_WAIT, || {
-        let out = agent.apply("vmprobe", &spec);
-        let probing = text(&out).contains("still being probed");
-        if probing {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        (!probing).then_some(out)
-    })
-    .expect("the vm sandbox is probed");
+    let out = agent.apply("vmprobe", &spec);
     assert!(out.status.success(), "apply: {}", text(&out));
-    let running = wait_for(VM_WAIT, || {
-        (phase(&agent, "vmprobe") == "Running").then_some(())
-    });
-    assert!(
-        running.is_some(),
-        "never Running: {}",
-        text(&agent.ctl(&["describe", "vmprobe"]))
-    );
+    wait_phase_vm(&agent, "vmprobe", "Running");
 
     // httpGet readiness (after the exec startup probe) passes: the postStart hook ran
     // in the guest and the agent reached the guest's httpd from the host.

@@ -16,17 +16,7 @@ use eci_tests::vpc::{BannerServer, DevNet, banner_in, links_in};
 use eci_tests::{Agent, free_port, text, wait_for};
 
 fn apply_ok(agent: &Agent, name: &str, spec: &str) {
-    // A fresh agent probe-boots the guest image first (TCG: up to a minute), refusing
-    // vm groups until it knows.
-    let out = wait_for(VM_WAIT, || {
-        let out = agent.apply(name, spec);
-        let probing = text(&out).contains("still being probed");
-        if probing {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        (!probing).then_some(out)
-    })
-    .expect("the vm sandbox is probed");
+    let out = agent.apply(name, spec);
     assert!(out.status.success(), "apply {name}: {}", text(&out));
 }
 

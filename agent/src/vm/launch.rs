@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use super::VmSettings;
 use super::image::GuestImage;
 use super::probe::Accel;
