@@ -47,8 +47,13 @@ fn vm_agent(dir: &Path) -> Agent {
     busybox_agent_with(&vm_config(dir))
 }
 
+/// `apply`, retried while the agent's start probe (a TCG boot) still runs.
 fn apply_ok(agent: &Agent, name: &str, spec: &str) {
-    let out = agent.apply(name, spec);
+    let out = wait_for(VM_WAIT, || {
+        let out = agent.apply(name, spec);
+        (!text(&out).contains("still being probed")).then_some(out)
+    })
+    .expect("the vm probe ends");
     assert!(out.status.success(), "apply {name}: {}", text(&out));
 }
 
@@ -409,9 +414,10 @@ fn the_janitor_kills_an_orphan_qemu_of_this_agent_and_nothing_else() {
     assert!(foreign.running(), "another agent's QEMU was killed");
     assert!(foreign_live.running(), "another agent's QEMU was killed");
     assert!(alive(qemu), "the live group's QEMU was killed");
+    // (It carries the live group's name: `qemu_of` would count it.)
+    drop(foreign_live);
     wait_phase_vm(&agent, "vmlive", "Running");
     assert_eq!(one_qemu(&agent, &id), qemu);
-    drop(foreign_live);
     delete_and_check_clean(&agent, "vmlive", &id);
     assert!(foreign.running(), "another agent's QEMU was killed");
 }
@@ -429,7 +435,10 @@ fn crash_during_start_converges(dir: &Path, point: &str) {
     eci_tests::scenario::import(&agent, &image, eci_tests::scenario::IMAGE);
     let name = "vmcrash";
     // The crash may come before apply has its answer.
-    let _ = agent.apply(name, &ticker(name));
+    let _ = wait_for(VM_WAIT, || {
+        let out = agent.apply(name, &ticker(name));
+        (!text(&out).contains("still being probed")).then_some(())
+    });
     let t = Instant::now();
     assert!(
         agent.wait_exit(VM_WAIT),
