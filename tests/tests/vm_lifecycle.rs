@@ -607,3 +607,54 @@ fn restart_policy_restart_and_update_work_inside_the_guest() {
     assert!(text(&out).contains("resize"), "{}", text(&out));
     delete_and_check_clean(&agent, "vmpol", &id);
 }
+
+/// `kill -9` of the agent at `point` while it deletes a running vm group, then a
+/// restart: the delete finishes and nothing of the VM is left.
+fn crash_during_delete_converges(dir: &Path, point: &str) {
+    let mut agent = vm_agent(dir);
+    let name = "vmdel";
+    apply_ok(&agent, name, &ticker(name));
+    wait_phase_vm(&agent, name, "Running");
+    let id = group_id(&agent, name);
+    let qemu = one_qemu(&agent, &id);
+    wait_log_vm(&agent, name, "tick", "tick-1");
+    agent.kill9().expect("kill");
+    agent.set_env(&[("ECI_CRASH_AT", point)]);
+    agent.restart().expect("restart");
+    // The crash may come before the delete has its answer.
+    let _ = agent.ctl(&["delete", name]);
+    assert!(
+        agent.wait_exit(VM_WAIT),
+        "the agent did not reach {point}:\n{}",
+        tail(&agent.log())
+    );
+    agent.set_env(&[]);
+    agent.restart().expect("restart");
+    let gone = wait_for(VM_WAIT, || agent.get_json(name).is_err().then_some(()));
+    assert!(
+        gone.is_some(),
+        "{point}: the delete did not finish: {}",
+        text(&agent.ctl(&["describe", name]))
+    );
+    assert!(!alive(qemu), "{point}: QEMU outlived the delete");
+    assert!(qemu_of(&id).is_empty(), "{point}: {:?}", qemu_of(&id));
+    let left: Vec<_> = cgroup_dirs(&agent.cgroup_parent())
+        .into_iter()
+        .filter(|d| d.display().to_string().contains(&id))
+        .collect();
+    assert!(left.is_empty(), "{point}: cgroups left: {left:?}");
+    let run = run_dir(&agent, &id);
+    assert!(
+        !run.exists(),
+        "{point}: run directory left: {}",
+        run.display()
+    );
+}
+
+#[test]
+fn an_agent_crash_while_deleting_a_vm_group_converges_to_nothing_left() {
+    let Some(dir) = guest_dir() else { return };
+    for point in ["teardown-containers-stopped", "teardown-shim-shut-down"] {
+        crash_during_delete_converges(&dir, point);
+    }
+}
