@@ -79,10 +79,17 @@ pub fn wait_phase_vm(agent: &Agent, name: &str, want: &str) {
     let got = wait_for(VM_WAIT, || (phase(agent, name) == want).then_some(()));
     assert!(
         got.is_some(),
-        "group {name} never reached {want}: {}\n{}",
+        "group {name} never reached {want}: {}\n{}\n{}",
         phase(agent, name),
-        text(&agent.ctl(&["describe", name]))
+        text(&agent.ctl(&["describe", name])),
+        tail(&agent.log(), 40)
     );
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Waits up to [`VM_WAIT`] for `needle` in a container's log; returns the log.
@@ -116,11 +123,7 @@ pub fn qemu_of(id: &str) -> Vec<u32> {
         let is_qemu = args
             .first()
             .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
-        if is_qemu
-            && args
-                .iter()
-                .any(|a| String::from_utf8_lossy(a).contains(&needle))
-        {
+        if is_qemu && args.iter().any(|a| String::from_utf8_lossy(a) == needle) {
             found.push(pid);
         }
     }

@@ -396,7 +396,7 @@ impl Supervisor {
                 } else {
                     None
                 };
-                Shim::launch(
+                let shim = Shim::launch(
                     &self.cfg.shim,
                     &ctx.id,
                     &ctx.spec.name,
@@ -405,7 +405,11 @@ impl Supervisor {
                     owner,
                     vm_config.as_deref(),
                 )
-                .await?
+                .await?;
+                if vm_config.is_some() {
+                    crate::failpoint::hit("vm-shim-launched");
+                }
+                shim
             }
         };
         if ctx.spec.sandbox == "vm" {
@@ -758,6 +762,10 @@ impl Supervisor {
         shim.create(&c.name, &bundle, rootfs, &log, c.stdin, c.tty)
             .await?;
         let pid = shim.start(&c.name, "").await?;
+        // (A vm group's first Create booted its VM: QEMU runs, nothing is recorded yet.)
+        if ctx.spec.sandbox == "vm" {
+            crate::failpoint::hit("vm-container-started");
+        }
         // Not Running (nor ready) until its postStart hook has returned.
         if let Err(output) = self.post_start(ctx, c).await {
             tracing::warn!(group = %ctx.name, container = %c.name, %output, "postStart hook failed");

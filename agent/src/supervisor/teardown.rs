@@ -90,11 +90,13 @@ impl Supervisor {
         // Without a shim that answers, what it held is removed below.
         if let Ok(shim) = Shim::connect(&ctx.dir.shim_socket()).await {
             self.stop_containers(ctx, &shim, grace).await;
+            crate::failpoint::hit("teardown-containers-stopped");
             // The ENI leaves the netns before the shim's shutdown releases it.
             self.release_network(ctx).await;
             if let Err(e) = shim.shutdown().await {
                 tracing::warn!(group = %ctx.name, error = %e.message(), "shim shutdown");
             }
+            crate::failpoint::hit("teardown-shim-shut-down");
             // The shim removes its socket last.
             for _ in 0..250 {
                 if !ctx.dir.shim_socket().exists() {

@@ -49,6 +49,7 @@ impl Supervisor {
         .await
         .map_err(|e| StartError::Join("building the layers' erofs images", e))?
         .map_err(StartError::Layers)?;
+        crate::failpoint::hit("vm-layers-built");
         let json = crate::vm::launch::vm_json(
             &vm.settings,
             &image,
@@ -63,6 +64,7 @@ impl Supervisor {
             path: root.join("vm.json"),
             source,
         })?;
+        crate::failpoint::hit("vm-config-written");
         let name = accel.as_str().to_string();
         self.mutate(&ctx.name, move |g| {
             let st = g.status.get_or_insert_with(Default::default);
