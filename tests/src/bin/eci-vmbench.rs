@@ -4,9 +4,12 @@
 //! alternating rounds so machine noise hits both alike. It prints the accelerator the
 //! agent reports: TCG (emulated) on hosts whose KVM cannot boot a guest, KVM elsewhere.
 //!
-//! Run: `eci-vmbench --guest-dir DIR [--rounds N]` (default 5) as root, with the guest
-//! image built by `scripts/guest-image.sh DIR`. The erofs / virtiofs rootfs comparison
-//! is `eci-rootfsbench` (it boots the guest directly).
+//! Then, in the same run, the rootfs comparison behind the vm design: `eci-rootfsbench`
+//! (erofs against virtiofs, booting the guest directly; needs `virtiofsd`), unless
+//! `--no-rootfs`.
+//!
+//! Run: `eci-vmbench --guest-dir DIR [--rounds N] [--no-rootfs]` (default 5) as root,
+//! with the guest image built by `scripts/guest-image.sh DIR`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,9 +21,10 @@ use tonic::transport::Channel;
 
 const IMAGE: &str = "127.0.0.1:5000/bench/busybox:1";
 
-fn args() -> anyhow::Result<(PathBuf, usize)> {
+fn args() -> anyhow::Result<(PathBuf, usize, bool)> {
     let mut dir = None;
     let mut rounds = 5;
+    let mut rootfs = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -31,12 +35,13 @@ fn args() -> anyhow::Result<(PathBuf, usize)> {
                     .parse()
                     .map_err(|_| anyhow::anyhow!("rounds: not a number: {v}"))?;
             }
-            _ => anyhow::bail!("usage: eci-vmbench --guest-dir DIR [--rounds N]"),
+            "--no-rootfs" => rootfs = false,
+            _ => anyhow::bail!("usage: eci-vmbench --guest-dir DIR [--rounds N] [--no-rootfs]"),
         }
     }
     let dir = dir.ok_or_else(|| anyhow::anyhow!("--guest-dir DIR is required"))?;
     anyhow::ensure!(rounds > 0, "rounds: at least 1");
-    Ok((dir, rounds))
+    Ok((dir, rounds, rootfs))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -153,7 +158,7 @@ fn once(
 }
 
 fn main() -> anyhow::Result<()> {
-    let (dir, rounds) = args()?;
+    let (dir, rounds, rootfs) = args()?;
     anyhow::ensure!(
         dir.join("vmlinux").is_file() && dir.join("initrd.img").is_file(),
         "no guest image in {} (run scripts/guest-image.sh {})",
@@ -216,5 +221,15 @@ fn main() -> anyhow::Result<()> {
         "host memory per group    {nm:>10.1} MiB {vmm:>6.1} MiB {:>11.1}×",
         vmm / nm
     );
+    drop(agent);
+    if rootfs {
+        println!("\nrootfs of the guest: erofs against virtiofs (eci-rootfsbench)\n");
+        let status = std::process::Command::new(eci_tests::bin("eci-rootfsbench"))
+            .args(["--guest-dir", &dir.display().to_string(), "--rounds"])
+            .arg(rounds.to_string())
+            .args(["--pair-rounds", "1"])
+            .status()?;
+        anyhow::ensure!(status.success(), "eci-rootfsbench failed: {status}");
+    }
     Ok(())
 }
