@@ -26,9 +26,10 @@ out_dir=${out_dir%/}
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 pkg=linux-image-cloud-amd64
 # The drivers the guest needs (virtio-mmio transport, the serial ports, disks, network,
-# erofs layers under an overlay), and those of the virtiofs/vsock measurements.
-wanted=(virtio_mmio virtio_console virtio_blk virtio_net erofs overlay fuse virtiofs vsock
-  vmw_vsock_virtio_transport)
+# erofs layers under an overlay, ext4/xfs for disk volumes — built in or modules, the
+# script reports which), and those of the virtiofs/vsock measurements.
+wanted=(virtio_mmio virtio_console virtio_blk virtio_net erofs overlay ext4 xfs fuse virtiofs
+  vsock vmw_vsock_virtio_transport)
 
 log() { echo "guest-image: $*" >&2; }
 size() { du -h "$1" | cut -f1; }

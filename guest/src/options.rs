@@ -1,6 +1,7 @@
 //! Applying the host's `CreateOptions` before a forwarded Create: the bundle's
 //! config.json, bind-mount sources (files and directories) at their host paths, the
-//! rootfs overlay's writable directories, and the layers' erofs disks.
+//! rootfs overlay's writable directories, the layers' erofs disks, and the group's disk
+//! volumes (mounted read-write at the host path a namespaced group would have used).
 //!
 //! Everything lands on the guest's own tmpfs root. Paths must be absolute, without
 //! `..`, and below the group directory or a directory the rootfs or config.json names
@@ -43,6 +44,16 @@ pub enum OptionsError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("disk volume {path}: serial {serial} is not disk-<n> (at most 20 characters)")]
+    DiskSerial { path: String, serial: String },
+    #[error("disk volume {0}: no bind mount of the container names it")]
+    NotAVolume(String),
+    #[error("mounting disk volume {path} (ext4, xfs): {source}")]
+    DiskMount {
+        path: String,
+        #[source]
+        source: nix::Error,
     },
     #[error("mounting layer {path}: {source}")]
     Mount {
@@ -198,6 +209,7 @@ pub fn apply(
     let spec: oci_spec::runtime::Spec =
         serde_json::from_slice(&config).map_err(OptionsError::Config)?;
     let (lower, writable) = overlay_dirs(rootfs);
+    let mut binds = Vec::new();
     let mut roots = vec![group_dir.to_path_buf()];
     for w in &writable {
         let w = clean(&w.display().to_string())?;
@@ -214,6 +226,7 @@ pub fn apply(
             && is_clean_absolute(src)
         {
             roots.push(src.clone());
+            binds.push(src.clone());
         }
     }
     let scope = Scope { roots };
@@ -249,7 +262,65 @@ pub fn apply(
         mount_layer(&p, serial)?;
         mounted.insert(p);
     }
+    // Disk volumes: below the group directory, named (or a subPath in them named) by
+    // a bind mount of this container; each mounted once per guest, read-write.
+    for (path, serial) in &opts.disks {
+        let p = clean(path)?;
+        if p == group_dir || !p.starts_with(group_dir) {
+            return Err(OptionsError::Outside(path.clone()));
+        }
+        if !binds.iter().any(|b| b.starts_with(&p)) {
+            return Err(OptionsError::NotAVolume(path.clone()));
+        }
+        if mounted.contains(&p) {
+            continue;
+        }
+        mount_disk(&p, serial)?;
+        mounted.insert(p);
+    }
     Ok(())
+}
+
+/// Whether `serial` is one the host gives disk volumes (`disk-<n>`), never a layer's.
+fn is_disk_serial(serial: &str) -> bool {
+    serial.len() <= 20
+        && serial
+            .strip_prefix("disk-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Mounts the disk volume whose virtio-blk serial is `serial` at `path`, with the
+/// filesystem the host formatted it with (ext4 or xfs; the kernel checks the
+/// superblock).
+fn mount_disk(path: &Path, serial: &str) -> Result<(), OptionsError> {
+    if !is_disk_serial(serial) {
+        return Err(OptionsError::DiskSerial {
+            path: path.display().to_string(),
+            serial: serial.to_string(),
+        });
+    }
+    let disk = disk_with_serial(serial).ok_or_else(|| OptionsError::NoDisk {
+        path: path.display().to_string(),
+        serial: serial.to_string(),
+    })?;
+    mkdir_safe(path)?;
+    let mut last = nix::Error::EINVAL;
+    for fs in ["ext4", "xfs"] {
+        match nix::mount::mount(
+            Some(&disk),
+            path,
+            Some(fs),
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(OptionsError::DiskMount {
+        path: path.display().to_string(),
+        source: last,
+    })
 }
 
 /// The virtio-blk disk whose serial is `serial`.
@@ -308,6 +379,16 @@ mod tests {
         assert!(scope.check("/run/eci/groups/gx").is_err());
         assert!(scope.check("/init").is_err());
         assert!(scope.check("/run/eci/groups/g/../../../init").is_err());
+    }
+
+    #[test]
+    fn disk_serials_are_never_a_layers() {
+        assert!(is_disk_serial("disk-0"));
+        assert!(is_disk_serial("disk-12"));
+        assert!(!is_disk_serial("disk-"));
+        assert!(!is_disk_serial("abababababababababab"));
+        assert!(!is_disk_serial("disk-1,x"));
+        assert!(!is_disk_serial("disk-123456789012345678"));
     }
 
     #[test]

@@ -80,6 +80,25 @@ impl VmLayer {
     }
 }
 
+/// Longest virtio-blk serial (what the guest sees in `/sys/block/vd*/serial`).
+pub const MAX_SERIAL: usize = 20;
+
+/// One `disk` volume of the group, attached read-write as a virtio-blk disk: the host
+/// block device, the serial the guest finds it by, and `path`, the host path a
+/// namespaced group would have mounted it at (the bind source `config.json` names),
+/// which the guest mounts it at instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    pub device: PathBuf,
+    pub serial: String,
+    pub path: PathBuf,
+}
+
+/// The serial of a group's `n`th disk volume.
+pub fn disk_serial(n: usize) -> String {
+    format!("disk-{n}")
+}
+
 /// The contents of `vm.json` (docs/vm.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -95,6 +114,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     #[serde(default)]
     pub layers: Vec<VmLayer>,
+    /// The group's `disk` volumes, attached read-write.
+    #[serde(default)]
+    pub disks: Vec<VmDisk>,
 }
 
 impl VmConfig {
@@ -149,7 +171,28 @@ impl VmConfig {
                 ));
             }
         }
+        for d in &self.disks {
+            if !d.path.is_absolute() || !d.device.is_absolute() {
+                return Err(("disks", "paths must be absolute"));
+            }
+            let serial_ok = !d.serial.is_empty()
+                && d.serial.len() <= MAX_SERIAL
+                && d.serial
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if d.device.to_string_lossy().contains(',') || !serial_ok {
+                return Err((
+                    "disks",
+                    "a device path holds a comma, or a serial is not 1-20 of [A-Za-z0-9-]",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The disk volume the guest mounts at `path`, if any.
+    pub fn disk(&self, path: &Path) -> Option<&VmDisk> {
+        self.disks.iter().find(|d| d.path == path)
     }
 
     /// The layer whose directory is `path`, if the VM may attach it.

@@ -152,6 +152,10 @@ pub struct CreateOptions {
     /// Host path of each layer the rootfs names → serial of its virtio-blk disk.
     #[serde(default)]
     pub layers: BTreeMap<String, String>,
+    /// Host path of each disk volume the bind mounts name → serial of its virtio-blk
+    /// disk; the guest mounts the disk read-write there (once) instead of a directory.
+    #[serde(default)]
+    pub disks: BTreeMap<String, String>,
 }
 
 pub use eci_runtime::vm_config::layer_serial;

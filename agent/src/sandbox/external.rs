@@ -66,6 +66,44 @@ fn is_mount_point(mountinfo: &str, path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
+/// A vm group's disk volumes: each device resolved and formatted when blank as
+/// [`mount_all`] does, listed for `vm.json` with the path `mount_all` would have
+/// mounted it at (`run_root/volumes/<name>`). Nothing is mounted on the host.
+pub fn prepare_vm_disks(
+    spec: &GroupSpec,
+    run_root: &Path,
+    policy: &DiskPolicy,
+) -> Result<Vec<eci_runtime::vm_config::VmDisk>, VolumeError> {
+    let dir = run_root.join("volumes");
+    let mut out = Vec::new();
+    for v in &spec.volumes {
+        let Some(d) = &v.disk else { continue };
+        let err = |source| VolumeError::Disk {
+            volume: v.name.clone(),
+            source,
+        };
+        let dev = disk::resolve(&d.device, policy).map_err(err)?;
+        let mut tries = 0;
+        let fs = loop {
+            match disk::ensure_filesystem(&dev, &d.fs_type, d.read_only) {
+                Err(disk::DiskError::Busy(_)) if tries < BUSY_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(BUSY_WAIT);
+                }
+                r => break r.map_err(err)?,
+            }
+        };
+        let serial = eci_runtime::vm_config::disk_serial(out.len());
+        tracing::info!(volume = %v.name, device = %dev.display(), fs, %serial, "disk volume attached to the VM");
+        out.push(eci_runtime::vm_config::VmDisk {
+            device: dev,
+            serial,
+            path: dir.join(&v.name),
+        });
+    }
+    Ok(out)
+}
+
 fn mount_disk(
     v: &Volume,
     target: &Path,

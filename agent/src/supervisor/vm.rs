@@ -4,8 +4,9 @@
 use super::containers::Resolved;
 use super::start_error::StartError;
 use super::{GroupCtx, Supervisor};
+use crate::sandbox::external;
 use crate::sizes::Size;
-use crate::vm::launch::{VmJson, VmLayer};
+use crate::vm::launch::{VmDisk, VmJson, VmLayer};
 
 /// Longest a vm group's start waits for the agent's start probe (a TCG probe boot
 /// takes up to 60 s, a KVM one 20 s; both may run).
@@ -50,7 +51,8 @@ impl Supervisor {
         .map_err(|e| StartError::Join("building the layers' erofs images", e))?
         .map_err(StartError::Layers)?;
         crate::failpoint::hit("vm-layers-built");
-        let json = crate::vm::launch::vm_json(
+        let disks = self.vm_disks(ctx).await?;
+        let mut json = crate::vm::launch::vm_json(
             &vm.settings,
             &image,
             accel,
@@ -58,6 +60,7 @@ impl Supervisor {
             size.memory_bytes,
             layers,
         );
+        json.disks = disks;
         let root = ctx.dir.root().to_path_buf();
         let path = crate::vm::launch::write(&json, &root).map_err(|source| StartError::Io {
             step: "writing",
@@ -77,6 +80,25 @@ impl Supervisor {
 }
 
 impl Supervisor {
+    /// The group's `disk` volumes as the VM attaches them: each device checked against
+    /// `[volumes] disk_devices` and the host's mounts again (as for a namespaced group)
+    /// and formatted when blank, but not mounted on the host — the guest mounts it at
+    /// the path a namespaced group's host mount would have had.
+    async fn vm_disks(&self, ctx: &GroupCtx) -> Result<Vec<VmDisk>, StartError> {
+        if !ctx.spec.volumes.iter().any(|v| v.disk.is_some()) {
+            return Ok(Vec::new());
+        }
+        let (spec, root, policy) = (
+            ctx.spec.clone(),
+            ctx.dir.root().to_path_buf(),
+            self.cfg.disks.clone(),
+        );
+        tokio::task::spawn_blocking(move || external::prepare_vm_disks(&spec, &root, &policy))
+            .await
+            .map_err(|e| StartError::Join("preparing the group's disks", e))?
+            .map_err(StartError::Mount)
+    }
+
     /// For a vm group whose shim (and VM) already runs: every layer its images need must
     /// be among the disks its VM booted with (`vm.json`); an image that moved since
     /// (a pull with policy Always) cannot be attached to a running VM.

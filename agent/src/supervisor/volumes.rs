@@ -15,13 +15,15 @@ use crate::groups::{WARNING, event};
 use crate::sandbox::{external, usage};
 
 impl Supervisor {
-    /// Mounts the group's disk and nfs volumes (kept when already mounted).
+    /// Mounts the group's disk and nfs volumes (kept when already mounted). A vm
+    /// group's disks are attached to its VM instead (`prepare_vm`), and it has no nfs.
     pub(crate) async fn mount_volumes(&self, ctx: &GroupCtx) -> Result<(), StartError> {
-        if !ctx
-            .spec
-            .volumes
-            .iter()
-            .any(|v| v.disk.is_some() || v.nfs.is_some())
+        if ctx.spec.sandbox == "vm"
+            || !ctx
+                .spec
+                .volumes
+                .iter()
+                .any(|v| v.disk.is_some() || v.nfs.is_some())
         {
             return Ok(());
         }

@@ -275,14 +275,15 @@ pub(super) fn check(spec: &GroupSpec, errs: &mut Errors) -> Option<ValidSpec> {
 /// GPUs a group needs: init containers run alone, so the larger of the app containers'
 /// sum and the largest init container.
 /// What a `vm` group cannot have yet: its containers run in a guest that has no
-/// host block devices, NFS client mounts or GPUs passed through to it. Refused by
+/// NFS client mounts or GPUs passed through to it, and its disks are read-write. Refused by
 /// field rather than accepted and silently missing.
 fn check_vm(spec: &GroupSpec, errs: &mut Errors) {
     for (i, v) in spec.volumes.iter().enumerate() {
-        if v.disk.is_some() {
+        // A vm group's disk is attached read-write (docs/vm.md).
+        if v.disk.as_ref().is_some_and(|d| d.read_only) {
             errs.add(
-                format!("volumes[{i}].disk"),
-                "disk volumes are not supported with sandbox: vm yet",
+                format!("volumes[{i}].disk.readOnly"),
+                "read-only disk volumes are not supported with sandbox: vm yet",
             );
         }
         if v.nfs.is_some() {

@@ -171,6 +171,7 @@ fn a_vm_group_refuses_what_its_guest_cannot_have_by_field() {
             name: "data".into(),
             disk: Some(DiskVolume {
                 device: "/dev/vdb".into(),
+                read_only: true,
                 ..Default::default()
             }),
             ..Default::default()
@@ -188,7 +189,7 @@ fn a_vm_group_refuses_what_its_guest_cannot_have_by_field() {
     s.containers[0].resources.as_mut().expect("resources").gpu = 1;
     let f = fields(&s);
     for want in [
-        "volumes[0].disk",
+        "volumes[0].disk.readOnly",
         "volumes[1].nfs",
         "containers[0].resources.gpu",
     ] {

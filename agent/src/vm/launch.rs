@@ -8,7 +8,7 @@ use super::VmSettings;
 use super::image::GuestImage;
 use super::probe::Accel;
 
-pub use eci_runtime::vm_config::{VmConfig as VmJson, VmLayer};
+pub use eci_runtime::vm_config::{VmConfig as VmJson, VmDisk, VmLayer};
 
 /// vCPUs of a VM for a group of `cpu_millis`: whole vCPUs, rounded up, at least 1.
 pub fn vcpus(cpu_millis: u64) -> u32 {
@@ -58,6 +58,7 @@ pub fn vm_json(
         vcpus: vcpus(cpu_millis),
         memory_mib: memory_mib(memory_bytes, s.overhead_bytes),
         layers,
+        disks: Vec::new(),
     }
 }
 

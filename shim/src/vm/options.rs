@@ -129,6 +129,7 @@ pub fn build(
         layers.insert(l.display().to_string(), layer.serial());
     }
     let mut c = Collector::default();
+    let mut disks = BTreeMap::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let opts = m.options().as_deref().unwrap_or_default();
         let bind =
@@ -138,6 +139,11 @@ pub fn build(
         };
         if !is_clean_absolute(src) {
             return Err(OptionsError::BadPath(src.display().to_string()));
+        }
+        // A disk volume (or a subPath in it): the guest mounts the disk there itself.
+        if let Some(d) = vm.disks.iter().find(|d| src.starts_with(&d.path)) {
+            disks.insert(d.path.display().to_string(), d.serial.clone());
+            continue;
         }
         let Some(root) = roots.iter().find(|r| src.starts_with(r)) else {
             tracing::debug!(source = %src.display(), "bind source outside the group's directories: not sent");
@@ -150,6 +156,7 @@ pub fn build(
         files: c.files,
         dirs: c.dirs,
         layers,
+        disks,
     })
 }
 
@@ -295,6 +302,7 @@ mod tests {
             tsc_khz: 0,
             vcpus: 1,
             memory_mib: 256,
+            disks: Vec::new(),
             layers: vec![VmLayer {
                 path: layer.to_path_buf(),
                 erofs: layer.with_extension("erofs"),

@@ -130,6 +130,20 @@ pub fn argv(spec: &BootSpec<'_>) -> Result<Vec<String>, VmmError> {
             l.serial()
         ));
     }
+    // The group's disk volumes, read-write, bypassing the host page cache (the guest's
+    // own cache and flushes decide what is durable).
+    for (i, d) in c.disks.iter().enumerate() {
+        a.push("-drive".into());
+        a.push(format!(
+            "if=none,id=disk{i},format=raw,cache=none,file={}",
+            opt(&d.device)
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-blk-device,drive=disk{i},serial={}",
+            d.serial
+        ));
+    }
     if let Some(n) = &spec.net {
         if !n.mac.chars().all(|ch| ch.is_ascii_hexdigit() || ch == ':') {
             return Err(VmmError::Invalid(format!("guest MAC {:?}", n.mac)));
@@ -414,6 +428,11 @@ mod tests {
                 path: format!("/l/{}", "cd".repeat(32)).into(),
                 erofs: "/l/x,y.erofs".into(),
             }],
+            disks: vec![crate::vm::config::VmDisk {
+                device: "/dev/loop7".into(),
+                serial: "disk-0".into(),
+                path: "/run/eci/groups/g1/volumes/data".into(),
+            }],
         }
     }
 
@@ -448,6 +467,7 @@ mod tests {
             "socket,id=ctl,path=/run/eci/groups/g1/vm/ctl.sock,server=on,wait=off -device virtserialport,chardev=ctl,name=eci.ctl",
             "socket,id=io,path=/run/eci/groups/g1/vm/io.sock,server=on,wait=off -device virtserialport,chardev=io,name=eci.io",
             "if=none,id=layer0,readonly=on,format=raw,file=/l/x,,y.erofs -device virtio-blk-device,drive=layer0,serial=cdcdcdcdcdcdcdcdcdcd",
+            "if=none,id=disk0,format=raw,cache=none,file=/dev/loop7 -device virtio-blk-device,drive=disk0,serial=disk-0",
             "-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:05",
         ] {
             assert!(a.contains(want), "{want:?} not in {a}");
