@@ -132,11 +132,24 @@ fn ptracing_tenant(config: &str) {
         .filter(helper)
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
-    let opened = |pid: &str| r.lines().any(|l| l == format!("exe-open {pid} ok"));
+    let opened = |pid: &str| {
+        r.lines()
+            .any(|l| l.starts_with(&format!("exe-open {pid} ok ")))
+    };
+    // A helper is non-dumpable until it execs the container's program: an open that
+    // comes after that exec reaches the container's own binary. The runtime's binary
+    // is told by its size.
+    let runtime_size = std::fs::metadata(eci_tests::bin("eci-shim"))
+        .map(|m| m.len())
+        .expect("eci-shim");
+    let opened_runtime = |pid: &str| {
+        r.lines()
+            .any(|l| l == format!("exe-open {pid} ok size={runtime_size}"))
+    };
     let in_userns = agent.get_json("watcher").expect("get")["status"]["userNamespace"].is_object();
     if in_userns {
         assert!(
-            helper_pids.iter().all(|p| !opened(p)),
+            helper_pids.iter().all(|p| !opened_runtime(p)),
             "a tenant in a user namespace opened an exec helper's binary:\n{r}"
         );
         assert!(!r.contains("fd-dir"), "a directory descriptor leaked:\n{r}");

@@ -138,7 +138,11 @@ fn watch(out: &str, dur: Duration) {
             );
             match File::open(format!("/proc/{pid}/exe")) {
                 Ok(f) => {
-                    let _ = writeln!(out, "exe-open {pid} ok");
+                    // Its size tells the runtime's binary from the container's own: a
+                    // helper is non-dumpable until it execs the container's program, so
+                    // an open that wins the race with that exec reaches the latter.
+                    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = writeln!(out, "exe-open {pid} ok size={size}");
                     exes.insert(pid, f);
                 }
                 Err(e) => {
