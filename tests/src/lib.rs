@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod host;
+pub mod loop_disk;
 pub mod netspec;
 pub mod oci;
 pub mod peers;

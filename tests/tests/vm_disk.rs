@@ -6,54 +6,10 @@
 
 use std::process::Command;
 
+use eci_tests::loop_disk::LoopDisk as Loop;
 use eci_tests::scenario::{group, wait_log};
 use eci_tests::text;
 use eci_tests::vm::{delete_vm, guest_dir, vm_agent, wait_log_vm, wait_phase_vm};
-
-/// A loop device over a sparse file; detached on drop.
-struct Loop {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new(mib: u64) -> Loop {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("disk.img");
-        std::fs::File::create(&file)
-            .and_then(|f| f.set_len(mib << 20))
-            .expect("sparse file");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&file)
-            .output()
-            .expect("losetup");
-        assert!(out.status.success(), "{}", text(&out));
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Loop { dev, _dir: dir }
-    }
-
-    /// Whether the host has the device mounted anywhere.
-    fn mounted(&self) -> bool {
-        let rdev =
-            std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&self.dev).expect("dev"));
-        let want = format!(
-            "{}:{}",
-            nix::sys::stat::major(rdev),
-            nix::sys::stat::minor(rdev)
-        );
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(2) == Some(want.as_str()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 /// A group with one container running `script`, `/data` on the disk `dev`.
 fn with_disk(name: &str, dev: &str, extra: &str, script: &str) -> String {
@@ -87,7 +43,10 @@ fn a_vm_groups_disk_is_a_virtio_disk_the_guest_mounts_and_keeps_its_files() {
     wait_phase_vm(&agent, "vmdisk", "Running");
     let log = wait_log_vm(&agent, "vmdisk", "app", "written");
     assert!(log.contains("mounts:/dev/vd"), "not a virtio disk: {log}");
-    assert!(!disk.mounted(), "the host mounted the vm group's disk");
+    assert!(
+        disk.mounts().is_empty(),
+        "the host mounted the vm group's disk"
+    );
     // A second group cannot have the disk meanwhile.
     let other = with_disk("vmdisk-2", &disk.dev, "", "cat /data/f; sleep 3600");
     let out = agent.apply("vmdisk-2", &other);

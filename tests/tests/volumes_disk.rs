@@ -8,70 +8,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use eci_tests::loop_disk::LoopDisk as Loop;
 use eci_tests::scenario::{busybox_agent_with, group, phase, wait_log, wait_phase};
 use eci_tests::{Agent, text, wait_for};
-
-/// A loop device over a sparse file; detached (and unmounted wherever the agent left
-/// it mounted) on drop.
-struct Loop {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Loop {
-    fn new(mib: u64) -> Loop {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("disk.img");
-        std::fs::File::create(&file)
-            .and_then(|f| f.set_len(mib << 20))
-            .expect("sparse file");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&file)
-            .output()
-            .expect("losetup");
-        assert!(out.status.success(), "{}", text(&out));
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Loop { dev, _dir: dir }
-    }
-
-    /// Where the device is mounted now.
-    fn mounts(&self) -> Vec<String> {
-        let rdev =
-            std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&self.dev).expect("dev"));
-        let want = format!(
-            "{}:{}",
-            nix::sys::stat::major(rdev),
-            nix::sys::stat::minor(rdev)
-        );
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.split(' ').nth(2) == Some(want.as_str()))
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .collect()
-    }
-
-    fn write_at(&self, offset: u64, bytes: &[u8]) {
-        use std::io::{Seek, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.dev)
-            .expect("open device");
-        f.seek(std::io::SeekFrom::Start(offset)).expect("seek");
-        f.write_all(bytes).expect("write");
-        f.sync_all().expect("sync");
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        for m in self.mounts() {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 fn agent() -> Agent {
     busybox_agent_with(
