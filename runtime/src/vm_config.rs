@@ -40,6 +40,30 @@ pub enum ConfigError {
     },
 }
 
+/// The host's TSC rate in kHz, for `tsc_early_khz` under TCG (the microvm guest has no
+/// HPET or PM timer to calibrate against): sysfs when the kernel exports it, else
+/// `cpu MHz` of /proc/cpuinfo.
+pub fn host_tsc_khz() -> Option<u64> {
+    if let Some(k) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        return Some(k);
+    }
+    parse_cpu_mhz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+/// `cpu MHz` of a /proc/cpuinfo text, in kHz.
+pub fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|m| *m > 0.0)
+        .map(|m| (m * 1000.0) as u64)
+}
+
 /// The accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

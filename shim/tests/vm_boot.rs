@@ -27,23 +27,9 @@ fn guest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/eci/guest"))
 }
 
+/// The host's TSC rate in kHz (the guest skips calibrating it; see docs/vm.md).
 fn tsc_khz() -> u64 {
-    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
-        && let Ok(k) = s.trim().parse()
-    {
-        return k;
-    }
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find_map(|l| {
-            l.strip_prefix("cpu MHz")?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
+    eci_runtime::vm_config::host_tsc_khz().unwrap_or(2_000_000)
 }
 
 fn ctx() -> ttrpc::context::Context {

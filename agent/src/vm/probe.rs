@@ -91,29 +91,7 @@ impl AccelCache {
     }
 }
 
-/// The host's TSC frequency in kHz, for `tsc_early_khz=` under TCG (without it a
-/// microvm guest hangs calibrating the TSC in about 1 boot in 4): the kernel's own
-/// figure when it exports one, else `cpu MHz` of `/proc/cpuinfo`.
-pub fn host_tsc_khz() -> Option<u64> {
-    if let Some(k) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
-        return Some(k);
-    }
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    parse_cpu_mhz(&info)
-}
-
-fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|m| *m > 0.0)
-        .map(|m| (m * 1000.0) as u64)
-}
+pub use eci_runtime::vm_config::host_tsc_khz;
 
 /// `qemu --version`'s first line, or why QEMU does not run.
 pub async fn qemu_version(qemu: &Path) -> Result<String, String> {
@@ -344,8 +322,8 @@ mod tests {
     #[test]
     fn cpu_mhz_becomes_khz() {
         let info = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.134\n";
-        assert_eq!(parse_cpu_mhz(info), Some(2_596_134));
-        assert_eq!(parse_cpu_mhz("nothing"), None);
+        assert_eq!(eci_runtime::vm_config::parse_cpu_mhz(info), Some(2_596_134));
+        assert_eq!(eci_runtime::vm_config::parse_cpu_mhz("nothing"), None);
         assert!(host_tsc_khz().is_some_and(|k| k > 100_000));
     }
 
